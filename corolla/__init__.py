@@ -1,0 +1,12 @@
+"""corolla: train denoising diffusion models on a folder of images and sample from them."""
+from . import schedules, samplers
+from .checkpoint import load_model, save_pretrained
+from .config import Config, DataConfig, TrainConfig, preset
+from .diffusion import DiffusionModel, Normalizer
+from .generate import generate
+from .train import train
+from .unet import UNet, UNetConfig
+
+__all__ = ["schedules", "samplers", "load_model", "save_pretrained", "Config", "DataConfig", "TrainConfig",
+           "preset", "DiffusionModel", "Normalizer", "generate", "train", "UNet", "UNetConfig"]
+__version__ = "0.1.0"

@@ -1,0 +1,179 @@
+"""The `corolla` command: parses arguments into configs and calls the library; no algorithm here."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from . import checkpoint, config as configs, data, samplers, schedules
+from .train import Interrupted, TrainingError
+
+EXIT_BAD_INPUT = 2
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be 1 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: must be a positive number")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: must be at least 0 and below 1")
+    return value
+
+
+def image_size(text: str) -> int:
+    value = positive_int(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: the U-Net halves the image three times, "
+                                         f"so the size must be a multiple of 8 (e.g. 32, 64, 128)")
+    return value
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on a folder of images (default: the bundled flowers)")
+    p.add_argument("data_dir", nargs="?", help="folder of images, searched recursively (default: bundled flowers)")
+    p.add_argument("--preset", default="seed64", choices=sorted(configs.PRESETS),
+                   help="seed64 = the reference exactly; demo = 32x32, fast on a CPU; tiny = for smoke tests")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--image-size", type=image_size)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--repetitions", type=positive_int, help="times the data set is repeated per epoch")
+    p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
+    p.add_argument("--schedule", choices=sorted(schedules.SCHEDULES))
+    p.add_argument("--ema", type=fraction, help="EMA decay (reference 0.999)")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="ramp the EMA decay as min(ema, (1+step)/(10+step))")
+    p.add_argument("--ema-init", choices=["copy", "fresh"],
+                   help="copy: EMA starts as the network; fresh: own random weights (the reference)")
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="centre-crop to a square instead of squashing")
+    p.add_argument("--seed", type=non_negative_int)
+    p.add_argument("--out", help="run folder (default runs/PRESET)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps in all")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate images from a checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("-n", "--num-images", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=20)
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--eta", type=float, default=0.0, help="0: deterministic DDIM; 1: DDPM-like noise")
+    p.add_argument("--sampler", default="ddim", choices=sorted(samplers.SAMPLERS))
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--out", default="samples.png", help="grid PNG to write")
+    p.add_argument("--each", metavar="DIR", help="also write one PNG per image into DIR")
+    p.add_argument("--device", default="auto")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corolla", description="Train and sample denoising diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    return p
+
+
+def train_config(args) -> configs.Config:
+    base = configs.preset(args.preset)
+    data_changes = {k: v for k, v in {"image_size": args.image_size, "repetitions": args.repetitions,
+                                      "val_fraction": args.val_fraction, "crop": args.crop}.items() if v is not None}
+    train_changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                       "schedule": args.schedule, "ema": args.ema, "ema_warmup": args.ema_warmup,
+                                       "ema_init": args.ema_init, "seed": args.seed}.items() if v is not None}
+    return base.replace(data=data_changes, train=train_changes)
+
+
+def run_train(args) -> int:
+    from .train import train
+    out = Path(args.out or f"runs/{args.preset}")
+    config = train_config(args)
+    if args.resume:
+        if not (out / "latest").exists():
+            raise ValueError(f"--resume: {out} holds no checkpoint to resume (no {out / 'latest'})")
+        saved = checkpoint.load_config(checkpoint.resolve(out))
+        # a resumed run keeps its own config; only the number of epochs may grow
+        config = saved.replace(train={"epochs": args.epochs} if args.epochs else {})
+    folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
+                   max_steps=args.max_steps)
+    print(f"checkpoint: {folder}\nsample grid: {out / 'grid.png'}\nmetrics: {out / 'metrics.jsonl'}")
+    return 0
+
+
+def run_sample(args) -> int:
+    from .generate import generate
+    from .grids import save_each, save_grid
+    from .train import resolve_device
+    if args.eta < 0:
+        raise ValueError(f"--eta {args.eta} is not allowed: must be 0 (deterministic) or more")
+    device = resolve_device(args.device)
+    model, config = checkpoint.load_model(args.checkpoint, device)
+    images = generate(model, args.num_images, args.steps, args.seed, args.sampler, args.eta, args.batch_size,
+                      config.data.image_size)
+    print(f"wrote {save_grid(images, args.out)}")
+    if args.each:
+        paths = save_each(images, args.each)
+        print(f"wrote {len(paths)} images to {args.each}")
+    return 0
+
+
+COMMANDS = {"train": run_train, "sample": run_sample}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda message, category, *rest: f"corolla: warning: {message}\n"
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, data.DataError, checkpoint.CheckpointError) as error:
+        print(f"corolla: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingError as error:
+        print(f"corolla: error: {error}", file=sys.stderr)
+        return 1
+    except Interrupted as error:
+        print(f"corolla: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("corolla: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The diffusion model: normaliser, online and EMA U-Nets, noising, denoising and the loss.
+
+Follows the reference's DiffusionModel: images are normalised to zero mean and unit variance per
+channel, noised as signal_rate * x + noise_rate * eps, and the network predicts eps from the noisy
+image and noise_rate^2; the predicted image is (noisy - noise_rate * pred_noise) / signal_rate.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import schedules
+from .unet import UNet, UNetConfig
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+
+KERAS_NORMALIZATION_EPS = 1e-7
+
+
+class Normalizer(nn.Module):
+    """Per-channel mean and variance adapted on the training images (Keras' Normalization)."""
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("variance", torch.ones(1, channels, 1, 1))
+
+    def set_statistics(self, mean: torch.Tensor, variance: torch.Tensor) -> None:
+        self.mean.copy_(mean.reshape(self.mean.shape))
+        self.variance.copy_(variance.reshape(self.variance.shape))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.variance.sqrt().clamp_min(KERAS_NORMALIZATION_EPS)
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.mean + images * self.variance.sqrt()).clamp(0.0, 1.0)
+
+
+class DiffusionModel(nn.Module):
+    """Holds the trained network, its EMA copy, the normaliser and the schedule's name."""
+
+    def __init__(self, unet: UNetConfig = UNetConfig(), schedule: str = "offset_cosine",
+                 ema_init: str = "copy"):
+        super().__init__()
+        self.network = UNet(unet)
+        if ema_init == "copy":
+            self.ema_network = copy.deepcopy(self.network)
+        elif ema_init == "fresh":
+            # the reference's clone_model: same architecture, its own random initialisation
+            self.ema_network = UNet(unet)
+        else:
+            raise ValueError(f"unknown ema_init {ema_init!r}; choose copy or fresh")
+        self.ema_network.requires_grad_(False)
+        self.normalizer = Normalizer(unet.channels)
+        self.schedule_name = schedule
+        self.schedule = schedules.get(schedule)
+
+    def denoise(self, noisy_images: torch.Tensor, noise_rates: torch.Tensor, signal_rates: torch.Tensor,
+                ema: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (pred_noises, pred_images); rates are (B,1,1,1). ema picks the EMA network."""
+        network = self.ema_network if ema else self.network
+        pred_noises = network(noisy_images, noise_rates ** 2)
+        pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
+        return pred_noises, pred_images
+
+    def ema_denoiser(self) -> Denoiser:
+        """The EMA network as the stateless function samplers call."""
+        return lambda x, n, s: self.denoise(x, n, s, ema=True)
+
+    def noise_loss(self, images: torch.Tensor, noises: torch.Tensor, diffusion_times: torch.Tensor,
+                   ema: bool = False) -> torch.Tensor:
+        """Mean absolute error between the drawn and the predicted noise.
+
+        images: (B,C,H,W) in [0, 1]; noises like images; diffusion_times (B,1,1,1)."""
+        images = self.normalizer.normalize(images)
+        noise_rates, signal_rates = self.schedule(diffusion_times)
+        noisy_images = signal_rates * images + noise_rates * noises
+        pred_noises, _ = self.denoise(noisy_images, noise_rates, signal_rates, ema=ema)
+        return F.l1_loss(pred_noises, noises)
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """ema = decay * ema + (1 - decay) * online, over parameters and BatchNorm statistics
+        (Keras' EMA loop covers every weight, moving statistics included)."""
+        ema_tensors = [t for t in self.ema_network.state_dict().values() if t.is_floating_point()]
+        tensors = [t for t in self.network.state_dict().values() if t.is_floating_point()]
+        torch._foreach_lerp_(ema_tensors, tensors, 1.0 - decay)

@@ -1,0 +1,53 @@
+"""Image tensors -> PNG files: grids and one file per image (Pillow, no torchvision)."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) floats in [0, 1] -> (N, H, W, C) uint8, rounding to nearest."""
+    return (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def grid_array(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile images into one (rows*(H+pad)+pad, cols*(W+pad)+pad, C) uint8 array on white."""
+    pixels = to_uint8(images)
+    n, h, w, c = pixels.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    out = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        out[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = pixels[i]
+    return out
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    """Write via a temporary file and rename, so an existing PNG is never left half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, ncol: int | None = None) -> Path:
+    path = Path(path)
+    _save_png(grid_array(images, ncol), path)
+    return path
+
+
+def save_each(images: torch.Tensor, folder: str | os.PathLike, start: int = 0, prefix: str = "") -> list[Path]:
+    """One PNG per image, named by the image's index (so images from -n 8 and -n 64 line up)."""
+    folder = Path(folder)
+    paths = []
+    for i, pixels in enumerate(to_uint8(images)):
+        path = folder / f"{prefix}{start + i:05d}.png"
+        _save_png(pixels, path)
+        paths.append(path)
+    return paths

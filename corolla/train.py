@@ -1,0 +1,233 @@
+"""The training loop: data -> noise at random times -> L1 noise loss -> AdamW -> EMA -> checkpoints.
+
+Reads top to bottom in phases: set up (data, statistics, model, optimiser), resume, then per
+epoch: steps, validation loss of the EMA network, a sample grid from fixed noise, a checkpoint
+and a line in metrics.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import checkpoint, data
+from .config import Config
+from .diffusion import DiffusionModel
+from .generate import generate
+from .grids import save_grid
+
+LOG_EVERY = 10  # steps between loss syncs (each is a host-device sync on a GPU)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived: a checkpoint was written at the end of the current step."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)  # raises RuntimeError on a malformed name
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but PyTorch sees no CUDA device; use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps asked for, but no MPS device is available; use cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def ema_decay(config: Config, step: int) -> float:
+    """Constant decay, or with warm-up min(decay, (1 + step) / (10 + step)) so short runs'
+    EMA networks are not still mostly their starting point."""
+    if config.train.ema_warmup:
+        return min(config.train.ema, (1 + step) / (10 + step))
+    return config.train.ema
+
+
+@dataclass
+class RunData:
+    train: torch.Tensor
+    val: torch.Tensor
+    mean: torch.Tensor
+    variance: torch.Tensor
+
+
+def prepare_data(config: Config, data_dir: str | Path | None) -> RunData:
+    images, _ = data.load_folder(data_dir or data.bundled_dir(), config.data.image_size, config.data.crop)
+    parts = data.split(images, config.data.val_fraction, config.data.shuffle_seed)
+    if data.batches_per_epoch(parts.train.shape[0], config.data.repetitions, config.train.batch_size) == 0:
+        raise data.DataError(f"{parts.train.shape[0]} training image(s) x {config.data.repetitions} repetitions "
+                             f"do not fill one batch of {config.train.batch_size}; lower --batch-size")
+    mean, variance = data.channel_statistics(parts.train)
+    return RunData(parts.train, parts.val, mean, variance)
+
+
+def build(config: Config, device: torch.device) -> tuple[DiffusionModel, torch.optim.Optimizer]:
+    torch.manual_seed(config.train.seed)  # the networks' initial weights
+    model = DiffusionModel(config.unet, config.train.schedule, config.train.ema_init).to(device)
+    t = config.train
+    optimizer = torch.optim.AdamW(model.network.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                  eps=t.adam_eps, betas=t.adam_betas, foreach=True)
+    return model, optimizer
+
+
+def _as_float(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images_uint8.to(device, non_blocking=True).float().div_(255.0)
+
+
+@torch.no_grad()
+def validation_loss(model: DiffusionModel, images: torch.Tensor, batch_size: int, seed: int,
+                    device: torch.device) -> float:
+    """The reference's test step (EMA network, BatchNorm statistics frozen) over held-out images,
+    with noise and times drawn from a fixed seed so epochs compare fairly."""
+    if images.shape[0] == 0:
+        return float("nan")
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for first in range(0, images.shape[0], batch_size):
+        batch = _as_float(images[first:first + batch_size], device)
+        noises = torch.randn(batch.shape, generator=generator).to(device)
+        times = torch.rand((batch.shape[0], 1, 1, 1), generator=generator).to(device)
+        total += model.noise_loss(batch, noises, times, ema=True).item() * batch.shape[0]
+        count += batch.shape[0]
+    return total / count
+
+
+class _StopSignals:
+    """Turns SIGINT/SIGTERM into a flag checked at the end of each step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint we resume from, so the curve has no repeats."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: Config, data_dir: str | Path | None = None, out: str | Path = "runs/train",
+          device: str = "auto", resume: bool = False, progress: bool = True, max_steps: int | None = None,
+          log=print) -> Path:
+    """Train (or resume) a run in `out`; returns the folder of its last checkpoint.
+
+    max_steps stops early after that many optimiser steps in total (for tests and benchmarks)."""
+    # -- set up ---------------------------------------------------------------------------
+    dev = resolve_device(device)
+    run_dir = Path(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = prepare_data(config, data_dir)
+    model, optimizer = build(config, dev)
+    model.normalizer.set_statistics(run.mean.to(dev), run.variance.to(dev))
+    noise_generator = torch.Generator(device=dev).manual_seed(config.train.seed)
+    tc, dc = config.train, config.data
+    steps_per_epoch = data.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
+    step, epoch, batch_in_epoch = 0, 0, 0
+    log_path = run_dir / "metrics.jsonl"
+
+    # -- resume ---------------------------------------------------------------------------
+    if resume and (run_dir / "latest").exists():
+        state, rng = checkpoint.load_training(run_dir, model, optimizer)
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        noise_generator.set_state(rng["noise"])
+        _truncate_log(log_path, step)
+        log(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
+    elif not resume and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh curve
+
+    def save(reason: str) -> Path:
+        state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "reason": reason}
+        return checkpoint.save_training(run_dir, model, config, optimizer, state,
+                                        {"noise": noise_generator.get_state()})
+
+    folder = None
+    with _StopSignals() as stop:
+        while epoch < tc.epochs:
+            # -- one epoch of steps -------------------------------------------------------
+            order = data.epoch_order(run.train.shape[0], dc.repetitions, tc.seed, epoch)
+            model.train()
+            bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                       disable=not progress, leave=True, dynamic_ncols=True)
+            started, seen, running = time.perf_counter(), 0, torch.zeros((), device=dev)
+            losses_since_log = 0
+            while batch_in_epoch < steps_per_epoch:
+                index = order[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
+                images = _as_float(run.train[index], dev)
+                noises = torch.randn(images.shape, generator=noise_generator, device=dev)
+                times = torch.rand((images.shape[0], 1, 1, 1), generator=noise_generator, device=dev)
+                loss = model.noise_loss(images, noises, times)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                model.update_ema(ema_decay(config, step))
+                step += 1
+                batch_in_epoch += 1
+                seen += images.shape[0]
+                running += loss.detach()
+                losses_since_log += 1
+                if losses_since_log == LOG_EVERY or batch_in_epoch == steps_per_epoch:
+                    mean_loss = (running / losses_since_log).item()
+                    if not math.isfinite(mean_loss):
+                        raise TrainingError(f"loss became {mean_loss} by step {step}; stopped without saving, "
+                                            f"the last good checkpoint in {run_dir} is kept")
+                    _append_jsonl(log_path, {"step": step, "epoch": epoch + 1, "train_loss": mean_loss})
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
+                    running, losses_since_log = torch.zeros((), device=dev), 0
+                bar.update(1)
+                if stop.received is not None or (max_steps is not None and step >= max_steps):
+                    break
+            bar.close()
+            if stop.received is not None:
+                folder = save("interrupted")
+                raise Interrupted(f"stopped by signal {stop.received} at step {step}; checkpoint {folder}. "
+                                  f"Resume with: corolla train --out {run_dir} --resume")
+            if batch_in_epoch < steps_per_epoch:  # max_steps reached mid-epoch
+                folder = save("max_steps")
+                break
+            # -- end of epoch: validation, sample grid, checkpoint, log --------------------
+            images_per_s = seen / max(time.perf_counter() - started, 1e-9)
+            val = validation_loss(model, run.val, tc.batch_size, tc.seed, dev)
+            grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=dc.image_size)
+            save_grid(grid, run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
+            save_grid(grid, run_dir / "grid.png")
+            epoch, batch_in_epoch = epoch + 1, 0
+            folder = save("epoch")
+            _append_jsonl(log_path, {"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None, "images_per_s": images_per_s})
+            log(f"epoch {epoch}/{tc.epochs}: step {step}, val loss {val:.4f}, {images_per_s:.1f} images/s")
+            if max_steps is not None and step >= max_steps:
+                break
+    return folder if folder is not None else checkpoint.resolve(run_dir)

@@ -1,0 +1,138 @@
+"""The reference U-Net: predicts the noise in a noisy image from the image and its noise variance.
+
+Layout (SPEC "Network"): 1x1 conv to widths[0] channels, concatenated with a sinusoidal embedding
+of the noise variance broadcast over the image; DownBlocks (residual blocks + 2x2 average
+pooling) push skips; residual blocks at the bottom; UpBlocks (bilinear 2x upsampling, then
+concatenate a skip and apply a residual block, block_depth times); a zero-initialised 1x1 conv.
+Initialisation follows Keras (Glorot-uniform kernels, zero biases) and BatchNorm follows Keras
+(no centre/scale, epsilon 1e-3, momentum 0.99), so the default network matches the reference.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KERAS_BN_EPS = 1e-3
+KERAS_BN_MOMENTUM = 0.01  # PyTorch's momentum is 1 - Keras' 0.99
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    widths: tuple[int, ...] = (32, 64, 96)
+    bottom_width: int = 128
+    block_depth: int = 2
+    embedding_size: int = 32
+    embedding_max_frequency: float = 1000.0
+    channels: int = 3
+
+
+def sinusoidal_embedding(noise_variances: torch.Tensor, size: int = 32,
+                         max_frequency: float = 1000.0) -> torch.Tensor:
+    """(B, 1, 1, 1) -> (B, size, 1, 1): sin and cos of 2 pi f v for size/2 log-spaced f in [1, max]."""
+    frequencies = torch.exp(torch.linspace(math.log(1.0), math.log(max_frequency), size // 2,
+                                           device=noise_variances.device, dtype=noise_variances.dtype))
+    angular_speeds = (2.0 * math.pi * frequencies).view(1, -1, 1, 1)
+    return torch.cat([torch.sin(angular_speeds * noise_variances),
+                      torch.cos(angular_speeds * noise_variances)], dim=1)
+
+
+def _keras_conv(in_ch: int, out_ch: int, kernel: int, zero: bool = False) -> nn.Conv2d:
+    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2)
+    if zero:
+        nn.init.zeros_(conv.weight)
+    else:
+        nn.init.xavier_uniform_(conv.weight)  # Keras' Glorot-uniform default
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ResidualBlock(nn.Module):
+    """x + conv3x3(swish(conv3x3(BN(x)))), with a 1x1 conv on the skip when widths differ."""
+
+    def __init__(self, in_ch: int, width: int):
+        super().__init__()
+        self.residual = _keras_conv(in_ch, width, 1) if in_ch != width else nn.Identity()
+        self.norm = nn.BatchNorm2d(in_ch, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM, affine=False)
+        self.conv1 = _keras_conv(in_ch, width, 3)
+        self.conv2 = _keras_conv(width, width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.residual(x)
+        x = F.silu(self.conv1(self.norm(x)))
+        return self.conv2(x) + residual
+
+
+class DownBlock(nn.Module):
+    def __init__(self, in_ch: int, width: int, depth: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(ResidualBlock(in_ch if i == 0 else width, width) for i in range(depth))
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+            skips.append(x)
+        return F.avg_pool2d(x, 2)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, in_ch: int, skip_chs: list[int], width: int):
+        super().__init__()
+        chans = [in_ch] + [width] * (len(skip_chs) - 1)
+        self.blocks = nn.ModuleList(ResidualBlock(c + s, width) for c, s in zip(chans, skip_chs))
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        # align_corners=False is TF's half-pixel bilinear resize that Keras' UpSampling2D uses
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        for block in self.blocks:
+            x = block(torch.cat([x, skips.pop()], dim=1))
+        return x
+
+
+class UNet(nn.Module):
+    """UNet(noisy_images (B,C,H,W), noise_variances (B,1,1,1)) -> predicted noise (B,C,H,W).
+
+    H and W must be divisible by 2 ** len(widths)."""
+
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        self.config = config
+        c = config
+        self.stem = _keras_conv(c.channels, c.widths[0], 1)
+        ch = c.widths[0] + c.embedding_size
+        self.down = nn.ModuleList()
+        skip_chs: list[int] = []
+        for width in c.widths:
+            self.down.append(DownBlock(ch, width, c.block_depth))
+            skip_chs += [width] * c.block_depth
+            ch = width
+        self.middle = nn.Sequential(*(ResidualBlock(ch if i == 0 else c.bottom_width, c.bottom_width)
+                                      for i in range(2)))
+        ch = c.bottom_width
+        self.up = nn.ModuleList()
+        for width in reversed(c.widths):
+            popped = [skip_chs.pop() for _ in range(c.block_depth)]
+            self.up.append(UpBlock(ch, popped, width))
+            ch = width
+        self.head = _keras_conv(ch, c.channels, 1, zero=True)
+
+    def forward(self, noisy_images: torch.Tensor, noise_variances: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        x = self.stem(noisy_images)
+        emb = sinusoidal_embedding(noise_variances.to(x.dtype), c.embedding_size, c.embedding_max_frequency)
+        # nearest upsampling of a 1x1 map is a broadcast over the image
+        x = torch.cat([x, emb.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
+        skips: list[torch.Tensor] = []
+        for block in self.down:
+            x = block(x, skips)
+        x = self.middle(x)
+        for block in self.up:
+            x = block(x, skips)
+        return self.head(x)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
