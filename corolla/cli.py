@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 from pathlib import Path
@@ -85,6 +86,7 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps in all")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
 
 
 def _add_sample(sub) -> None:
@@ -99,6 +101,11 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", default="samples.png", help="grid PNG to write")
     p.add_argument("--each", metavar="DIR", help="also write one PNG per image into DIR")
     p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_sample)
+
+
+# Modules that add subcommands: each has register(subparsers), whose parsers set_defaults(func=...).
+COMMAND_MODULES: list[str] = []
 
 
 def parser() -> argparse.ArgumentParser:
@@ -106,6 +113,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"corolla.{name}").register(sub)
     return p
 
 
@@ -152,15 +161,12 @@ def run_sample(args) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "sample": run_sample}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *rest: f"corolla: warning: {message}\n"
     try:
-        return COMMANDS[args.command](args)
+        return args.func(args)
     except (ValueError, data.DataError, checkpoint.CheckpointError) as error:
         print(f"corolla: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
