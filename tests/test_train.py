@@ -1,0 +1,87 @@
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from corolla import checkpoint, cli, data
+from corolla.config import preset
+from corolla.train import ema_decay, train
+
+
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory):
+    """32 bundled flowers in a folder of their own."""
+    folder = tmp_path_factory.mktemp("flowers")
+    for path in sorted(data.bundled_dir().glob("*.jpg"))[:32]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("COROLLA_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _train_losses(run):
+    return [r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "train_loss" in r]
+
+
+def test_short_training_lowers_the_loss_and_writes_a_sampleable_checkpoint(flowers, tmp_path):
+    config = preset("tiny").replace(train={"epochs": 4, "lr": 2e-3}, data={"repetitions": 2})
+    folder = train(config, flowers, tmp_path / "run", progress=False)
+    losses = _train_losses(tmp_path / "run")
+    # predicting zero noise gives E|eps| = 0.798; training must get clearly below where it started
+    assert losses[0] > 0.6
+    assert min(losses[-3:]) < losses[0] - 0.1
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "samples" / "epoch_004.png").is_file()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "val_loss" in r] == [1, 2, 3, 4]
+    assert all(r["val_loss"] > 0 for r in records if "val_loss" in r)
+
+    out = tmp_path / "grid.png"
+    assert cli.main(["sample", str(tmp_path / "run"), "-n", "4", "--steps", "3", "--out", str(out)]) == 0
+    assert Image.open(out).size == (2 + 2 * 18, 2 + 2 * 18)  # 2x2 grid of 16 px images, 2 px padding
+
+
+def test_resume_continues_the_step_count(flowers, tmp_path):
+    config = preset("tiny").replace(train={"epochs": 3})
+    run = tmp_path / "run"
+    first = train(config, flowers, run, progress=False, max_steps=5)
+    assert json.loads((first / "state.json").read_text())["step"] == 5
+    last = train(config, flowers, run, resume=True, progress=False)
+    state = json.loads((last / "state.json").read_text())
+    steps_per_epoch = data.batches_per_epoch(30, 1, 8)  # 32 images, 2 held out, batch 8
+    assert state["step"] == 3 * steps_per_epoch and state["epoch"] == 3
+    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert steps == sorted(steps) and steps[-1] == 3 * steps_per_epoch
+
+
+def test_normaliser_statistics_come_from_the_training_images(flowers, tmp_path):
+    config = preset("tiny").replace(data={"val_fraction": 0.0})
+    folder = train(config, flowers, tmp_path / "run", progress=False, max_steps=1)
+    model, _ = checkpoint.load_model(folder)
+    images, _ = data.load_folder(flowers, 16)
+    x = images.double() / 255
+    assert torch.allclose(model.normalizer.mean.flatten().double(), x.mean(dim=(0, 2, 3)), atol=1e-6)
+    assert torch.allclose(model.normalizer.variance.flatten().double(), x.var(dim=(0, 2, 3), unbiased=False), atol=1e-6)
+
+
+def test_ema_decay_warmup():
+    warm = preset("demo")
+    assert ema_decay(warm, 0) == pytest.approx(0.1)
+    assert ema_decay(warm, 90) == pytest.approx(0.91)
+    assert ema_decay(warm, 10 ** 6) == 0.999
+    assert ema_decay(preset("seed64"), 0) == 0.999  # the reference: constant
+
+
+def test_ema_update_covers_batchnorm_statistics():
+    from corolla.diffusion import DiffusionModel
+    model = DiffusionModel(preset("tiny").unet)
+    bn = model.network.down[0].blocks[0].norm
+    bn.running_mean.fill_(1.0)
+    model.update_ema(0.9)
+    assert torch.allclose(model.ema_network.down[0].blocks[0].norm.running_mean, torch.full_like(bn.running_mean, 0.1))

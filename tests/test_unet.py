@@ -1,0 +1,51 @@
+import math
+
+import pytest
+import torch
+
+from corolla.config import preset
+from corolla.unet import UNet, UNetConfig, count_parameters, sinusoidal_embedding
+
+
+def test_seed64_parameter_count_matches_keras_reference():
+    assert count_parameters(UNet(preset("seed64").unet)) == 1_950_627
+
+
+def test_batchnorm_statistics_are_buffers_not_parameters():
+    net = UNet()
+    names = dict(net.named_buffers())
+    assert any(n.endswith("running_mean") for n in names)
+    assert not any("norm" in n for n, _ in net.named_parameters())
+
+
+def test_sinusoidal_embedding_formula():
+    v = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64).view(3, 1, 1, 1)
+    emb = sinusoidal_embedding(v, 32, 1000.0)
+    assert emb.shape == (3, 32, 1, 1)
+    freqs = [math.exp(math.log(1000.0) * i / 15) for i in range(16)]
+    for b, value in enumerate([0.0, 0.3, 1.0]):
+        expected = [math.sin(2 * math.pi * f * value) for f in freqs] + [math.cos(2 * math.pi * f * value) for f in freqs]
+        assert emb[b, :, 0, 0].tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_output_shape_and_zero_at_initialisation():
+    torch.manual_seed(0)
+    net = UNet()
+    out = net(torch.randn(2, 3, 64, 64), torch.rand(2, 1, 1, 1))
+    assert out.shape == (2, 3, 64, 64)
+    assert torch.count_nonzero(out) == 0  # the zero-initialised head, as the reference
+
+
+def test_keras_initialisation_and_batchnorm_settings():
+    net = UNet()
+    assert torch.count_nonzero(net.stem.bias) == 0
+    bound = math.sqrt(6 / (3 + 32))  # Glorot-uniform limit of the 1x1 stem conv
+    assert net.stem.weight.abs().max() <= bound
+    bn = net.down[0].blocks[0].norm
+    assert (bn.eps, bn.momentum, bn.affine) == (1e-3, 0.01, False)
+
+
+def test_other_sizes_and_widths():
+    net = UNet(UNetConfig(widths=(8, 16), bottom_width=16, block_depth=1, embedding_size=8))
+    assert net(torch.randn(1, 3, 16, 16), torch.rand(1, 1, 1, 1)).shape == (1, 3, 16, 16)
+    assert UNet()(torch.randn(1, 3, 32, 32), torch.rand(1, 1, 1, 1)).shape == (1, 3, 32, 32)
