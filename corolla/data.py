@@ -2,13 +2,16 @@
 
 Decoding is the slow part of a small data set, so a folder is decoded once and cached (as
 safetensors, keyed by the files' names, sizes and times and the image size); later epochs and
-runs read the cache. Broken files are skipped and named once.
+runs read the cache. Broken files are skipped and named in one warning on every load, cached or
+not. Hidden files and folders (".name", e.g. macOS "._x.jpg" resource forks) are ignored.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
+from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-MAX_IMAGE_PIXELS = 64_000_000  # decompression bombs above this are refused, not decoded
+# Images declaring more pixels are refused from their header, before decoding: this bounds the
+# memory of one decode (about 13 bytes a pixel with the float copy in resize(), under 1 GB).
+MAX_IMAGE_PIXELS = 64_000_000
 BUNDLED = Path(__file__).parent / "assets" / "flowers"
-
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+CACHE_VERSION = 2  # bump when decoding changes, so old caches are not served
 
 
 class DataError(ValueError):
@@ -36,8 +41,10 @@ def bundled_dir() -> Path:
 
 
 def scan(folder: str | os.PathLike) -> list[Path]:
-    """Image files under `folder`, recursively, sorted; hidden files and folders are skipped and
-    folder symlinks are not followed (so a symlink loop cannot hang the scan)."""
+    """Entries with an image extension under `folder`, recursively, sorted. Hidden files and
+    folders are ignored; folder symlinks are not followed (so a symlink loop cannot hang the
+    scan). Entries that are not regular files (broken or looping links, FIFOs) are kept here so
+    that load_folder names them as skipped instead of dropping them silently."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"data folder {str(root)!r} does not exist or is not a folder")
@@ -46,7 +53,7 @@ def scan(folder: str | os.PathLike) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             path = Path(dirpath) / name
-            if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(path)
     return sorted(found)
 
@@ -55,10 +62,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB: EXIF rotation applied, first frame of an animation, transparency
     composited on black, 16-bit and float modes rescaled to 8 bits."""
     image.seek(0)
-    image = ImageOps.exif_transpose(image)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block: the pixels are still good, keep them unrotated
+        pass
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if array.max() > 255 else 255.0
+        # I;16 modes are 16-bit by definition; 32-bit "I" holds 8- or 16-bit data, judged by range
+        high = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / high * 255.0 + 0.5, 0, 255).astype(np.uint8))
     elif image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
@@ -86,20 +97,31 @@ def resize(array: np.ndarray, size: int, crop: bool = False) -> torch.Tensor:
 
 
 def load_image(path: Path, size: int, crop: bool = False) -> torch.Tensor:
-    """Decode one file -> (3, size, size) uint8; raises on anything that is not a usable image."""
-    with Image.open(path) as image:
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"declared size {image.width}x{image.height} is over {MAX_IMAGE_PIXELS} pixels")
-        rgb = to_rgb(image)
-        rgb.load()
-        return resize(np.array(rgb), size, crop)
+    """Decode one file -> (3, size, size) uint8; raises on anything that is not a usable image.
+
+    The size check reads only the header, so a decompression bomb is refused before decoding;
+    PIL's own bomb warning is raised as an error instead of printed. Only regular files are
+    opened: opening a FIFO or a device could block forever."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"declared size {image.width}x{image.height} is over {MAX_IMAGE_PIXELS} pixels")
+            rgb = to_rgb(image)
+            rgb.load()
+            return resize(np.array(rgb), size, crop)
 
 
 def _cache_key(files: list[Path], size: int, crop: bool) -> str:
-    h = hashlib.sha256(f"v1|{size}|{crop}".encode())
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{crop}".encode())
     for f in files:
-        st = f.stat()
-        h.update(f"|{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        try:
+            st = f.stat()
+        except OSError:  # a broken or looping link: its own times stand in
+            st = f.lstat()
+        h.update(f"|{os.path.realpath(f)}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:24]
 
 
@@ -111,46 +133,68 @@ def load_folder(folder: str | os.PathLike, size: int, crop: bool = False, use_ca
                 ) -> tuple[torch.Tensor, list[str]]:
     """All usable images of a folder -> ((N, 3, size, size) uint8, their relative paths).
 
-    Files that fail to decode are skipped and named in one warning."""
+    Files that fail to decode are skipped and named in one warning (also when read from the cache)."""
     root = Path(folder)
     files = scan(root)
     key = _cache_key(files, size, crop)
     cached = cache_dir() / f"{key}.safetensors"
-    if use_cache and cached.is_file():
-        try:
-            images = load_file(cached)["images"]
-            names = json.loads((cached.with_suffix(".json")).read_text())
-            if len(names) == images.shape[0]:
-                return images, names
-        except Exception:
-            pass  # an unreadable cache is rebuilt from the images
-    images, names, skipped = [], [], []
-    for f in files:
-        try:
-            images.append(load_image(f, size, crop))
-            names.append(str(f.relative_to(root)))
-        except Exception as error:  # any decoder failure means: not a usable image
-            skipped.append(f"{f.relative_to(root)} ({type(error).__name__})")
+    hit = _read_cache(cached, size) if use_cache else None
+    if hit is not None:
+        stacked, names, skipped = hit
+    else:
+        images, names, skipped = [], [], []
+        for f in files:
+            try:
+                images.append(load_image(f, size, crop))
+                names.append(str(f.relative_to(root)))
+            except Exception as error:  # any decoder failure means: not a usable image
+                skipped.append(f"{f.relative_to(root)} ({_reason(error)})")
+        stacked = torch.stack(images) if images else torch.zeros((0, 3, size, size), dtype=torch.uint8)
+        if use_cache and images:
+            _write_cache(cached, stacked, names, skipped)
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", stacklevel=2)
-    if not images:
+        warnings.warn(f"skipped {len(skipped)} unreadable file(s) in {str(root)!r}: {'; '.join(skipped)}",
+                      stacklevel=2)
+    if not names:
         raise DataError(f"no usable image in {str(root)!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    stacked = torch.stack(images)
-    if use_cache:
-        _write_cache(cached, stacked, names)
     return stacked, names
 
 
-def _write_cache(path: Path, images: torch.Tensor, names: list[str]) -> None:
-    """Best effort: a read-only or full cache folder only costs decoding again next time."""
+def _reason(error: Exception) -> str:
+    """A short why for the skip warning (PIL's messages repeat the whole path)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image PIL can read"
+    if isinstance(error, OSError) and error.strerror:  # without the path it repeats
+        return error.strerror
+    return f"{type(error).__name__}: {str(error)[:100]}"
+
+
+def _read_cache(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[str]] | None:
+    """(images, names, skipped) from a cache file, or None when it is missing or unusable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            images = f.get_tensor("images")
+        names, skipped = json.loads(meta["names"]), json.loads(meta["skipped"])
+    except Exception:  # missing, torn or foreign: decode again
+        return None
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, size, size) or len(names) != images.shape[0]:
+        return None
+    return images, names, skipped
+
+
+def _write_cache(path: Path, images: torch.Tensor, names: list[str], skipped: list[str]) -> None:
+    """One file published by rename, so a reader never sees it half written. Best effort: a
+    read-only or full cache folder only costs decoding again next time."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"images": images.contiguous()}, str(tmp))
-        path.with_suffix(".json").write_text(json.dumps(names))
+        save_file({"images": images.contiguous()}, str(tmp),
+                  metadata={"names": json.dumps(names), "skipped": json.dumps(skipped)})
         os.replace(tmp, path)
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

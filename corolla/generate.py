@@ -30,13 +30,15 @@ def initial_noise(seed: int, indices: range | list[int], shape: tuple[int, int, 
 
 @torch.inference_mode()
 def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sampler: str = "ddim",
-                      eta: float = 0.0, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+                      eta: float = 0.0, generators: list[torch.Generator] | None = None,
+                      grid: str = "uniform") -> torch.Tensor:
     """Decode a batch of initial noises with the EMA network -> images in [0, 1], (B,C,H,W).
 
-    `generators` (one per image, already past its initial noise) feed stochastic steps."""
+    `steps` network evaluations on the named time grid (samplers.GRIDS; "uniform" is the
+    reference's). `generators` (one per image, already past its initial noise) feed stochastic steps."""
     model.eval()
     device = next(model.parameters()).device
-    times = samplers.uniform_times(steps)
+    times = samplers.get_grid(grid, steps, model.schedule)
     noise_fn = None
     if generators is not None:
         noise_fn = lambda: _draw(generators, tuple(noise.shape[1:])).to(device)
@@ -46,7 +48,8 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
 
 
 def generate(model: DiffusionModel, num_images: int, steps: int = 20, seed: int = 0, sampler: str = "ddim",
-             eta: float = 0.0, batch_size: int = 64, image_size: int = 64, start: int = 0) -> torch.Tensor:
+             eta: float = 0.0, batch_size: int = 64, image_size: int = 64, start: int = 0,
+             grid: str = "uniform") -> torch.Tensor:
     """Images start..start+num_images-1 of `seed` -> (num_images, C, H, W) in [0, 1]."""
     channels = model.network.config.channels
     shape = (channels, image_size, image_size)
@@ -55,5 +58,5 @@ def generate(model: DiffusionModel, num_images: int, steps: int = 20, seed: int 
         indices = range(first, min(first + batch_size, start + num_images))
         generators = [image_generator(seed, i) for i in indices]
         noise = _draw(generators, shape)
-        out.append(sample_from_noise(model, noise, steps, sampler, eta, generators if eta > 0 else None))
+        out.append(sample_from_noise(model, noise, steps, sampler, eta, generators if eta > 0 else None, grid))
     return torch.cat(out)
