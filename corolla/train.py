@@ -85,6 +85,20 @@ def _as_float(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images_uint8.to(device, non_blocking=True).float().div_(255.0)
 
 
+def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               generator: torch.Generator, decay: float) -> torch.Tensor:
+    """The reference's train step: noise at uniform random times, L1 noise loss of the online
+    network, an AdamW step, then the EMA update. images: (B,C,H,W) in [0, 1] -> the loss (no sync)."""
+    noises = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    times = torch.rand((images.shape[0], 1, 1, 1), generator=generator, device=images.device, dtype=images.dtype)
+    loss = model.noise_loss(images, noises, times)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.update_ema(decay)
+    return loss.detach()
+
+
 @torch.no_grad()
 def validation_loss(model: DiffusionModel, images: torch.Tensor, batch_size: int, seed: int,
                     device: torch.device) -> float:
@@ -187,13 +201,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
             while batch_in_epoch < steps_per_epoch:
                 index = order[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
                 images = _as_float(run.train[index], dev)
-                noises = torch.randn(images.shape, generator=noise_generator, device=dev)
-                times = torch.rand((images.shape[0], 1, 1, 1), generator=noise_generator, device=dev)
-                loss = model.noise_loss(images, noises, times)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                model.update_ema(ema_decay(config, step))
+                loss = train_step(model, optimizer, images, noise_generator, ema_decay(config, step))
                 step += 1
                 batch_in_epoch += 1
                 seen += images.shape[0]
