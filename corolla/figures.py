@@ -1,0 +1,410 @@
+"""The reference article's analyses as figures: schedules, a noising strip, a step-count sweep,
+latent interpolation, a reverse-diffusion trajectory, and training curves.
+
+Each figure is a data function (tensors and numbers, tested against the library) and a plot
+function that writes a PNG. Plots use matplotlib's Figure with the Agg canvas directly (no pyplot
+state, so they are safe to call from a training loop). Image grids are placed pixel for pixel
+with `figimage` and labelled with figure text, so every PNG has a size known in advance.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+matplotlib.use("Agg")
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from . import samplers, schedules
+from .diffusion import DiffusionModel
+from .generate import initial_noise, sample_from_noise
+from .grids import to_uint8
+
+DPI = 100
+SCHEDULE_NAMES = ("linear", "cosine", "offset_cosine")
+
+# -- writing figures ------------------------------------------------------------------------------
+
+
+def _save(fig: Figure, out: str | os.PathLike) -> Path:
+    """Render with Agg and publish by renaming, so a reader never sees a half-written PNG."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    # RGB rather than matplotlib's RGBA: a tenth smaller, and figures have no transparency
+    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(tmp, format="PNG", optimize=True)
+    os.replace(tmp, out)
+    return out
+
+
+# -- labelled image grids -------------------------------------------------------------------------
+
+MIN_CELL_PX = 64        # smaller images are enlarged (nearest) by an integer factor to at least this
+PAD_PX = 4              # white gap between cells and around the grid
+LINE_PX = 14            # height of one line of 9-point label text at 100 dpi
+CHAR_PX = 7             # generous width of one character of that text
+TITLE_PX, TITLE_CHAR_PX = 22, 9
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Where a labelled grid puts things, in pixels from the top-left corner of the PNG."""
+    width: int
+    height: int
+    left: int   # x of the first column
+    top: int    # y of the first cell
+    pitch: int  # distance between column starts: the cell, or a wider column label, plus a gap
+    cell: int   # enlarged image side
+    scale: int  # enlargement factor
+
+    def cell_origin(self, row: int, col: int) -> tuple[int, int]:
+        """(x, y) of the top-left pixel of cell (row, col); cells are centred in their column."""
+        x = self.left + col * self.pitch + (self.pitch - PAD_PX - self.cell) // 2
+        return x, self.top + row * (self.cell + PAD_PX)
+
+
+def _text_size(labels: Sequence[str]) -> tuple[int, int]:
+    """(lines, characters of the longest line) of the largest label."""
+    lines = max((label.count("\n") + 1 for label in labels), default=0)
+    return lines, max((len(line) for label in labels for line in label.split("\n")), default=0)
+
+
+def grid_geometry(rows: int, cols: int, image_side: int, col_labels: Sequence[str] = (),
+                  row_labels: Sequence[str] = (), title: str | None = None) -> GridGeometry:
+    scale = math.ceil(MIN_CELL_PX / image_side)
+    cell = image_side * scale
+    col_lines, col_chars = _text_size(col_labels)
+    row_chars = _text_size(row_labels)[1]
+    pitch = max(cell, col_chars * CHAR_PX) + PAD_PX
+    top = PAD_PX + (TITLE_PX if title else 0) + col_lines * LINE_PX
+    left = PAD_PX + (row_chars * CHAR_PX + PAD_PX if row_chars else 0)
+    width = max(left + cols * pitch, len(title or "") * TITLE_CHAR_PX + 2 * PAD_PX)
+    height = top + rows * (cell + PAD_PX)
+    return GridGeometry(width, height, left, top, pitch, cell, scale)
+
+
+def save_labelled_grid(images: torch.Tensor, out: str | os.PathLike, col_labels: Sequence[str] = (),
+                       row_labels: Sequence[str] = (), title: str | None = None,
+                       cell_labels: Sequence[Sequence[str]] | None = None) -> Path:
+    """images (R, C, 3, H, W) in [0, 1] -> a PNG with column labels above, row labels to the left,
+    an optional small label in each cell's corner, and a title; its layout is grid_geometry's."""
+    rows, cols, _, side, _ = images.shape
+    geo = grid_geometry(rows, cols, side, col_labels, row_labels, title)
+    canvas = np.full((geo.height, geo.width, 3), 255, np.uint8)
+    pixels = to_uint8(images.reshape(rows * cols, *images.shape[2:]))  # (R*C, H, W, 3)
+    for index, tile in enumerate(pixels):
+        x, y = geo.cell_origin(*divmod(index, cols))
+        canvas[y:y + geo.cell, x:x + geo.cell] = tile.repeat(geo.scale, 0).repeat(geo.scale, 1)
+    fig = Figure(figsize=(geo.width / DPI, geo.height / DPI), dpi=DPI)
+    fig.figimage(canvas, 0, 0, origin="upper")
+
+    def text(x: float, y: float, label: str, **kwargs) -> None:  # pixel coordinates from the top left
+        fig.text(x / geo.width, 1 - y / geo.height, label, **{"fontsize": 9, **kwargs})
+
+    if title is not None:
+        text(geo.width / 2, PAD_PX, title, ha="center", va="top", fontsize=11, fontweight="bold")
+    for col, label in enumerate(col_labels):
+        x, y = geo.cell_origin(0, col)
+        text(x + geo.cell / 2, y - 2, label, ha="center", va="bottom", linespacing=1.1)
+    for row, label in enumerate(row_labels):
+        x, y = geo.cell_origin(row, 0)
+        text(x - PAD_PX - 2, y + geo.cell / 2, label, ha="right", va="center", linespacing=1.1)
+    for row, labels in enumerate(cell_labels or ()):
+        for col, label in enumerate(labels):
+            x, y = geo.cell_origin(row, col)
+            text(x + 2, y + 2, label, ha="left", va="top", fontsize=7,
+                 bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.75))
+    return _save(fig, out)
+
+
+# -- 1. schedules and the noising strip -----------------------------------------------------------
+
+def schedule_curves(steps: int = schedules.LINEAR_STEPS) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """name -> (t, noise_rates, signal_rates) on the article's grid t = i / T, i = 0..T-1.
+
+    The linear schedule is the reference's discrete cumulative product along that grid."""
+    t = torch.arange(steps, dtype=torch.float64) / steps
+    curves = {"linear": schedules.linear(t), "cosine": schedules.cosine(t),
+              "offset_cosine": schedules.offset_cosine(t)}
+    return {name: (t, noise, signal) for name, (noise, signal) in curves.items()}
+
+
+def plot_schedules(out: str | os.PathLike) -> Path:
+    """Rates (left) and their squares, the signal and noise variances abar and 1 - abar (right)."""
+    fig = Figure(figsize=(11, 4.2), dpi=DPI, layout="constrained")
+    rates, powers = fig.subplots(1, 2)
+    for (name, (t, noise, signal)), color in zip(schedule_curves().items(), ("C0", "C1", "C2")):
+        rates.plot(t, signal, color=color, label=f"{name} signal")
+        rates.plot(t, noise, color=color, linestyle="--", label=f"{name} noise")
+        powers.plot(t, signal ** 2, color=color, label=f"{name} signal")
+        powers.plot(t, noise ** 2, color=color, linestyle="--", label=f"{name} noise")
+    rates.set(title="rates: signal sqrt(abar), noise sqrt(1 - abar)", xlabel="diffusion time t", ylabel="rate")
+    powers.set(title="variances: signal abar, noise 1 - abar", xlabel="diffusion time t", ylabel="variance")
+    for ax in (rates, powers):
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    powers.legend(fontsize=8, loc="center right")
+    return _save(fig, out)
+
+
+def noised_images(image: torch.Tensor, times: Sequence[float], seed: int = 0,
+                  names: Sequence[str] = SCHEDULE_NAMES) -> torch.Tensor:
+    """One uint8 image (3, H, W) noised at each time under each schedule -> (len(names), len(times),
+    3, H, W) in [0, 1].
+
+    As in training, the image is standardised per channel (here with its own statistics, standing
+    in for the data set's) and noised as signal_rate * x + noise_rate * eps with the same eps for
+    every schedule and time, so only the schedule differs between rows."""
+    x = image.double().unsqueeze(0) / 255.0
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True, unbiased=False).clamp_min(1e-3)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    t = torch.tensor(list(times), dtype=torch.float64).view(-1, 1, 1, 1)
+    rows = []
+    for name in names:
+        noise_rates, signal_rates = schedules.get(name)(t)
+        noisy = signal_rates * (x - mean) / std + noise_rates * eps
+        rows.append((mean + noisy * std).clamp(0, 1))
+    return torch.stack(rows).float()
+
+
+def plot_noising(image: torch.Tensor, out: str | os.PathLike, times: Sequence[float], seed: int = 0,
+                 title: str = "forward diffusion") -> Path:
+    grid = noised_images(image, times, seed)
+    t = torch.tensor(list(times), dtype=torch.float64)
+    signal = [schedules.get(name)(t)[1].tolist() for name in SCHEDULE_NAMES]
+    return save_labelled_grid(grid, out, col_labels=[f"t = {v:.2f}" for v in times], row_labels=SCHEDULE_NAMES,
+                              title=title, cell_labels=[[f"signal {s:.2f}" for s in row] for row in signal])
+
+
+# -- 2. step-count sweep --------------------------------------------------------------------------
+
+@dataclass
+class SweepResult:
+    steps: int
+    images: torch.Tensor      # (n, 3, H, W) in [0, 1]
+    seconds: float            # wall time for all n images
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / self.images.shape[0]
+
+
+def step_sweep(model: DiffusionModel, step_counts: Sequence[int], num_images: int, seed: int,
+               image_size: int) -> list[SweepResult]:
+    """The same initial noises (images 0..n-1 of `seed`) decoded with each number of DDIM steps."""
+    noise = initial_noise(seed, range(num_images), (model.network.config.channels, image_size, image_size))
+    sample_from_noise(model, noise[:1], 1)  # warm-up: first-call allocations are not the sampler's time
+    results = []
+    for steps in step_counts:
+        started = time.perf_counter()
+        images = sample_from_noise(model, noise, steps)  # returns on the CPU, so the device has finished
+        results.append(SweepResult(steps, images, time.perf_counter() - started))
+    return results
+
+
+def sweep_table(results: Sequence[SweepResult]) -> str:
+    lines = [f"{'steps':>6} {'seconds':>9} {'s/image':>9} {'ms/step/image':>14}"]
+    for r in results:
+        lines.append(f"{r.steps:>6} {r.seconds:>9.3f} {r.seconds_per_image:>9.4f} "
+                     f"{1000 * r.seconds_per_image / r.steps:>14.3f}")
+    return "\n".join(lines)
+
+
+def plot_sweep(results: Sequence[SweepResult], out: str | os.PathLike, title: str | None = None) -> Path:
+    """One column per step count, one row per initial noise."""
+    grid = torch.stack([r.images for r in results], dim=1)  # (n, counts, 3, H, W)
+    return save_labelled_grid(grid, out, col_labels=sweep_labels(results), title=title or "DDIM steps vs image")
+
+
+def sweep_labels(results: Sequence[SweepResult]) -> list[str]:
+    """'20 steps\n12.3 ms/image' above each column."""
+    def seconds(s: float) -> str:
+        return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+    return [f"{r.steps} step{'s' if r.steps > 1 else ''}\n{seconds(r.seconds_per_image)}/image" for r in results]
+
+
+# -- 3. interpolation -----------------------------------------------------------------------------
+
+def interpolation_weights(frames: int) -> list[float]:
+    if frames < 2:
+        raise ValueError(f"frames must be at least 2 (the two end images), got {frames}")
+    return [i / (frames - 1) for i in range(frames)]
+
+
+def interpolation_noises(first: int, second: int, frames: int, shape: tuple[int, int, int]) -> torch.Tensor:
+    """(frames, C, H, W): image 0's initial noise of seed `first` turning into that of `second`.
+
+    samplers.slerp(a, b, w) = a sin(pi/2 w) + b cos(pi/2 w) gives b at w = 0, so b is the first
+    seed. It runs in float64: there sin(pi/2) = 1 and cos(pi/2) = 6e-17, so both end frames round
+    back to the seeds' float32 noises bit for bit and decode to `corolla sample`'s images."""
+    b = initial_noise(first, [0], shape)[0].double()
+    a = initial_noise(second, [0], shape)[0].double()
+    return samplers.slerp(a, b, interpolation_weights(frames)).float()
+
+
+def interpolate(model: DiffusionModel, pairs: Sequence[tuple[int, int]], frames: int, steps: int,
+                image_size: int, batch_size: int = 64) -> torch.Tensor:
+    """-> (len(pairs), frames, 3, H, W) in [0, 1], decoded with deterministic DDIM."""
+    shape = (model.network.config.channels, image_size, image_size)
+    noise = torch.cat([interpolation_noises(a, b, frames, shape) for a, b in pairs])
+    images = torch.cat([sample_from_noise(model, noise[i:i + batch_size], steps)
+                        for i in range(0, noise.shape[0], batch_size)])
+    return images.view(len(pairs), frames, *images.shape[1:])
+
+
+def plot_interpolation(images: torch.Tensor, pairs: Sequence[tuple[int, int]], out: str | os.PathLike,
+                       title: str | None = None) -> Path:
+    weights = interpolation_weights(images.shape[1])
+    return save_labelled_grid(images, out, col_labels=[f"w = {w:.2f}" for w in weights],
+                              row_labels=[f"seed {a} -> {b}" for a, b in pairs],
+                              title=title or "spherical interpolation of initial noise")
+
+
+def save_gif(images: torch.Tensor, out: str | os.PathLike, frame_ms: int = 120, scale: int = 4) -> Path:
+    """(rows, frames, 3, H, W) -> an animated GIF: frame i shows every row's frame i side by side,
+    playing forward then back so the loop has no jump."""
+    rows, frames = images.shape[:2]
+    pixels = to_uint8(images.transpose(0, 1).reshape(rows * frames, *images.shape[2:]))
+    pixels = pixels.reshape(frames, rows, *pixels.shape[1:])
+    tiles = [np.concatenate(list(p), axis=1).repeat(scale, 0).repeat(scale, 1) for p in pixels]
+    sequence = tiles + tiles[-2:0:-1]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    first, *rest = [Image.fromarray(t) for t in sequence]
+    first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=frame_ms, loop=0)
+    os.replace(tmp, out)
+    return out
+
+
+# -- 4. trajectory and training curves ------------------------------------------------------------
+
+@dataclass
+class Trajectory:
+    times: list[float]             # t before each step (1 ... step)
+    pred_images: torch.Tensor      # (steps, C, H, W) normalised: the image predicted at each step
+    noisy_images: torch.Tensor     # (steps + 1, C, H, W) normalised: x before the first and after each step
+
+    @property
+    def final(self) -> torch.Tensor:
+        """What samplers.ddim returns: the last predicted image."""
+        return self.pred_images[-1]
+
+
+@torch.inference_mode()
+def ddim_trajectory(model: DiffusionModel, noise: torch.Tensor, steps: int) -> Trajectory:
+    """samplers.ddim at eta = 0 for one image (noise: (C, H, W)), keeping every step's state.
+
+    Each step separates x_t into the predicted image and noise, then remixes them at t_next:
+    x_next = signal(t_next) * pred_image + noise(t_next) * pred_noise (DDIM eq. 12, sigma = 0)."""
+    model.eval()
+    device = next(model.parameters()).device
+    times = samplers.uniform_times(steps).tolist()
+    x = noise.unsqueeze(0).to(device)
+    preds, xs = [], [x]
+
+    def rates(t: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return model.schedule(torch.full((1, 1, 1, 1), t, dtype=x.dtype, device=device))
+
+    for t, t_next in zip(times[:-1], times[1:]):
+        pred_noises, pred_images = model.denoise(x, *rates(t))
+        next_noise_rates, next_signal_rates = rates(t_next)
+        x = next_signal_rates * pred_images + next_noise_rates * pred_noises
+        preds.append(pred_images)
+        xs.append(x)
+    return Trajectory(times[:-1], torch.cat(preds).cpu(), torch.cat(xs).cpu())
+
+
+def plot_trajectory(model: DiffusionModel, trajectory: Trajectory, out: str | os.PathLike,
+                    per_row: int = 10, title: str | None = None) -> Path:
+    """Bands of two rows, `per_row` steps wide: the predicted image at t, then x after the step."""
+    steps = len(trajectory.times)
+    pred = model.normalizer.denormalize(trajectory.pred_images.to(model.normalizer.mean.device)).cpu()
+    noisy = model.normalizer.denormalize(trajectory.noisy_images[1:].to(model.normalizer.mean.device)).cpu()
+    bands = math.ceil(steps / per_row)
+    cols = min(steps, per_row)
+    blank = torch.ones_like(pred[0])
+    cells, labels, row_labels = [], [], []
+    times = trajectory.times + [0.0]
+    for band in range(bands):
+        idx = list(range(band * cols, min((band + 1) * cols, steps)))
+        fill = [blank] * (cols - len(idx))
+        cells.append(torch.stack([pred[i] for i in idx] + fill))
+        cells.append(torch.stack([noisy[i] for i in idx] + fill))
+        labels.append([f"{i + 1}: t={times[i]:.2f}" for i in idx])
+        labels.append([f"t={times[i + 1]:.2f}" for i in idx])
+        row_labels += ["predicted\nimage", "noisy\nimage"]
+    return save_labelled_grid(torch.stack(cells), out, row_labels=row_labels, cell_labels=labels,
+                              title=title or f"reverse diffusion, {steps} DDIM steps")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl; unreadable lines (a line being written) are skipped."""
+    records = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return records
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+            records.append(record)
+    return records
+
+
+def loss_series(records: Sequence[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """'train' and 'val' -> (steps, losses), skipping missing, null and non-finite values."""
+    series: dict[str, tuple[list[float], list[float]]] = {"train": ([], []), "val": ([], [])}
+    for record in records:
+        for name, key in (("train", "train_loss"), ("val", "val_loss")):
+            value = record.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                series[name][0].append(record["step"])
+                series[name][1].append(value)
+    return series
+
+
+def plot_training(run_dir: str | os.PathLike) -> Path | None:
+    """run_dir/metrics.jsonl -> run_dir/loss.png (train and validation loss against step).
+
+    Called at every epoch end, so it never raises: with no loss logged yet it writes nothing and
+    returns None, and any failure to draw becomes a warning (a figure must not stop training)."""
+    run_dir = Path(run_dir)
+    try:
+        records = read_metrics(run_dir / "metrics.jsonl")
+        series = loss_series(records)
+        if not series["train"][0] and not series["val"][0]:
+            return None
+        fig = Figure(figsize=(7, 4), dpi=DPI, layout="constrained")
+        ax = fig.subplots()
+        if series["train"][0]:
+            ax.plot(*series["train"], color="C0", linewidth=1, label="train (mean of each logged interval)")
+        if series["val"][0]:
+            ax.plot(*series["val"], color="C1", marker="o", label="validation (EMA network)")
+        speeds = [r["images_per_s"] for r in records if isinstance(r.get("images_per_s"), (int, float))]
+        epochs = max((r.get("epoch", 0) for r in records if isinstance(r.get("epoch"), (int, float))), default=0)
+        speed = f", {speeds[-1]:.1f} images/s" if speeds else ""
+        ax.set(xlabel="optimiser step", ylabel="L1 noise loss", title=f"{run_dir.name}: epoch {epochs}{speed}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        return _save(fig, run_dir / "loss.png")
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        warnings.warn(f"could not draw {run_dir / 'loss.png'}: {error}", stacklevel=2)
+        return None
