@@ -91,12 +91,15 @@ def _add_train(sub) -> None:
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate images from a checkpoint")
-    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint folder or run folder (default: the shipped flower model)")
     p.add_argument("-n", "--num-images", type=positive_int, default=64)
     p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--eta", type=float, default=0.0, help="0: deterministic DDIM; 1: DDPM-like noise")
-    p.add_argument("--sampler", default="ddim", choices=sorted(samplers.SAMPLERS))
+    p.add_argument("--sampler", default="ddim", choices=sorted(samplers.SAMPLERS),
+                   help="ddim (the reference); dpmpp_2m, dpmpp_3m, unipc reach the same image in fewer steps")
+    p.add_argument("--grid", default="uniform", choices=sorted(samplers.GRIDS),
+                   help="time grid: uniform in t (the reference), uniform in log-SNR, or Karras'")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", default="samples.png", help="grid PNG to write")
     p.add_argument("--each", metavar="DIR", help="also write one PNG per image into DIR")
@@ -104,8 +107,28 @@ def _add_sample(sub) -> None:
     p.set_defaults(func=run_sample)
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint's EMA weights as a small release checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("--out", required=True, help="release folder to write (config.json + model.safetensors)")
+    p.add_argument("--float32", action="store_true", help="keep float32 weights (default float16)")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    from .pretrained import export_release
+    print(f"wrote {export_release(args.checkpoint, args.out, half=not args.float32)}")
+    return 0
+
+
+def checkpoint_path(given: str | None) -> str:
+    """The checkpoint named on the command line, else the shipped flower model."""
+    from . import pretrained
+    return given or str(pretrained.path())
+
+
 # Modules that add subcommands: each has register(subparsers), whose parsers set_defaults(func=...).
-COMMAND_MODULES: list[str] = ["cli_figures"]
+COMMAND_MODULES: list[str] = ["cli_figures", "cli_evaluate"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -113,13 +136,14 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
+    _add_export(sub)
     for name in COMMAND_MODULES:
         importlib.import_module(f"corolla.{name}").register(sub)
     return p
 
 
-def train_config(args) -> configs.Config:
-    base = configs.preset(args.preset)
+def train_config(args, base: configs.Config | None = None) -> configs.Config:
+    base = base or configs.preset(args.preset)
     data_changes = {k: v for k, v in {"image_size": args.image_size, "repetitions": args.repetitions,
                                       "val_fraction": args.val_fraction, "crop": args.crop}.items() if v is not None}
     train_changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
@@ -137,6 +161,12 @@ def run_train(args) -> int:
             raise ValueError(f"--resume: {out} holds no checkpoint to resume (no {out / 'latest'})")
         saved = checkpoint.load_config(checkpoint.resolve(out))
         # a resumed run keeps its own config; only the number of epochs may grow
+        wanted, have = train_config(args, saved).to_dict(), saved.to_dict()
+        changed = [f"{part}.{key}" for part in ("data", "train") for key, value in wanted[part].items()
+                   if value != have[part][key] and key != "epochs"]
+        if changed:
+            raise ValueError(f"--resume continues {out} with its saved config; only --epochs may change, "
+                             f"not {', '.join(changed)}")
         config = saved.replace(train={"epochs": args.epochs} if args.epochs else {})
     folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
                    max_steps=args.max_steps)
@@ -151,9 +181,9 @@ def run_sample(args) -> int:
     if args.eta < 0:
         raise ValueError(f"--eta {args.eta} is not allowed: must be 0 (deterministic) or more")
     device = resolve_device(args.device)
-    model, config = checkpoint.load_model(args.checkpoint, device)
+    model, config = checkpoint.load_model(checkpoint_path(args.checkpoint), device)
     images = generate(model, args.num_images, args.steps, args.seed, args.sampler, args.eta, args.batch_size,
-                      config.data.image_size)
+                      config.data.image_size, grid=args.grid)
     print(f"wrote {save_grid(images, args.out)}")
     if args.each:
         paths = save_each(images, args.each)
@@ -171,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"corolla: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingError as error:
+        print(f"corolla: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, a vanished folder: one line, no traceback
         print(f"corolla: error: {error}", file=sys.stderr)
         return 1
     except Interrupted as error:
