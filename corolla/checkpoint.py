@@ -1,9 +1,15 @@
 """Checkpoints: a folder of config.json + model.safetensors (+ training state to resume).
 
-Loading reads JSON and safetensors only, so a checkpoint can never execute code. Writes are
-atomic: a new checkpoint is written into a temporary folder, fsynced, and published by renaming
-it and then atomically replacing the run folder's `latest` pointer, so a crash at any moment
-leaves the previous complete checkpoint or the new complete one.
+Loading reads JSON and safetensors only, so a checkpoint can never execute code. Every other
+file's SHA-256 is recorded in config.json and the config is also stored inside
+model.safetensors, so a torn, altered or mixed-up file is a clear CheckpointError, never wrong
+weights.
+
+Writes are atomic: a checkpoint is written into a temporary folder, each file fsynced, then
+published by renaming the folder; a run folder's `latest` pointer is then replaced atomically.
+A new training checkpoint never replaces the folder `latest` names, so a process killed at any
+moment (SIGKILL, power loss after fsync) leaves `latest` naming a complete checkpoint.
+Temporaries left by killed processes are removed by the next save.
 
 Layout of a run folder:
     run/latest                      name of the newest checkpoint folder (replaced atomically)
@@ -13,14 +19,17 @@ save_pretrained layout and loads anywhere a path is accepted.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
+import struct
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors, save as dump_safetensors
 
 from .config import Config
 from .diffusion import DiffusionModel
@@ -29,11 +38,19 @@ FORMAT = "corolla-checkpoint"
 VERSION = 1
 MODEL_FILE, CONFIG_FILE, TRAINING_FILE, STATE_FILE = (
     "model.safetensors", "config.json", "training.safetensors", "state.json")
+RESERVED_KEYS = ("format", "version", "sha256")  # config.json keys that are not the Config
+_TEMPORARY = re.compile(r"^\.(.+)\.(tmp|old)-(\d+)$")  # .NAME.tmp-PID and .NAME.old-PID
 
 
 class CheckpointError(ValueError):
     """A path that does not hold a usable corolla checkpoint."""
 
+
+class OutputError(ValueError):
+    """A run folder that cannot take checkpoints (not writable, or too little free space)."""
+
+
+# -- writing ----------------------------------------------------------------------------------
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -43,17 +60,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json(path: Path, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
+def _write_file(path: Path, payload: bytes) -> None:
+    """The one place checkpoint bytes reach the disk: write, flush, fsync."""
+    with open(path, "wb") as f:
+        f.write(payload)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    return dump_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
 
 
 def model_tensors(model: DiffusionModel, ema_only: bool = False, dtype: torch.dtype | None = None
@@ -94,63 +114,145 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers are stale: this process is not writing them now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path, names: set[str] | None = None) -> list[Path]:
+    """Delete the .NAME.tmp-PID / .NAME.old-PID entries of processes no longer running, for the
+    given NAMEs only (all in folders corolla owns) -> what was removed.
+
+    An .old folder whose NAME is missing is the only complete copy left by a kill between the
+    two renames of replacing a folder: it is renamed back instead of deleted."""
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = _TEMPORARY.match(entry.name)
+        if not match or (names is not None and match.group(1) not in names) or _pid_alive(int(match.group(3))):
+            continue
+        target = folder / match.group(1)
+        if match.group(2) == "old" and not target.exists() and (entry / CONFIG_FILE).is_file():
+            os.replace(entry, target)
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 def save_pretrained(folder: str | os.PathLike, model: DiffusionModel, config: Config, ema_only: bool = False,
                     dtype: torch.dtype | None = None, extra_state: dict | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a complete checkpoint folder atomically (temporary folder, fsync, rename)."""
+    """Write a complete checkpoint folder atomically (temporary folder, fsync, rename).
+
+    Replacing an existing folder takes two renames (it to .NAME.old-PID, the new one in); a kill
+    between them is repaired by the next save, which renames the old one back."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder.parent, {folder.name})
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _write_tensors(tmp / MODEL_FILE, model_tensors(model, ema_only, dtype), {"format": FORMAT})
-    _write_json(tmp / CONFIG_FILE, {"format": FORMAT, "version": VERSION, **config.to_dict()})
-    if extra_tensors is not None:
-        _write_tensors(tmp / TRAINING_FILE, extra_tensors, {"format": FORMAT})
-    if extra_state is not None:
-        _write_json(tmp / STATE_FILE, extra_state)
-    _fsync_dir(tmp)
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    config_dict = config.to_dict()
+    try:
+        tmp.mkdir()
+        files = {MODEL_FILE: _tensor_bytes(model_tensors(model, ema_only, dtype),
+                                           {"format": FORMAT, "config": json.dumps(config_dict)})}
+        if extra_tensors is not None:
+            files[TRAINING_FILE] = _tensor_bytes(extra_tensors, {"format": FORMAT})
+        if extra_state is not None:
+            files[STATE_FILE] = _json_bytes(extra_state)
+        sha256 = {name: hashlib.sha256(payload).hexdigest() for name, payload in files.items()}
+        files[CONFIG_FILE] = _json_bytes({"format": FORMAT, "version": VERSION, **config_dict, "sha256": sha256})
+        for name, payload in files.items():  # config.json last: a folder with it is complete
+            _write_file(tmp / name, payload)
+        _fsync_dir(tmp)
+        if folder.exists():
+            os.replace(folder, old)
         os.replace(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
+        _fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not keep a half checkpoint
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
 def save_training(run_dir: str | os.PathLike, model: DiffusionModel, config: Config,
                   optimizer: torch.optim.Optimizer, state: dict, rng_states: dict[str, torch.Tensor]) -> Path:
-    """A resumable checkpoint under run_dir/checkpoints, then `latest` points at it; the
-    previous one is removed only after the pointer moved."""
+    """A resumable checkpoint under run_dir/checkpoints, then `latest` points at it; the older
+    ones are removed only after the pointer moved. The folder `latest` names is never written
+    to: a second save at the same step gets the name step-N-1."""
     run_dir = Path(run_dir)
+    previous = _latest_name(run_dir)
     name = f"step-{state['step']:08d}"
+    if name == previous:
+        name += "-1"
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     folder = save_pretrained(run_dir / "checkpoints" / name, model, config,
                              extra_state={**state, "optimizer": opt_meta},
                              extra_tensors={**opt_tensors, **{f"rng.{k}": v for k, v in rng_states.items()}})
-    previous = _latest_name(run_dir)
+    remove_stale_temporaries(folder.parent)
+    remove_stale_temporaries(run_dir, {"latest", "write-test"})
     tmp = run_dir / f".latest.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / "latest")
+    try:
+        _write_file(tmp, (name + "\n").encode())
+        os.replace(tmp, run_dir / "latest")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(run_dir)
-    if previous and previous != name:
-        shutil.rmtree(run_dir / "checkpoints" / previous, ignore_errors=True)
+    for entry in (run_dir / "checkpoints").iterdir():  # the previous one, and any a kill orphaned
+        if entry.name.startswith("step-") and entry.name != name and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+    return folder
+
+
+def training_bytes(model: DiffusionModel, optimizer: torch.optim.Optimizer) -> int:
+    """About the size of one training checkpoint: weights, buffers and AdamW's two moments."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    moments = 2 * sum(p.numel() * p.element_size() for group in optimizer.param_groups for p in group["params"])
+    return weights + moments
+
+
+def ensure_writable(folder: str | os.PathLike, needed_bytes: int = 0) -> Path:
+    """Create `folder` and prove a file can be written there and that `needed_bytes` are free,
+    so a run fails before training rather than at its first checkpoint."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output folder {str(folder)!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.tmp-{os.getpid()}"
+        _write_file(probe, b"corolla")
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+    except OSError as error:
+        raise OutputError(f"output folder {str(folder)!r} is not writable ({error.strerror or error})") from None
+    if free < needed_bytes:
+        raise OutputError(f"output folder {str(folder)!r} has {free / 2**20:.1f} MiB free; checkpoints "
+                          f"need at least {needed_bytes / 2**20:.1f} MiB")
     return folder
 
 
 def _latest_name(run_dir: Path) -> str | None:
     try:
         return (run_dir / "latest").read_text().strip() or None
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
 
+
+# -- reading ----------------------------------------------------------------------------------
 
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint folder, a run folder (its latest checkpoint), or config.json / model.safetensors
@@ -165,42 +267,106 @@ def resolve(path: str | os.PathLike) -> Path:
     name = _latest_name(path) if path.is_dir() else None
     if name and (path / "checkpoints" / name / CONFIG_FILE).is_file():
         return path / "checkpoints" / name
+    if name:
+        raise CheckpointError(f"{path / 'latest'} names {name!r}, which is not a complete checkpoint in "
+                              f"{path / 'checkpoints'}")
     raise CheckpointError(f"{str(path)!r} is not a corolla checkpoint: expected a folder with {CONFIG_FILE} "
                           f"and {MODEL_FILE}, or a run folder with a 'latest' checkpoint")
 
 
-def load_config(folder: Path) -> Config:
+def _read_config_json(folder: Path) -> dict:
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{folder / CONFIG_FILE}: not readable JSON ({error})") from None
-    if not isinstance(raw, dict) or raw.pop("format", None) != FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{folder / CONFIG_FILE}: not a corolla config (no \"format\": \"{FORMAT}\")")
-    version = raw.pop("version", None)
-    if version != VERSION:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: checkpoint format version {version}, this corolla reads {VERSION}")
+    if raw.get("version") != VERSION:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: checkpoint format version {raw.get('version')}, "
+                              f"this corolla reads {VERSION}")
+    return raw
+
+
+def _checksums(raw: dict) -> dict[str, str]:
+    """{file name: SHA-256} from config.json; none (older or hand-made checkpoints): no check."""
+    sha256 = raw.get("sha256")
+    return sha256 if isinstance(sha256, dict) else {}
+
+
+def _config_from(raw: dict, where: Path) -> Config:
     try:
-        return Config.from_dict(raw)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: invalid config ({error})") from None
+        return Config.from_dict({k: v for k, v in raw.items() if k not in RESERVED_KEYS})
+    except (TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"{where}: invalid config ({error})") from None
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_config(folder: Path) -> Config:
+    return _config_from(_read_config_json(folder), folder / CONFIG_FILE)
+
+
+def _read_verified(path: Path, sha256: str | None) -> bytes:
+    """The bytes of a checkpoint file, checked against its SHA-256 when one is recorded."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        payload = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"{path}: not readable ({error.strerror or error})") from None
+    if sha256 is not None and hashlib.sha256(payload).hexdigest() != sha256:
+        raise CheckpointError(f"{path}: contents do not match the SHA-256 recorded in {CONFIG_FILE} "
+                              f"(the file is truncated, corrupted or from another checkpoint)")
+    return payload
+
+
+def _read_tensors(path: Path, sha256: str | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (tensors, metadata) of a safetensors file whose SHA-256 matches, when one is recorded."""
+    payload = _read_verified(path, sha256)
+    try:
+        (header_size,) = struct.unpack("<Q", payload[:8])
+        metadata = json.loads(payload[8:8 + header_size]).get("__metadata__") or {}
+        return load_safetensors(payload), metadata
+    except (SafetensorError, struct.error, ValueError, RuntimeError, AttributeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: not a valid safetensors file ({str(error).splitlines()[0]})") from None
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    """{"data": {"image_size": 64}} -> {"data.image_size": 64}."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def _check_same_config(config: Config, metadata: dict[str, str], where: Path) -> None:
+    """config.json must describe the weights: the config saved inside them must match it."""
+    if "config" not in metadata:
+        return
+    try:
+        stored = json.loads(metadata["config"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{where}: its stored config is not JSON") from None
+    current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
+    differences = [f"{key}: {_flat(stored).get(key)!r} in the weights, {value!r} in {CONFIG_FILE}"
+                   for key, value in _flat(current).items() if _flat(stored).get(key) != value]
+    if differences:
+        raise CheckpointError(f"{where.parent / CONFIG_FILE} does not describe these weights ({'; '.join(differences[:3])})")
+
+
+def _model_for(config: Config, where: Path) -> DiffusionModel:
+    try:
+        return DiffusionModel(config.unet, config.train.schedule)
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{where}: the config describes no valid network ({error})") from None
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DiffusionModel, Config]:
     """Load a checkpoint for sampling -> (model in eval mode, config). When only EMA weights are
     stored (a release checkpoint), the online network gets them too."""
     folder = resolve(path)
-    config = load_config(folder)
-    tensors = _read_tensors(folder / MODEL_FILE)
-    model = DiffusionModel(config.unet, config.train.schedule)
+    raw = _read_config_json(folder)
+    config = _config_from(raw, folder / CONFIG_FILE)
+    tensors, metadata = _read_tensors(folder / MODEL_FILE, _checksums(raw).get(MODEL_FILE))
+    _check_same_config(config, metadata, folder / MODEL_FILE)
+    model = _model_for(config, folder / CONFIG_FILE)
     _load_weights(model, tensors, folder / MODEL_FILE)
     return model.to(device).eval(), config
 
@@ -228,12 +394,24 @@ def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: tor
                   ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Restore weights and optimiser in place -> (state dict from state.json, RNG states)."""
     folder = resolve(path)
-    _load_weights(model, _read_tensors(folder / MODEL_FILE), folder / MODEL_FILE)
-    tensors = _read_tensors(folder / TRAINING_FILE)
+    raw = _read_config_json(folder)
+    sha256 = _checksums(raw)
+    tensors, metadata = _read_tensors(folder / MODEL_FILE, sha256.get(MODEL_FILE))
+    config = _config_from(raw, folder / CONFIG_FILE)
+    _check_same_config(config, metadata, folder / MODEL_FILE)
+    if config.unet != model.network.config:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: its network ({config.unet}) is not the one being "
+                              f"resumed ({model.network.config})")
+    _load_weights(model, tensors, folder / MODEL_FILE)
+    training, _ = _read_tensors(folder / TRAINING_FILE, sha256.get(TRAINING_FILE))
+    payload = _read_verified(folder / STATE_FILE, sha256.get(STATE_FILE))
     try:
-        state = json.loads((folder / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{folder / STATE_FILE}: not readable ({error})") from None
-    _restore_optimizer(optimizer, tensors, state.pop("optimizer"))
-    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+        state = json.loads(payload)
+        for key in ("step", "epoch", "batch_in_epoch", "optimizer"):
+            if key not in state:
+                raise ValueError(f"no {key!r}")
+        _restore_optimizer(optimizer, training, state.pop("optimizer"))
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{folder}: training state not usable to resume ({error})") from None
+    rng = {k[len("rng."):]: v for k, v in training.items() if k.startswith("rng.")}
     return state, rng

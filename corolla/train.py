@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,10 @@ class Interrupted(Exception):
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)  # raises RuntimeError on a malformed name
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but PyTorch sees no CUDA device; use cpu or auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -134,7 +138,11 @@ class _StopSignals:
         return self
 
     def _handle(self, signum, frame):
+        if self.received is not None:  # a second signal: stop at once, the last checkpoint stays
+            raise KeyboardInterrupt
         self.received = signum
+        print(f"\ncorolla: {signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+              f"(send it again to stop at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -146,12 +154,29 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from, so the curve has no repeats."""
+def _truncate_log(path: Path, lines: int) -> None:
+    """Keep the first `lines` records, those written before the checkpoint we resume from, so the
+    curve has no repeats; a line torn by a kill is dropped. Rewritten by rename, never torn."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text(errors="replace").splitlines()[:lines]:
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            break
+        kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
+def _check_finite(model: DiffusionModel, running: torch.Tensor, step: int, run_dir: Path) -> None:
+    """Never save bad weights: a non-finite loss since the last log, or non-finite weights."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    if not torch.isfinite(running) or not all(torch.isfinite(t).all() for t in tensors):
+        raise TrainingError(f"loss or weights became NaN or infinite by step {step}; stopped without saving, "
+                            f"the last good checkpoint in {run_dir} is kept")
 
 
 def train(config: Config, data_dir: str | Path | None = None, out: str | Path = "runs/train",
@@ -162,31 +187,54 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     max_steps stops early after that many optimiser steps in total (for tests and benchmarks)."""
     # -- set up ---------------------------------------------------------------------------
     dev = resolve_device(device)
-    run_dir = Path(out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
     run = prepare_data(config, data_dir)
     model, optimizer = build(config, dev)
+    # room for two checkpoints: the new one is complete before the old one goes
+    checkpoint.ensure_writable(run_dir, 2 * checkpoint.training_bytes(model, optimizer) + 2 ** 20)
     model.normalizer.set_statistics(run.mean.to(dev), run.variance.to(dev))
     noise_generator = torch.Generator(device=dev).manual_seed(config.train.seed)
     tc, dc = config.train, config.data
     steps_per_epoch = data.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
     step, epoch, batch_in_epoch = 0, 0, 0
-    log_path = run_dir / "metrics.jsonl"
+    # the loss summed since the last log line: saved in checkpoints so a resumed run logs the same means
+    running, losses_since_log = torch.zeros((), device=dev), 0
+    log_path, log_lines = run_dir / "metrics.jsonl", 0
 
     # -- resume ---------------------------------------------------------------------------
     if resume and (run_dir / "latest").exists():
         state, rng = checkpoint.load_training(run_dir, model, optimizer)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         noise_generator.set_state(rng["noise"])
-        _truncate_log(log_path, step)
+        running.fill_(state.get("running_loss", 0.0))
+        losses_since_log, log_lines = state.get("losses_since_log", 0), state.get("log_lines", 0)
+        _truncate_log(log_path, log_lines)
         log(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
     elif not resume and log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh curve
 
     def save(reason: str) -> Path:
-        state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "reason": reason}
-        return checkpoint.save_training(run_dir, model, config, optimizer, state,
-                                        {"noise": noise_generator.get_state()})
+        _check_finite(model, running, step, run_dir)
+        state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "reason": reason,
+                 "running_loss": running.item(), "losses_since_log": losses_since_log, "log_lines": log_lines}
+        try:
+            return checkpoint.save_training(run_dir, model, config, optimizer, state,
+                                            {"noise": noise_generator.get_state()})
+        except OSError as error:
+            raise TrainingError(f"could not write the checkpoint of step {step} ({error.strerror or error}); "
+                                f"the previous checkpoint in {run_dir} is kept") from None
+
+    def log_record(record: dict) -> None:
+        nonlocal log_lines
+        _append_jsonl(log_path, record)
+        log_lines += 1
+
+    def interrupted(folder: Path) -> Interrupted:
+        return Interrupted(f"stopped by {signal.Signals(stop.received).name} at step {step}; checkpoint {folder}. "
+                           f"Resume with: corolla train --out {run_dir} --resume")
+
+    if max_steps is not None and step >= max_steps:
+        return checkpoint.resolve(run_dir)  # a resumed run already there
 
     folder = None
     with _StopSignals() as stop:
@@ -196,8 +244,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
             model.train()
             bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                        disable=not progress, leave=True, dynamic_ncols=True)
-            started, seen, running = time.perf_counter(), 0, torch.zeros((), device=dev)
-            losses_since_log = 0
+            started, seen = time.perf_counter(), 0
             while batch_in_epoch < steps_per_epoch:
                 index = order[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
                 images = _as_float(run.train[index], dev)
@@ -212,7 +259,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
                     if not math.isfinite(mean_loss):
                         raise TrainingError(f"loss became {mean_loss} by step {step}; stopped without saving, "
                                             f"the last good checkpoint in {run_dir} is kept")
-                    _append_jsonl(log_path, {"step": step, "epoch": epoch + 1, "train_loss": mean_loss})
+                    log_record({"step": step, "epoch": epoch + 1, "train_loss": mean_loss})
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
                     running, losses_since_log = torch.zeros((), device=dev), 0
                 bar.update(1)
@@ -220,9 +267,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
                     break
             bar.close()
             if stop.received is not None:
-                folder = save("interrupted")
-                raise Interrupted(f"stopped by signal {stop.received} at step {step}; checkpoint {folder}. "
-                                  f"Resume with: corolla train --out {run_dir} --resume")
+                raise interrupted(save("interrupted"))
             if batch_in_epoch < steps_per_epoch:  # max_steps reached mid-epoch
                 folder = save("max_steps")
                 break
@@ -233,8 +278,11 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
             save_grid(grid, run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
             save_grid(grid, run_dir / "grid.png")
             epoch, batch_in_epoch = epoch + 1, 0
+            # logged before the checkpoint, so the checkpoint's log_lines count it
+            log_record({"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None, "images_per_s": images_per_s})
             folder = save("epoch")
-            _append_jsonl(log_path, {"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None, "images_per_s": images_per_s})
+            if stop.received is not None:  # a signal during validation or sampling
+                raise interrupted(folder)
             log(f"epoch {epoch}/{tc.epochs}: step {step}, val loss {val:.4f}, {images_per_s:.1f} images/s")
             if max_steps is not None and step >= max_steps:
                 break
