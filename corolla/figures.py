@@ -21,8 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from PIL import Image
 
 from . import samplers, schedules
@@ -53,9 +54,9 @@ def _save(fig: Figure, out: str | os.PathLike) -> Path:
 
 MIN_CELL_PX = 64        # smaller images are enlarged (nearest) by an integer factor to at least this
 PAD_PX = 4              # white gap between cells and around the grid
-LINE_PX = 14            # height of one line of 9-point label text at 100 dpi
-CHAR_PX = 7             # generous width of one character of that text
-TITLE_PX, TITLE_CHAR_PX = 22, 9
+LABEL_PT, TITLE_PT, CELL_LABEL_PT = 9, 11, 7
+LINE_PX = 16            # height of one line of 9-point label text at 100 dpi, with its spacing
+TITLE_PX = 22
 
 
 @dataclass(frozen=True)
@@ -75,22 +76,25 @@ class GridGeometry:
         return x, self.top + row * (self.cell + PAD_PX)
 
 
-def _text_size(labels: Sequence[str]) -> tuple[int, int]:
-    """(lines, characters of the longest line) of the largest label."""
-    lines = max((label.count("\n") + 1 for label in labels), default=0)
-    return lines, max((len(line) for label in labels for line in label.split("\n")), default=0)
+def _text_size(labels: Sequence[str], points: float = LABEL_PT, bold: bool = False) -> tuple[int, int]:
+    """(lines, pixel width of the widest line) of the labels, measured by the Agg renderer."""
+    renderer = RendererAgg(1, 1, DPI)
+    font = FontProperties(size=points, weight="bold" if bold else "normal")
+    lines = [line for label in labels for line in label.split("\n")]
+    width = max((renderer.get_text_width_height_descent(line, font, ismath=False)[0] for line in lines), default=0)
+    return max((label.count("\n") + 1 for label in labels), default=0), math.ceil(width)
 
 
 def grid_geometry(rows: int, cols: int, image_side: int, col_labels: Sequence[str] = (),
                   row_labels: Sequence[str] = (), title: str | None = None) -> GridGeometry:
     scale = math.ceil(MIN_CELL_PX / image_side)
     cell = image_side * scale
-    col_lines, col_chars = _text_size(col_labels)
-    row_chars = _text_size(row_labels)[1]
-    pitch = max(cell, col_chars * CHAR_PX) + PAD_PX
+    col_lines, col_width = _text_size(col_labels)
+    row_width = _text_size(row_labels)[1]
+    pitch = max(cell, col_width + PAD_PX) + PAD_PX
     top = PAD_PX + (TITLE_PX if title else 0) + col_lines * LINE_PX
-    left = PAD_PX + (row_chars * CHAR_PX + PAD_PX if row_chars else 0)
-    width = max(left + cols * pitch, len(title or "") * TITLE_CHAR_PX + 2 * PAD_PX)
+    left = PAD_PX + (row_width + 2 * PAD_PX if row_width else 0)
+    width = max(left + cols * pitch, _text_size([title or ""], TITLE_PT, bold=True)[1] + 2 * PAD_PX)
     height = top + rows * (cell + PAD_PX)
     return GridGeometry(width, height, left, top, pitch, cell, scale)
 
@@ -111,10 +115,10 @@ def save_labelled_grid(images: torch.Tensor, out: str | os.PathLike, col_labels:
     fig.figimage(canvas, 0, 0, origin="upper")
 
     def text(x: float, y: float, label: str, **kwargs) -> None:  # pixel coordinates from the top left
-        fig.text(x / geo.width, 1 - y / geo.height, label, **{"fontsize": 9, **kwargs})
+        fig.text(x / geo.width, 1 - y / geo.height, label, **{"fontsize": LABEL_PT, **kwargs})
 
     if title is not None:
-        text(geo.width / 2, PAD_PX, title, ha="center", va="top", fontsize=11, fontweight="bold")
+        text(geo.width / 2, PAD_PX, title, ha="center", va="top", fontsize=TITLE_PT, fontweight="bold")
     for col, label in enumerate(col_labels):
         x, y = geo.cell_origin(0, col)
         text(x + geo.cell / 2, y - 2, label, ha="center", va="bottom", linespacing=1.1)
@@ -124,7 +128,7 @@ def save_labelled_grid(images: torch.Tensor, out: str | os.PathLike, col_labels:
     for row, labels in enumerate(cell_labels or ()):
         for col, label in enumerate(labels):
             x, y = geo.cell_origin(row, col)
-            text(x + 2, y + 2, label, ha="left", va="top", fontsize=7,
+            text(x + 2, y + 2, label, ha="left", va="top", fontsize=CELL_LABEL_PT,
                  bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.75))
     return _save(fig, out)
 
@@ -233,7 +237,7 @@ def plot_sweep(results: Sequence[SweepResult], out: str | os.PathLike, title: st
 def sweep_labels(results: Sequence[SweepResult]) -> list[str]:
     """'20 steps\n12.3 ms/image' above each column."""
     def seconds(s: float) -> str:
-        return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
+        return f"{s * 1000:.3g} ms" if s < 1 else f"{s:.3g} s"
     return [f"{r.steps} step{'s' if r.steps > 1 else ''}\n{seconds(r.seconds_per_image)}/image" for r in results]
 
 
@@ -274,10 +278,11 @@ def plot_interpolation(images: torch.Tensor, pairs: Sequence[tuple[int, int]], o
                               title=title or "spherical interpolation of initial noise")
 
 
-def save_gif(images: torch.Tensor, out: str | os.PathLike, frame_ms: int = 120, scale: int = 4) -> Path:
+def save_gif(images: torch.Tensor, out: str | os.PathLike, frame_ms: int = 120) -> Path:
     """(rows, frames, 3, H, W) -> an animated GIF: frame i shows every row's frame i side by side,
-    playing forward then back so the loop has no jump."""
+    enlarged as in the grids, playing forward then back so the loop has no jump."""
     rows, frames = images.shape[:2]
+    scale = math.ceil(MIN_CELL_PX / images.shape[-1])
     pixels = to_uint8(images.transpose(0, 1).reshape(rows * frames, *images.shape[2:]))
     pixels = pixels.reshape(frames, rows, *pixels.shape[1:])
     tiles = [np.concatenate(list(p), axis=1).repeat(scale, 0).repeat(scale, 1) for p in pixels]
