@@ -52,7 +52,8 @@ def _load(args):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="checkpoint folder or run folder")
+    p.add_argument("checkpoint", nargs="?",
+                   help="checkpoint folder or run folder (default: the shipped pretrained model, when installed)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
@@ -142,7 +143,7 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[3, 7],
                    help="pairs of seeds, one row per pair: --seeds 3 7 11 12 (image 0 of each seed)")
     p.add_argument("--frames", type=positive_int, default=10, help="images per row, ends included (2 or more)")
-    p.add_argument("--steps", type=positive_int, default=20)
+    p.add_argument("--steps", type=positive_int, default=20, help="DDIM steps, as corolla sample's --steps")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--gif", metavar="PATH", help="also write an animated GIF")
     p.add_argument("--out", default="interp.png")
@@ -152,7 +153,7 @@ def register(sub) -> None:
     _add_model_args(p)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--index", type=non_negative_int, default=0, help="which image of the seed")
-    p.add_argument("--steps", type=positive_int, default=20)
+    p.add_argument("--steps", type=positive_int, default=20, help="DDIM steps")
     p.add_argument("--per-row", type=positive_int, default=10, help="steps per band of the figure")
     p.add_argument("--out", default="traj.png")
     p.set_defaults(func=run_trajectory)

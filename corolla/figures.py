@@ -2,8 +2,8 @@
 latent interpolation, a reverse-diffusion trajectory, and training curves.
 
 Each figure is a data function (tensors and numbers, tested against the library) and a plot
-function that writes a PNG. Plots use matplotlib's Figure with the Agg canvas directly (no pyplot
-state, so they are safe to call from a training loop). Image grids are placed pixel for pixel
+function that writes a PNG. Plots draw on matplotlib's Agg canvas directly, without pyplot: no
+global backend or figure state, so they are safe to call from a training loop or a notebook. Image grids are placed pixel for pixel
 with `figimage` and labelled with figure text, so every PNG has a size known in advance.
 """
 from __future__ import annotations
@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-matplotlib.use("Agg")
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
