@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import signal
 import sys
 import time
@@ -230,8 +231,9 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
         log_lines += 1
 
     def interrupted(folder: Path) -> Interrupted:
+        command = shlex.join(["corolla", "train", *([str(data_dir)] if data_dir else []), "--out", str(run_dir)])
         return Interrupted(f"stopped by {signal.Signals(stop.received).name} at step {step}; checkpoint {folder}. "
-                           f"Resume with: corolla train --out {run_dir} --resume")
+                           f"Resume with: {command} --resume")
 
     if max_steps is not None and step >= max_steps:
         return checkpoint.resolve(run_dir)  # a resumed run already there
