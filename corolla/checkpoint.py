@@ -390,6 +390,19 @@ def _load_weights(model: DiffusionModel, tensors: dict[str, torch.Tensor], where
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
 
 
+def load_state(path: str | os.PathLike) -> dict:
+    """state.json of a training checkpoint (step, epoch, data folder...), checked against its SHA-256."""
+    folder = resolve(path)
+    payload = _read_verified(folder / STATE_FILE, _checksums(_read_config_json(folder)).get(STATE_FILE))
+    try:
+        state = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{folder / STATE_FILE}: not readable JSON ({error})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{folder / STATE_FILE}: not a training state")
+    return state
+
+
 def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: torch.optim.Optimizer
                   ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Restore weights and optimiser in place -> (state dict from state.json, RNG states)."""

@@ -189,6 +189,8 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     # -- set up ---------------------------------------------------------------------------
     dev = resolve_device(device)
     run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
+    if resume and data_dir is None and (run_dir / "latest").exists():
+        data_dir = checkpoint.load_state(run_dir).get("data_dir")  # the run's own images
     run = prepare_data(config, data_dir)
     model, optimizer = build(config, dev)
     # room for two checkpoints: the new one is complete before the old one goes
@@ -217,7 +219,8 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     def save(reason: str) -> Path:
         _check_finite(model, running, step, run_dir)
         state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "reason": reason,
-                 "running_loss": running.item(), "losses_since_log": losses_since_log, "log_lines": log_lines}
+                 "running_loss": running.item(), "losses_since_log": losses_since_log, "log_lines": log_lines,
+                 "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
         try:
             return checkpoint.save_training(run_dir, model, config, optimizer, state,
                                             {"noise": noise_generator.get_state()})

@@ -45,15 +45,6 @@ def _hidden_entries(run: Path) -> list[str]:
     return sorted(p.name for folder in (run, run / "checkpoints") for p in folder.iterdir() if p.name.startswith("."))
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: threads only cost here (on a shared 2-core machine, 100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # -- atomic saves: a crash at every file-system operation ----------------------------------
 
 class Crash(BaseException):

@@ -17,15 +17,6 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COROLLA_CACHE_DIR", str(tmp_path / "cache"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: threads only cost here (on a shared 2-core machine, 100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _load(folder, size=hostile.SIZE):
     """load_folder -> (images, names, the warning messages it gave)."""
     with warnings.catch_warnings(record=True) as caught:

@@ -39,13 +39,8 @@ def flowers(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """A private image cache, one thread (tiny tensors; a shared 2-core machine)."""
+def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COROLLA_CACHE_DIR", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _quiet(*args, **kwargs):
@@ -273,7 +268,7 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_checkpoint(flowers,
     assert [r["step"] for r in records if "train_loss" in r] == list(range(1, final + 1))
 
 
-def test_sigint_and_sigterm_stop_at_a_step_write_a_checkpoint_and_say_how_to_resume(flowers, tmp_path):
+def test_sigint_and_sigterm_stop_at_a_step_write_a_checkpoint_and_say_how_to_resume(flowers, tmp_path, monkeypatch):
     runs = {sig: tmp_path / sig.name for sig in (signal.SIGINT, signal.SIGTERM)}
     processes = {sig: _start(_command(flowers, run, "--epochs", "1000", "--repetitions", "3"), tmp_path)
                  for sig, run in runs.items()}
@@ -292,11 +287,15 @@ def test_sigint_and_sigterm_stop_at_a_step_write_a_checkpoint_and_say_how_to_res
         assert state["reason"] == "interrupted" or state["batch_in_epoch"] == 0  # a step's end or an epoch's
         assert f"at step {state['step']};" in err
 
-    run = runs[signal.SIGINT]  # the command it printed works
+    run = runs[signal.SIGINT]  # the command it printed works, and without the folder too: the run knows it
     step = json.loads((checkpoint.resolve(run) / "state.json").read_text())["step"]
     assert cli.main(["train", str(flowers), "--out", str(run), "--resume", "--max-steps", str(step + 1),
                      "--no-progress"]) == 0
-    assert json.loads((checkpoint.resolve(run) / "state.json").read_text())["step"] == step + 1
+    folders, load_folder = [], data.load_folder
+    monkeypatch.setattr(data, "load_folder", lambda folder, *a, **k: folders.append(folder) or load_folder(folder, *a, **k))
+    assert cli.main(["train", "--out", str(run), "--resume", "--max-steps", str(step + 2), "--no-progress"]) == 0
+    assert folders == [str(flowers.resolve())]
+    assert json.loads((checkpoint.resolve(run) / "state.json").read_text())["step"] == step + 2
 
 
 # -- 8. bad arguments ---------------------------------------------------------------------
