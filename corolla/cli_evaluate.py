@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from . import samplers
-from .cli import non_negative_int, positive_int
+from .cli import checkpoint_path, non_negative_int, positive_int
 from .inception import weights_help
 from .metrics import EvalSettings, evaluate_checkpoint
 
@@ -27,20 +27,23 @@ ROWS = [
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="measure sample quality: SWD, held-out loss, memorisation, KID/FID")
-    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint folder or run folder (default: the shipped model)")
     p.add_argument("--data", metavar="DIR", help="the folder the model was trained on (default: bundled flowers)")
-    p.add_argument("--samples", type=positive_int, default=EvalSettings.samples, help="images to generate")
-    p.add_argument("--steps", type=positive_int, default=EvalSettings.steps, help="sampler steps")
+    p.add_argument("--samples", type=positive_int, default=EvalSettings.samples,
+                   help="images to generate (default %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=EvalSettings.steps,
+                   help="sampler steps (default %(default)s)")
     p.add_argument("--sampler", default=EvalSettings.sampler, choices=sorted(samplers.SAMPLERS))
     p.add_argument("--eta", type=float, default=0.0, help="0: deterministic DDIM; 1: DDPM-like noise")
-    p.add_argument("--seed", type=non_negative_int, default=EvalSettings.seed)
+    p.add_argument("--seed", type=non_negative_int, default=EvalSettings.seed,
+                   help="seeds generation, the held-out noise, SWD and KID subsets (default %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=EvalSettings.batch_size)
-    p.add_argument("--json", default="evaluation.json", metavar="OUT", help="JSON file to write")
+    p.add_argument("--json", default="evaluation.json", metavar="OUT", help="JSON file to write (default %(default)s)")
     p.add_argument("--pairs", default="nearest_pairs.png", metavar="PNG",
-                   help="the generated images nearest to a training image, each beside it")
+                   help="the generated images nearest to a training image, each beside it (default %(default)s)")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="local pt_inception-2015-12-05-6726825d.pth (or .safetensors) for KID and FID")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=run_evaluate)
 
 
@@ -65,7 +68,7 @@ def run_evaluate(args) -> int:
         raise ValueError(f"--eta {args.eta} is not allowed: must be 0 (deterministic) or more")
     settings = EvalSettings(samples=args.samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
                             seed=args.seed, batch_size=args.batch_size)
-    results = evaluate_checkpoint(args.checkpoint, args.data, settings, args.inception_weights, args.device,
+    results = evaluate_checkpoint(checkpoint_path(args.checkpoint), args.data, settings, args.inception_weights, args.device,
                                   args.pairs)
     print(format_table(results))
     if results["kid"] is None:

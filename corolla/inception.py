@@ -288,6 +288,14 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
     return network.to(device)
 
 
+def load_available(path: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+                   ) -> tuple[InceptionV3 | None, Path | None]:
+    """(network, weights file) when weights are given or found, else (None, None): for callers
+    that compute KID and FID only where the weights are present."""
+    found = find_weights(path)
+    return (load_inception(found, device), found) if found is not None else (None, None)
+
+
 @torch.no_grad()
 def features(network: nn.Module, images: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
     """uint8 images (N, 3, H, W) -> (N, D) float64 features, batch by batch on the network's device."""

@@ -441,11 +441,9 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     folder = Path(data_dir) if data_dir else data.bundled_dir()
     images, _ = data.load_folder(folder, config.data.image_size, config.data.crop)
     parts = data.split(images, config.data.val_fraction, config.data.shuffle_seed)
-    weights = inception_module.find_weights(inception_weights)
-    network = real_features = None
-    if weights is not None:
-        network = inception_module.load_inception(weights, dev)
-        real_features = cached_real_features(network, parts.train, weights, settings.batch_size)
+    network, weights = inception_module.load_available(inception_weights, dev)
+    real_features = None if network is None else cached_real_features(network, parts.train, weights,
+                                                                      settings.batch_size)
     results = Evaluator(parts.train, parts.val, settings, network, real_features)(model, pairs_png)
     return {"checkpoint": str(checkpoint.resolve(path)), "data": str(folder), "image_size": config.data.image_size,
             "train_images": parts.train.shape[0], "heldout_images": parts.val.shape[0],
