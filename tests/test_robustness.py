@@ -298,6 +298,20 @@ def test_sigint_and_sigterm_stop_at_a_step_write_a_checkpoint_and_say_how_to_res
     assert json.loads((checkpoint.resolve(run) / "state.json").read_text())["step"] == step + 2
 
 
+def test_a_second_signal_stops_at_once():
+    """The first SIGINT asks for a checkpoint at the end of the step; a second one (a step that
+    takes too long) stops at once, as Ctrl-C always did, and the handlers are restored after."""
+    previous = signal.getsignal(signal.SIGINT)
+    with training._StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # Python runs the handler between bytecodes
+        assert stop.received == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
 # -- 8. bad arguments ---------------------------------------------------------------------
 
 BAD_ARGUMENTS = [
