@@ -369,6 +369,18 @@ def test_a_bad_argument_is_refused_with_what_is_allowed(argv, allowed, tiny_chec
     assert "Traceback" not in err and not (tmp_path / "run" / "latest").exists() and not (tmp_path / "x.png").exists()
 
 
+def test_resume_refuses_options_that_would_change_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
+    run, config = tmp_path / "run", preset("tiny")
+    model, optimizer = build(config, torch.device("cpu"))
+    checkpoint.save_training(run, model, config, optimizer, {"step": 1, "epoch": 1, "batch_in_epoch": 0}, {})
+    code = cli.main(["train", "--out", str(run), "--resume", "--image-size", "32", "--lr", "0.01"])
+    err = capsys.readouterr().err
+    assert code == 2 and "only --epochs may change, not data.image_size, train.lr" in err, err
+    assert cli.main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
+    assert "holds no checkpoint to resume" in capsys.readouterr().err
+
+
 def test_a_bad_argument_from_the_shell_prints_no_traceback(tmp_path):
     process = _start([sys.executable, "-m", "corolla", "train", "--device", "nonsense", "--out",
                       str(tmp_path / "run")], tmp_path)
