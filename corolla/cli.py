@@ -86,6 +86,16 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps in all")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--accumulate", type=positive_int,
+                   help="micro-batches per optimiser step (gradient accumulation); the batch size stays global")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format for the convolutions (speed only)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the networks (speed only; first steps compile)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast of the network (for CUDA GPUs)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun on GPUs, BatchNorm statistics over the global batch")
     p.set_defaults(func=run_train)
 
 
@@ -148,8 +158,14 @@ def train_config(args, base: configs.Config | None = None) -> configs.Config:
                                       "val_fraction": args.val_fraction, "crop": args.crop}.items() if v is not None}
     train_changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                                        "schedule": args.schedule, "ema": args.ema, "ema_warmup": args.ema_warmup,
-                                       "ema_init": args.ema_init, "seed": args.seed}.items() if v is not None}
+                                       "ema_init": args.ema_init, "seed": args.seed, "accumulate": args.accumulate,
+                                       "channels_last": args.channels_last, "compile": args.compile,
+                                       "bf16": args.bf16, "sync_bn": args.sync_bn}.items() if v is not None}
     return base.replace(data=data_changes, train=train_changes)
+
+
+# options a resumed run may change: its length and how it runs, not what it learns
+RESUMABLE = {"epochs", "accumulate", "channels_last", "compile", "bf16", "sync_bn"}
 
 
 def run_train(args) -> int:
@@ -160,14 +176,15 @@ def run_train(args) -> int:
         if not (out / "latest").exists():
             raise ValueError(f"--resume: {out} holds no checkpoint to resume (no {out / 'latest'})")
         saved = checkpoint.load_config(checkpoint.resolve(out))
-        # a resumed run keeps its own config; only the number of epochs may grow
+        # a resumed run keeps its own config; only its length and how it runs may change
         wanted, have = train_config(args, saved).to_dict(), saved.to_dict()
         changed = [f"{part}.{key}" for part in ("data", "train") for key, value in wanted[part].items()
-                   if value != have[part][key] and key != "epochs"]
+                   if value != have[part][key] and key not in RESUMABLE]
         if changed:
-            raise ValueError(f"--resume continues {out} with its saved config; only --epochs may change, "
+            raise ValueError(f"--resume continues {out} with its saved config; only "
+                             f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))} may change, "
                              f"not {', '.join(changed)}")
-        config = saved.replace(train={"epochs": args.epochs} if args.epochs else {})
+        config = train_config(args, saved)
     folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
                    max_steps=args.max_steps)
     print(f"checkpoint: {folder}\nsample grid: {out / 'grid.png'}\nmetrics: {out / 'metrics.jsonl'}")

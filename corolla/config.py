@@ -31,7 +31,12 @@ class TrainConfig:
     seed: int = 0                 # weights, noise and diffusion times
     sample_steps: int = 20        # DDIM steps of the per-epoch grid
     grid_images: int = 16         # images in the per-epoch grid (fixed noise)
-    val_batches: int = 0          # 0: all held-out images each epoch
+    accumulate: int = 1           # micro-batches per optimiser step (per process)
+    # speed options: the maths is unchanged, results differ only by float rounding
+    channels_last: bool = False
+    compile: bool = False
+    bf16: bool = False            # bfloat16 autocast of the network (for CUDA)
+    sync_bn: bool = False         # SyncBatchNorm across GPUs under torchrun (CUDA only)
 
 
 @dataclass(frozen=True)

@@ -71,10 +71,16 @@ class DiffusionModel(nn.Module):
             self._forward = {False: torch.compile(self.network), True: torch.compile(self.ema_network)}
         return self
 
+    def use_online_forward(self, forward: Callable) -> None:
+        """Route the online network's calls through a wrapper (DistributedDataParallel, compiled)."""
+        self._forward[False] = forward
+
     def denoise(self, noisy_images: torch.Tensor, noise_rates: torch.Tensor, signal_rates: torch.Tensor,
                 ema: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (pred_noises, pred_images); rates are (B,1,1,1). ema picks the EMA network."""
-        network = self._forward.get(ema) or (self.ema_network if ema else self.network)
+        network = self._forward.get(ema)  # not `or`: a compiled module has no truth value
+        if network is None:
+            network = self.ema_network if ema else self.network
         if self._channels_last:
             noisy_images = noisy_images.contiguous(memory_format=torch.channels_last)
         pred_noises = network(noisy_images, noise_rates ** 2)

@@ -6,6 +6,7 @@ and a line in metrics.jsonl.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -15,13 +16,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, data
+from . import checkpoint, data, distributed
 from .config import Config
 from .diffusion import DiffusionModel
 from .generate import generate
+from .figures import plot_training
 from .grids import save_grid
 
 LOG_EVERY = 10  # steps between loss syncs (each is a host-device sync on a GPU)
@@ -78,8 +82,15 @@ def prepare_data(config: Config, data_dir: str | Path | None) -> RunData:
 
 
 def build(config: Config, device: torch.device) -> tuple[DiffusionModel, torch.optim.Optimizer]:
-    torch.manual_seed(config.train.seed)  # the networks' initial weights
-    model = DiffusionModel(config.unet, config.train.schedule, config.train.ema_init).to(device)
+    torch.manual_seed(config.train.seed)  # the networks' initial weights, the same on every rank
+    model = DiffusionModel(config.unet, config.train.schedule, config.train.ema_init)
+    if config.train.sync_bn:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPUs each "
+                             "process keeps its own BatchNorm statistics")
+        model.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.network)
+    model = model.to(device)
+    model.accelerate(channels_last=config.train.channels_last, compile=config.train.compile)
     t = config.train
     optimizer = torch.optim.AdamW(model.network.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                   eps=t.adam_eps, betas=t.adam_betas, foreach=True)
@@ -87,21 +98,42 @@ def build(config: Config, device: torch.device) -> tuple[DiffusionModel, torch.o
 
 
 def _as_float(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images_uint8.to(device, non_blocking=True).float().div_(255.0)
+    return images_uint8.to(device).float().div_(255.0)
 
 
-def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               generator: torch.Generator, decay: float) -> torch.Tensor:
-    """The reference's train step: noise at uniform random times, L1 noise loss of the online
-    network, an AdamW step, then the EMA update. images: (B,C,H,W) in [0, 1] -> the loss (no sync)."""
-    noises = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    times = torch.rand((images.shape[0], 1, 1, 1), generator=generator, device=images.device, dtype=images.dtype)
-    loss = model.noise_loss(images, noises, times)
+def slot_generator(seed: int, step: int, slot: int, device: torch.device) -> torch.Generator:
+    """The noise and times of micro-batch `slot` of optimiser step `step`: a stream of its own, so
+    any split of a global batch over processes and accumulation draws the same noise, and a
+    resumed run needs no saved random state."""
+    state = np.random.SeedSequence([seed, step, slot]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) & (2 ** 63 - 1))
+
+
+def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor],
+               generators: list[torch.Generator], decay: float, ddp: DistributedDataParallel | None = None,
+               world: distributed.World = distributed.World(), bf16: bool = False) -> torch.Tensor:
+    """The reference's train step over one global batch: noise at uniform random times, L1 noise
+    loss of the online network, an AdamW step, then the EMA update.
+
+    micro_batches: this process's (B_micro, C, H, W) batches in [0, 1], one generator each; their
+    gradients are averaged (accumulation here, DDP's all-reduce across processes) -> the mean loss
+    of this process, without a host sync."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total = torch.zeros((), device=micro_batches[0].device)
+    for j, (images, generator) in enumerate(zip(micro_batches, generators)):
+        # DDP all-reduces gradients on the last micro-batch only
+        sync = ddp is None or j == len(micro_batches) - 1
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            noises = torch.randn(images.shape, generator=generator, device=images.device)
+            times = torch.rand((images.shape[0], 1, 1, 1), generator=generator, device=images.device)
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = model.noise_loss(images, noises, times).float()
+            (loss / len(micro_batches)).backward()
+        total += loss.detach()
     optimizer.step()
+    distributed.average_buffers(model.network, world)  # BatchNorm statistics, so the EMA agrees
     model.update_ema(decay)
-    return loss.detach()
+    return total / len(micro_batches)
 
 
 @torch.no_grad()
@@ -180,87 +212,113 @@ def _check_finite(model: DiffusionModel, running: torch.Tensor, step: int, run_d
                             f"the last good checkpoint in {run_dir} is kept")
 
 
+def micro_batch_size(config: Config, world: distributed.World) -> int:
+    """The global batch split over processes and accumulation steps; it must divide evenly."""
+    slots = world.size * config.train.accumulate
+    if config.train.batch_size % slots:
+        raise ValueError(f"batch size {config.train.batch_size} does not divide into {world.size} process(es) x "
+                         f"{config.train.accumulate} accumulation step(s); use a multiple of {slots}")
+    return config.train.batch_size // slots
+
+
 def train(config: Config, data_dir: str | Path | None = None, out: str | Path = "runs/train",
           device: str = "auto", resume: bool = False, progress: bool = True, max_steps: int | None = None,
           log=print) -> Path:
     """Train (or resume) a run in `out`; returns the folder of its last checkpoint.
 
-    max_steps stops early after that many optimiser steps in total (for tests and benchmarks)."""
+    Under torchrun each process trains its share of every global batch with DDP; only rank 0
+    writes. max_steps stops early after that many optimiser steps in total."""
     # -- set up ---------------------------------------------------------------------------
-    dev = resolve_device(device)
+    world, dev = distributed.init(resolve_device(device))
+    tc, dc = config.train, config.data
+    micro = micro_batch_size(config, world)
     run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
     if resume and data_dir is None and (run_dir / "latest").exists():
         data_dir = checkpoint.load_state(run_dir).get("data_dir")  # the run's own images
     run = prepare_data(config, data_dir)
+    train_images = run.train.to(dev)  # uint8 on the device: no host copies in the loop
     model, optimizer = build(config, dev)
     # room for two checkpoints: the new one is complete before the old one goes
     checkpoint.ensure_writable(run_dir, 2 * checkpoint.training_bytes(model, optimizer) + 2 ** 20)
     model.normalizer.set_statistics(run.mean.to(dev), run.variance.to(dev))
-    noise_generator = torch.Generator(device=dev).manual_seed(config.train.seed)
-    tc, dc = config.train, config.data
     steps_per_epoch = data.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
     step, epoch, batch_in_epoch = 0, 0, 0
     # the loss summed since the last log line: saved in checkpoints so a resumed run logs the same means
     running, losses_since_log = torch.zeros((), device=dev), 0
     log_path, log_lines = run_dir / "metrics.jsonl", 0
+    say = log if world.is_main else (lambda *_: None)
 
     # -- resume ---------------------------------------------------------------------------
     if resume and (run_dir / "latest").exists():
-        state, rng = checkpoint.load_training(run_dir, model, optimizer)
+        state, _ = checkpoint.load_training(run_dir, model, optimizer)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        noise_generator.set_state(rng["noise"])
         running.fill_(state.get("running_loss", 0.0))
         losses_since_log, log_lines = state.get("losses_since_log", 0), state.get("log_lines", 0)
-        _truncate_log(log_path, log_lines)
-        log(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
-    elif not resume and log_path.exists():
+        if world.is_main:
+            _truncate_log(log_path, log_lines)
+        say(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
+    elif not resume and log_path.exists() and world.is_main:
         log_path.unlink()  # a fresh run starts a fresh curve
 
+    ddp = None
+    if world.distributed:
+        ddp = DistributedDataParallel(model.network, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                      broadcast_buffers=False)
+        model.use_online_forward(torch.compile(ddp) if tc.compile else ddp)
+
     def save(reason: str) -> Path:
+        nonlocal running
+        running = distributed.mean(running, world)  # every rank resumes with the same partial sum
+        if not world.is_main:
+            return run_dir
         _check_finite(model, running, step, run_dir)
         state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "reason": reason,
                  "running_loss": running.item(), "losses_since_log": losses_since_log, "log_lines": log_lines,
-                 "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
+                 "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "world_size": world.size}
         try:
-            return checkpoint.save_training(run_dir, model, config, optimizer, state,
-                                            {"noise": noise_generator.get_state()})
+            return checkpoint.save_training(run_dir, model, config, optimizer, state, {})
         except OSError as error:
             raise TrainingError(f"could not write the checkpoint of step {step} ({error.strerror or error}); "
                                 f"the previous checkpoint in {run_dir} is kept") from None
 
     def log_record(record: dict) -> None:
         nonlocal log_lines
-        _append_jsonl(log_path, record)
+        if world.is_main:
+            _append_jsonl(log_path, record)
         log_lines += 1
 
     def interrupted(folder: Path) -> Interrupted:
         command = shlex.join(["corolla", "train", *([str(data_dir)] if data_dir else []), "--out", str(run_dir)])
-        return Interrupted(f"stopped by {signal.Signals(stop.received).name} at step {step}; checkpoint {folder}. "
-                           f"Resume with: {command} --resume")
+        name = signal.Signals(stop.received).name if stop.received else "a signal"
+        return Interrupted(f"stopped by {name} at step {step}; checkpoint {folder}. Resume with: {command} --resume")
 
     if max_steps is not None and step >= max_steps:
         return checkpoint.resolve(run_dir)  # a resumed run already there
 
     folder = None
+    slots = range(world.rank * tc.accumulate, (world.rank + 1) * tc.accumulate)  # this rank's micro-batches
     with _StopSignals() as stop:
         while epoch < tc.epochs:
             # -- one epoch of steps -------------------------------------------------------
-            order = data.epoch_order(run.train.shape[0], dc.repetitions, tc.seed, epoch)
+            order = data.epoch_order(run.train.shape[0], dc.repetitions, tc.seed, epoch).to(dev)
             model.train()
             bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                       disable=not progress, leave=True, dynamic_ncols=True)
+                       disable=not (progress and world.is_main), leave=True, dynamic_ncols=True)
             started, seen = time.perf_counter(), 0
+            stopping = False
             while batch_in_epoch < steps_per_epoch:
                 index = order[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
-                images = _as_float(run.train[index], dev)
-                loss = train_step(model, optimizer, images, noise_generator, ema_decay(config, step))
+                micro_batches = [train_images[index[j * micro:(j + 1) * micro]].float().div_(255.0) for j in slots]
+                generators = [slot_generator(tc.seed, step, j, dev) for j in slots]
+                loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world,
+                                  tc.bf16)
                 step += 1
                 batch_in_epoch += 1
-                seen += images.shape[0]
-                running += loss.detach()
+                seen += tc.batch_size
+                running += loss
                 losses_since_log += 1
                 if losses_since_log == LOG_EVERY or batch_in_epoch == steps_per_epoch:
-                    mean_loss = (running / losses_since_log).item()
+                    mean_loss = (distributed.mean(running, world) / losses_since_log).item()
                     if not math.isfinite(mean_loss):
                         raise TrainingError(f"loss became {mean_loss} by step {step}; stopped without saving, "
                                             f"the last good checkpoint in {run_dir} is kept")
@@ -268,27 +326,33 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
                     running, losses_since_log = torch.zeros((), device=dev), 0
                 bar.update(1)
-                if stop.received is not None or (max_steps is not None and step >= max_steps):
+                stopping = distributed.any_rank(stop.received is not None, dev, world)
+                if stopping or (max_steps is not None and step >= max_steps):
                     break
             bar.close()
-            if stop.received is not None:
+            if stopping:
                 raise interrupted(save("interrupted"))
             if batch_in_epoch < steps_per_epoch:  # max_steps reached mid-epoch
                 folder = save("max_steps")
                 break
-            # -- end of epoch: validation, sample grid, checkpoint, log --------------------
+            # -- end of epoch: validation, sample grid, log, checkpoint (rank 0) -------------
             images_per_s = seen / max(time.perf_counter() - started, 1e-9)
-            val = validation_loss(model, run.val, tc.batch_size, tc.seed, dev)
-            grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=dc.image_size)
-            save_grid(grid, run_dir / "samples" / f"epoch_{epoch + 1:03d}.png")
-            save_grid(grid, run_dir / "grid.png")
             epoch, batch_in_epoch = epoch + 1, 0
+            val = float("nan")
+            if world.is_main:
+                val = validation_loss(model, run.val, tc.batch_size, tc.seed, dev)
+                grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=dc.image_size)
+                save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png")
+                save_grid(grid, run_dir / "grid.png")
             # logged before the checkpoint, so the checkpoint's log_lines count it
-            log_record({"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None, "images_per_s": images_per_s})
+            log_record({"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None,
+                        "images_per_s": images_per_s})
             folder = save("epoch")
-            if stop.received is not None:  # a signal during validation or sampling
+            if world.is_main:
+                plot_training(run_dir)
+            if distributed.any_rank(stop.received is not None, dev, world):  # a signal during validation
                 raise interrupted(folder)
-            log(f"epoch {epoch}/{tc.epochs}: step {step}, val loss {val:.4f}, {images_per_s:.1f} images/s")
+            say(f"epoch {epoch}/{tc.epochs}: step {step}, val loss {val:.4f}, {images_per_s:.1f} images/s")
             if max_steps is not None and step >= max_steps:
                 break
-    return folder if folder is not None else checkpoint.resolve(run_dir)
+    return folder if folder is not None and world.is_main else checkpoint.resolve(run_dir)

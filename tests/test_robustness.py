@@ -376,7 +376,7 @@ def test_resume_refuses_options_that_would_change_the_run(tmp_path, capsys, monk
     checkpoint.save_training(run, model, config, optimizer, {"step": 1, "epoch": 1, "batch_in_epoch": 0}, {})
     code = cli.main(["train", "--out", str(run), "--resume", "--image-size", "32", "--lr", "0.01"])
     err = capsys.readouterr().err
-    assert code == 2 and "only --epochs may change, not data.image_size, train.lr" in err, err
+    assert code == 2 and "may change, not data.image_size, train.lr" in err, err
     assert cli.main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
     assert "holds no checkpoint to resume" in capsys.readouterr().err
 

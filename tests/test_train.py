@@ -44,7 +44,8 @@ def test_short_training_lowers_the_loss_and_writes_a_sampleable_checkpoint(flowe
 
     out = tmp_path / "grid.png"
     assert cli.main(["sample", str(tmp_path / "run"), "-n", "4", "--steps", "3", "--out", str(out)]) == 0
-    assert Image.open(out).size == (2 + 2 * 18, 2 + 2 * 18)  # 2x2 grid of 16 px images, 2 px padding
+    with Image.open(out) as grid:
+        assert grid.size == (2 + 2 * 18, 2 + 2 * 18)  # 2x2 grid of 16 px images, 2 px padding
 
 
 def test_resume_continues_the_step_count(flowers, tmp_path):
