@@ -339,6 +339,9 @@ class EvalSettings:
     train_loss_images: int = 64   # training images scored on the loss grid, beside the held-out ones
 
 
+PAIRS_MIN_SIZE = 64  # images in the nearest-pairs PNG are shown at least this big
+
+
 def quantise(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats -> uint8, rounding as a saved PNG would (grids.to_uint8)."""
     return (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
@@ -392,6 +395,8 @@ class Evaluator:
             results["fid"] = fid(self.real_features, fake_features)
         if pairs_png is not None:
             pairs = closest_pairs(generated, self.train, distances, index)
+            zoom = max(1, PAIRS_MIN_SIZE // pairs.shape[-1])  # small images are enlarged, pixels kept square
+            pairs = pairs.repeat_interleave(zoom, dim=2).repeat_interleave(zoom, dim=3)
             save_grid(pairs.float() / 255.0, pairs_png, ncol=2)
         model.train(was_training)
         return results

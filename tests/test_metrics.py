@@ -339,7 +339,7 @@ def test_evaluator_is_deterministic_and_complete(flowers16, tmp_path):
     assert first["kid"] is None and first["fid"] is None
     assert first["swd"] == first["swd_16"] > 0
     assert len(first["heldout_loss_by_time"]) == metrics.LOSS_TIMES
-    assert Image.open(tmp_path / "pairs.png").size == (2 * 18 + 2, 6 * 18 + 2)
+    assert Image.open(tmp_path / "pairs.png").size == (2 * 66 + 2, 6 * 66 + 2)  # 16 px shown at 64
     with_features = metrics.Evaluator(train, heldout, settings, inception=SmallFeatures().eval())(model)
     assert with_features["kid"] is not None and with_features["fid"] > 0
     assert with_features["swd"] == first["swd"]
