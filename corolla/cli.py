@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import checkpoint, config as configs, data, samplers, schedules
+from . import checkpoint, config as configs, data, distributed, samplers, schedules
 from .train import Interrupted, TrainingError
 
 EXIT_BAD_INPUT = 2
@@ -192,15 +192,18 @@ def run_train(args) -> int:
 
 
 def run_sample(args) -> int:
-    from .generate import generate
     from .grids import save_each, save_grid
     from .train import resolve_device
     if args.eta < 0:
         raise ValueError(f"--eta {args.eta} is not allowed: must be 0 (deterministic) or more")
-    device = resolve_device(args.device)
+    world, device = distributed.init(resolve_device(args.device))
     model, config = checkpoint.load_model(checkpoint_path(args.checkpoint), device)
-    images = generate(model, args.num_images, args.steps, args.seed, args.sampler, args.eta, args.batch_size,
-                      config.data.image_size, grid=args.grid)
+    images = distributed.generate_all(model, args.num_images, steps=args.steps, seed=args.seed,
+                                      sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
+                                      image_size=config.data.image_size, grid=args.grid)
+    distributed.shutdown(world)
+    if not world.is_main:
+        return 0
     print(f"wrote {save_grid(images, args.out)}")
     if args.each:
         paths = save_each(images, args.each)

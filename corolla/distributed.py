@@ -51,6 +51,11 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
 def mean(value: torch.Tensor, world: World) -> torch.Tensor:
     """The mean of a tensor over ranks (a copy; the input is left alone)."""
     value = value.detach().clone()
@@ -104,3 +109,17 @@ def gather(images: torch.Tensor, count: int, world: World) -> torch.Tensor | Non
     parts = [torch.empty_like(padded) for _ in range(world.size)]
     dist.all_gather(parts, padded)
     return torch.cat(parts)[:count].cpu() if world.is_main else None
+
+
+def generate_all(model, num_images: int, **kwargs) -> torch.Tensor | None:
+    """corolla.generate over every process: each makes its contiguous share of the image
+    indices, rank 0 gets all of them in order (None elsewhere). Image i depends only on the
+    seed and i, so the result is the same whatever the number of processes."""
+    from .generate import generate
+    world = from_environment()
+    share = shard(num_images, world)
+    images = generate(model, len(share), start=share.start, **kwargs) if len(share) else None
+    if images is None:
+        channels, size = model.network.config.channels, kwargs.get("image_size", 64)
+        images = torch.zeros((0, channels, size, size))
+    return gather(images, num_images, world)

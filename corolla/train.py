@@ -355,4 +355,5 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
             say(f"epoch {epoch}/{tc.epochs}: step {step}, val loss {val:.4f}, {images_per_s:.1f} images/s")
             if max_steps is not None and step >= max_steps:
                 break
+    distributed.barrier(world)  # rank 0's last checkpoint is on disk before any rank returns
     return folder if folder is not None and world.is_main else checkpoint.resolve(run_dir)
