@@ -96,6 +96,13 @@ def _add_train(sub) -> None:
                    help="bfloat16 autocast of the network (for CUDA GPUs)")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun on GPUs, BatchNorm statistics over the global batch")
+    p.add_argument("--eval-every", type=non_negative_int, metavar="N",
+                   help="every N epochs, score fixed generated images (SWD, held-out loss, memorisation; "
+                        "KID/FID with Inception weights); 0: never")
+    p.add_argument("--eval-samples", type=positive_int, help="images generated per evaluation (default 128)")
+    p.add_argument("--eval-steps", type=positive_int, help="sampling steps per evaluation (default 10)")
+    p.add_argument("--keep-best", choices=["swd", "heldout_loss", "kid", "fid"],
+                   help="keep the EMA weights of the best evaluation in RUN/best")
     p.set_defaults(func=run_train)
 
 
@@ -160,12 +167,17 @@ def train_config(args, base: configs.Config | None = None) -> configs.Config:
                                        "schedule": args.schedule, "ema": args.ema, "ema_warmup": args.ema_warmup,
                                        "ema_init": args.ema_init, "seed": args.seed, "accumulate": args.accumulate,
                                        "channels_last": args.channels_last, "compile": args.compile,
-                                       "bf16": args.bf16, "sync_bn": args.sync_bn}.items() if v is not None}
+                                       "bf16": args.bf16, "sync_bn": args.sync_bn, "eval_every": args.eval_every,
+                                       "eval_samples": args.eval_samples, "eval_steps": args.eval_steps,
+                                       "keep_best": args.keep_best}.items() if v is not None}
+    if train_changes.get("keep_best") and not train_changes.get("eval_every", base.train.eval_every):
+        raise ValueError("--keep-best needs --eval-every N (N >= 1): the best is chosen among evaluations")
     return base.replace(data=data_changes, train=train_changes)
 
 
 # options a resumed run may change: its length and how it runs, not what it learns
-RESUMABLE = {"epochs", "accumulate", "channels_last", "compile", "bf16", "sync_bn"}
+RESUMABLE = {"epochs", "accumulate", "channels_last", "compile", "bf16", "sync_bn", "eval_every", "eval_samples",
+             "eval_steps", "keep_best"}
 
 
 def run_train(args) -> int:

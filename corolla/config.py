@@ -37,6 +37,11 @@ class TrainConfig:
     compile: bool = False
     bf16: bool = False            # bfloat16 autocast of the network (for CUDA)
     sync_bn: bool = False         # SyncBatchNorm across GPUs under torchrun (CUDA only)
+    # evaluation during training (corolla.metrics): every N epochs, on fixed generated images
+    eval_every: int = 0           # 0: off
+    eval_samples: int = 128
+    eval_steps: int = 10
+    keep_best: str = ""           # a metric (swd, heldout_loss, kid, fid) whose best EMA weights go to run/best
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,20 @@ def _check_finite(model: DiffusionModel, running: torch.Tensor, step: int, run_d
                             f"the last good checkpoint in {run_dir} is kept")
 
 
+def make_evaluator(config: Config, run: RunData, device: torch.device):
+    """The metrics of corolla.metrics on fixed generated images; KID and FID where Inception
+    weights are found (COROLLA_INCEPTION_WEIGHTS or the cache), the rest everywhere."""
+    from . import inception, metrics
+    network, weights = inception.load_available(None, device)
+    if config.train.keep_best in ("kid", "fid") and network is None:
+        raise ValueError(f"--keep-best {config.train.keep_best} needs the Inception weights: "
+                         f"{inception.weights_help()}")
+    real = metrics.cached_real_features(network, run.train, weights) if network is not None else None
+    settings = metrics.EvalSettings(samples=config.train.eval_samples, steps=config.train.eval_steps,
+                                    seed=config.train.seed, batch_size=config.train.batch_size)
+    return metrics.Evaluator(run.train, run.val, settings, network, real)
+
+
 def micro_batch_size(config: Config, world: distributed.World) -> int:
     """The global batch split over processes and accumulation steps; it must divide evenly."""
     slots = world.size * config.train.accumulate
@@ -249,6 +263,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     say = log if world.is_main else (lambda *_: None)
 
     # -- resume ---------------------------------------------------------------------------
+    state: dict = {}
     if resume and (run_dir / "latest").exists():
         state, _ = checkpoint.load_training(run_dir, model, optimizer)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -259,6 +274,9 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
         say(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
     elif not resume and log_path.exists() and world.is_main:
         log_path.unlink()  # a fresh run starts a fresh curve
+
+    evaluator = make_evaluator(config, run, dev) if tc.eval_every and world.is_main else None
+    best = state.get("best") if resume and (run_dir / "latest").exists() else None
 
     ddp = None
     if world.distributed:
@@ -274,7 +292,8 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
         _check_finite(model, running, step, run_dir)
         state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "reason": reason,
                  "running_loss": running.item(), "losses_since_log": losses_since_log, "log_lines": log_lines,
-                 "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "world_size": world.size}
+                 "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "world_size": world.size,
+                 "best": best}
         try:
             return checkpoint.save_training(run_dir, model, config, optimizer, state, {})
         except OSError as error:
@@ -347,6 +366,14 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
             # logged before the checkpoint, so the checkpoint's log_lines count it
             log_record({"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None,
                         "images_per_s": images_per_s})
+            if evaluator is not None and epoch % tc.eval_every == 0:
+                scores = {k: v for k, v in evaluator(model).items() if not isinstance(v, list)}
+                log_record({"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in scores.items()}})
+                value = scores.get(tc.keep_best)
+                if value is not None and (best is None or value < best["value"]):
+                    best = {"metric": tc.keep_best, "value": value, "step": step, "epoch": epoch}
+                    checkpoint.save_pretrained(run_dir / "best", model, config, ema_only=True, extra_state=best)
+                    say(f"new best {tc.keep_best} {value:.4f}: EMA weights in {run_dir / 'best'}")
             folder = save("epoch")
             if world.is_main:
                 plot_training(run_dir)

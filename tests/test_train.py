@@ -86,3 +86,22 @@ def test_ema_update_covers_batchnorm_statistics():
     bn.running_mean.fill_(1.0)
     model.update_ema(0.9)
     assert torch.allclose(model.ema_network.down[0].blocks[0].norm.running_mean, torch.full_like(bn.running_mean, 0.1))
+
+
+def test_eval_every_logs_metrics_and_keeps_the_best_ema_weights(flowers, tmp_path):
+    config = preset("tiny").replace(train={"epochs": 2, "eval_every": 1, "eval_samples": 8, "eval_steps": 2,
+                                           "keep_best": "swd"})
+    run = tmp_path / "run"
+    train(config, flowers, run, progress=False)
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval_swd" in r]
+    assert [r["epoch"] for r in evals] == [1, 2]
+    assert all(r["eval_swd"] > 0 and r["eval_heldout_loss"] > 0 and r["eval_kid"] is None for r in evals)
+    best = json.loads((run / "best" / "state.json").read_text())
+    assert best["value"] == min(r["eval_swd"] for r in evals)
+    model, _ = checkpoint.load_model(run / "best")  # EMA-only weights load for sampling
+    assert model.normalizer.mean.shape == (1, 3, 1, 1)
+
+
+def test_keep_best_needs_eval_every(capsys):
+    assert cli.main(["train", "--preset", "tiny", "--keep-best", "swd", "--out", "/nonexistent/x"]) == 2
+    assert "--keep-best needs --eval-every" in capsys.readouterr().err
