@@ -344,9 +344,13 @@ def _check_same_config(config: Config, metadata: dict[str, str], where: Path) ->
         stored = json.loads(metadata["config"])
     except json.JSONDecodeError:
         raise CheckpointError(f"{where}: its stored config is not JSON") from None
+    try:  # through Config, so fields added since the weights were saved take their defaults
+        stored = _flat(json.loads(json.dumps(Config.from_dict(stored).to_dict())))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: its stored config is not a corolla config ({error})") from None
     current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
-    differences = [f"{key}: {_flat(stored).get(key)!r} in the weights, {value!r} in {CONFIG_FILE}"
-                   for key, value in _flat(current).items() if _flat(stored).get(key) != value]
+    differences = [f"{key}: {stored.get(key)!r} in the weights, {value!r} in {CONFIG_FILE}"
+                   for key, value in _flat(current).items() if stored.get(key) != value]
     if differences:
         raise CheckpointError(f"{where.parent / CONFIG_FILE} does not describe these weights ({'; '.join(differences[:3])})")
 

@@ -70,6 +70,8 @@ def run_evaluate(args) -> int:
                             seed=args.seed, batch_size=args.batch_size)
     results = evaluate_checkpoint(checkpoint_path(args.checkpoint), args.data, settings, args.inception_weights, args.device,
                                   args.pairs)
+    if results is None:  # a torchrun process other than rank 0: its images went to rank 0
+        return 0
     print(format_table(results))
     if results["kid"] is None:
         print(f"KID and FID skipped: {weights_help()}")

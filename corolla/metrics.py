@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from . import checkpoint, data
+from . import checkpoint, data, distributed
 from . import inception as inception_module
 from .data import cache_dir
 from .diffusion import DiffusionModel
@@ -369,13 +369,15 @@ class Evaluator:
         images = generate(model, s.samples, s.steps, s.seed, s.sampler, s.eta, s.batch_size, self.train.shape[-1])
         return quantise(images)
 
-    def __call__(self, model: DiffusionModel, pairs_png: str | Path | None = None) -> dict[str, float | list | None]:
+    def __call__(self, model: DiffusionModel, pairs_png: str | Path | None = None,
+                 generated: torch.Tensor | None = None) -> dict[str, float | list | None]:
         """-> flat dict of metric values (lower is better for swd, heldout_loss, kid, fid);
         kid, kid_std and fid are None without an Inception network, heldout_loss without
         held-out images. pairs_png: where to save the closest generated/training pairs."""
         s = self.settings
         was_training = model.training
-        generated = self.generate(model)
+        if generated is None:  # uint8 images already made elsewhere (by several processes, say)
+            generated = self.generate(model)
         results: dict[str, float | list | None] = {}
         swd = sliced_wasserstein(self.train, generated, s.seed)
         results["swd"] = sum(swd.values()) / len(swd)
@@ -400,13 +402,6 @@ class Evaluator:
             save_grid(pairs.float() / 255.0, pairs_png, ncol=2)
         model.train(was_training)
         return results
-
-
-def evaluate_for_training(model: DiffusionModel, train: torch.Tensor, heldout: torch.Tensor,
-                          settings: EvalSettings = EvalSettings(), inception: torch.nn.Module | None = None
-                          ) -> dict[str, float | list | None]:
-    """One-off evaluation; a training loop that evaluates often should keep one Evaluator."""
-    return Evaluator(train, heldout, settings, inception)(model)
 
 
 def cached_real_features(network: torch.nn.Module, images: torch.Tensor, weights: Path,
@@ -434,22 +429,29 @@ def cached_real_features(network: torch.nn.Module, images: torch.Tensor, weights
 
 def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                         settings: EvalSettings = EvalSettings(), inception_weights: str | os.PathLike | None = None,
-                        device: str = "auto", pairs_png: str | os.PathLike | None = None) -> dict:
+                        device: str = "auto", pairs_png: str | os.PathLike | None = None) -> dict | None:
     """`corolla evaluate` from Python: load a checkpoint and the data folder it was trained on
     (default: the bundled flowers), split it as training did, and score the checkpoint ->
-    the metrics with what they were measured on. KID and FID need Inception weights (the
+    the metrics with what they were measured on (None on ranks other than 0). KID and FID need Inception weights (the
     argument, $COROLLA_INCEPTION_WEIGHTS or the cache copy); without them they are None."""
     from .train import resolve_device
     started = time.perf_counter()
-    dev = resolve_device(device)
+    world, dev = distributed.init(resolve_device(device))
     model, config = checkpoint.load_model(path, dev)
+    s = settings
+    # under torchrun every process makes its share of the images; rank 0 scores them all
+    images = distributed.generate_all(model, s.samples, steps=s.steps, seed=s.seed, sampler=s.sampler, eta=s.eta,
+                                      batch_size=s.batch_size, image_size=config.data.image_size)
+    distributed.shutdown(world)
+    if not world.is_main:
+        return None
     folder = Path(data_dir) if data_dir else data.bundled_dir()
     images, _ = data.load_folder(folder, config.data.image_size, config.data.crop)
     parts = data.split(images, config.data.val_fraction, config.data.shuffle_seed)
     network, weights = inception_module.load_available(inception_weights, dev)
     real_features = None if network is None else cached_real_features(network, parts.train, weights,
                                                                       settings.batch_size)
-    results = Evaluator(parts.train, parts.val, settings, network, real_features)(model, pairs_png)
+    results = Evaluator(parts.train, parts.val, settings, network, real_features)(model, pairs_png, quantise(images))
     return {"checkpoint": str(checkpoint.resolve(path)), "data": str(folder), "image_size": config.data.image_size,
             "train_images": parts.train.shape[0], "heldout_images": parts.val.shape[0],
             **dataclasses.asdict(settings), "inception_weights": str(weights) if weights else None,

@@ -82,3 +82,14 @@ def test_distributed_sampling_writes_the_same_images_as_one_process(flowers, tmp
     for i in range(5):
         with Image.open(tmp_path / "one" / f"{i:05d}.png") as a, Image.open(tmp_path / "two" / f"{i:05d}.png") as b:
             assert a.tobytes() == b.tobytes()
+
+
+def test_distributed_evaluation_gives_the_same_figures_as_one_process(flowers, tmp_path):
+    run = tmp_path / "run"
+    _run([sys.executable, WORKER, flowers, run, 2], tmp_path)
+    evaluate = ["-m", "corolla", "evaluate", run, "--data", flowers, "--samples", 6, "--steps", 2]
+    _run([sys.executable, *evaluate, "--json", tmp_path / "one.json", "--pairs", tmp_path / "one.png"], tmp_path)
+    _run(TORCHRUN + [*evaluate, "--json", tmp_path / "two.json", "--pairs", tmp_path / "two.png"], tmp_path)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["swd"] > 0
+    assert {k for k in one if one[k] != two[k]} == {"seconds", "pairs_png"}
