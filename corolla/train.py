@@ -281,7 +281,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     ddp = None
     if world.distributed:
         ddp = DistributedDataParallel(model.network, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                      broadcast_buffers=False)
+                                      forward_sync_buffers=False)
         model.use_online_forward(torch.compile(ddp) if tc.compile else ddp)
 
     def save(reason: str) -> Path:
