@@ -15,8 +15,15 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(BIN)/.installed
+	$(BIN)/corolla sample -n 64 --steps 20 --seed 0 --out $(RUN)/pretrained_samples.png
 	$(BIN)/corolla train --preset demo --out $(RUN)
 	$(BIN)/corolla sample $(RUN) -n 64 --steps 20 --seed 0 --out $(RUN)/samples.png
+	$(BIN)/corolla schedules --out $(RUN)/schedules.png
+	$(BIN)/corolla noising --out $(RUN)/noising.png
+	$(BIN)/corolla sweep $(RUN) --steps 1,2,5,10,20,50 --seed 0 -n 8 --out $(RUN)/sweep.png
+	$(BIN)/corolla interpolate $(RUN) --seeds 3 7 --frames 10 --out $(RUN)/interpolation.png
+	$(BIN)/corolla trajectory $(RUN) --seed 0 --steps 20 --out $(RUN)/trajectory.png
+	$(BIN)/corolla evaluate $(RUN) --samples 64 --steps 20 --json $(RUN)/evaluation.json --pairs $(RUN)/nearest_pairs.png
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
