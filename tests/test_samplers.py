@@ -127,6 +127,17 @@ def test_every_solver_starts_with_a_ddim_step(sampler, steps):
                                samplers.ddim(denoise, SCHEDULE, x1, times), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m"])
+def test_below_15_evaluations_the_final_step_is_lower_order(sampler):
+    # with 3 evaluations the second step is the last one and uses one prediction: DDIM's step
+    _, _, denoise = _gaussian()
+    x1 = _noise()
+    times = samplers.get_grid("logsnr", 3, SCHEDULE)
+    torch.testing.assert_close(samplers.get(sampler)(denoise, SCHEDULE, x1, times),
+                               samplers.ddim(denoise, SCHEDULE, x1, times), rtol=0, atol=1e-12)
+    # (from 15 evaluations on every step is of full order: the order tests above use 20 and more)
+
+
 def test_ddim_with_eta_zero_ignores_the_noise_source():
     _, _, denoise = _gaussian()
     x1 = _noise()
