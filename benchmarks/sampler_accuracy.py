@@ -54,7 +54,7 @@ def reference_images(model, noise: torch.Tensor, args) -> torch.Tensor:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", nargs="?", default="/tmp/samp_demo", help="checkpoint or run folder")
+    p.add_argument("checkpoint", nargs="?", default="runs/demo", help="checkpoint or run folder (default runs/demo)")
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--steps", default="5,10,20,50")
     p.add_argument("--samplers", default=",".join(samplers.SAMPLERS))
