@@ -115,8 +115,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="0: deterministic DDIM; 1: DDPM-like noise")
     p.add_argument("--sampler", default="ddim", choices=sorted(samplers.SAMPLERS),
                    help="ddim (the reference); dpmpp_2m, dpmpp_3m, unipc reach the same image in fewer steps")
-    p.add_argument("--grid", default="uniform", choices=sorted(samplers.GRIDS),
-                   help="time grid: uniform in t (the reference), uniform in log-SNR, or Karras'")
+    p.add_argument("--grid", choices=sorted(samplers.GRIDS),
+                   help="time grid: uniform in t (the reference), uniform in log-SNR, or Karras'; "
+                        "default uniform for ddim, logsnr for the other samplers")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", default="samples.png", help="grid PNG to write")
     p.add_argument("--each", metavar="DIR", help="also write one PNG per image into DIR")
@@ -212,7 +213,8 @@ def run_sample(args) -> int:
     model, config = checkpoint.load_model(checkpoint_path(args.checkpoint), device)
     images = distributed.generate_all(model, args.num_images, steps=args.steps, seed=args.seed,
                                       sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
-                                      image_size=config.data.image_size, grid=args.grid)
+                                      image_size=config.data.image_size,
+                                      grid=args.grid or ("uniform" if args.sampler == "ddim" else "logsnr"))
     distributed.shutdown(world)
     if not world.is_main:
         return 0
