@@ -4,9 +4,10 @@ from .checkpoint import load_model, save_pretrained
 from .config import Config, DataConfig, TrainConfig, preset
 from .diffusion import DiffusionModel, Normalizer
 from .generate import generate
+from .pretrained import load_pretrained
 from .train import train
 from .unet import UNet, UNetConfig
 
 __all__ = ["schedules", "samplers", "load_model", "save_pretrained", "Config", "DataConfig", "TrainConfig",
-           "preset", "DiffusionModel", "Normalizer", "generate", "train", "UNet", "UNetConfig"]
+           "preset", "DiffusionModel", "Normalizer", "generate", "load_pretrained", "train", "UNet", "UNetConfig"]
 __version__ = "0.1.0"
