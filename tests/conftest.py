@@ -1,5 +1,30 @@
+import shutil
+
+import pytest
 import torch
+
+from corolla import data
 
 # Tests use tiny networks, where one thread is as fast as two and several pytest processes
 # (or a busy machine) do not oversubscribe the cores.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Every test decodes into its own cache, never the user's ~/.cache/corolla."""
+    monkeypatch.setenv("COROLLA_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def make_flowers(tmp_path_factory):
+    """make_flowers(n) -> a folder holding the first n bundled flowers (made once per n)."""
+    folders = {}
+
+    def make(count: int):
+        if count not in folders:
+            folders[count] = tmp_path_factory.mktemp(f"flowers{count}")
+            for path in sorted(data.bundled_dir().glob("*.jpg"))[:count]:
+                shutil.copy(path, folders[count] / path.name)
+        return folders[count]
+    return make

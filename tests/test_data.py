@@ -12,10 +12,6 @@ import hostile
 from corolla import cli, data
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("COROLLA_CACHE_DIR", str(tmp_path / "cache"))
-
 
 def _load(folder, size=hostile.SIZE):
     """load_folder -> (images, names, the warning messages it gave)."""

@@ -1,7 +1,6 @@
 """DDP on the CPU with gloo and 2 processes (torchrun), against one process that accumulates."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +10,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from corolla import data
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
 @pytest.fixture(scope="module")
-def flowers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("flowers")
-    for path in sorted(data.bundled_dir().glob("*.jpg"))[:20]:
-        shutil.copy(path, folder / path.name)
-    return folder
+def flowers(make_flowers):
+    return make_flowers(20)
 
 
 def _run(command, tmp_path):

@@ -23,8 +23,7 @@ from corolla.generate import image_generator
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("COROLLA_CACHE_DIR", str(tmp_path / "cache"))
+def no_inception_weights(monkeypatch):
     monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
 
 

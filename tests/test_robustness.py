@@ -31,16 +31,9 @@ STEPS_PER_EPOCH = 5
 
 
 @pytest.fixture(scope="module")
-def flowers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("flowers")
-    for path in sorted(data.bundled_dir().glob("*.jpg"))[:16]:
-        shutil.copy(path, folder / path.name)
-    return folder
+def flowers(make_flowers):
+    return make_flowers(16)
 
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("COROLLA_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _quiet(*args, **kwargs):
@@ -280,7 +273,7 @@ def test_sigint_and_sigterm_stop_at_a_step_write_a_checkpoint_and_say_how_to_res
         out, err = process.communicate(timeout=120)
         run = runs[sig]
         assert process.returncode == 130, err
-        assert f"stopping after this step" in err and "Traceback" not in err
+        assert "stopping after this step" in err and "Traceback" not in err
         assert f"stopped by {sig.name} at step" in err
         assert f"Resume with: corolla train {flowers} --out {run} --resume" in err
         state = json.loads((checkpoint.resolve(run) / "state.json").read_text())

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import pytest
 import torch
@@ -11,17 +10,9 @@ from corolla.train import ema_decay, train
 
 
 @pytest.fixture(scope="module")
-def flowers(tmp_path_factory):
-    """32 bundled flowers in a folder of their own."""
-    folder = tmp_path_factory.mktemp("flowers")
-    for path in sorted(data.bundled_dir().glob("*.jpg"))[:32]:
-        shutil.copy(path, folder / path.name)
-    return folder
+def flowers(make_flowers):
+    return make_flowers(32)
 
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("COROLLA_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _train_losses(run):
