@@ -19,6 +19,22 @@ from .unet import UNet, UNetConfig
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 KERAS_NORMALIZATION_EPS = 1e-7
+# Fraction of the forward activations a compiled network may keep for its backward pass. Below 1,
+# AOTAutograd's partitioner recomputes the cheap BatchNorm and swish outputs in the backward
+# instead of storing them: seed64 at batch 64 then peaks at 1.5 GiB instead of 1.9 GiB on the
+# CPU, at the same speed (the convolutions are still never recomputed).
+ACTIVATION_MEMORY_BUDGET = 0.7
+
+
+def compile_for_training(module: nn.Module) -> Callable:
+    """torch.compile(module), partitioned for the backward under ACTIVATION_MEMORY_BUDGET (the
+    setting is read when a call compiles, so it is applied around each call)."""
+    compiled = torch.compile(module)
+
+    def forward(*args, **kwargs):
+        with torch._functorch.config.patch(activation_memory_budget=ACTIVATION_MEMORY_BUDGET):
+            return compiled(*args, **kwargs)
+    return forward
 
 
 class Normalizer(nn.Module):
@@ -68,8 +84,9 @@ class DiffusionModel(nn.Module):
 
         channels_last: NHWC memory for both networks and their inputs, the layout oneDNN's and
           cuDNN's convolutions run in without reordering (CPU: 1.4x training, 1.4x sampling).
-        compile: torch.compile the trained network's forward; the generated kernels fuse its
-          BatchNorm, swish, additions and concatenations, forward and backward (CPU: 1.2x more).
+        compile: torch.compile the trained network (compile_for_training); the generated kernels
+          fuse its BatchNorm, swish, additions and concatenations, forward and backward, and keep
+          fewer activations for the backward pass (CPU: 1.2x more, peak memory 1.9 -> 1.5 GiB).
         compile_ema: torch.compile the EMA network too. On the CPU sampling is convolution-bound
           and gained nothing, while every batch size and train/eval mode costs a compilation, so
           it is separate; on GPUs, where the small kernels count, it can pay."""
@@ -77,7 +94,7 @@ class DiffusionModel(nn.Module):
             self.to(memory_format=torch.channels_last)
             self._channels_last = True
         if compile:
-            self._forward[False] = torch.compile(self.network)
+            self._forward[False] = compile_for_training(self.network)
         if compile_ema:
             self._forward[True] = torch.compile(self.ema_network)
         return self
