@@ -440,8 +440,8 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     model, config = checkpoint.load_model(path, dev)
     s = settings
     # under torchrun every process makes its share of the images; rank 0 scores them all
-    images = distributed.generate_all(model, s.samples, steps=s.steps, seed=s.seed, sampler=s.sampler, eta=s.eta,
-                                      batch_size=s.batch_size, image_size=config.data.image_size)
+    generated = distributed.generate_all(model, s.samples, steps=s.steps, seed=s.seed, sampler=s.sampler, eta=s.eta,
+                                         batch_size=s.batch_size, image_size=config.data.image_size)
     distributed.shutdown(world)
     if not world.is_main:
         return None
@@ -451,7 +451,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     network, weights = inception_module.load_available(inception_weights, dev)
     real_features = None if network is None else cached_real_features(network, parts.train, weights,
                                                                       settings.batch_size)
-    results = Evaluator(parts.train, parts.val, settings, network, real_features)(model, pairs_png, quantise(images))
+    results = Evaluator(parts.train, parts.val, settings, network, real_features)(model, pairs_png, quantise(generated))
     return {"checkpoint": str(checkpoint.resolve(path)), "data": str(folder), "image_size": config.data.image_size,
             "train_images": parts.train.shape[0], "heldout_images": parts.val.shape[0],
             **dataclasses.asdict(settings), "inception_weights": str(weights) if weights else None,

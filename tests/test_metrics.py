@@ -365,6 +365,11 @@ def test_corolla_evaluate_writes_table_json_and_pairs(tmp_path, capsys, monkeypa
     results = json.loads((tmp_path / "out.json").read_text())
     assert results["train_images"] == 10 and results["heldout_images"] == 2 and results["samples"] == 4
     assert results["kid"] is None and results["swd"] > 0 and (tmp_path / "pairs.png").is_file()
+    # it scores the checkpoint's own samples: the same figures as an Evaluator generating them itself
+    model, _ = checkpoint.load_model(tmp_path / "ckpt")
+    direct = metrics.Evaluator(train, data.split(data.load_folder(folder, 16)[0], 0.2).val,
+                               metrics.EvalSettings(samples=4, steps=2))(model)
+    assert results["swd"] == direct["swd"] and results["nn_generated_median"] == direct["nn_generated_median"]
     # the same command gives the same numbers
     assert main(args) == 0
     again = json.loads((tmp_path / "out.json").read_text())
