@@ -21,8 +21,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Ten
 KERAS_NORMALIZATION_EPS = 1e-7
 # Fraction of the forward activations a compiled network may keep for its backward pass. Below 1,
 # AOTAutograd's partitioner recomputes the cheap BatchNorm and swish outputs in the backward
-# instead of storing them: seed64 at batch 64 then peaks at 1.5 GiB instead of 1.9 GiB on the
-# CPU, at the same speed (the convolutions are still never recomputed).
+# instead of storing them: a seed64 training process at batch 64 then peaks at 1.6 GiB instead of
+# 2.0 GiB on the CPU, at the same speed (the convolutions are never recomputed).
 ACTIVATION_MEMORY_BUDGET = 0.7
 
 
@@ -83,10 +83,10 @@ class DiffusionModel(nn.Module):
         only by float rounding and checkpoints load either way (benchmarks/README.md has figures).
 
         channels_last: NHWC memory for both networks and their inputs, the layout oneDNN's and
-          cuDNN's convolutions run in without reordering (CPU: 1.4x training, 1.4x sampling).
+          cuDNN's convolutions run in without reordering (CPU: 1.3x training, 1.4x sampling).
         compile: torch.compile the trained network (compile_for_training); the generated kernels
           fuse its BatchNorm, swish, additions and concatenations, forward and backward, and keep
-          fewer activations for the backward pass (CPU: 1.2x more, peak memory 1.9 -> 1.5 GiB).
+          fewer activations for the backward pass (CPU: 1.2x more, peak memory 2.0 -> 1.6 GiB).
         compile_ema: torch.compile the EMA network too. On the CPU sampling is convolution-bound
           and gained nothing, while every batch size and train/eval mode costs a compilation, so
           it is separate; on GPUs, where the small kernels count, it can pay."""
