@@ -91,7 +91,7 @@ def _add_train(sub) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format for the convolutions (speed only)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the networks (speed only; first steps compile)")
+                   help="torch.compile the trained network (speed only; the first steps compile; the EMA network stays eager)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast of the network (for CUDA GPUs)")
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import checkpoint, data, distributed
 from .config import Config
-from .diffusion import DiffusionModel
+from .diffusion import DiffusionModel, compile_for_training
 from .generate import generate
 from .figures import plot_training
 from .grids import save_grid
@@ -282,7 +282,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     if world.distributed:
         ddp = DistributedDataParallel(model.network, device_ids=[dev.index] if dev.type == "cuda" else None,
                                       forward_sync_buffers=False)
-        model.use_online_forward(torch.compile(ddp) if tc.compile else ddp)
+        model.use_online_forward(compile_for_training(ddp) if tc.compile else ddp)
 
     def save(reason: str) -> Path:
         nonlocal running
