@@ -327,7 +327,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
             stopping = False
             while batch_in_epoch < steps_per_epoch:
                 index = order[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
-                micro_batches = [train_images[index[j * micro:(j + 1) * micro]].float().div_(255.0) for j in slots]
+                micro_batches = [_as_float(train_images[index[j * micro:(j + 1) * micro]], dev) for j in slots]
                 generators = [slot_generator(tc.seed, step, j, dev) for j in slots]
                 loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world,
                                   tc.bf16)
