@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from . import checkpoint, config as configs, data, distributed, samplers, schedules
+from . import precision as precisions
 from .train import Interrupted, TrainingError
 
 EXIT_BAD_INPUT = 2
@@ -61,6 +62,12 @@ def image_size(text: str) -> int:
     return value
 
 
+def add_precision(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    p.add_argument("--precision", choices=precisions.CHOICES, default=default,
+                   help="network arithmetic: auto = bf16 autocast where the hardware computes it natively "
+                        "(CPUs with AMX or AVX512-BF16, CUDA 8.0+), else fp32; fp32 = the reference's")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a folder of images (default: the bundled flowers)")
     p.add_argument("data_dir", nargs="?", help="folder of images, searched recursively (default: bundled flowers)")
@@ -72,6 +79,8 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--repetitions", type=positive_int, help="times the data set is repeated per epoch")
     p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
+    p.add_argument("--val-data", metavar="DIR",
+                   help="folder of held-out images for the validation loss (then all of DATA_DIR trains)")
     p.add_argument("--schedule", choices=sorted(schedules.SCHEDULES))
     p.add_argument("--ema", type=fraction, help="EMA decay (reference 0.999)")
     p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
@@ -92,8 +101,7 @@ def _add_train(sub) -> None:
                    help="NHWC memory format for the convolutions (speed only)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the trained network (speed only; the first steps compile; the EMA network stays eager)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast of the network (for CUDA GPUs)")
+    add_precision(p, default=None)
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun on GPUs, BatchNorm statistics over the global batch")
     p.add_argument("--eval-every", type=non_negative_int, metavar="N",
@@ -108,7 +116,7 @@ def _add_train(sub) -> None:
 
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate images from a checkpoint")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint folder or run folder (default: the shipped flower model)")
+    add_model_options(p)
     p.add_argument("-n", "--num-images", type=positive_int, default=64)
     p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--seed", type=non_negative_int, default=0)
@@ -121,7 +129,6 @@ def _add_sample(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", default="samples.png", help="grid PNG to write")
     p.add_argument("--each", metavar="DIR", help="also write one PNG per image into DIR")
-    p.add_argument("--device", default="auto")
     p.set_defaults(func=run_sample)
 
 
@@ -139,14 +146,33 @@ def run_export(args) -> int:
     return 0
 
 
-def checkpoint_path(given: str | None) -> str:
-    """The checkpoint named on the command line, else the shipped flower model."""
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model a command loads: a checkpoint or run folder, or a shipped model by name."""
+    p.add_argument("checkpoint", nargs="?", help="checkpoint folder or run folder (default: the shipped model)")
+    p.add_argument("--model", metavar="NAME", help="a shipped model by name (`corolla models` lists them)")
+    add_precision(p)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
+
+
+def checkpoint_path(args) -> str:
+    """The checkpoint named on the command line, else the shipped model --model names (or the default)."""
     from . import pretrained
-    return given or str(pretrained.path())
+    if args.checkpoint is not None and args.model is not None:
+        raise ValueError(f"give a checkpoint ({args.checkpoint}) or --model {args.model}, not both")
+    return args.checkpoint or str(pretrained.path(args.model))
+
+
+def load_model_for(args, device=None):
+    """-> (model, config, device): the model of add_model_options, in the asked precision."""
+    from .train import resolve_device
+    device = device or resolve_device(args.device)
+    model, config = checkpoint.load_model(checkpoint_path(args), device)
+    model.accelerate(precision=precisions.resolve(args.precision, device))
+    return model, config, device
 
 
 # Modules that add subcommands: each has register(subparsers), whose parsers set_defaults(func=...).
-COMMAND_MODULES: list[str] = ["cli_figures", "cli_evaluate"]
+COMMAND_MODULES: list[str] = ["cli_figures", "cli_evaluate", "cli_models"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -168,16 +194,20 @@ def train_config(args, base: configs.Config | None = None) -> configs.Config:
                                        "schedule": args.schedule, "ema": args.ema, "ema_warmup": args.ema_warmup,
                                        "ema_init": args.ema_init, "seed": args.seed, "accumulate": args.accumulate,
                                        "channels_last": args.channels_last, "compile": args.compile,
-                                       "bf16": args.bf16, "sync_bn": args.sync_bn, "eval_every": args.eval_every,
+                                       "precision": args.precision, "sync_bn": args.sync_bn, "eval_every": args.eval_every,
                                        "eval_samples": args.eval_samples, "eval_steps": args.eval_steps,
                                        "keep_best": args.keep_best}.items() if v is not None}
+    if getattr(args, "val_data", None) and data_changes.get("val_fraction"):
+        raise ValueError("--val-data and --val-fraction both choose the held-out images; give one")
+    if getattr(args, "val_data", None):
+        data_changes["val_fraction"] = 0.0  # the whole folder trains
     if train_changes.get("keep_best") and not train_changes.get("eval_every", base.train.eval_every):
         raise ValueError("--keep-best needs --eval-every N (N >= 1): the best is chosen among evaluations")
     return base.replace(data=data_changes, train=train_changes)
 
 
 # options a resumed run may change: its length and how it runs, not what it learns
-RESUMABLE = {"epochs", "accumulate", "channels_last", "compile", "bf16", "sync_bn", "eval_every", "eval_samples",
+RESUMABLE = {"epochs", "accumulate", "channels_last", "compile", "precision", "sync_bn", "eval_every", "eval_samples",
              "eval_steps", "keep_best"}
 
 
@@ -199,7 +229,7 @@ def run_train(args) -> int:
                              f"not {', '.join(changed)}")
         config = train_config(args, saved)
     folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
-                   max_steps=args.max_steps)
+                   max_steps=args.max_steps, val_dir=args.val_data)
     print(f"checkpoint: {folder}\nsample grid: {out / 'grid.png'}\nmetrics: {out / 'metrics.jsonl'}")
     return 0
 
@@ -210,7 +240,7 @@ def run_sample(args) -> int:
     if args.eta < 0:
         raise ValueError(f"--eta {args.eta} is not allowed: must be 0 (deterministic) or more")
     world, device = distributed.init(resolve_device(args.device))
-    model, config = checkpoint.load_model(checkpoint_path(args.checkpoint), device)
+    model, config, _ = load_model_for(args, device)
     images = distributed.generate_all(model, args.num_images, steps=args.steps, seed=args.seed,
                                       sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
                                       image_size=config.data.image_size,

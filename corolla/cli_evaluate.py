@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from . import samplers
-from .cli import checkpoint_path, non_negative_int, positive_int
+from .cli import add_model_options, checkpoint_path, non_negative_int, positive_int
 from .inception import weights_help
 from .metrics import EvalSettings, evaluate_checkpoint
 
@@ -27,8 +27,10 @@ ROWS = [
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="measure sample quality: SWD, held-out loss, memorisation, KID/FID")
-    p.add_argument("checkpoint", nargs="?", help="checkpoint folder or run folder (default: the shipped model)")
+    add_model_options(p)
     p.add_argument("--data", metavar="DIR", help="the folder the model was trained on (default: bundled flowers)")
+    p.add_argument("--heldout", metavar="DIR",
+                   help="images the model never saw, for the held-out figures (default: the --data split's held-out share)")
     p.add_argument("--samples", type=positive_int, default=EvalSettings.samples,
                    help="images to generate (default %(default)s)")
     p.add_argument("--steps", type=positive_int, default=EvalSettings.steps,
@@ -43,7 +45,6 @@ def register(sub) -> None:
                    help="the generated images nearest to a training image, each beside it (default %(default)s)")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="local pt_inception-2015-12-05-6726825d.pth (or .safetensors) for KID and FID")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
     p.set_defaults(func=run_evaluate)
 
 
@@ -68,8 +69,8 @@ def run_evaluate(args) -> int:
         raise ValueError(f"--eta {args.eta} is not allowed: must be 0 (deterministic) or more")
     settings = EvalSettings(samples=args.samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
                             seed=args.seed, batch_size=args.batch_size)
-    results = evaluate_checkpoint(checkpoint_path(args.checkpoint), args.data, settings, args.inception_weights, args.device,
-                                  args.pairs)
+    results = evaluate_checkpoint(checkpoint_path(args), args.data, settings, args.inception_weights, args.device,
+                                  args.pairs, precision=args.precision, heldout_dir=args.heldout)
     if results is None:  # a torchrun process other than rank 0: its images went to rank 0
         return 0
     print(format_table(results))

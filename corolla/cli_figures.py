@@ -3,24 +3,12 @@ trajectory. They parse arguments and call corolla.figures."""
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 from pathlib import Path
 
 from . import data, figures
-from .cli import non_negative_int, positive_int
+from .cli import add_model_options, load_model_for, non_negative_int, positive_int
 
 DEFAULT_NOISING_TIMES = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
-
-
-def checkpoint_path(given: str | None) -> str:
-    """The checkpoint named on the command line, else the shipped pretrained model if this
-    install has one (corolla.pretrained), else an error."""
-    if given:
-        return given
-    if importlib.util.find_spec("corolla.pretrained") is None:
-        raise ValueError("no checkpoint given: name a checkpoint folder or a run folder")
-    return str(importlib.import_module("corolla.pretrained").path())
 
 
 def int_list(text: str) -> list[int]:
@@ -46,15 +34,8 @@ def time_list(text: str) -> list[float]:
 
 
 def _load(args):
-    from .checkpoint import load_model
-    from .train import resolve_device
-    return load_model(checkpoint_path(args.checkpoint), resolve_device(args.device))
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?",
-                   help="checkpoint folder or run folder (default: the shipped pretrained model, when installed)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    model, config, _ = load_model_for(args)
+    return model, config
 
 
 # -- schedules and noising ------------------------------------------------------------------------
@@ -130,7 +111,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_noising)
 
     p = sub.add_parser("sweep", help="the same noises sampled with several step counts, timed")
-    _add_model_args(p)
+    add_model_options(p)
     p.add_argument("--steps", type=int_list, default=int_list("1,2,3,5,10,20,50"),
                    help="comma-separated DDIM step counts (default 1,2,3,5,10,20,50)")
     p.add_argument("-n", "--num-images", type=positive_int, default=8)
@@ -139,7 +120,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_sweep)
 
     p = sub.add_parser("interpolate", help="spherical interpolation between the initial noises of two seeds")
-    _add_model_args(p)
+    add_model_options(p)
     p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[3, 7],
                    help="pairs of seeds, one row per pair: --seeds 3 7 11 12 (image 0 of each seed)")
     p.add_argument("--frames", type=positive_int, default=10, help="images per row, ends included (2 or more)")
@@ -150,7 +131,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_interpolate)
 
     p = sub.add_parser("trajectory", help="predicted and noisy image after every reverse step")
-    _add_model_args(p)
+    add_model_options(p)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--index", type=non_negative_int, default=0, help="which image of the seed")
     p.add_argument("--steps", type=positive_int, default=20, help="DDIM steps")

@@ -23,6 +23,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     adam_eps: float = 1e-7        # Keras' AdamW default
+    # the reference's effective AdamW step: it back-propagates the *sum* of its per-pixel L1 map
+    # (B x H x W times the mean's gradient) and Keras adds epsilon to the uncorrected sqrt(v);
+    # Adam is scale-invariant but for epsilon, so corolla keeps the mean loss and rescales epsilon
+    keras_adam_step: bool = False
     adam_betas: tuple[float, float] = (0.9, 0.999)
     ema: float = 0.999
     ema_warmup: bool = False      # decay min(ema, (1 + step) / (10 + step)), for short runs
@@ -35,7 +39,7 @@ class TrainConfig:
     # speed options: the maths is unchanged, results differ only by float rounding
     channels_last: bool = False
     compile: bool = False
-    bf16: bool = False            # bfloat16 autocast of the network (for CUDA)
+    precision: str = "auto"       # fp32, bf16 (autocast), auto: bf16 where native; a run saves the resolved one
     sync_bn: bool = False         # SyncBatchNorm across GPUs under torchrun (CUDA only)
     # evaluation during training (corolla.metrics): every N epochs, on fixed generated images
     eval_every: int = 0           # 0: off
@@ -56,7 +60,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        """Rebuild from JSON, rejecting unknown keys so a foreign config is a clear error."""
+        """Rebuild from JSON, rejecting unknown keys so a foreign config is a clear error.
+        Checkpoints written before `precision` existed stored a `bf16` flag instead."""
+        if isinstance(d.get("train"), dict) and "bf16" in d["train"] and "precision" not in d["train"]:
+            train = dict(d["train"])
+            train["precision"] = "bf16" if train.pop("bf16") else "fp32"
+            d = {**d, "train": train}
         def build(kind, values):
             names = {f.name for f in dataclasses.fields(kind)}
             unknown = set(values) - names
@@ -86,7 +95,7 @@ class Config:
 
 PRESETS: dict[str, Config] = {
     # The reference, number for number (SPEC.md).
-    "seed64": Config(preset="seed64"),
+    "seed64": Config(preset="seed64", train=TrainConfig(keras_adam_step=True)),
     # The reference network at 32x32 on a 2-core CPU: about 10 minutes on the bundled flowers.
     "demo": Config(preset="demo", data=DataConfig(image_size=32),
                    train=TrainConfig(epochs=10, batch_size=32, ema_warmup=True)),

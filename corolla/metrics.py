@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import checkpoint, data, distributed
+from . import precision as precisions
 from . import inception as inception_module
 from .data import cache_dir
 from .diffusion import DiffusionModel
@@ -429,15 +430,18 @@ def cached_real_features(network: torch.nn.Module, images: torch.Tensor, weights
 
 def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                         settings: EvalSettings = EvalSettings(), inception_weights: str | os.PathLike | None = None,
-                        device: str = "auto", pairs_png: str | os.PathLike | None = None) -> dict | None:
+                        device: str = "auto", pairs_png: str | os.PathLike | None = None, precision: str = "auto",
+                        heldout_dir: str | os.PathLike | None = None) -> dict | None:
     """`corolla evaluate` from Python: load a checkpoint and the data folder it was trained on
     (default: the bundled flowers), split it as training did, and score the checkpoint ->
-    the metrics with what they were measured on (None on ranks other than 0). KID and FID need Inception weights (the
+    the metrics with what they were measured on (None on ranks other than 0). heldout_dir: real
+    images the model never saw, scored against instead of the split's held-out share. KID and FID need Inception weights (the
     argument, $COROLLA_INCEPTION_WEIGHTS or the cache copy); without them they are None."""
     from .train import resolve_device
     started = time.perf_counter()
     world, dev = distributed.init(resolve_device(device))
     model, config = checkpoint.load_model(path, dev)
+    model.accelerate(precision=precisions.resolve(precision, dev))
     s = settings
     # under torchrun every process makes its share of the images; rank 0 scores them all
     generated = distributed.generate_all(model, s.samples, steps=s.steps, seed=s.seed, sampler=s.sampler, eta=s.eta,
@@ -447,12 +451,16 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
         return None
     folder = Path(data_dir) if data_dir else data.bundled_dir()
     images, _ = data.load_folder(folder, config.data.image_size, config.data.crop)
-    parts = data.split(images, config.data.val_fraction, config.data.shuffle_seed)
+    parts = data.split(images, 0.0 if heldout_dir else config.data.val_fraction, config.data.shuffle_seed)
+    if heldout_dir:
+        parts.val, _ = data.load_folder(heldout_dir, config.data.image_size, config.data.crop)
     network, weights = inception_module.load_available(inception_weights, dev)
     real_features = None if network is None else cached_real_features(network, parts.train, weights,
                                                                       settings.batch_size)
     results = Evaluator(parts.train, parts.val, settings, network, real_features)(model, pairs_png, quantise(generated))
-    return {"checkpoint": str(checkpoint.resolve(path)), "data": str(folder), "image_size": config.data.image_size,
+    return {"checkpoint": str(checkpoint.resolve(path)), "data": str(folder),
+            "heldout": str(heldout_dir) if heldout_dir else None, "precision": model.precision,
+            "image_size": config.data.image_size,
             "train_images": parts.train.shape[0], "heldout_images": parts.val.shape[0],
             **dataclasses.asdict(settings), "inception_weights": str(weights) if weights else None,
             "pairs_png": str(pairs_png) if pairs_png else None, **results,

@@ -1,11 +1,13 @@
-"""The shipped flower model: a release checkpoint inside the package, usable with no training.
+"""The shipped models: release checkpoints inside the package, chosen by name, usable with no training.
 
-A release holds what sampling needs (EMA weights, the normaliser, the config) in the
-save_pretrained layout (config.json beside model.safetensors), so it can be published on a model
-hub as it is, and loads with corolla.load_model like any checkpoint.
+Each is a folder of assets/models/ in the save_pretrained layout (config.json beside
+model.safetensors), so it can be published on a model hub as it is and loads with
+corolla.load_model like any checkpoint; its card.json says what it was trained on and for how
+long, and README.md is its model card.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,19 +17,42 @@ from . import checkpoint
 from .diffusion import DiffusionModel
 from .config import Config
 
-RELEASE = Path(__file__).parent / "assets" / "pretrained"
+MODELS = Path(__file__).parent / "assets" / "models"
+DEFAULT = "flowers32"
+CARD_FILE = "card.json"
 
 
-def path() -> Path:
-    """The folder of the shipped model; a clear error if this install has none."""
-    if not (RELEASE / checkpoint.CONFIG_FILE).is_file():
-        raise checkpoint.CheckpointError(f"no shipped model in this install ({RELEASE}); give a checkpoint path")
-    return RELEASE
+def names() -> list[str]:
+    """The shipped models of this install, default first."""
+    found = sorted(p.name for p in MODELS.iterdir() if (p / checkpoint.CONFIG_FILE).is_file()) \
+        if MODELS.is_dir() else []
+    return sorted(found, key=lambda name: name != DEFAULT)
 
 
-def load_pretrained(device: str | torch.device = "cpu") -> tuple[DiffusionModel, Config]:
-    """The shipped flower model -> (model in eval mode, its config)."""
-    return checkpoint.load_model(path(), device)
+def path(name: str | None = None) -> Path:
+    """The folder of the shipped model `name` (None: the default); a clear error for any other."""
+    name = DEFAULT if name is None else name
+    available = names()
+    if name not in available:
+        listed = ", ".join(available) or "none in this install"
+        raise checkpoint.CheckpointError(f"no shipped model named {name!r}; shipped models: {listed}")
+    return MODELS / name
+
+
+def load_pretrained(name: str | None = None, device: str | torch.device = "cpu") -> tuple[DiffusionModel, Config]:
+    """A shipped model (default: the default one) -> (model in eval mode, its config)."""
+    return checkpoint.load_model(path(name), device)
+
+
+def describe(name: str) -> dict:
+    """What `corolla models` lists: resolution, data, steps, images seen, size on disk."""
+    folder = path(name)
+    config = checkpoint.load_config(folder)
+    card = json.loads((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() else {}
+    return {"name": name, "default": name == DEFAULT, "image_size": config.data.image_size,
+            "preset": config.preset, "data": card.get("data"), "steps": card.get("steps"),
+            "images_seen": card.get("images_seen"),
+            "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file())}
 
 
 def export_release(source: str | os.PathLike, out: str | os.PathLike, half: bool = True) -> Path:

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpoint, data, distributed
+from . import precision as precisions
 from .config import Config
 from .diffusion import DiffusionModel, compile_for_training
 from .generate import generate
@@ -63,6 +64,17 @@ def ema_decay(config: Config, step: int) -> float:
     return config.train.ema
 
 
+def adam_epsilon(config: Config, step: int) -> float:
+    """AdamW's epsilon for optimiser step `step` (0-based). With keras_adam_step, the reference's
+    update in corolla's units: its gradient is the per-pixel sum, B x H x W times corolla's mean,
+    and Keras adds epsilon to sqrt(v) before bias correction, PyTorch after it."""
+    t = config.train
+    if not t.keras_adam_step:
+        return t.adam_eps
+    pixels = t.batch_size * config.data.image_size ** 2
+    return t.adam_eps / (pixels * math.sqrt(1.0 - t.adam_betas[1] ** (step + 1)))
+
+
 @dataclass
 class RunData:
     train: torch.Tensor
@@ -71,9 +83,12 @@ class RunData:
     variance: torch.Tensor
 
 
-def prepare_data(config: Config, data_dir: str | Path | None) -> RunData:
+def prepare_data(config: Config, data_dir: str | Path | None, val_dir: str | Path | None = None) -> RunData:
+    """The training images and the held-out ones: a val_fraction of the folder, or all of val_dir."""
     images, _ = data.load_folder(data_dir or data.bundled_dir(), config.data.image_size, config.data.crop)
-    parts = data.split(images, config.data.val_fraction, config.data.shuffle_seed)
+    parts = data.split(images, 0.0 if val_dir else config.data.val_fraction, config.data.shuffle_seed)
+    if val_dir:
+        parts.val, _ = data.load_folder(val_dir, config.data.image_size, config.data.crop)
     if data.batches_per_epoch(parts.train.shape[0], config.data.repetitions, config.train.batch_size) == 0:
         raise data.DataError(f"{parts.train.shape[0]} training image(s) x {config.data.repetitions} repetitions "
                              f"do not fill one batch of {config.train.batch_size}; lower --batch-size")
@@ -90,7 +105,8 @@ def build(config: Config, device: torch.device) -> tuple[DiffusionModel, torch.o
                              "process keeps its own BatchNorm statistics")
         model.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.network)
     model = model.to(device)
-    model.accelerate(channels_last=config.train.channels_last, compile=config.train.compile)
+    model.accelerate(channels_last=config.train.channels_last, compile=config.train.compile,
+                     precision=config.train.precision)
     t = config.train
     optimizer = torch.optim.AdamW(model.network.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                   eps=t.adam_eps, betas=t.adam_betas, foreach=True)
@@ -111,7 +127,7 @@ def slot_generator(seed: int, step: int, slot: int, device: torch.device) -> tor
 
 def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor],
                generators: list[torch.Generator], decay: float, ddp: DistributedDataParallel | None = None,
-               world: distributed.World = distributed.World(), bf16: bool = False) -> torch.Tensor:
+               world: distributed.World = distributed.World()) -> torch.Tensor:
     """The reference's train step over one global batch: noise at uniform random times, L1 noise
     loss of the online network, an AdamW step, then the EMA update.
 
@@ -126,8 +142,7 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
         with contextlib.nullcontext() if sync else ddp.no_sync():
             noises = torch.randn(images.shape, generator=generator, device=images.device)
             times = torch.rand((images.shape[0], 1, 1, 1), generator=generator, device=images.device)
-            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = model.noise_loss(images, noises, times).float()
+            loss = model.noise_loss(images, noises, times)  # in the model's precision (autocast)
             (loss / len(micro_batches)).backward()
         total += loss.detach()
     optimizer.step()
@@ -237,19 +252,24 @@ def micro_batch_size(config: Config, world: distributed.World) -> int:
 
 def train(config: Config, data_dir: str | Path | None = None, out: str | Path = "runs/train",
           device: str = "auto", resume: bool = False, progress: bool = True, max_steps: int | None = None,
-          log=print) -> Path:
+          log=print, val_dir: str | Path | None = None) -> Path:
     """Train (or resume) a run in `out`; returns the folder of its last checkpoint.
 
     Under torchrun each process trains its share of every global batch with DDP; only rank 0
-    writes. max_steps stops early after that many optimiser steps in total."""
+    writes. max_steps stops early after that many optimiser steps in total. val_dir: held-out
+    images for the validation loss instead of a val_fraction of data_dir."""
     # -- set up ---------------------------------------------------------------------------
     world, dev = distributed.init(resolve_device(device))
+    # the checkpoints record the precision used, never "auto"
+    config = config.replace(train={"precision": precisions.resolve(config.train.precision, dev)})
     tc, dc = config.train, config.data
     micro = micro_batch_size(config, world)
     run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
-    if resume and data_dir is None and (run_dir / "latest").exists():
-        data_dir = checkpoint.load_state(run_dir).get("data_dir")  # the run's own images
-    run = prepare_data(config, data_dir)
+    if resume and (run_dir / "latest").exists():  # the run's own images unless others are given
+        saved = checkpoint.load_state(run_dir)
+        data_dir = data_dir or saved.get("data_dir")
+        val_dir = val_dir or saved.get("val_dir")
+    run = prepare_data(config, data_dir, val_dir)
     train_images = run.train.to(dev)  # uint8 on the device: no host copies in the loop
     model, optimizer = build(config, dev)
     # room for two checkpoints: the new one is complete before the old one goes
@@ -292,7 +312,8 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
         _check_finite(model, running, step, run_dir)
         state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "reason": reason,
                  "running_loss": running.item(), "losses_since_log": losses_since_log, "log_lines": log_lines,
-                 "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "world_size": world.size,
+                 "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+                 "val_dir": str(Path(val_dir).resolve()) if val_dir else None, "world_size": world.size,
                  "best": best}
         try:
             return checkpoint.save_training(run_dir, model, config, optimizer, state, {})
@@ -329,8 +350,9 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
                 index = order[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
                 micro_batches = [_as_float(train_images[index[j * micro:(j + 1) * micro]], dev) for j in slots]
                 generators = [slot_generator(tc.seed, step, j, dev) for j in slots]
-                loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world,
-                                  tc.bf16)
+                for group in optimizer.param_groups:
+                    group["eps"] = adam_epsilon(config, step)
+                loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world)
                 step += 1
                 batch_in_epoch += 1
                 seen += tc.batch_size

@@ -122,7 +122,8 @@ class UNet(nn.Module):
     def forward(self, noisy_images: torch.Tensor, noise_variances: torch.Tensor) -> torch.Tensor:
         c = self.config
         x = self.stem(noisy_images)
-        emb = sinusoidal_embedding(noise_variances.to(x.dtype), c.embedding_size, c.embedding_max_frequency)
+        # in the variances' own precision: sin(2 pi 1000 v) is ill-conditioned, bfloat16 would garble it
+        emb = sinusoidal_embedding(noise_variances, c.embedding_size, c.embedding_max_frequency).to(x.dtype)
         # nearest upsampling of a 1x1 map is a broadcast over the image
         x = torch.cat([x, emb.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
         skips: list[torch.Tensor] = []

@@ -228,7 +228,7 @@ def test_interpolation_end_frames_equal_plain_samples(model, run_dir, tmp_path):
     assert torch.allclose(batched[1, 0], generate(model, 1, 5, seed=11, image_size=16)[0], atol=1e-5)
 
     # end to end: the figure's first cell is `corolla sample --seed 3`'s image 0, pixel for pixel
-    assert cli.main(["sample", str(run_dir), "--seed", "3", "-n", "1", "--steps", "5",
+    assert cli.main(["sample", str(run_dir), "--seed", "3", "-n", "1", "--steps", "5", "--precision", "fp32",
                      "--out", str(tmp_path / "s.png"), "--each", str(tmp_path / "each")]) == 0
     sampled = np.asarray(Image.open(tmp_path / "each" / "00000.png").convert("RGB"))
     path = figures.plot_interpolation(one_by_one, [(3, 7)], tmp_path / "interp.png", title="i")
@@ -277,24 +277,6 @@ def test_trajectory_command(run_dir, tmp_path):
     assert cli.main(["trajectory", str(run_dir), "--seed", "0", "--steps", "20", "--out", str(out)]) == 0
     geo = figures.grid_geometry(4, 10, 16, (), ["predicted\nimage", "noisy\nimage"], "t")
     assert png(out).size == (geo.width, geo.height)
-
-
-def test_missing_checkpoint_falls_back_to_pretrained_or_errors(monkeypatch, capsys, tmp_path):
-    assert cli_figures.checkpoint_path("runs/x") == "runs/x"
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "corolla.pretrained" else real_find_spec(name, *a))
-    with pytest.raises(ValueError, match="no checkpoint given"):
-        cli_figures.checkpoint_path(None)
-    assert cli.main(["trajectory", "--out", str(tmp_path / "t.png")]) == 2
-    assert "no checkpoint given" in capsys.readouterr().err
-    monkeypatch.undo()
-
-    shipped = types.ModuleType("corolla.pretrained")
-    shipped.__spec__ = importlib.machinery.ModuleSpec("corolla.pretrained", None)
-    shipped.path = lambda: tmp_path / "pretrained"
-    monkeypatch.setitem(sys.modules, "corolla.pretrained", shipped)
-    assert cli_figures.checkpoint_path(None) == str(tmp_path / "pretrained")
 
 
 # -- training curves ------------------------------------------------------------------------------

@@ -1,42 +1,61 @@
-"""The shipped flower model loads and still makes the images it made when it was released.
+"""The shipped models load, are chosen by name, and still make the images they were released with.
 
-Regenerate the stored reference (only when the shipped model is replaced on purpose):
-    python tests/test_pretrained.py
+Regenerate a model's stored reference (only when that model is replaced on purpose):
+    python tests/test_pretrained.py NAME
 """
+import argparse
 import json
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import corolla
-from corolla import pretrained
+from corolla import cli, pretrained
 from corolla.generate import generate
 from corolla.unet import count_parameters
 
-REFERENCE = Path(__file__).with_name("data") / "pretrained_reference.json"
 SEED, STEPS, IMAGES, POOL = 0, 10, 4, 4
+SHIPPED = pretrained.names()
 
 
-def _low_resolution_samples() -> torch.Tensor:
-    model, config = corolla.load_pretrained()
+def reference_file(name: str) -> Path:
+    return Path(__file__).with_name("data") / f"{name}_reference.json"
+
+
+def _low_resolution_samples(name: str) -> torch.Tensor:
+    model, config = corolla.load_pretrained(name)
     images = generate(model, IMAGES, STEPS, SEED, image_size=config.data.image_size)
-    return F.avg_pool2d(images, POOL)  # (4, 3, 8, 8): the layout of each image, not its noise-level detail
+    pool = POOL * config.data.image_size // 32
+    return F.avg_pool2d(images, pool)  # (4, 3, 8, 8): the layout of each image, not its noise-level detail
 
 
-def test_shipped_model_is_a_release_checkpoint_of_the_reference_network():
-    folder = pretrained.path()
+def test_every_shipped_model_has_a_card_and_a_stored_reference():
+    assert pretrained.DEFAULT in SHIPPED and SHIPPED[0] == pretrained.DEFAULT
+    for name in SHIPPED:
+        assert reference_file(name).is_file(), name
+        info = pretrained.describe(name)
+        assert info["steps"] > 0 and info["images_seen"] >= info["steps"] and info["data"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_is_a_release_checkpoint_of_the_reference_network(name):
+    folder = pretrained.path(name)
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == \
-        ["README.md", "config.json", "model.safetensors", "samples.png"]
-    model, config = corolla.load_pretrained()
+        ["README.md", "card.json", "config.json", "model.safetensors", "samples.png"]
+    model, config = corolla.load_pretrained(name)
     assert count_parameters(model.network) == 1_950_627
     assert config.unet == corolla.preset("seed64").unet
     assert (folder / "model.safetensors").stat().st_size < 8 * 2 ** 20
 
 
-def test_shipped_model_makes_the_images_it_was_released_with():
-    reference = json.loads(REFERENCE.read_text())
-    low = _low_resolution_samples()
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_makes_the_images_it_was_released_with(name):
+    reference = json.loads(reference_file(name).read_text())
+    low = _low_resolution_samples(name)
     stored = torch.tensor(reference["low_resolution"])
     assert low.shape == stored.shape
     # float16 weights and kernels of another CPU may move pixels slightly, a broken model or sampler moves them a lot
@@ -45,8 +64,41 @@ def test_shipped_model_makes_the_images_it_was_released_with():
     assert low.std().item() > 0.05  # not a flat image
 
 
+def _args(checkpoint=None, model=None):
+    return argparse.Namespace(checkpoint=checkpoint, model=model)
+
+
+def test_model_option_picks_each_shipped_model_and_refuses_others(tmp_path, capsys, monkeypatch):
+    assert cli.checkpoint_path(_args("runs/x")) == "runs/x"
+    assert cli.checkpoint_path(_args()) == str(pretrained.path(pretrained.DEFAULT))
+    for name in SHIPPED:
+        assert cli.checkpoint_path(_args(model=name)) == str(pretrained.MODELS / name)
+        out = tmp_path / f"{name}.png"
+        assert cli.main(["sample", "--model", name, "-n", "1", "--steps", "1", "--out", str(out)]) == 0
+        size = corolla.load_pretrained(name)[1].data.image_size
+        with Image.open(out) as image:
+            assert image.size[1] == size + 2 * 2  # one image and the grid's 2-pixel border
+    with pytest.raises(ValueError, match="not both"):
+        cli.checkpoint_path(_args("runs/x", SHIPPED[0]))
+    assert cli.main(["sample", "--model", "roses", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no shipped model named 'roses'" in err and SHIPPED[0] in err
+    monkeypatch.setattr(pretrained, "MODELS", tmp_path / "none")
+    assert cli.main(["trajectory", "--out", str(tmp_path / "t.png")]) == 2
+    assert "none in this install" in capsys.readouterr().err
+
+
+def test_models_command_lists_each_shipped_model(capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["name", "resolution"]
+    assert [line.split()[0] for line in out[1:]] == SHIPPED
+    assert "(default)" in out[1]
+
+
 if __name__ == "__main__":
-    REFERENCE.parent.mkdir(exist_ok=True)
-    REFERENCE.write_text(json.dumps({"seed": SEED, "steps": STEPS, "pool": POOL,
-                                     "low_resolution": _low_resolution_samples().tolist()}) + "\n")
-    print(f"wrote {REFERENCE}")
+    for name in sys.argv[1:] or SHIPPED:
+        reference_file(name).parent.mkdir(exist_ok=True)
+        reference_file(name).write_text(json.dumps({"seed": SEED, "steps": STEPS, "pool": POOL,
+                                                    "low_resolution": _low_resolution_samples(name).tolist()}) + "\n")
+        print(f"wrote {reference_file(name)}")
