@@ -96,3 +96,27 @@ def test_eval_every_logs_metrics_and_keeps_the_best_ema_weights(flowers, tmp_pat
 def test_keep_best_needs_eval_every(capsys):
     assert cli.main(["train", "--preset", "tiny", "--keep-best", "swd", "--out", "/nonexistent/x"]) == 2
     assert "--keep-best needs --eval-every" in capsys.readouterr().err
+
+
+def test_val_data_holds_out_another_folder_and_the_whole_data_folder_trains(make_flowers, tmp_path):
+    heldout = tmp_path / "heldout"
+    heldout.mkdir()
+    for path in sorted(data.bundled_dir().glob("*.jpg"))[-3:]:
+        (heldout / path.name).write_bytes(path.read_bytes())
+    args = cli.parser().parse_args(["train", str(make_flowers(16)), "--preset", "tiny", "--val-data", str(heldout)])
+    config = cli.train_config(args)
+    assert config.data.val_fraction == 0.0
+    run = tmp_path / "run"
+    folder = train(config, make_flowers(16), run, progress=False, val_dir=heldout)
+    state = json.loads((folder / "state.json").read_text())
+    assert state["val_dir"] == str(heldout.resolve())
+    assert state["step"] == data.batches_per_epoch(16, 1, 8)  # all 16 images train, none held out
+    val = [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+           if "val_loss" in line]
+    assert len(val) == 1 and 0 < val[0] < 2
+    # a resumed run finds its held-out folder in its state
+    folder = train(config.replace(train={"epochs": 2}), None, run, resume=True, progress=False)
+    assert json.loads((folder / "state.json").read_text())["val_dir"] == str(heldout.resolve())
+    bad = cli.parser().parse_args(["train", "--val-data", str(heldout), "--val-fraction", "0.1"])
+    with pytest.raises(ValueError, match="give one"):
+        cli.train_config(bad)
