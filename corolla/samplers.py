@@ -126,8 +126,18 @@ def _check_steps(steps: int) -> None:
 
 
 def uniform_grid(steps: int, schedule: Schedule, end: float = 0.0) -> torch.Tensor:
-    """The reference's grid (uniform_times); its last evaluation is at t = 1/steps."""
-    return uniform_times(steps, end)
+    """The reference's grid (uniform_times); its last evaluation is at t = 1/steps.
+
+    It starts where the log-SNR and Karras grids start: at t = 1 unless the log-SNR there is below
+    -LOG_SNR_LIMIT, else at the time where it reaches the limit, spaced uniformly from there. The
+    cosine's signal rate is 0 at t = 1 (-4.4e-8 in float32), where dividing by it amplifies the
+    network's error 10**7 times; it starts at t = 0.9957. The offset cosine (lambda = -3.9 at t = 1)
+    keeps the reference's grid exactly."""
+    _check_steps(steps)
+    if log_snr(schedule, 1.0).item() >= -LOG_SNR_LIMIT:
+        return uniform_times(steps, end)
+    start = times_at_log_snr(schedule, torch.tensor(-LOG_SNR_LIMIT, dtype=torch.float64)).item()
+    return torch.linspace(start, end, steps + 1, dtype=torch.float64)
 
 
 def log_snr_grid(steps: int, schedule: Schedule, end: float = 0.0) -> torch.Tensor:
