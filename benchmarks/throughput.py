@@ -5,8 +5,8 @@
         [--real-run eager,channels_last+compile] [--profile eager,channels_last+compile]
 
 A variant is `+`-joined options of DiffusionModel.accelerate (channels_last, compile; compile also
-compiles the EMA network for sampling) with an optional `@THREADS` (default: PyTorch's, one per
-core). Each variant runs in its own process, so its peak resident memory is its own and compiled
+compiles the EMA network for sampling; bf16: bfloat16 autocast, corolla's --precision bf16) with an
+optional `@THREADS` (default: PyTorch's, one per core). Each variant runs in its own process, so its peak resident memory is its own and compiled
 code does not leak between variants: it trains on random images with corolla's own train_step
 (batch and network of the preset), then samples with corolla's own generate(), and checks its
 first loss and first images against the plain eager path. Variants are interleaved across
@@ -38,11 +38,7 @@ from corolla.generate import generate
 from corolla.train import build, resolve_device, train_step
 
 DEFAULT_VARIANTS = "eager,channels_last,channels_last+compile,channels_last+compile@1"
-OPTIONS = ("channels_last", "compile")
-# The issue's figures, measured on its own machine (AMD EPYC, AVX2, 2 cores), not by this script.
-REFERENCE_PEAK_GFLOPS = 69.0  # that machine's float32 matmul peak, 2 threads
-REFERENCE = [("Keras/TF reference as shipped", 5.8, 56.5),
-             ("Keras/TF with TF_ENABLE_ONEDNN_OPTS=1", 7.7, 44.4)]
+OPTIONS = ("channels_last", "compile", "bf16")
 
 
 # -- one variant, in a child process -----------------------------------------------------------
@@ -56,9 +52,9 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
-def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """Best float32 n x n matrix product rate, GFLOP/s: the machine's practical compute ceiling."""
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 5, dtype=torch.float32) -> float:
+    """Best n x n matrix product rate, GFLOP/s: the machine's practical compute ceiling."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     best = float("inf")
     for _ in range(repeats + 1):
         sync(device)
@@ -83,19 +79,28 @@ def variant_options(name: str) -> tuple[dict[str, bool], int | None]:
 def build_variant(config: configs.Config, device: torch.device, options: dict[str, bool]):
     """corolla's own build (which applies the config's speed options), plus the compiled EMA
     network for sampling when compiling."""
-    config = config.replace(train={"channels_last": options["channels_last"], "compile": options["compile"]})
+    config = config.replace(train={"channels_last": options["channels_last"], "compile": options["compile"],
+                                   "precision": "bf16" if options["bf16"] else "fp32"})
     model, optimizer = build(config, device)
     model.accelerate(compile_ema=options["compile"])
     return model, optimizer
 
 
-def measure_variant(spec: dict) -> dict:
+def spec_config(spec: dict) -> configs.Config:
+    """The preset, at the spec's image size and batch size when it names them."""
     config = configs.preset(spec["preset"])
+    return config.replace(data={"image_size": spec.get("image_size", config.data.image_size)},
+                          train={"batch_size": spec.get("batch_size", config.train.batch_size)})
+
+
+def measure_variant(spec: dict) -> dict:
+    config = spec_config(spec)
     device = resolve_device(spec["device"])
     options, _ = variant_options(spec["variant"])
     size, batch = config.data.image_size, config.train.batch_size
     result: dict = {"variant": spec["variant"], "threads": torch.get_num_threads()}
     result["matmul_gflops"] = matmul_peak(device)
+    result["matmul_bf16_gflops"] = matmul_peak(device, dtype=torch.bfloat16)
 
     def first_batch():
         gen = torch.Generator(device=device).manual_seed(0)
@@ -145,7 +150,9 @@ def real_run(spec: dict) -> dict:
     """A real `corolla train` run of the preset on the bundled images, stopped after a few steps."""
     from corolla.train import train
     options, _ = variant_options(spec["variant"])
-    config = configs.preset(spec["preset"]).replace(train=options)
+    config = configs.preset(spec["preset"]).replace(train={"channels_last": options["channels_last"],
+                                                           "compile": options["compile"],
+                                                           "precision": "bf16" if options["bf16"] else "fp32"})
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         train(config, out=out, device=spec["device"], progress=False, max_steps=spec["steps"], log=lambda *_: None)
@@ -359,13 +366,7 @@ def main() -> None:
         print(f"\nreal `corolla train --preset {args.preset}` run on the bundled images, "
               f"{args.real_run_steps} step(s), {name}: peak resident memory {r['peak_rss_gib']:.2f} GiB "
               f"({r['seconds']:.0f} s)")
-    if args.preset == "seed64":  # the reference figures are the seed64 network's
-        print(f"\nthe issue's reference, measured on its machine (AMD EPYC AVX2, 2 cores, matmul peak "
-              f"{REFERENCE_PEAK_GFLOPS:.0f} GFLOP/s), not in this run:")
-        for label, train_ips, sample_s in REFERENCE:
-            share = train_ips * flops[1] / 1e9 / REFERENCE_PEAK_GFLOPS
-            print(f"  {label}: training {train_ips} images/s ({share:.0%} of its peak); "
-                  f"sampling 64 x 20 DDIM steps {sample_s} s")
+    print("\nThe Keras reference, measured in the same run: benchmarks/compare_reference.py")
     for prof in profiles:
         for phase in ("training step", "sampling forward"):
             ph = prof[phase]

@@ -1,0 +1,74 @@
+"""The model card's figures: shipped models scored on real images none of them saw.
+
+    python benchmarks/model_card.py --train DIR --heldout DIR [--models flowers64,flowers32]
+        [--samples 1024] [--steps 20] [--json OUT] [--pairs-dir DIR]
+
+For each model (a shipped name or a checkpoint path): `corolla evaluate` with --heldout (SWD per
+resolution of --samples generated images against the held-out images, the held-out denoising
+loss, memorisation against the --train images, the nearest-pairs PNG). Beside them the floor:
+the same SWD for --samples real training images, at each model's resolution: what a model that
+reproduced the training distribution exactly would score against images it never saw.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from corolla import checkpoint, data, metrics, pretrained
+
+
+def model_path(name: str) -> str:
+    return str(pretrained.path(name)) if name in pretrained.names() else name
+
+
+def floor(train_dir: str, heldout_dir: str, size: int, samples: int, seed: int) -> dict[int, float]:
+    train, _ = data.load_folder(train_dir, size)
+    heldout, _ = data.load_folder(heldout_dir, size)
+    pick = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))[:samples]
+    return metrics.sliced_wasserstein(heldout, train[pick], seed=seed)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train", required=True, help="the images the models were trained on")
+    p.add_argument("--heldout", required=True, help="real images no model saw")
+    p.add_argument("--models", default=",".join(pretrained.names()))
+    p.add_argument("--samples", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--json", default="model_card.json")
+    p.add_argument("--pairs-dir", default=".", help="where each model's nearest-pairs PNG goes")
+    args = p.parse_args()
+    settings = metrics.EvalSettings(samples=args.samples, steps=args.steps, seed=args.seed)
+    results, floors = {}, {}
+    for name in args.models.split(","):
+        path = model_path(name)
+        size = checkpoint.load_config(checkpoint.resolve(path)).data.image_size
+        if size not in floors:
+            floors[size] = floor(args.train, args.heldout, size, args.samples, args.seed)
+        pairs = Path(args.pairs_dir) / f"nearest_pairs_{Path(name).name}.png"
+        results[name] = metrics.evaluate_checkpoint(path, args.train, settings, pairs_png=pairs,
+                                                    precision=args.precision, heldout_dir=args.heldout)
+        print(f"  scored {name}", flush=True)
+    Path(args.json).write_text(json.dumps({"models": results, "floor": {str(k): v for k, v in floors.items()},
+                                           "samples": args.samples, "steps": args.steps}, indent=2) + "\n")
+
+    print(f"\n{args.samples} samples, {args.steps} DDIM steps, against {args.heldout}")
+    print("| model | SWD x1e3 by resolution (floor: real training images) | held-out loss | training loss "
+          "| nn ratio | near-copies |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        levels = [int(k[4:]) for k in r if k.startswith("swd_") and k[4:].isdigit()]
+        size = r["image_size"]
+        swd = ", ".join(f"{level} px {r[f'swd_{level}']:.1f} ({floors[size][level]:.1f})" for level in levels)
+        print(f"| {name} ({size} px) | {swd} | {r['heldout_loss']:.4f} | {r['train_loss']:.4f} | "
+              f"{r['nn_ratio']:.3f} | {r['nn_copy_fraction']:.3f} |")
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
