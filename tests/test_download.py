@@ -125,6 +125,8 @@ def server(http_server, monkeypatch):
     """The module's server, serving the good files, with their MD5s as the expected ones."""
     monkeypatch.setattr(download, "FILES", dict(download.FILES))
     monkeypatch.delenv(download.URL_ENV, raising=False)
+    for name in ("no_proxy", "NO_PROXY"):  # a proxy set for this machine must not take local requests
+        monkeypatch.setenv(name, "127.0.0.1")
     http_server.files, http_server.ranges, http_server.drop_after, http_server.requests = {}, True, {}, []
     http_server.serve(GOOD)
     return http_server
@@ -209,6 +211,15 @@ def test_a_partial_download_is_resumed(server, tmp_path, ranges):
     assert (tmp_path / "downloads" / "102flowers.tgz").read_bytes() == archive
     assert not (tmp_path / "downloads" / "102flowers.tgz.part").exists()
     assert tree(tmp_path / "flowers") == expected_tree(range(1, IMAGES + 1))
+
+
+def test_fetch_from_python_shows_progress_from_where_it_resumes(server, tmp_path, capsys):
+    archive = GOOD["102flowers.tgz"]
+    (tmp_path / "102flowers.tgz.part").write_bytes(archive[:3000])
+    path = download.fetch(server.url + "102flowers.tgz", tmp_path / "102flowers.tgz", download.FILES["102flowers.tgz"])
+    assert path.read_bytes() == archive and server.requests == [("102flowers.tgz", "bytes=3000-")]
+    bar = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line]
+    assert bar[0].startswith("102flowers.tgz:  51%") and bar[-1].startswith("102flowers.tgz: 100%"), bar
 
 
 @pytest.mark.parametrize("content", ["right", "wrong"])
