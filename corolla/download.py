@@ -119,12 +119,10 @@ def fetch(url: str, path: str | os.PathLike, md5: str, progress: bool = True) ->
     if path.is_file() and md5sum(path) == md5:
         return path  # (a copy altered since it was verified is replaced by a fresh download)
     part = path.with_name(path.name + ".part")
-    for _ in range(2):  # a second go only after a .part that the server says is already whole
-        if _fetch_part(url, part, progress):
-            break
-        if md5sum(part) == md5:  # a run killed between the last byte and the rename
-            break
-        part.unlink()
+    # the server says a .part is whole when a run was killed between its last byte and the rename
+    if not _fetch_part(url, part, progress) and md5sum(part) != md5:
+        part.unlink()  # whole but not the file: fetch it all again
+        _fetch_part(url, part, progress)
     got = md5sum(part)
     if got != md5:
         part.unlink()
