@@ -2,7 +2,7 @@
 
     python benchmarks/sampler_accuracy.py [CHECKPOINT] [--images 8] [--steps 5,10,20,50]
         [--samplers ddim,dpmpp_2m,...] [--grids uniform,logsnr,karras] [--reference-steps 1000]
-        [--reference FILE] [--threads N]
+        [--reference FILE] [--threads N] [--precisions fp32,bf16]
 
 The reference is DDIM with 1,000 steps on the uniform grid from the same initial noise (issue 9).
 Error is the RMSE of the final images (denormalised and clipped, as written to PNG) against it,
@@ -10,6 +10,8 @@ in pixel values on the 0-255 scale and on the 0-1 scale. Every sampler makes one
 evaluation per step, so steps = evaluations. Seconds per image are wall-clock on this device
 (noisy on a shared machine; they scale with steps, not with the sampler). Prints a Markdown table.
 The reference costs as much as the rest together: --reference FILE keeps it between runs.
+With --precisions fp32,bf16 every row is run in each precision (the reference stays float32), and
+the table adds each image set's RMSE against the float32 images of the same sampler, grid and steps.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
+    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (the reference is always fp32)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,20 +83,32 @@ def main() -> None:
     reference = reference_images(model, noise, args)
     print()
 
-    rows = []
-    for grid in grid_names:
-        for sampler in sampler_names:
-            for steps in steps_list:
-                start = time.perf_counter()
-                images = sample_from_noise(model, noise, steps, sampler, grid=grid)
-                seconds = (time.perf_counter() - start) / args.images
-                rmse = (images - reference).pow(2).mean().sqrt().item()
-                rows.append((sampler, grid, steps, rmse, seconds))
+    rmse = lambda a, b: (a - b).pow(2).mean().sqrt().item()
+    rows, fp32_images = [], {}
+    for precision in args.precisions.split(","):
+        model.accelerate(precision=precision)
+        for grid in grid_names:
+            for sampler in sampler_names:
+                for steps in steps_list:
+                    start = time.perf_counter()
+                    images = sample_from_noise(model, noise, steps, sampler, grid=grid)
+                    seconds = (time.perf_counter() - start) / args.images
+                    fp32 = fp32_images.setdefault((sampler, grid, steps), images) if precision == "fp32" else \
+                        fp32_images.get((sampler, grid, steps))
+                    rows.append((sampler, grid, steps, precision, rmse(images, reference), seconds,
+                                 None if fp32 is None else rmse(images, fp32)))
+    model.accelerate(precision="fp32")
+    all_rows = rows
+    # the goal below is judged in the reference's arithmetic (float32), or the first precision run
+    first = args.precisions.split(",")[0]
+    rows = [(r[0], r[1], r[2], r[4], r[5]) for r in all_rows if r[3] == first]
 
-    print("| sampler | grid | steps | RMSE (0-255) | RMSE (0-1) | s/image |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for sampler, grid, steps, rmse, seconds in rows:
-        print(f"| {sampler} | {grid} | {steps} | {rmse * 255:.2f} | {rmse:.4f} | {seconds:.3f} |")
+    print("| sampler | grid | steps | precision | RMSE (0-255) | RMSE (0-1) | vs fp32 images (0-255) | s/image |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    for sampler, grid, steps, precision, error, seconds, vs_fp32 in all_rows:
+        shown = "-" if vs_fp32 is None or precision == "fp32" else f"{vs_fp32 * 255:.2f}"
+        print(f"| {sampler} | {grid} | {steps} | {precision} | {error * 255:.2f} | {error:.4f} | {shown} | "
+              f"{seconds:.3f} |")
 
     ddim = [r for r in rows if r[:3] == ("ddim", "uniform", GOAL_DDIM_STEPS)]
     fast = [r for r in rows if r[0] != "ddim" and r[2] <= GOAL_EVALUATIONS]
