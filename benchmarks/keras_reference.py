@@ -80,7 +80,9 @@ def build(policy: str):
             super().__init__()
             self.normalizer = layers.Normalization(dtype="float32")
             self.network = unet
-            self.ema_network = models.clone_model(self.network)
+            # Keras 3 rebuilds the clone from its config: the Lambda's function must be findable by name
+            with keras.saving.custom_object_scope({"sinusoidal_embedding": sinusoidal_embedding}):
+                self.ema_network = models.clone_model(self.network)
             self.diffusion_schedule = offset_cosine_diffusion_schedule
 
         def denormalize(self, images):
