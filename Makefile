@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 demo: $(BIN)/.installed
 	$(BIN)/corolla sample -n 64 --steps 20 --seed 0 --out $(RUN)/pretrained_samples.png
-	$(BIN)/corolla train --preset demo --out $(RUN)
+	$(BIN)/corolla train --preset demo --out $(RUN) --overwrite
 	$(BIN)/corolla sample $(RUN) -n 64 --steps 20 --seed 0 --out $(RUN)/samples.png
 	$(BIN)/corolla schedules --out $(RUN)/schedules.png
 	$(BIN)/corolla noising --out $(RUN)/noising.png

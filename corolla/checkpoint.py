@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import struct
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors, save as dump_safetensors
 
+from .atomic import remove_stale_temporaries
 from .config import Config
 from .diffusion import DiffusionModel
 
@@ -39,7 +39,7 @@ VERSION = 1
 MODEL_FILE, CONFIG_FILE, TRAINING_FILE, STATE_FILE = (
     "model.safetensors", "config.json", "training.safetensors", "state.json")
 RESERVED_KEYS = ("format", "version", "sha256")  # config.json keys that are not the Config
-_TEMPORARY = re.compile(r"^\.(.+)\.(tmp|old)-(\d+)$")  # .NAME.tmp-PID and .NAME.old-PID
+CHECKPOINT_FILES = {MODEL_FILE, CONFIG_FILE, TRAINING_FILE, STATE_FILE}
 
 
 class CheckpointError(ValueError):
@@ -114,39 +114,27 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers are stale: this process is not writing them now
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder: Path, names: set[str] | None = None) -> list[Path]:
-    """Delete the .NAME.tmp-PID / .NAME.old-PID entries of processes no longer running, for the
-    given NAMEs only (all in folders corolla owns) -> what was removed.
-
-    An .old folder whose NAME is missing is the only complete copy left by a kill between the
-    two renames of replacing a folder: it is renamed back instead of deleted."""
-    removed = []
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        match = _TEMPORARY.match(entry.name)
-        if not match or (names is not None and match.group(1) not in names) or _pid_alive(int(match.group(3))):
-            continue
-        target = folder / match.group(1)
-        if match.group(2) == "old" and not target.exists() and (entry / CONFIG_FILE).is_file():
-            os.replace(entry, target)
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
+def check_replaceable(folder: Path) -> None:
+    """save_pretrained replaces only what corolla wrote: a missing or empty folder, or a checkpoint
+    folder holding nothing but a checkpoint's files. Anything else is an OutputError, before any work."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise OutputError(f"{str(folder)!r} exists and is not a folder (a file or a link); refusing to replace it "
+                          f"with a checkpoint: choose another output folder")
+    names = sorted(entry.name for entry in folder.iterdir())
+    others = [name for name in names if name not in CHECKPOINT_FILES]
+    config_file = folder / CONFIG_FILE
+    if names and not others:
+        try:
+            ours = config_file.is_file() and json.loads(config_file.read_text()).get("format") == FORMAT
+            others = [] if ours else [CONFIG_FILE]
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            others = names  # no readable config.json: not known to be ours
+    if others:
+        raise OutputError(f"{str(folder)!r} holds files that are not a corolla checkpoint's ({', '.join(others[:3])}"
+                          f"{', ...' if len(others) > 3 else ''}); corolla replaces only a missing or empty folder "
+                          f"or a checkpoint it wrote: choose another output folder")
 
 
 def save_pretrained(folder: str | os.PathLike, model: DiffusionModel, config: Config, ema_only: bool = False,
@@ -157,6 +145,7 @@ def save_pretrained(folder: str | os.PathLike, model: DiffusionModel, config: Co
     Replacing an existing folder takes two renames (it to .NAME.old-PID, the new one in); a kill
     between them is repaired by the next save, which renames the old one back."""
     folder = Path(folder)
+    check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder.parent, {folder.name})
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")

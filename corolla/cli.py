@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import warnings
 from pathlib import Path
 
-from . import checkpoint, config as configs, data, distributed, samplers, schedules
+from . import checkpoint, config as configs, data, distributed, runfolder, samplers, schedules
 from . import precision as precisions
 from .train import Interrupted, TrainingError
 
@@ -93,6 +94,8 @@ def _add_train(sub) -> None:
     p.add_argument("--out", help="run folder (default runs/PRESET)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that holds one, deleting its checkpoints, log and grids")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps in all")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--accumulate", type=positive_int,
@@ -215,6 +218,9 @@ def run_train(args) -> int:
     from .train import train
     out = Path(args.out or f"runs/{args.preset}")
     config = train_config(args)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite replaces it: give one")
+    runfolder.check_free(out)  # before reading a run that another process may be writing
     if args.resume:
         if not (out / "latest").exists():
             raise ValueError(f"--resume: {out} holds no checkpoint to resume (no {out / 'latest'})")
@@ -229,7 +235,7 @@ def run_train(args) -> int:
                              f"not {', '.join(changed)}")
         config = train_config(args, saved)
     folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
-                   max_steps=args.max_steps, val_dir=args.val_data)
+                   max_steps=args.max_steps, val_dir=args.val_data, overwrite=args.overwrite)
     print(f"checkpoint: {folder}\nsample grid: {out / 'grid.png'}\nmetrics: {out / 'metrics.jsonl'}")
     return 0
 
@@ -255,10 +261,18 @@ def run_sample(args) -> int:
     return 0
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds as Ctrl-C does: a file being written removes its temporary
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *rest: f"corolla: warning: {message}\n"
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return args.func(args)
     except (ValueError, data.DataError, checkpoint.CheckpointError) as error:
@@ -276,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("corolla: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ not. Hidden files and folders (".name", e.g. macOS "._x.jpg" resource forks) are
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
+
+from . import atomic
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 # Images declaring more pixels are refused from their header, before decoding: this bounds the
@@ -40,17 +41,26 @@ def bundled_dir() -> Path:
     return BUNDLED
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A corolla run folder: a `latest` pointer beside checkpoints/ (see corolla.checkpoint)."""
+    return (folder / "latest").is_file() and (folder / "checkpoints").is_dir()
+
+
 def scan(folder: str | os.PathLike) -> list[Path]:
     """Entries with an image extension under `folder`, recursively, sorted. Hidden files and
     folders are ignored; folder symlinks are not followed (so a symlink loop cannot hang the
     scan). Entries that are not regular files (broken or looping links, FIFOs) are kept here so
-    that load_folder names them as skipped instead of dropping them silently."""
+    that load_folder names them as skipped instead of dropping them silently. corolla's run
+    folders are skipped: their grids are not training images."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"data folder {str(root)!r} does not exist or is not a folder")
+    if is_run_folder(root):
+        raise DataError(f"data folder {str(root)!r} is a corolla run folder (it holds 'latest' and checkpoints/), "
+                        f"not images: give the folder of images it was trained on")
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not is_run_folder(Path(dirpath) / d))
         for name in filenames:
             path = Path(dirpath) / name
             if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -113,15 +123,48 @@ def load_image(path: Path, size: int, crop: bool = False) -> torch.Tensor:
     return resize(pixels, size, crop)  # after the decoded images are freed: less memory at the peak
 
 
+def _stat(path: Path) -> os.stat_result:
+    try:
+        return path.stat()
+    except OSError:  # a broken or looping link: its own times stand in
+        return path.lstat()
+
+
 def _cache_key(files: list[Path], size: int, crop: bool) -> str:
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{crop}".encode())
     for f in files:
-        try:
-            st = f.stat()
-        except OSError:  # a broken or looping link: its own times stand in
-            st = f.lstat()
+        st = _stat(f)
         h.update(f"|{os.path.realpath(f)}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:24]
+
+
+def identity(folder: str | os.PathLike, size: int, crop: bool = False) -> dict:
+    """What a run records of its data, to know it again on resume: the number of image files, a
+    key of their names (relative to the folder) and sizes, and the cache key (which also covers
+    where the files are and when they were modified)."""
+    root = Path(folder)
+    files = scan(root)
+    names = hashlib.sha256()
+    for f in files:
+        names.update(f"|{f.relative_to(root)}|{_stat(f).st_size}".encode())
+    return {"files": len(files), "names_key": names.hexdigest()[:24], "cache_key": _cache_key(files, size, crop)}
+
+
+def check_same_data(recorded: dict | None, current: dict, folder: str | os.PathLike) -> None:
+    """Resuming on other data would train on other images with another validation split: refused.
+    Files only moved, copied or touched (same names and sizes) are the same data: a warning."""
+    if not isinstance(recorded, dict):
+        return  # a run from before identities were recorded
+    if recorded.get("files") != current["files"] or recorded.get("names_key") != current["names_key"]:
+        change = (f"{recorded.get('files')} image files when the run started, {current['files']} now"
+                  if recorded.get("files") != current["files"] else
+                  "as many image files as when the run started, but renamed, replaced or resized")
+        raise DataError(f"data folder {str(folder)!r} is not the data this run was trained on ({change}); resuming "
+                        f"would train on other images with another validation split: give the run's data, or "
+                        f"start a new run (another --out, or --overwrite)")
+    if recorded.get("cache_key") != current["cache_key"]:
+        warnings.warn(f"the image files of {str(folder)!r} were moved, copied or touched since the run started "
+                      f"(same names and sizes); resuming with them", stacklevel=2)
 
 
 def cache_dir() -> Path:
@@ -149,8 +192,9 @@ def load_folder(folder: str | os.PathLike, size: int, crop: bool = False, use_ca
             except Exception as error:  # any decoder failure means: not a usable image
                 skipped.append(f"{f.relative_to(root)} ({_reason(error)})")
         stacked = torch.stack(images) if images else torch.zeros((0, 3, size, size), dtype=torch.uint8)
-        if use_cache and images:
-            _write_cache(cached, stacked, names, skipped)
+        images.clear()  # only the stacked copy from here: less memory while the cache is written
+        if use_cache and names:
+            write_cache(cached, {"images": stacked}, {"names": json.dumps(names), "skipped": json.dumps(skipped)})
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable file(s) in {str(root)!r}: {'; '.join(skipped)}",
                       stacklevel=2)
@@ -182,18 +226,21 @@ def _read_cache(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[st
     return images, names, skipped
 
 
-def _write_cache(path: Path, images: torch.Tensor, names: list[str], skipped: list[str]) -> None:
-    """One file published by rename, so a reader never sees it half written. Best effort: a
-    read-only or full cache folder only costs decoding again next time."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_cache(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """One cache file, published by rename so a reader never sees it half written. Written from
+    bytes by atomic.replacing, not safetensors' save_file, whose own randomly named temporary a
+    killed process would leave behind; the temporaries of killed processes are removed here.
+    Best effort: a read-only, full or over-quota cache folder costs decoding again next time,
+    and one warning."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"images": images.contiguous()}, str(tmp),
-                  metadata={"names": json.dumps(names), "skipped": json.dumps(skipped)})
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        atomic.remove_stale_temporaries(path.parent, lambda name: name.endswith(".safetensors"))
+        payload = save_safetensors({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+        with atomic.replacing(path) as tmp:
+            tmp.write_bytes(payload)
+    except OSError as error:
+        warnings.warn(f"cannot write the cache in {str(path.parent)!r} ({error.strerror or error}); carrying on "
+                      f"without it (COROLLA_CACHE_DIR chooses another folder)", stacklevel=2)
 
 
 def channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

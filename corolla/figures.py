@@ -25,6 +25,7 @@ from matplotlib.font_manager import FontProperties
 from PIL import Image
 
 from . import samplers, schedules
+from .atomic import replacing
 from .diffusion import DiffusionModel
 from .generate import initial_noise, sample_from_noise
 from .grids import to_uint8
@@ -39,12 +40,11 @@ def _save(fig: Figure, out: str | os.PathLike) -> Path:
     """Render with Agg and publish by renaming, so a reader never sees a half-written PNG."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
-    # RGB rather than matplotlib's RGBA: a tenth smaller, and figures have no transparency
-    Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        # RGB rather than matplotlib's RGBA: a tenth smaller, and figures have no transparency
+        Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3]).save(tmp, format="PNG", optimize=True)
     return out
 
 
@@ -287,10 +287,9 @@ def save_gif(images: torch.Tensor, out: str | os.PathLike, frame_ms: int = 120) 
     sequence = tiles + tiles[-2:0:-1]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     first, *rest = [Image.fromarray(t) for t in sequence]
-    first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=frame_ms, loop=0)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=frame_ms, loop=0)
     return out
 
 

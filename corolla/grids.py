@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import replacing
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) floats in [0, 1] -> (N, H, W, C) uint8, rounding to nearest."""
@@ -31,9 +33,8 @@ def grid_array(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> n
 def _save_png(array: np.ndarray, path: Path) -> None:
     """Write via a temporary file and rename, so an existing PNG is never left half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, ncol: int | None = None) -> Path:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import checkpoint, data, distributed
 from . import precision as precisions
@@ -418,13 +418,7 @@ def cached_real_features(network: torch.nn.Module, images: torch.Tensor, weights
         except Exception:
             pass  # an unreadable cache is computed again
     features = inception_module.features(network, images, batch_size)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"features": features.float().contiguous()}, str(tmp))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs computing the features again
+    data.write_cache(path, {"features": features.float()})  # best effort: a warning when it cannot
     return features
 
 

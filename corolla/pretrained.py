@@ -57,7 +57,12 @@ def describe(name: str) -> dict:
 
 def export_release(source: str | os.PathLike, out: str | os.PathLike, half: bool = True) -> Path:
     """Write the EMA weights (float16 when `half`; the normaliser stays float32) and the config of
-    a checkpoint or run folder as a release checkpoint in `out`."""
+    a checkpoint or run folder as a release checkpoint in `out`, never over the source or a
+    folder holding it (save_pretrained replaces only a checkpoint folder it wrote)."""
+    source_folder, target = checkpoint.resolve(source).resolve(), Path(out).resolve()
+    if target == source_folder or target in source_folder.parents:
+        raise checkpoint.OutputError(f"--out {str(out)!r} is the checkpoint being exported or a folder holding it; "
+                                     f"choose a folder outside {source_folder}")
     model, config = checkpoint.load_model(source)
     return checkpoint.save_pretrained(out, model, config, ema_only=True,
                                       dtype=torch.float16 if half else None)

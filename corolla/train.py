@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, data, distributed
+from . import atomic, checkpoint, data, distributed, runfolder
 from . import precision as precisions
 from .config import Config
 from .diffusion import DiffusionModel, compile_for_training
@@ -202,21 +202,26 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
 def _truncate_log(path: Path, lines: int) -> None:
     """Keep the first `lines` records, those written before the checkpoint we resume from, so the
-    curve has no repeats; a line torn by a kill is dropped. Rewritten by rename, never torn."""
+    curve has no repeats. Only a torn last line (cut by a kill before its newline) is dropped;
+    every other line stays byte for byte, even one that is not JSON (a hand edit). Rewritten by
+    rename, never torn."""
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines()[:lines]:
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            break
-        kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    pieces = path.read_bytes().split(b"\n")
+    if not _is_json(pieces[-1]):  # nothing after the last newline, or a torn line
+        pieces.pop()
+    with atomic.replacing(path) as tmp:
+        tmp.write_bytes(b"".join(piece + b"\n" for piece in pieces[:lines]))
 
 
 def _check_finite(model: DiffusionModel, running: torch.Tensor, step: int, run_dir: Path) -> None:
@@ -252,23 +257,38 @@ def micro_batch_size(config: Config, world: distributed.World) -> int:
 
 def train(config: Config, data_dir: str | Path | None = None, out: str | Path = "runs/train",
           device: str = "auto", resume: bool = False, progress: bool = True, max_steps: int | None = None,
-          log=print, val_dir: str | Path | None = None) -> Path:
+          log=print, val_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """Train (or resume) a run in `out`; returns the folder of its last checkpoint.
 
     Under torchrun each process trains its share of every global batch with DDP; only rank 0
     writes. max_steps stops early after that many optimiser steps in total. val_dir: held-out
-    images for the validation loss instead of a val_fraction of data_dir."""
-    # -- set up ---------------------------------------------------------------------------
+    images for the validation loss instead of a val_fraction of data_dir. One process trains in
+    a run folder at a time, and a fresh run refuses a folder holding another run's files unless
+    `overwrite`, which deletes them (runfolder.claim)."""
     world, dev = distributed.init(resolve_device(device))
+    run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
+    if data_dir and Path(data_dir).resolve() == run_dir.resolve():
+        raise ValueError(f"--out {str(out)!r} is the data folder: the run's grids would become training images; "
+                         f"write the run outside the data or into a subfolder of it (run folders are not scanned)")
+    if config.train.keep_best:
+        checkpoint.check_replaceable(run_dir / "best")  # now, not at the first evaluation
+    with runfolder.claim(run_dir, resume, overwrite) if world.is_main else contextlib.nullcontext():
+        return _train(config, data_dir, run_dir, world, dev, resume, progress, max_steps, log, val_dir)
+
+
+def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: distributed.World, dev: torch.device,
+           resume: bool, progress: bool, max_steps: int | None, log, val_dir: str | Path | None) -> Path:
+    """`train` in a run folder it holds."""
+    # -- set up ---------------------------------------------------------------------------
     # the checkpoints record the precision used, never "auto"
     config = config.replace(train={"precision": precisions.resolve(config.train.precision, dev)})
     tc, dc = config.train, config.data
     micro = micro_batch_size(config, world)
-    run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
-    if resume and (run_dir / "latest").exists():  # the run's own images unless others are given
-        saved = checkpoint.load_state(run_dir)
-        data_dir = data_dir or saved.get("data_dir")
-        val_dir = val_dir or saved.get("val_dir")
+    saved = checkpoint.load_state(run_dir) if resume and (run_dir / "latest").exists() else {}
+    # the run's own images unless others are given, and never other images than it trained on
+    data_dir, val_dir = data_dir or saved.get("data_dir"), val_dir or saved.get("val_dir")
+    data_identity = data.identity(data_dir or data.bundled_dir(), dc.image_size, dc.crop)
+    data.check_same_data(saved.get("data_identity"), data_identity, data_dir or data.bundled_dir())
     run = prepare_data(config, data_dir, val_dir)
     train_images = run.train.to(dev)  # uint8 on the device: no host copies in the loop
     model, optimizer = build(config, dev)
@@ -292,8 +312,6 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
         if world.is_main:
             _truncate_log(log_path, log_lines)
         say(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
-    elif not resume and log_path.exists() and world.is_main:
-        log_path.unlink()  # a fresh run starts a fresh curve
 
     evaluator = make_evaluator(config, run, dev) if tc.eval_every and world.is_main else None
     best = state.get("best") if resume and (run_dir / "latest").exists() else None
@@ -314,7 +332,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
                  "running_loss": running.item(), "losses_since_log": losses_since_log, "log_lines": log_lines,
                  "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                  "val_dir": str(Path(val_dir).resolve()) if val_dir else None, "world_size": world.size,
-                 "best": best}
+                 "best": best, "data_identity": data_identity}
         try:
             return checkpoint.save_training(run_dir, model, config, optimizer, state, {})
         except OSError as error:
