@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   create .venv, install corolla, generate from the shipped model, train the demo
 #               preset on the bundled flowers and draw the figures under runs/demo/
-#   make test   create .venv, install corolla with its test extras, run the test suite
+#   make test   create .venv, install corolla with its test extras (and Debian's Chromium for the
+#               browser tests), run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ RUN := runs/demo
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,serve,tensorboard,wandb]'
 	touch $@
 
 demo: $(BIN)/.installed
@@ -26,6 +27,9 @@ demo: $(BIN)/.installed
 	$(BIN)/corolla evaluate $(RUN) --samples 64 --steps 20 --json $(RUN)/evaluation.json --pairs $(RUN)/nearest_pairs.png
 
 test: $(BIN)/.installed
+	@# the browser tests drive Debian's Chromium; without it they skip, saying so
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "make: could not install chromium: the browser tests will be skipped"
 	$(BIN)/python -m pytest -q
 
 benchmark: $(BIN)/.installed

@@ -114,6 +114,8 @@ def _add_train(sub) -> None:
     p.add_argument("--eval-steps", type=positive_int, help="sampling steps per evaluation (default 10)")
     p.add_argument("--keep-best", choices=["swd", "heldout_loss", "kid", "fid"],
                    help="keep the EMA weights of the best evaluation in RUN/best")
+    p.add_argument("--log", action="append", choices=["tensorboard", "wandb"], default=[],
+                   help="also report to TensorBoard (RUN/tensorboard) or W&B (RUN/wandb); repeat for both")
     p.set_defaults(func=run_train)
 
 
@@ -235,7 +237,7 @@ def run_train(args) -> int:
                              f"not {', '.join(changed)}")
         config = train_config(args, saved)
     folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
-                   max_steps=args.max_steps, val_dir=args.val_data, overwrite=args.overwrite)
+                   max_steps=args.max_steps, val_dir=args.val_data, overwrite=args.overwrite, report_to=args.log)
     print(f"checkpoint: {folder}\nsample grid: {out / 'grid.png'}\nmetrics: {out / 'metrics.jsonl'}")
     return 0
 

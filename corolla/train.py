@@ -15,13 +15,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import atomic, checkpoint, data, distributed, runfolder
+from . import atomic, checkpoint, data, distributed, loggers, runfolder
 from . import precision as precisions
 from .config import Config
 from .diffusion import DiffusionModel, compile_for_training
@@ -257,14 +258,16 @@ def micro_batch_size(config: Config, world: distributed.World) -> int:
 
 def train(config: Config, data_dir: str | Path | None = None, out: str | Path = "runs/train",
           device: str = "auto", resume: bool = False, progress: bool = True, max_steps: int | None = None,
-          log=print, val_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+          log=print, val_dir: str | Path | None = None, overwrite: bool = False,
+          report_to: Sequence[str] = ()) -> Path:
     """Train (or resume) a run in `out`; returns the folder of its last checkpoint.
 
     Under torchrun each process trains its share of every global batch with DDP; only rank 0
     writes. max_steps stops early after that many optimiser steps in total. val_dir: held-out
     images for the validation loss instead of a val_fraction of data_dir. One process trains in
     a run folder at a time, and a fresh run refuses a folder holding another run's files unless
-    `overwrite`, which deletes them (runfolder.claim)."""
+    `overwrite`, which deletes them (runfolder.claim). report_to: trackers of corolla.loggers (rank 0 logs)."""
+    loggers.check(report_to)
     world, dev = distributed.init(resolve_device(device))
     run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
     if data_dir and Path(data_dir).resolve() == run_dir.resolve():
@@ -273,11 +276,12 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     if config.train.keep_best:
         checkpoint.check_replaceable(run_dir / "best")  # now, not at the first evaluation
     with runfolder.claim(run_dir, resume, overwrite) if world.is_main else contextlib.nullcontext():
-        return _train(config, data_dir, run_dir, world, dev, resume, progress, max_steps, log, val_dir)
+        return _train(config, data_dir, run_dir, world, dev, resume, progress, max_steps, log, val_dir, report_to)
 
 
 def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: distributed.World, dev: torch.device,
-           resume: bool, progress: bool, max_steps: int | None, log, val_dir: str | Path | None) -> Path:
+           resume: bool, progress: bool, max_steps: int | None, log, val_dir: str | Path | None,
+           report_to: Sequence[str] = ()) -> Path:
     """`train` in a run folder it holds."""
     # -- set up ---------------------------------------------------------------------------
     # the checkpoints record the precision used, never "auto"
@@ -343,6 +347,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
         nonlocal log_lines
         if world.is_main:
             _append_jsonl(log_path, record)
+            reporter.record(record, optimizer.param_groups[0]["lr"], ema_decay(config, step - 1))
         log_lines += 1
 
     def interrupted(folder: Path) -> Interrupted:
@@ -355,7 +360,8 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
 
     folder = None
     slots = range(world.rank * tc.accumulate, (world.rank + 1) * tc.accumulate)  # this rank's micro-batches
-    with _StopSignals() as stop:
+    reporter = loggers.start(report_to if world.is_main else (), run_dir, config, step if state else None)
+    with _StopSignals() as stop, reporter:
         while epoch < tc.epochs:
             # -- one epoch of steps -------------------------------------------------------
             order = data.epoch_order(run.train.shape[0], dc.repetitions, tc.seed, epoch).to(dev)
@@ -403,6 +409,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
                 grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=dc.image_size)
                 save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png")
                 save_grid(grid, run_dir / "grid.png")
+                reporter.grid(grid, step)
             # logged before the checkpoint, so the checkpoint's log_lines count it
             log_record({"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None,
                         "images_per_s": images_per_s})
