@@ -42,12 +42,17 @@ def remove_stale_temporaries(folder: Path, names: Collection[str] | Callable[[st
     An .old entry whose NAME is missing is the only complete copy left by a kill between the two
     renames of replacing a folder: it is renamed back instead of deleted."""
     wanted = names if callable(names) else (lambda name: names is None or name in names)
+    try:
+        with os.scandir(folder) as entries:  # cheap for big folders: names only, hidden ones kept
+            hidden = sorted(entry.name for entry in entries if entry.name.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
     removed = []
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        match = TEMPORARY.match(entry.name)
+    for name in hidden:
+        match = TEMPORARY.match(name)
         if not match or not wanted(match.group(1)) or _pid_alive(int(match.group(3))):
             continue
-        target = folder / match.group(1)
+        entry, target = folder / name, folder / match.group(1)
         if match.group(2) == "old" and not target.exists():
             os.replace(entry, target)
             continue
@@ -60,11 +65,13 @@ def remove_stale_temporaries(folder: Path, names: Collection[str] | Callable[[st
 
 
 @contextlib.contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[Path]:
+def replacing(path: str | os.PathLike, clean: bool = True) -> Iterator[Path]:
     """`with replacing(path) as tmp:` write tmp; it is renamed over `path` when the block ends,
-    and removed if the block fails or is interrupted. The folder must exist."""
+    and removed if the block fails or is interrupted. The folder must exist. clean=False: the
+    caller removed the stale temporaries itself (once for many files, not once per file)."""
     path = Path(path)
-    remove_stale_temporaries(path.parent, {path.name})
+    if clean:
+        remove_stale_temporaries(path.parent, {path.name})
     tmp = temporary_path(path)
     try:
         yield tmp

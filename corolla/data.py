@@ -236,7 +236,7 @@ def write_cache(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.remove_stale_temporaries(path.parent, lambda name: name.endswith(".safetensors"))
         payload = save_safetensors({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-        with atomic.replacing(path) as tmp:
+        with atomic.replacing(path, clean=False) as tmp:  # cleaned just above
             tmp.write_bytes(payload)
     except OSError as error:
         warnings.warn(f"cannot write the cache in {str(path.parent)!r} ({error.strerror or error}); carrying on "

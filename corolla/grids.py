@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import replacing
+from .atomic import remove_stale_temporaries, replacing
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -30,10 +30,10 @@ def grid_array(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> n
     return out
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def _save_png(array: np.ndarray, path: Path, clean: bool = True) -> None:
     """Write via a temporary file and rename, so an existing PNG is never left half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp:
+    with replacing(path, clean) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
@@ -46,9 +46,10 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, ncol: int | None = 
 def save_each(images: torch.Tensor, folder: str | os.PathLike, start: int = 0, prefix: str = "") -> list[Path]:
     """One PNG per image, named by the image's index (so images from -n 8 and -n 64 line up)."""
     folder = Path(folder)
+    remove_stale_temporaries(folder, lambda name: name.startswith(prefix) and name.endswith(".png"))  # once
     paths = []
     for i, pixels in enumerate(to_uint8(images)):
         path = folder / f"{prefix}{start + i:05d}.png"
-        _save_png(pixels, path)
+        _save_png(pixels, path, clean=False)
         paths.append(path)
     return paths

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from corolla import atomic, checkpoint, cli, data, figures
+from corolla import atomic, checkpoint, cli, data, figures, grids
 from corolla.config import preset
 from corolla.grids import save_grid
 from corolla.train import build, train
@@ -160,6 +160,18 @@ def test_a_killed_writer_s_temporary_is_removed_by_the_next_write_of_that_name(m
     data.load_folder(make_flowers(16), 16)
     assert _temporaries(cache) == [f".notes.txt.tmp-{dead}"]
     assert len(list(cache.glob("*.safetensors"))) == 1
+
+
+def test_writing_many_images_scans_their_folder_once(tmp_path, monkeypatch):
+    """Looking for stale temporaries lists the folder: once per --each batch, not once per image
+    (10,000 images into one folder would otherwise take minutes)."""
+    scans, scan = [], atomic.remove_stale_temporaries
+    monkeypatch.setattr(atomic, "remove_stale_temporaries", lambda *a: scans.append(a) or scan(*a))
+    monkeypatch.setattr(grids, "remove_stale_temporaries", atomic.remove_stale_temporaries, raising=False)
+    dead = _dead_pid()
+    (tmp_path / f".00003.png.tmp-{dead}").write_bytes(b"left by a kill")
+    assert len(grids.save_each(torch.rand(20, 3, 8, 8), tmp_path)) == 20
+    assert len(scans) == 1 and _temporaries(tmp_path) == []
 
 
 def test_a_resumed_run_removes_what_killed_writes_left_in_its_folder(make_flowers, tmp_path):
