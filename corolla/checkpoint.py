@@ -19,12 +19,17 @@ save_pretrained layout and loads anywhere a path is accepted.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import stat
 import struct
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +38,7 @@ from safetensors.torch import load as load_safetensors, save as dump_safetensors
 from .atomic import remove_stale_temporaries
 from .config import Config
 from .diffusion import DiffusionModel
+from .limits import KEEP_BEST_METRICS, MAX_ABS_WEIGHT, MAX_JSON_BYTES, MAX_PARAMETERS, integer, number, short
 
 FORMAT = "corolla-checkpoint"
 VERSION = 1
@@ -183,7 +189,10 @@ def save_training(run_dir: str | os.PathLike, model: DiffusionModel, config: Con
     ones are removed only after the pointer moved. The folder `latest` names is never written
     to: a second save at the same step gets the name step-N-1."""
     run_dir = Path(run_dir)
-    previous = _latest_name(run_dir)
+    try:
+        previous = read_latest(run_dir)
+    except CheckpointError:
+        previous = None  # not a pointer corolla wrote: replaced below
     name = f"step-{state['step']:08d}"
     if name == previous:
         name += "-1"
@@ -234,11 +243,50 @@ def ensure_writable(folder: str | os.PathLike, needed_bytes: int = 0) -> Path:
     return folder
 
 
-def _latest_name(run_dir: Path) -> str | None:
+# what save_training writes into `latest`: step-N (8 digits or more), -1 for a second save at a step
+LATEST_NAME = re.compile(r"step-[0-9]{8,}(-1)?")
+MAX_LATEST_BYTES = 256
+
+
+def _open_regular(path: Path, follow_links: bool = True):
+    """A binary file object of `path`, refused unless it is a regular file. Opened without
+    blocking, so a FIFO cannot hang the command; a device is refused before it is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW))
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise CheckpointError(f"{path} is not a regular file")
+    return f
+
+
+def _read_bounded(path: Path, limit: int, follow_links: bool = True) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (a 20 GB sparse file is refused from
+    its size, not read)."""
+    with _open_regular(path, follow_links) as f:
+        size = os.fstat(f.fileno()).st_size
+        payload = f.read(limit + 1)
+    if max(size, len(payload)) > limit:
+        raise CheckpointError(f"{path} is {max(size, len(payload)):,} bytes; a checkpoint's is at most {limit:,}")
+    return payload
+
+
+def read_latest(run_dir: Path) -> str | None:
+    """The checkpoint name in run_dir/latest, None when there is no such file. Accepted only as
+    save_training writes it: a small regular file (a link is not followed) holding a name of
+    run_dir/checkpoints; a FIFO, a device, a link, ../x or /x is a CheckpointError."""
+    path = run_dir / "latest"
     try:
-        return (run_dir / "latest").read_text().strip() or None
-    except (OSError, UnicodeDecodeError):
+        payload = _read_bounded(path, MAX_LATEST_BYTES, follow_links=False)
+    except FileNotFoundError:
         return None
+    except OSError as error:
+        reason = "a symbolic link" if error.errno == errno.ELOOP else error.strerror or str(error)
+        raise CheckpointError(f"{path} is not a checkpoint pointer ({reason})") from None
+    name = payload.decode("ascii", errors="replace").strip()
+    if not LATEST_NAME.fullmatch(name):
+        raise CheckpointError(f"{path} does not name a checkpoint: it should hold a folder name of "
+                              f"{run_dir / 'checkpoints'} such as step-00000430")
+    return name
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -253,8 +301,8 @@ def resolve(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         return path
-    name = _latest_name(path) if path.is_dir() else None
-    if name and (path / "checkpoints" / name / CONFIG_FILE).is_file():
+    name = read_latest(path) if path.is_dir() else None
+    if name and (path / "checkpoints" / name / CONFIG_FILE).is_file() and not (path / "checkpoints" / name).is_symlink():
         return path / "checkpoints" / name
     if name:
         raise CheckpointError(f"{path / 'latest'} names {name!r}, which is not a complete checkpoint in "
@@ -265,9 +313,13 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def _read_config_json(folder: Path) -> dict:
     try:
-        raw = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: not readable JSON ({error})") from None
+        payload = _read_bounded(folder / CONFIG_FILE, MAX_JSON_BYTES)
+    except OSError as error:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: not readable ({error.strerror or error})") from None
+    try:
+        raw = json.loads(payload)
+    except (ValueError, RecursionError) as error:  # ValueError: undecodable or not JSON
+        raise CheckpointError(f"{folder / CONFIG_FILE}: not readable JSON ({str(error)[:100]})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{folder / CONFIG_FILE}: not a corolla config (no \"format\": \"{FORMAT}\")")
     if raw.get("version") != VERSION:
@@ -283,22 +335,42 @@ def _checksums(raw: dict) -> dict[str, str]:
 
 
 def _config_from(raw: dict, where: Path) -> Config:
-    try:
+    try:  # Config checks every field (corolla.limits) before anything is built
         return Config.from_dict({k: v for k, v in raw.items() if k not in RESERVED_KEYS})
-    except (TypeError, ValueError, AttributeError) as error:
+    except (TypeError, ValueError, AttributeError, RecursionError) as error:
         raise CheckpointError(f"{where}: invalid config ({error})") from None
 
 
+def expected_shapes(config: Config, where: Path) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor a checkpoint of `config` holds, from the model built on the
+    meta device (no memory) once its parameter count is within MAX_PARAMETERS: a config that
+    claims a huge network is refused before anything is allocated or read."""
+    try:
+        with torch.device("meta"):
+            model = DiffusionModel(config.unet, config.train.schedule)
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{where}: the config describes no valid network ({error})") from None
+    count = sum(p.numel() for p in model.network.parameters())
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"{where}: the config describes a network of {count:,} parameters; corolla loads "
+                              f"at most {MAX_PARAMETERS:,}")
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
 def load_config(folder: Path) -> Config:
-    return _config_from(_read_config_json(folder), folder / CONFIG_FILE)
+    """The config of a checkpoint folder, checked field by field and for the size of its network."""
+    config = _config_from(_read_config_json(folder), folder / CONFIG_FILE)
+    expected_shapes(config, folder / CONFIG_FILE)
+    return config
 
 
-def _read_verified(path: Path, sha256: str | None) -> bytes:
-    """The bytes of a checkpoint file, checked against its SHA-256 when one is recorded."""
+def _read_verified(path: Path, sha256: str | None, limit: int) -> bytes:
+    """The bytes of a checkpoint file of at most `limit` bytes, checked against its SHA-256 when
+    one is recorded."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
-        payload = path.read_bytes()
+        payload = _read_bounded(path, limit)
     except OSError as error:
         raise CheckpointError(f"{path}: not readable ({error.strerror or error})") from None
     if sha256 is not None and hashlib.sha256(payload).hexdigest() != sha256:
@@ -307,15 +379,103 @@ def _read_verified(path: Path, sha256: str | None) -> bytes:
     return payload
 
 
-def _read_tensors(path: Path, sha256: str | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """-> (tensors, metadata) of a safetensors file whose SHA-256 matches, when one is recorded."""
-    payload = _read_verified(path, sha256)
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+MAX_HEADER_BYTES = 2 ** 24
+HeaderCheck = Callable[[dict[str, tuple[str, tuple[int, ...]]], dict[str, str]], None]
+
+
+def _invalid(path: Path, sha256: str | None, reason: str) -> CheckpointError:
+    if sha256 is not None:  # corolla wrote a valid file with that checksum: this is not it
+        return CheckpointError(f"{path}: contents do not match the SHA-256 recorded in {CONFIG_FILE} "
+                               f"(the file is truncated, corrupted or from another checkpoint)")
+    return CheckpointError(f"{path}: not a valid safetensors file ({reason})")
+
+
+def _read_header(path: Path, sha256: str | None) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str], int]:
+    """The safetensors header alone -> ({name: (dtype, shape)}, metadata, bytes the file may have)."""
     try:
-        (header_size,) = struct.unpack("<Q", payload[:8])
-        metadata = json.loads(payload[8:8 + header_size]).get("__metadata__") or {}
+        with _open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            (header_size,) = struct.unpack("<Q", f.read(8))
+            if header_size > min(MAX_HEADER_BYTES, size - 8):
+                raise ValueError(f"a header of {header_size:,} bytes")
+            header = json.loads(f.read(header_size))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: not readable ({error.strerror or error})") from None
+    except (struct.error, ValueError, RecursionError) as error:
+        raise _invalid(path, sha256, str(error)[:100]) from None
+    if not isinstance(header, dict):
+        raise _invalid(path, sha256, "its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    tensors, data_bytes = {}, 0
+    for name, entry in header.items():
+        try:
+            dtype, shape = entry["dtype"], tuple(entry["shape"])
+            if dtype not in DTYPE_BYTES or not all(type(d) is int and d >= 0 for d in shape):
+                raise ValueError
+        except (TypeError, KeyError, ValueError):
+            raise _invalid(path, sha256, f"bad header entry {short(name)}") from None
+        tensors[name] = (dtype, shape)
+        data_bytes += math.prod(shape) * DTYPE_BYTES[dtype]
+    if not isinstance(metadata, dict):
+        raise _invalid(path, sha256, "its metadata is not a JSON object")
+    return tensors, metadata, 8 + header_size + data_bytes
+
+
+def _read_tensors(path: Path, sha256: str | None, check: HeaderCheck) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """-> (tensors, metadata) of a safetensors file. Its header is read first and `check`ed (the
+    names and shapes against what the config needs), so the file is read whole only once its
+    size is known to be what those shapes take; then its SHA-256 is checked, when recorded."""
+    header, metadata, most = _read_header(path, sha256)
+    check(header, metadata)
+    if path.stat().st_size > most:
+        raise _invalid(path, sha256, f"{path.stat().st_size:,} bytes where its tensors take {most:,}")
+    payload = _read_verified(path, sha256, most)
+    try:
         return load_safetensors(payload), metadata
-    except (SafetensorError, struct.error, ValueError, RuntimeError, AttributeError, UnicodeDecodeError) as error:
+    except (SafetensorError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: not a valid safetensors file ({str(error).splitlines()[0]})") from None
+
+
+def _model_check(config: Config, where: Path) -> HeaderCheck:
+    """The HeaderCheck of model.safetensors: its config matches (_check_same_config), then the
+    names and shapes of the config's network, EMA-only (a release) or both networks."""
+    expected = expected_shapes(config, where.parent / CONFIG_FILE)
+
+    def check(header, metadata) -> None:
+        _check_same_config(config, metadata, where)
+        wanted = expected
+        if not any(k.startswith("network.") for k in header):
+            wanted = {k: v for k, v in expected.items() if not k.startswith("network.")}
+        missing, unexpected = sorted(set(wanted) - set(header)), sorted(set(header) - set(wanted))
+        if missing or unexpected:
+            detail = f"missing {missing[:3]}" if missing else f"unexpected {short(unexpected[:3], 100)}"
+            raise CheckpointError(f"{where}: weights do not match the config's architecture ({detail})")
+        for key, shape in wanted.items():
+            if header[key][1] != shape:
+                raise CheckpointError(f"{where}: {key} has shape {short(header[key][1])}, the config's "
+                                      f"architecture needs {shape}")
+    return check
+
+
+def _training_check(optimizer: torch.optim.Optimizer, where: Path) -> HeaderCheck:
+    """The HeaderCheck of training.safetensors: optimizer.I.NAME is a scalar or the shape of
+    parameter I; rng.NAME a generator state of at most 1 MiB."""
+    shapes = [tuple(p.shape) for group in optimizer.param_groups for p in group["params"]]
+
+    def check(header, metadata) -> None:
+        for name, (_, shape) in header.items():
+            parts = name.split(".")
+            if parts[0] == "optimizer" and len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < len(shapes):
+                ok = shape in ((), shapes[int(parts[1])])
+            else:
+                ok = parts[0] == "rng" and math.prod(shape) <= 2 ** 20
+            if not ok:
+                raise CheckpointError(f"{where}: {short(name)} of shape {short(shape)} is not part of the training "
+                                      f"state of this network")
+    return check
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -331,11 +491,11 @@ def _check_same_config(config: Config, metadata: dict[str, str], where: Path) ->
         return
     try:
         stored = json.loads(metadata["config"])
-    except json.JSONDecodeError:
+    except (TypeError, ValueError, RecursionError):
         raise CheckpointError(f"{where}: its stored config is not JSON") from None
     try:  # through Config, so fields added since the weights were saved take their defaults
         stored = _flat(json.loads(json.dumps(Config.from_dict(stored).to_dict())))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, AttributeError, RecursionError) as error:
         raise CheckpointError(f"{where}: its stored config is not a corolla config ({error})") from None
     current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
     differences = [f"{key}: {stored.get(key)!r} in the weights, {value!r} in {CONFIG_FILE}"
@@ -357,43 +517,91 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     folder = resolve(path)
     raw = _read_config_json(folder)
     config = _config_from(raw, folder / CONFIG_FILE)
-    tensors, metadata = _read_tensors(folder / MODEL_FILE, _checksums(raw).get(MODEL_FILE))
-    _check_same_config(config, metadata, folder / MODEL_FILE)
+    tensors, _ = _read_tensors(folder / MODEL_FILE, _checksums(raw).get(MODEL_FILE),
+                               _model_check(config, folder / MODEL_FILE))
     model = _model_for(config, folder / CONFIG_FILE)
     _load_weights(model, tensors, folder / MODEL_FILE)
     return model.to(device).eval(), config
 
 
+def _check_values(key: str, value: torch.Tensor, where: Path) -> None:
+    """Refuse values no trained model has: NaN, infinities, magnitudes beyond MAX_ABS_WEIGHT, a
+    negative variance, pixel statistics outside [0, 1]. Each would make every image NaN or black."""
+    if value.numel() == 0:
+        return
+    if not value.is_floating_point():
+        if value.min() < 0:
+            raise CheckpointError(f"{where}: {key} holds a negative count")
+        return
+    if not torch.isfinite(value).all():
+        raise CheckpointError(f"{where}: {key} holds NaN or infinite values")
+    largest = value.abs().max().item()
+    if largest > MAX_ABS_WEIGHT:
+        raise CheckpointError(f"{where}: {key} holds {largest:.3g}; no trained network has values beyond "
+                              f"{MAX_ABS_WEIGHT:g} (they overflow into NaN images)")
+    if (key.endswith("running_var") or key == "normalizer.variance") and value.min() < 0:
+        raise CheckpointError(f"{where}: {key} holds a negative variance ({value.min().item():.3g})")
+    if key.startswith("normalizer.") and value.max() > 1:
+        raise CheckpointError(f"{where}: {key} holds {value.max().item():.3g}; the statistics of pixels in [0, 1] "
+                              f"lie in [0, 1]")
+
+
 def _load_weights(model: DiffusionModel, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Weights whose names and shapes the header check has matched, checked for their values."""
     expected = model.state_dict()
     if not any(k.startswith("network.") for k in tensors):
         tensors = {**tensors, **{"network." + k[len("ema_network."):]: v
                                  for k, v in tensors.items() if k.startswith("ema_network.")}}
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise CheckpointError(f"{where}: weights do not match the config's architecture ({detail})")
-    for key, value in expected.items():
-        if tensors[key].shape != value.shape:
-            raise CheckpointError(f"{where}: {key} has shape {tuple(tensors[key].shape)}, "
-                                  f"the config's architecture needs {tuple(value.shape)}")
-        if value.is_floating_point() and not torch.isfinite(tensors[key]).all():
-            raise CheckpointError(f"{where}: {key} holds NaN or infinite values")
+    for key, value in tensors.items():
+        _check_values(key, value, where)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
 
 
-def load_state(path: str | os.PathLike) -> dict:
-    """state.json of a training checkpoint (step, epoch, data folder...), checked against its SHA-256."""
-    folder = resolve(path)
-    payload = _read_verified(folder / STATE_FILE, _checksums(_read_config_json(folder)).get(STATE_FILE))
+def _path_or_null(value) -> str | None:
+    return None if value is None or isinstance(value, str) and len(value) <= 4096 else "a folder path or null"
+
+
+def _best(value) -> str | None:
+    ok = value is None or (isinstance(value, dict) and set(value) == {"metric", "value", "step", "epoch"}
+                           and value["metric"] in KEEP_BEST_METRICS and number(-1e300)(value["value"]) is None
+                           and integer(0, 2 ** 62)(value["step"]) is None and integer(0, 2 ** 62)(value["epoch"]) is None)
+    return None if ok else "null or {\"metric\", \"value\", \"step\", \"epoch\"} of an evaluation"
+
+
+# the types of the state.json values a resumed run uses (others are not read)
+STATE_RULES = {
+    "step": integer(0, 2 ** 62), "epoch": integer(0, 2 ** 62), "batch_in_epoch": integer(0, 2 ** 62),
+    "running_loss": number(0), "losses_since_log": integer(0, 2 ** 62), "log_lines": integer(0, 2 ** 62),
+    "world_size": integer(1, 2 ** 20), "data_dir": _path_or_null, "val_dir": _path_or_null,
+    "reason": lambda v: None if isinstance(v, str) else "text", "best": _best,
+    "optimizer": lambda v: None if isinstance(v, dict) else "the optimiser's settings (a JSON object)",
+}
+
+
+def _parse_state(payload: bytes, where: Path, required: tuple[str, ...] = ()) -> dict:
     try:
         state = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{folder / STATE_FILE}: not readable JSON ({error})") from None
+    except (ValueError, RecursionError) as error:
+        raise CheckpointError(f"{where}: not readable JSON ({str(error)[:100]})") from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{folder / STATE_FILE}: not a training state")
+        raise CheckpointError(f"{where}: not a training state")
+    for key in required:
+        if key not in state:
+            raise CheckpointError(f"{where}: training state not usable to resume (no {key!r})")
+    for key, rule in STATE_RULES.items():
+        allowed = rule(state[key]) if key in state else None
+        if allowed is not None:
+            raise CheckpointError(f"{where}: {key} = {short(state[key])} is not allowed: must be {allowed}")
     return state
+
+
+def load_state(path: str | os.PathLike) -> dict:
+    """state.json of a training checkpoint (step, epoch, data folder...), checked against its
+    SHA-256 and for the types of its values."""
+    folder = resolve(path)
+    payload = _read_verified(folder / STATE_FILE, _checksums(_read_config_json(folder)).get(STATE_FILE),
+                             MAX_JSON_BYTES)
+    return _parse_state(payload, folder / STATE_FILE)
 
 
 def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: torch.optim.Optimizer
@@ -402,22 +610,19 @@ def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: tor
     folder = resolve(path)
     raw = _read_config_json(folder)
     sha256 = _checksums(raw)
-    tensors, metadata = _read_tensors(folder / MODEL_FILE, sha256.get(MODEL_FILE))
     config = _config_from(raw, folder / CONFIG_FILE)
-    _check_same_config(config, metadata, folder / MODEL_FILE)
+    tensors, _ = _read_tensors(folder / MODEL_FILE, sha256.get(MODEL_FILE), _model_check(config, folder / MODEL_FILE))
     if config.unet != model.network.config:
         raise CheckpointError(f"{folder / CONFIG_FILE}: its network ({config.unet}) is not the one being "
                               f"resumed ({model.network.config})")
     _load_weights(model, tensors, folder / MODEL_FILE)
-    training, _ = _read_tensors(folder / TRAINING_FILE, sha256.get(TRAINING_FILE))
-    payload = _read_verified(folder / STATE_FILE, sha256.get(STATE_FILE))
+    training, _ = _read_tensors(folder / TRAINING_FILE, sha256.get(TRAINING_FILE),
+                                _training_check(optimizer, folder / TRAINING_FILE))
+    payload = _read_verified(folder / STATE_FILE, sha256.get(STATE_FILE), MAX_JSON_BYTES)
+    state = _parse_state(payload, folder / STATE_FILE, ("step", "epoch", "batch_in_epoch", "optimizer"))
     try:
-        state = json.loads(payload)
-        for key in ("step", "epoch", "batch_in_epoch", "optimizer"):
-            if key not in state:
-                raise ValueError(f"no {key!r}")
         _restore_optimizer(optimizer, training, state.pop("optimizer"))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{folder}: training state not usable to resume ({error})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+        raise CheckpointError(f"{folder}: training state not usable to resume ({str(error)[:200]})") from None
     rng = {k[len("rng."):]: v for k, v in training.items() if k.startswith("rng.")}
     return state, rng

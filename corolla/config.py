@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .limits import check_config, short
 from .unet import UNetConfig
 
 
@@ -55,6 +56,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        check_config(self)  # every field, on construction, replace and load (corolla.limits)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -67,10 +71,12 @@ class Config:
             train["precision"] = "bf16" if train.pop("bf16") else "fp32"
             d = {**d, "train": train}
         def build(kind, values):
+            if not isinstance(values, dict):
+                raise ValueError(f"{kind.__name__} must be a JSON object, not {short(values)}")
             names = {f.name for f in dataclasses.fields(kind)}
             unknown = set(values) - names
             if unknown:
-                raise ValueError(f"unknown {kind.__name__} keys: {', '.join(sorted(unknown))}")
+                raise ValueError(f"unknown {kind.__name__} keys: {short(', '.join(sorted(unknown)), 100)}")
             kwargs = {}
             for f in dataclasses.fields(kind):
                 if f.name not in values:

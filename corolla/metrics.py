@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from . import checkpoint, data, distributed
+from . import checkpoint, data, distributed, limits
 from . import precision as precisions
 from . import inception as inception_module
 from .data import cache_dir
@@ -437,6 +437,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     model, config = checkpoint.load_model(path, dev)
     model.accelerate(precision=precisions.resolve(precision, dev))
     s = settings
+    limits.check_held_images(s.samples, config.data.image_size, "--samples", model.network.config.channels)
     # under torchrun every process makes its share of the images; rank 0 scores them all
     generated = distributed.generate_all(model, s.samples, steps=s.steps, seed=s.seed, sampler=s.sampler, eta=s.eta,
                                          batch_size=s.batch_size, image_size=config.data.image_size)

@@ -26,7 +26,7 @@ from . import atomic, checkpoint, data, distributed, loggers, runfolder
 from . import precision as precisions
 from .config import Config
 from .diffusion import DiffusionModel, compile_for_training
-from .generate import generate
+from .generate import NotFinite, generate
 from .figures import plot_training
 from .grids import save_grid
 
@@ -406,10 +406,14 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
             val = float("nan")
             if world.is_main:
                 val = validation_loss(model, run.val, tc.batch_size, tc.seed, dev)
-                grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=dc.image_size)
-                save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png")
-                save_grid(grid, run_dir / "grid.png")
-                reporter.grid(grid, step)
+                try:
+                    grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=dc.image_size)
+                except NotFinite:  # a diverging run: the loss check stops it at its next log line
+                    say(f"epoch {epoch}: the EMA network's samples are not finite; no sample grid written")
+                else:
+                    save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png")
+                    save_grid(grid, run_dir / "grid.png")
+                    reporter.grid(grid, step)
             # logged before the checkpoint, so the checkpoint's log_lines count it
             log_record({"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None,
                         "images_per_s": images_per_s})

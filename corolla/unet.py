@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .limits import check_section
+
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 0.01  # PyTorch's momentum is 1 - Keras' 0.99
 
@@ -99,6 +101,7 @@ class UNet(nn.Module):
 
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()
+        check_section(config)  # before anything is allocated (corolla.limits)
         self.config = config
         c = config
         self.stem = _keras_conv(c.channels, c.widths[0], 1)

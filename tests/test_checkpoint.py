@@ -228,10 +228,10 @@ BAD_CHECKPOINTS = {
                              "not a corolla config"),
     "binary config": (lambda f: (f / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00"), "not readable JSON"),
     "config with nonsense values": (lambda f: (_drop_checksums(f), _edit_config(f, "unet", "block_depth", "two")),
-                                    "does not describe these weights"),
+                                    "unet.block_depth = 'two' is not allowed"),
     "config with nonsense values, no stored config": (
         lambda f: (_drop_checksums(f), _edit_config(f, "unet", "block_depth", "two"), _strip_metadata(f)),
-        "no valid network"),
+        "unet.block_depth = 'two' is not allowed"),
     "newer format version": (lambda f: (f / "config.json").write_text(
         (f / "config.json").read_text().replace('"version": 1', '"version": 99')), "version 99"),
     "torch.save pickle as the weights": (_swap_in_a_pickle, "SHA-256"),

@@ -1,0 +1,175 @@
+"""What corolla accepts: the bounds on a config, a checkpoint's contents and the command's numbers.
+
+A config decides what gets allocated (the network, the images, the batches), and configs arrive
+inside checkpoints that people share. Every field is checked here, on construction and on load,
+before anything is built: `block_depth: 1000000` or `image_size: 10**9` is refused at once with a
+line naming the field and what is allowed, instead of taking minutes and gigabytes. The bounds
+lie far above what corolla is for (the reference: 64x64 images, 1.95 M parameters) and far below
+what would exhaust a machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Callable
+
+from . import precision, schedules
+
+MAX_IMAGE_SIZE = 1024          # pixels per side
+MAX_LEVELS = 6                 # entries of unet.widths: the image is halved once per level
+MAX_WIDTH = 4096               # channels of any block
+MAX_BLOCK_DEPTH = 8            # residual blocks per level (the reference: 2)
+MAX_EMBEDDING_SIZE = 1024
+MAX_PARAMETERS = 100_000_000   # per network, counted before allocation (the reference: 1,950,627)
+MAX_SEED = 2 ** 32 - 1
+MAX_STEPS = 10_000             # network evaluations of one sampling run
+MAX_BATCH = 4096
+MAX_EPOCHS = 1_000_000
+MAX_REPETITIONS = 1000         # the data set repeated per epoch (the reference: 5)
+MAX_EVAL_SAMPLES = 50_000      # images scored by one evaluation (the usual FID count)
+MAX_IMAGES = 10_000_000        # corolla sample -n, streamed to --each
+MAX_HELD_BYTES = 2 ** 32       # generated images held at once as float32 (a grid, an evaluation)
+MAX_FIGURE_PIXELS = 2 ** 26    # the canvas of a labelled figure (200 MB as RGB)
+MAX_JSON_BYTES = 2 ** 20       # config.json, state.json
+MAX_ABS_WEIGHT = 1e6           # any stored weight or statistic (the shipped model's largest: 22)
+KEEP_BEST_METRICS = ("swd", "heldout_loss", "kid", "fid")
+PRESET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # shown in figure titles: no $ (mathtext), bounded
+
+# a rule returns None for an allowed value, else what is allowed ("a whole number from 1 to 8")
+Rule = Callable[[object], "str | None"]
+
+
+def short(value, limit: int = 40) -> str:
+    """repr(value), cut: a 200,000-character string must not become a 200,000-character error."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_int(value) -> bool:
+    return type(value) is int  # bool is an int subclass, and JSON's true is no number
+
+
+def integer(low: int, high: int, even: bool = False) -> Rule:
+    allowed = f"{'an even' if even else 'a'} whole number from {low:,} to {high:,}"
+    return lambda v: None if _is_int(v) and low <= v <= high and not (even and v % 2) else allowed
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> Rule:
+    """A finite int or float in the interval."""
+    allowed = (f"a finite number {'above' if low_open else 'at least'} {low:g}"
+               + ("" if high == math.inf else f" and {'below' if high_open else 'at most'} {high:g}"))
+
+    def rule(v):
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+              and (v > low if low_open else v >= low) and (v < high if high_open else v <= high))
+        return None if ok else allowed
+    return rule
+
+
+def boolean(v) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
+
+
+def choice(*options) -> Rule:
+    return lambda v: None if any(v == o and type(v) is type(o) for o in options) else \
+        f"one of {', '.join(repr(o) for o in options)}"
+
+
+def sequence(item: Rule, min_length: int, max_length: int) -> Rule:
+    def rule(v):
+        if isinstance(v, (tuple, list)) and min_length <= len(v) <= max_length and all(item(x) is None for x in v):
+            return None
+        return f"a list of {min_length} to {max_length} entries, each {item(None)}"
+    return rule
+
+
+def text(pattern: re.Pattern, meaning: str) -> Rule:
+    return lambda v: None if isinstance(v, str) and pattern.fullmatch(v) else meaning
+
+
+SECTION_RULES: dict[str, dict[str, Rule]] = {
+    "UNetConfig": {
+        "widths": sequence(integer(1, MAX_WIDTH), 1, MAX_LEVELS),
+        "bottom_width": integer(1, MAX_WIDTH),
+        "block_depth": integer(1, MAX_BLOCK_DEPTH),
+        # sin and cos halves of the sinusoidal embedding
+        "embedding_size": integer(2, MAX_EMBEDDING_SIZE, even=True),
+        "embedding_max_frequency": number(0, 1e6, low_open=True),
+        "channels": lambda v: None if v == 3 and _is_int(v) else "3 (corolla's images are RGB)",
+    },
+    "DataConfig": {
+        "image_size": integer(8, MAX_IMAGE_SIZE),
+        "repetitions": integer(1, MAX_REPETITIONS),
+        "shuffle_seed": integer(0, MAX_SEED),
+        "val_fraction": number(0, 1, high_open=True),
+        "crop": boolean,
+    },
+    "TrainConfig": {
+        "epochs": integer(1, MAX_EPOCHS),
+        "batch_size": integer(1, MAX_BATCH),
+        "lr": number(0, low_open=True),
+        "weight_decay": number(0),
+        "adam_eps": number(0, low_open=True),
+        "keras_adam_step": boolean,
+        "adam_betas": sequence(number(0, 1, high_open=True), 2, 2),
+        "ema": number(0, 1, high_open=True),
+        "ema_warmup": boolean,
+        "ema_init": choice("copy", "fresh"),
+        "schedule": choice(*schedules.SCHEDULES),
+        "seed": integer(0, MAX_SEED),
+        "sample_steps": integer(1, MAX_STEPS),
+        "grid_images": integer(1, 1024),
+        "accumulate": integer(1, MAX_BATCH),
+        "channels_last": boolean,
+        "compile": boolean,
+        "precision": choice(*precision.CHOICES),
+        "sync_bn": boolean,
+        "eval_every": integer(0, MAX_EPOCHS),
+        "eval_samples": integer(1, MAX_EVAL_SAMPLES),
+        "eval_steps": integer(1, MAX_STEPS),
+        "keep_best": choice("", *KEEP_BEST_METRICS),
+    },
+    "Config": {
+        "preset": text(PRESET_NAME, "1 to 64 letters, digits, '_', '-' or '.'"),
+    },
+}
+SECTION_NAMES = {"UNetConfig": "unet", "DataConfig": "data", "TrainConfig": "train", "Config": ""}
+
+
+def check_section(section) -> None:
+    """Every field of one config dataclass against its rule -> ValueError naming the first bad one."""
+    kind = type(section).__name__
+    rules = SECTION_RULES[kind]
+    prefix = SECTION_NAMES[kind] + "." if SECTION_NAMES[kind] else ""
+    for field in dataclasses.fields(section):
+        rule = rules.get(field.name)
+        value = getattr(section, field.name)
+        allowed = rule(value) if rule is not None else None
+        if allowed is not None:
+            raise ValueError(f"{prefix}{field.name} = {short(value)} is not allowed: must be {allowed}")
+
+
+def held_bytes(count: int, channels: int, size: int) -> int:
+    """Memory of `count` generated images kept as float32."""
+    return count * channels * size * size * 4
+
+
+def check_held_images(count: int, size: int, what: str, channels: int = 3) -> None:
+    """Refuse up front to hold more generated images than MAX_HELD_BYTES (a grid, an evaluation)."""
+    if held_bytes(count, channels, size) > MAX_HELD_BYTES:
+        most = MAX_HELD_BYTES // held_bytes(1, channels, size)
+        raise ValueError(f"{what}: {count:,} images of {size}x{size} would take "
+                         f"{held_bytes(count, channels, size) / 2 ** 30:.1f} GiB at once; at most {most:,} at this size")
+
+
+def check_config(config) -> None:
+    """A whole Config: each section, then what the sections must agree on."""
+    for section in (config, config.unet, config.data, config.train):
+        check_section(section)
+    levels = len(config.unet.widths)
+    if config.data.image_size % 2 ** levels:
+        raise ValueError(f"data.image_size = {config.data.image_size} is not allowed: the U-Net halves the image "
+                         f"{levels} times (unet.widths), so it must be a multiple of {2 ** levels}")
+    check_held_images(config.train.eval_samples, config.data.image_size, "train.eval_samples",
+                      config.unet.channels)
