@@ -3,36 +3,67 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from typing import Callable
 import signal
 import sys
 import warnings
 from pathlib import Path
 
-from . import checkpoint, config as configs, data, distributed, runfolder, samplers, schedules
+from . import checkpoint, config as configs, data, distributed, limits, outputs, runfolder, samplers, schedules
 from . import precision as precisions
 from .train import Interrupted, TrainingError
 
 EXIT_BAD_INPUT = 2
 
 
-def positive_int(text: str) -> int:
+class Parser(argparse.ArgumentParser):
+    """argparse's refusals read as every other: one line `corolla: error: ...`, exit status 2."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())  # one line, whatever the arguments held
+        message = message if len(message) <= 500 else message[:500] + "..."
+        self.exit(EXIT_BAD_INPUT, f"corolla: error: {message} (see {self.prog} --help)\n")
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argument type: a whole number from low to high (every count has a bound: a huge one
+    is refused here, not met as a traceback or an exhausted memory after minutes of work)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{limits.short(text)} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: must be {low} or more")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{limits.short(value)} is not allowed: must be at most {high:,}")
+        return value
+    return parse
+
+
+positive_int = whole_number(1, 10 ** 9)         # counts without a sharper bound
+non_negative_int = whole_number(0, 10 ** 9)
+seed = whole_number(0, limits.MAX_SEED)
+steps = whole_number(1, limits.MAX_STEPS)
+batch_size = whole_number(1, limits.MAX_BATCH)
+
+
+def eta(text: str) -> float:
+    """DDIM's eta: 0 (deterministic) to 1 (the DDPM posterior's variance)."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be 1 or more")
+        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not a number") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: must be 0 (deterministic) up to 1 (DDPM-like)")
     return value
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be 0 or more")
-    return value
+def path_text(text: str) -> str:
+    """A file or folder argument: an empty one would silently mean '.' or the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not allowed: give a file or folder name")
+    return text
 
 
 def positive_float(text: str) -> float:
@@ -56,7 +87,7 @@ def fraction(text: str) -> float:
 
 
 def image_size(text: str) -> int:
-    value = positive_int(text)
+    value = whole_number(1, limits.MAX_IMAGE_SIZE)(text)
     if value % 8:
         raise argparse.ArgumentTypeError(f"{value} is not allowed: the U-Net halves the image three times, "
                                          f"so the size must be a multiple of 8 (e.g. 32, 64, 128)")
@@ -71,16 +102,18 @@ def add_precision(p: argparse.ArgumentParser, default: str | None = "auto") -> N
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a folder of images (default: the bundled flowers)")
-    p.add_argument("data_dir", nargs="?", help="folder of images, searched recursively (default: bundled flowers)")
+    p.add_argument("data_dir", nargs="?", type=path_text,
+                   help="folder of images, searched recursively (default: bundled flowers)")
     p.add_argument("--preset", default="seed64", choices=sorted(configs.PRESETS),
                    help="seed64 = the reference exactly; demo = 32x32, fast on a CPU; tiny = for smoke tests")
-    p.add_argument("--epochs", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--epochs", type=whole_number(1, limits.MAX_EPOCHS))
+    p.add_argument("--batch-size", type=batch_size)
     p.add_argument("--image-size", type=image_size)
     p.add_argument("--lr", type=positive_float)
-    p.add_argument("--repetitions", type=positive_int, help="times the data set is repeated per epoch")
+    p.add_argument("--repetitions", type=whole_number(1, limits.MAX_REPETITIONS),
+                   help="times the data set is repeated per epoch")
     p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
-    p.add_argument("--val-data", metavar="DIR",
+    p.add_argument("--val-data", metavar="DIR", type=path_text,
                    help="folder of held-out images for the validation loss (then all of DATA_DIR trains)")
     p.add_argument("--schedule", choices=sorted(schedules.SCHEDULES))
     p.add_argument("--ema", type=fraction, help="EMA decay (reference 0.999)")
@@ -90,15 +123,15 @@ def _add_train(sub) -> None:
                    help="copy: EMA starts as the network; fresh: own random weights (the reference)")
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
                    help="centre-crop to a square instead of squashing")
-    p.add_argument("--seed", type=non_negative_int)
-    p.add_argument("--out", help="run folder (default runs/PRESET)")
+    p.add_argument("--seed", type=seed)
+    p.add_argument("--out", type=path_text, help="run folder (default runs/PRESET)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out that holds one, deleting its checkpoints, log and grids")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps in all")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--accumulate", type=positive_int,
+    p.add_argument("--accumulate", type=batch_size,
                    help="micro-batches per optimiser step (gradient accumulation); the batch size stays global")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format for the convolutions (speed only)")
@@ -107,11 +140,12 @@ def _add_train(sub) -> None:
     add_precision(p, default=None)
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun on GPUs, BatchNorm statistics over the global batch")
-    p.add_argument("--eval-every", type=non_negative_int, metavar="N",
+    p.add_argument("--eval-every", type=whole_number(0, limits.MAX_EPOCHS), metavar="N",
                    help="every N epochs, score fixed generated images (SWD, held-out loss, memorisation; "
                         "KID/FID with Inception weights); 0: never")
-    p.add_argument("--eval-samples", type=positive_int, help="images generated per evaluation (default 128)")
-    p.add_argument("--eval-steps", type=positive_int, help="sampling steps per evaluation (default 10)")
+    p.add_argument("--eval-samples", type=whole_number(1, limits.MAX_EVAL_SAMPLES),
+                   help="images generated per evaluation (default 128)")
+    p.add_argument("--eval-steps", type=steps, help="sampling steps per evaluation (default 10)")
     p.add_argument("--keep-best", choices=["swd", "heldout_loss", "kid", "fid"],
                    help="keep the EMA weights of the best evaluation in RUN/best")
     p.add_argument("--log", action="append", choices=["tensorboard", "wandb"], default=[],
@@ -122,25 +156,29 @@ def _add_train(sub) -> None:
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="generate images from a checkpoint")
     add_model_options(p)
-    p.add_argument("-n", "--num-images", type=positive_int, default=64)
-    p.add_argument("--steps", type=positive_int, default=20)
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--eta", type=float, default=0.0, help="0: deterministic DDIM; 1: DDPM-like noise")
+    p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_IMAGES), default=64,
+                   help="images to make (a grid holds them all in memory; --each alone streams them)")
+    p.add_argument("--steps", type=steps, default=20)
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--eta", type=eta, default=0.0, help="0: deterministic DDIM; 1: DDPM-like noise")
     p.add_argument("--sampler", default="ddim", choices=sorted(samplers.SAMPLERS),
                    help="ddim (the reference); dpmpp_2m, dpmpp_3m, unipc reach the same image in fewer steps")
     p.add_argument("--grid", choices=sorted(samplers.GRIDS),
                    help="time grid: uniform in t (the reference), uniform in log-SNR, or Karras'; "
                         "default uniform for ddim, logsnr for the other samplers")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--out", default="samples.png", help="grid PNG to write")
-    p.add_argument("--each", metavar="DIR", help="also write one PNG per image into DIR")
+    p.add_argument("--batch-size", type=batch_size, default=64)
+    p.add_argument("--out", type=path_text, help="grid PNG to write (default samples.png; none with --each alone)")
+    p.add_argument("--each", metavar="DIR", type=path_text,
+                   help="write one PNG per image into DIR, each as soon as its batch is made")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_sample)
 
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint's EMA weights as a small release checkpoint")
-    p.add_argument("checkpoint", help="checkpoint folder or run folder")
-    p.add_argument("--out", required=True, help="release folder to write (config.json + model.safetensors)")
+    p.add_argument("checkpoint", type=path_text, help="checkpoint folder or run folder")
+    p.add_argument("--out", required=True, type=path_text,
+                   help="release folder to write (config.json + model.safetensors)")
     p.add_argument("--float32", action="store_true", help="keep float32 weights (default float16)")
     p.set_defaults(func=run_export)
 
@@ -153,7 +191,8 @@ def run_export(args) -> int:
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The model a command loads: a checkpoint or run folder, or a shipped model by name."""
-    p.add_argument("checkpoint", nargs="?", help="checkpoint folder or run folder (default: the shipped model)")
+    p.add_argument("checkpoint", nargs="?", type=path_text,
+                   help="checkpoint folder or run folder (default: the shipped model)")
     p.add_argument("--model", metavar="NAME", help="a shipped model by name (`corolla models` lists them)")
     add_precision(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
@@ -164,7 +203,7 @@ def checkpoint_path(args) -> str:
     from . import pretrained
     if args.checkpoint is not None and args.model is not None:
         raise ValueError(f"give a checkpoint ({args.checkpoint}) or --model {args.model}, not both")
-    return args.checkpoint or str(pretrained.path(args.model))
+    return args.checkpoint if args.checkpoint is not None else str(pretrained.path(args.model))
 
 
 def load_model_for(args, device=None):
@@ -181,7 +220,7 @@ COMMAND_MODULES: list[str] = ["cli_figures", "cli_evaluate", "cli_models", "cli_
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="corolla", description="Train and sample denoising diffusion models.")
+    p = Parser(prog="corolla", description="Train and sample denoising diffusion models.")
     sub = p.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
@@ -243,23 +282,41 @@ def run_train(args) -> int:
 
 
 def run_sample(args) -> int:
+    from tqdm import tqdm
     from .grids import save_each, save_grid
     from .train import resolve_device
-    if args.eta < 0:
-        raise ValueError(f"--eta {args.eta} is not allowed: must be 0 (deterministic) or more")
+    # every output is checked before any work: an unwritable one must not cost the sampling
+    grid = outputs.check_file(args.out or "samples.png", "--out") if args.out or not args.each else None
+    each = outputs.check_folder(args.each, "--each") if args.each else None
     world, device = distributed.init(resolve_device(args.device))
     model, config, _ = load_model_for(args, device)
-    images = distributed.generate_all(model, args.num_images, steps=args.steps, seed=args.seed,
-                                      sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
-                                      image_size=config.data.image_size,
+    size = config.data.image_size
+    stream = each is not None and not world.distributed  # under torchrun, rank 0 writes all once gathered
+    if grid is not None or not stream:
+        limits.check_held_images(args.num_images, size, "-n (a grid holds every image; --each DIR without "
+                                 "--out writes them one batch at a time)", model.network.config.channels)
+    share = distributed.shard(args.num_images, world)
+    bar = tqdm(total=len(share), desc="sampling", unit="image", dynamic_ncols=True,
+               disable=args.no_progress or not world.is_main)
+
+    def made(first: int, images) -> None:
+        if stream:
+            save_each(images, each, start=first)
+        bar.update(len(images))
+    images = distributed.generate_all(model, args.num_images, on_batch=made, keep=grid is not None or not stream,
+                                      steps=args.steps, seed=args.seed, sampler=args.sampler, eta=args.eta,
+                                      batch_size=args.batch_size, image_size=size,
                                       grid=args.grid or ("uniform" if args.sampler == "ddim" else "logsnr"))
+    bar.close()
     distributed.shutdown(world)
     if not world.is_main:
         return 0
-    print(f"wrote {save_grid(images, args.out)}")
-    if args.each:
-        paths = save_each(images, args.each)
-        print(f"wrote {len(paths)} images to {args.each}")
+    if grid is not None:
+        print(f"wrote {save_grid(images, grid)}")
+    if each is not None:
+        if not stream:
+            save_each(images, each)
+        print(f"wrote {args.num_images} images to {each}")
     return 0
 
 
@@ -268,7 +325,10 @@ def _terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exit:  # argparse refused the arguments (one line, Parser.error) or printed --help
+        return exit.code
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *rest: f"corolla: warning: {message}\n"
     try:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
 
-from . import samplers
-from .cli import add_model_options, checkpoint_path, non_negative_int, positive_int
+from . import limits, outputs, samplers
+from .atomic import replacing
+from .cli import add_model_options, batch_size, checkpoint_path, eta, path_text, seed, steps, whole_number
 from .inception import weights_help
 from .metrics import EvalSettings, evaluate_checkpoint
 
@@ -28,24 +29,49 @@ ROWS = [
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="measure sample quality: SWD, held-out loss, memorisation, KID/FID")
     add_model_options(p)
-    p.add_argument("--data", metavar="DIR", help="the folder the model was trained on (default: bundled flowers)")
-    p.add_argument("--heldout", metavar="DIR",
+    p.add_argument("--data", metavar="DIR", type=path_text,
+                   help="the folder the model was trained on (default: bundled flowers)")
+    p.add_argument("--heldout", metavar="DIR", type=path_text,
                    help="images the model never saw, for the held-out figures (default: the --data split's held-out share)")
-    p.add_argument("--samples", type=positive_int, default=EvalSettings.samples,
+    p.add_argument("--samples", type=whole_number(1, limits.MAX_EVAL_SAMPLES), default=EvalSettings.samples,
                    help="images to generate (default %(default)s)")
-    p.add_argument("--steps", type=positive_int, default=EvalSettings.steps,
+    p.add_argument("--steps", type=steps, default=EvalSettings.steps,
                    help="sampler steps (default %(default)s)")
     p.add_argument("--sampler", default=EvalSettings.sampler, choices=sorted(samplers.SAMPLERS))
-    p.add_argument("--eta", type=float, default=0.0, help="0: deterministic DDIM; 1: DDPM-like noise")
-    p.add_argument("--seed", type=non_negative_int, default=EvalSettings.seed,
+    p.add_argument("--eta", type=eta, default=0.0, help="0: deterministic DDIM; 1: DDPM-like noise")
+    p.add_argument("--seed", type=seed, default=EvalSettings.seed,
                    help="seeds generation, the held-out noise, SWD and KID subsets (default %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=EvalSettings.batch_size)
-    p.add_argument("--json", default="evaluation.json", metavar="OUT", help="JSON file to write (default %(default)s)")
-    p.add_argument("--pairs", default="nearest_pairs.png", metavar="PNG",
+    p.add_argument("--batch-size", type=batch_size, default=EvalSettings.batch_size)
+    p.add_argument("--json", type=path_text, default="evaluation.json", metavar="OUT",
+                   help="JSON file to write (default %(default)s)")
+    p.add_argument("--pairs", type=path_text, default="nearest_pairs.png", metavar="PNG",
                    help="the generated images nearest to a training image, each beside it (default %(default)s)")
-    p.add_argument("--inception-weights", metavar="PATH",
+    p.add_argument("--inception-weights", metavar="PATH", type=path_text,
                    help="local pt_inception-2015-12-05-6726825d.pth (or .safetensors) for KID and FID")
     p.set_defaults(func=run_evaluate)
+
+
+def _finite(value):
+    """value with every NaN or infinity (also inside a list) as None."""
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def with_reasons(results: dict) -> dict:
+    """The results as JSON can hold them: a figure that could not be computed is null, and
+    "not_computed" says why (JSON has no NaN; an evaluation.json with NaN is not valid JSON)."""
+    reasons = {}
+    out = {}
+    for key, value in results.items():
+        out[key] = _finite(value)
+        if out[key] != value:
+            reasons[key] = "not a finite number" + (" (in part)" if isinstance(value, list) else f" ({value})")
+        elif value is None and key in ("kid", "kid_std", "fid"):
+            reasons[key] = "needs Inception weights"
+        elif value is None and key in ("heldout_loss", "heldout_loss_by_time", "nn_heldout_median"):
+            reasons[key] = "no held-out images"
+    return {**out, "not_computed": reasons}
 
 
 def format_table(results: dict) -> str:
@@ -55,7 +81,7 @@ def format_table(results: dict) -> str:
     for key, label, form in ROWS:
         value = results.get(key)
         if value is None:
-            shown = "needs Inception weights" if key in ("kid", "kid_std", "fid") else "no held-out images"
+            shown = results.get("not_computed", {}).get(key, "not computed")
         else:
             shown = form.format(value)
         lines.append(f"  {label:<{width}}  {shown}")
@@ -65,19 +91,21 @@ def format_table(results: dict) -> str:
 
 
 def run_evaluate(args) -> int:
-    if args.eta < 0:
-        raise ValueError(f"--eta {args.eta} is not allowed: must be 0 (deterministic) or more")
+    out = outputs.check_file(args.json, "--json")  # before the minutes of generating
+    outputs.check_file(args.pairs, "--pairs")
     settings = EvalSettings(samples=args.samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
                             seed=args.seed, batch_size=args.batch_size)
     results = evaluate_checkpoint(checkpoint_path(args), args.data, settings, args.inception_weights, args.device,
                                   args.pairs, precision=args.precision, heldout_dir=args.heldout)
     if results is None:  # a torchrun process other than rank 0: its images went to rank 0
         return 0
+    results = with_reasons(results)
     print(format_table(results))
     if results["kid"] is None:
         print(f"KID and FID skipped: {weights_help()}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+    outputs.refuse_unless_file(out, "--json")
+    with replacing(out) as tmp:
+        tmp.write_text(text)
     print(f"wrote {out} and {args.pairs}")
     return 0

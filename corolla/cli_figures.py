@@ -5,20 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import data, figures
-from .cli import add_model_options, load_model_for, non_negative_int, positive_int
+from . import data, figures, limits, outputs
+from .cli import add_model_options, load_model_for, path_text, positive_int, seed, steps, whole_number
+from . import samplers
+from .cli_edit import OrderedEnds, run_interpolate_ends
 
 DEFAULT_NOISING_TIMES = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 
 
 def int_list(text: str) -> list[int]:
-    """'1,2,3,5' -> [1, 2, 3, 5], each 1 or more."""
+    """'1,2,3,5' -> [1, 2, 3, 5], step counts from 1 to limits.MAX_STEPS."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: give whole numbers of 1 or more, e.g. 1,2,5,20")
+        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not a comma-separated list of whole numbers") from None
+    if not values or min(values) < 1 or max(values) > limits.MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not allowed: give whole numbers from 1 to "
+                                         f"{limits.MAX_STEPS:,}, e.g. 1,2,5,20")
     return values
 
 
@@ -27,9 +30,10 @@ def time_list(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not a comma-separated list of numbers") from None
     if not values or not all(0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: diffusion times lie in [0, 1], e.g. 0,0.5,1")
+        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not allowed: diffusion times lie in [0, 1], "
+                                         f"e.g. 0,0.5,1")
     return values
 
 
@@ -41,12 +45,15 @@ def _load(args):
 # -- schedules and noising ------------------------------------------------------------------------
 
 def run_schedules(args) -> int:
+    outputs.check_file(args.out, "--out")
     print(f"wrote {figures.plot_schedules(args.out)}")
     return 0
 
 
 def run_noising(args) -> int:
-    path = Path(args.image) if args.image else data.scan(data.bundled_dir())[0]
+    outputs.check_file(args.out, "--out")
+    figures.check_grid_size(len(figures.SCHEDULE_NAMES), len(args.times), args.size)
+    path = Path(args.image) if args.image is not None else data.scan(data.bundled_dir())[0]
     try:
         image = data.load_image(path, args.size)
     except OSError as error:
@@ -59,7 +66,9 @@ def run_noising(args) -> int:
 # -- sweep, interpolate, trajectory ---------------------------------------------------------------
 
 def run_sweep(args) -> int:
+    outputs.check_file(args.out, "--out")
     model, config = _load(args)
+    figures.check_grid_size(args.num_images, len(args.steps), config.data.image_size)
     results = figures.step_sweep(model, args.steps, args.num_images, args.seed, config.data.image_size)
     print(figures.sweep_table(results))
     title = f"DDIM steps vs image ({config.preset}, seed {args.seed}, {next(model.parameters()).device})"
@@ -75,8 +84,14 @@ def seed_pairs(seeds: list[int]) -> list[tuple[int, int]]:
 
 
 def run_interpolate(args) -> int:
+    if args.images or args.grid or args.each:  # photo ends, another grid or one PNG per frame
+        return run_interpolate_ends(args)
     pairs = seed_pairs(args.seeds)
+    outputs.check_file(args.out, "--out")
+    if args.gif is not None:
+        outputs.check_file(args.gif, "--gif")
     model, config = _load(args)
+    figures.check_grid_size(len(pairs), args.frames, config.data.image_size)
     images = figures.interpolate(model, pairs, args.frames, args.steps, config.data.image_size, args.batch_size)
     title = f"spherical interpolation of initial noise, {args.steps} DDIM steps ({config.preset})"
     print(f"wrote {figures.plot_interpolation(images, pairs, args.out, title)}")
@@ -87,8 +102,10 @@ def run_interpolate(args) -> int:
 
 def run_trajectory(args) -> int:
     from .generate import initial_noise
+    outputs.check_file(args.out, "--out")
     model, config = _load(args)
     size = config.data.image_size
+    figures.check_grid_size(2 * -(-args.steps // args.per_row), min(args.steps, args.per_row), size)
     noise = initial_noise(args.seed, [args.index], (model.network.config.channels, size, size))[0]
     trajectory = figures.ddim_trajectory(model, noise, args.steps)
     title = f"reverse diffusion of seed {args.seed} image {args.index}, {args.steps} DDIM steps ({config.preset})"
@@ -98,16 +115,16 @@ def run_trajectory(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("schedules", help="plot signal and noise rates of the linear, cosine and offset cosine schedules")
-    p.add_argument("--out", default="schedules.png")
+    p.add_argument("--out", type=path_text, default="schedules.png")
     p.set_defaults(func=run_schedules)
 
     p = sub.add_parser("noising", help="one image noised at a row of times under each schedule")
-    p.add_argument("image", nargs="?", help="image file (default: a bundled flower)")
+    p.add_argument("image", nargs="?", type=path_text, help="image file (default: a bundled flower)")
     p.add_argument("--times", type=time_list, default=time_list(DEFAULT_NOISING_TIMES),
                    help=f"comma-separated diffusion times (default {DEFAULT_NOISING_TIMES})")
-    p.add_argument("--size", type=positive_int, default=64, help="image side in pixels")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the added noise")
-    p.add_argument("--out", default="noising.png")
+    p.add_argument("--size", type=whole_number(1, limits.MAX_IMAGE_SIZE), default=64, help="image side in pixels")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the added noise")
+    p.add_argument("--out", type=path_text, default="noising.png")
     p.set_defaults(func=run_noising)
 
     p = sub.add_parser("sweep", help="the same noises sampled with several step counts, timed")
@@ -115,26 +132,32 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int_list, default=int_list("1,2,3,5,10,20,50"),
                    help="comma-separated DDIM step counts (default 1,2,3,5,10,20,50)")
     p.add_argument("-n", "--num-images", type=positive_int, default=8)
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--out", default="sweep.png")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--out", type=path_text, default="sweep.png")
     p.set_defaults(func=run_sweep)
 
     p = sub.add_parser("interpolate", help="spherical interpolation between the initial noises of two seeds")
     add_model_options(p)
-    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[3, 7],
+    p.add_argument("--seeds", type=seed, nargs="+", default=[3, 7], action=OrderedEnds,
                    help="pairs of seeds, one row per pair: --seeds 3 7 11 12 (image 0 of each seed)")
-    p.add_argument("--frames", type=positive_int, default=10, help="images per row, ends included (2 or more)")
-    p.add_argument("--steps", type=positive_int, default=20, help="DDIM steps, as corolla sample's --steps")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--gif", metavar="PATH", help="also write an animated GIF")
-    p.add_argument("--out", default="interp.png")
+    p.add_argument("--images", nargs="+", metavar="IMAGE", action=OrderedEnds,
+                   help="photos as ends, inverted with DDIM; with --seeds, ends pair up in command-line order "
+                        "(--seeds 3 --images b.jpg: seed 3 -> b.jpg)")
+    p.add_argument("--grid", choices=sorted(samplers.GRIDS),
+                   help="time grid of the DDIM steps (default: uniform, as corolla sample; logsnr with --images)")
+    p.add_argument("--each", metavar="DIR", help="also write one PNG per frame into DIR")
+    p.add_argument("--frames", type=whole_number(2, 1000), default=10, help="images per row, ends included")
+    p.add_argument("--steps", type=steps, default=20, help="DDIM steps, as corolla sample's --steps")
+    p.add_argument("--batch-size", type=whole_number(1, limits.MAX_BATCH), default=64)
+    p.add_argument("--gif", metavar="PATH", type=path_text, help="also write an animated GIF")
+    p.add_argument("--out", type=path_text, default="interp.png")
     p.set_defaults(func=run_interpolate)
 
     p = sub.add_parser("trajectory", help="predicted and noisy image after every reverse step")
     add_model_options(p)
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--index", type=non_negative_int, default=0, help="which image of the seed")
-    p.add_argument("--steps", type=positive_int, default=20, help="DDIM steps")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--index", type=whole_number(0, limits.MAX_IMAGES), default=0, help="which image of the seed")
+    p.add_argument("--steps", type=steps, default=20, help="DDIM steps")
     p.add_argument("--per-row", type=positive_int, default=10, help="steps per band of the figure")
-    p.add_argument("--out", default="traj.png")
+    p.add_argument("--out", type=path_text, default="traj.png")
     p.set_defaults(func=run_trajectory)

@@ -111,15 +111,24 @@ def gather(images: torch.Tensor, count: int, world: World) -> torch.Tensor | Non
     return torch.cat(parts)[:count].cpu() if world.is_main else None
 
 
-def generate_all(model, num_images: int, **kwargs) -> torch.Tensor | None:
+def generate_all(model, num_images: int, on_batch=None, keep: bool = True, **kwargs) -> torch.Tensor | None:
     """corolla.generate over every process: each makes its contiguous share of the image
     indices, rank 0 gets all of them in order (None elsewhere). Image i depends only on the
-    seed and i, so the result is the same whatever the number of processes."""
-    from .generate import generate
+    seed and i, so the result is the same whatever the number of processes.
+
+    on_batch(first index, images) sees each batch as it is made; keep=False keeps none of them
+    (and returns None), so that any number of images fits in memory."""
+    from .generate import generate_batches
     world = from_environment()
     share = shard(num_images, world)
-    images = generate(model, len(share), start=share.start, **kwargs) if len(share) else None
-    if images is None:
-        channels, size = model.network.config.channels, kwargs.get("image_size", 64)
-        images = torch.zeros((0, channels, size, size))
+    kept = []
+    for first, images in generate_batches(model, len(share), start=share.start, **kwargs):
+        if on_batch is not None:
+            on_batch(first, images)
+        if keep:
+            kept.append(images)
+    if not keep:
+        return None
+    channels, size = model.network.config.channels, kwargs.get("image_size", 64)
+    images = torch.cat(kept) if kept else torch.zeros((0, channels, size, size))
     return gather(images, num_images, world)

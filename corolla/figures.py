@@ -29,6 +29,8 @@ from .atomic import replacing
 from .diffusion import DiffusionModel
 from .generate import initial_noise, sample_from_noise
 from .grids import to_uint8
+from .limits import MAX_FIGURE_PIXELS
+from .outputs import refuse_unless_file
 
 DPI = 100
 SCHEDULE_NAMES = ("linear", "cosine", "offset_cosine")
@@ -39,6 +41,7 @@ SCHEDULE_NAMES = ("linear", "cosine", "offset_cosine")
 def _save(fig: Figure, out: str | os.PathLike) -> Path:
     """Render with Agg and publish by renaming, so a reader never sees a half-written PNG."""
     out = Path(out)
+    refuse_unless_file(out, "figure")
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
@@ -83,6 +86,16 @@ def _text_size(labels: Sequence[str], points: float = LABEL_PT, bold: bool = Fal
     return max((label.count("\n") + 1 for label in labels), default=0), math.ceil(width)
 
 
+def check_grid_size(rows: int, cols: int, image_side: int) -> None:
+    """Refuse a labelled grid of more than limits.MAX_FIGURE_PIXELS cells' pixels, before any
+    image of it is made (the commands call it first; save_labelled_grid again)."""
+    cell = image_side * math.ceil(MIN_CELL_PX / image_side)
+    pixels = rows * cols * (cell + PAD_PX) ** 2
+    if pixels > MAX_FIGURE_PIXELS:
+        raise ValueError(f"the figure would have {rows:,} x {cols:,} images of {cell} px ({pixels / 1e6:,.0f} million "
+                         f"pixels); at most {MAX_FIGURE_PIXELS / 1e6:,.0f} million: ask for fewer images or steps")
+
+
 def grid_geometry(rows: int, cols: int, image_side: int, col_labels: Sequence[str] = (),
                   row_labels: Sequence[str] = (), title: str | None = None) -> GridGeometry:
     scale = math.ceil(MIN_CELL_PX / image_side)
@@ -103,6 +116,7 @@ def save_labelled_grid(images: torch.Tensor, out: str | os.PathLike, col_labels:
     """images (R, C, 3, H, W) in [0, 1] -> a PNG with column labels above, row labels to the left,
     an optional small label in each cell's corner, and a title; its layout is grid_geometry's."""
     rows, cols, _, side, _ = images.shape
+    check_grid_size(rows, cols, side)
     geo = grid_geometry(rows, cols, side, col_labels, row_labels, title)
     canvas = np.full((geo.height, geo.width, 3), 255, np.uint8)
     pixels = to_uint8(images.reshape(rows * cols, *images.shape[2:]))  # (R*C, H, W, 3)
@@ -113,7 +127,8 @@ def save_labelled_grid(images: torch.Tensor, out: str | os.PathLike, col_labels:
     fig.figimage(canvas, 0, 0, origin="upper")
 
     def text(x: float, y: float, label: str, **kwargs) -> None:  # pixel coordinates from the top left
-        fig.text(x / geo.width, 1 - y / geo.height, label, **{"fontsize": LABEL_PT, **kwargs})
+        # plain text as measured (a title may hold a file name): "$...$" must not start mathtext
+        fig.text(x / geo.width, 1 - y / geo.height, label, parse_math=False, **{"fontsize": LABEL_PT, **kwargs})
 
     if title is not None:
         text(geo.width / 2, PAD_PX, title, ha="center", va="top", fontsize=TITLE_PT, fontweight="bold")
@@ -286,6 +301,7 @@ def save_gif(images: torch.Tensor, out: str | os.PathLike, frame_ms: int = 120) 
     tiles = [np.concatenate(list(p), axis=1).repeat(scale, 0).repeat(scale, 1) for p in pixels]
     sequence = tiles + tiles[-2:0:-1]
     out = Path(out)
+    refuse_unless_file(out, "GIF")
     out.parent.mkdir(parents=True, exist_ok=True)
     first, *rest = [Image.fromarray(t) for t in sequence]
     with replacing(out) as tmp:
@@ -403,7 +419,8 @@ def plot_training(run_dir: str | os.PathLike) -> Path | None:
         speeds = [r["images_per_s"] for r in records if isinstance(r.get("images_per_s"), (int, float))]
         epochs = max((r.get("epoch", 0) for r in records if isinstance(r.get("epoch"), (int, float))), default=0)
         speed = f", {speeds[-1]:.1f} images/s" if speeds else ""
-        ax.set(xlabel="optimiser step", ylabel="L1 noise loss", title=f"{run_dir.name}: epoch {epochs}{speed}")
+        ax.set(xlabel="optimiser step", ylabel="L1 noise loss")
+        ax.set_title(f"{run_dir.name}: epoch {epochs}{speed}", parse_math=False)
         ax.grid(alpha=0.3)
         ax.legend()
         return _save(fig, run_dir / "loss.png")

@@ -10,10 +10,15 @@ import torch
 from PIL import Image
 
 from .atomic import remove_stale_temporaries, replacing
+from .outputs import refuse_unless_file
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) floats in [0, 1] -> (N, H, W, C) uint8, rounding to nearest."""
+    """(N, C, H, W) floats in [0, 1] -> (N, H, W, C) uint8, rounding to nearest. NaN would become
+    black pixels in silence, so non-finite values are an error (a checkpoint that diverges)."""
+    if not torch.isfinite(images).all():
+        raise ValueError("the images hold NaN or infinite values (the model's weights make the network "
+                         "diverge); they are not written")
     return (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -32,6 +37,7 @@ def grid_array(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> n
 
 def _save_png(array: np.ndarray, path: Path, clean: bool = True) -> None:
     """Write via a temporary file and rename, so an existing PNG is never left half-written."""
+    refuse_unless_file(path, "image")
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path, clean) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
