@@ -216,7 +216,7 @@ def load_model_for(args, device=None):
 
 
 # Modules that add subcommands: each has register(subparsers), whose parsers set_defaults(func=...).
-COMMAND_MODULES: list[str] = ["cli_figures", "cli_evaluate", "cli_models", "cli_download"]
+COMMAND_MODULES: list[str] = ["cli_figures", "cli_evaluate", "cli_models", "cli_download", "cli_edit"]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -106,8 +106,9 @@ def resize(array: np.ndarray, size: int, crop: bool = False) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)[0]
 
 
-def load_image(path: Path, size: int, crop: bool = False) -> torch.Tensor:
-    """Decode one file -> (3, size, size) uint8; raises on anything that is not a usable image.
+def decode_image(path: Path) -> np.ndarray:
+    """Decode one file at its own size -> (H, W, 3) uint8 RGB; raises on anything that is not a
+    usable image.
 
     The size check reads only the header, so a decompression bomb is refused before decoding;
     PIL's own bomb warning is raised as an error instead of printed. Only regular files are
@@ -119,8 +120,12 @@ def load_image(path: Path, size: int, crop: bool = False) -> torch.Tensor:
         with Image.open(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"declared size {image.width}x{image.height} is over {MAX_IMAGE_PIXELS} pixels")
-            pixels = np.array(to_rgb(image))
-    return resize(pixels, size, crop)  # after the decoded images are freed: less memory at the peak
+            return np.array(to_rgb(image))
+
+
+def load_image(path: Path, size: int, crop: bool = False) -> torch.Tensor:
+    """Decode one file -> (3, size, size) uint8 (decode_image, then resize)."""
+    return resize(decode_image(path), size, crop)  # after the decoded image is freed: less memory at the peak
 
 
 def _stat(path: Path) -> os.stat_result:

@@ -43,6 +43,22 @@ def _rates(schedule: Schedule, t: float, like: torch.Tensor) -> tuple[torch.Tens
     return noise_rate, signal_rate
 
 
+def ddim_step(denoise: Denoiser, schedule: Schedule, x: torch.Tensor, t: float, t_next: float,
+              eta: float = 0.0, noise_fn: NoiseFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step from time t to t_next -> (x at t_next, predicted image at t). With eta = 0
+    it also runs backwards in time (t_next > t), which is DDIM inversion (corolla.editing)."""
+    noise_rates, signal_rates = _rates(schedule, t, x)
+    pred_noises, pred_images = denoise(x, noise_rates, signal_rates)
+    next_noise_rates, next_signal_rates = _rates(schedule, t_next, x)
+    if eta > 0:
+        sigma = eta * (next_noise_rates / noise_rates) * torch.sqrt(
+            (1 - (signal_rates / next_signal_rates) ** 2).clamp_min(0))
+        sigma = torch.minimum(sigma, next_noise_rates)
+        direction = torch.sqrt(next_noise_rates ** 2 - sigma ** 2)
+        return next_signal_rates * pred_images + direction * pred_noises + sigma * noise_fn(), pred_images
+    return next_signal_rates * pred_images + next_noise_rates * pred_noises, pred_images
+
+
 def ddim(denoise: Denoiser, schedule: Schedule, initial_noise: torch.Tensor, times: torch.Tensor,
          eta: float = 0.0, noise_fn: NoiseFn | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12): separate the noisy image into predicted image and noise,
@@ -53,17 +69,7 @@ def ddim(denoise: Denoiser, schedule: Schedule, initial_noise: torch.Tensor, tim
     x = initial_noise
     pred_images = x
     for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
-        noise_rates, signal_rates = _rates(schedule, t, x)
-        pred_noises, pred_images = denoise(x, noise_rates, signal_rates)
-        next_noise_rates, next_signal_rates = _rates(schedule, t_next, x)
-        if eta > 0:
-            sigma = eta * (next_noise_rates / noise_rates) * torch.sqrt(
-                (1 - (signal_rates / next_signal_rates) ** 2).clamp_min(0))
-            sigma = torch.minimum(sigma, next_noise_rates)
-            direction = torch.sqrt(next_noise_rates ** 2 - sigma ** 2)
-            x = next_signal_rates * pred_images + direction * pred_noises + sigma * noise_fn()
-        else:
-            x = next_signal_rates * pred_images + next_noise_rates * pred_noises
+        x, pred_images = ddim_step(denoise, schedule, x, t, t_next, eta, noise_fn)
     return pred_images
 
 

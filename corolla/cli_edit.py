@@ -1,0 +1,255 @@
+"""Subcommands that edit real photos with a trained model: edit (SDEdit), inpaint (RePaint),
+invert (DDIM inversion), and the photo ends of `corolla interpolate`. They parse arguments, load
+photos and masks, and call corolla.editing."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from . import editing, figures, samplers
+from .cli import add_model_options, load_model_for, non_negative_int, positive_int
+from .atomic import replacing
+from .generate import initial_noise
+from .grids import save_each, save_grid
+
+HOLE_GREY = 0.5  # how the figure shows the pixels to fill
+
+
+def _load(args):
+    """The model the command names (a checkpoint folder, --model NAME or the shipped one)."""
+    model, config, _ = load_model_for(args)
+    return model, config
+
+
+def photo_paths(args) -> list[str]:
+    """The positional paths: a first one that is a folder is the checkpoint, the rest are photos."""
+    paths = ([args.checkpoint] if args.checkpoint is not None else []) + list(args.images)
+    args.checkpoint = paths.pop(0) if paths and Path(paths[0]).is_dir() else None
+    if not paths:
+        raise ValueError("name at least one image file (a checkpoint, when given, is a folder and comes first)")
+    return paths
+
+
+def load_photos(paths: list[str], size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    loaded = [editing.load_photo(path, size) for path in paths]
+    return torch.stack([image for image, _ in loaded]), [photo_size for _, photo_size in loaded]
+
+
+def strengths(text: str) -> list[float]:
+    """'0.6' or '0,0.2,1' -> floats, each checked to lie in [0, 1]."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--strength {text!r} is not a number or a comma-separated list of numbers") from None
+    if not values:
+        raise ValueError("--strength needs a number in [0, 1]")
+    return [editing.check_strength(v) for v in values]
+
+
+def box(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ValueError(f"--box {text!r} is not allowed: give x,y,w,h in the image's pixels, e.g. 8,8,16,16")
+    return values
+
+
+def _name(path: str) -> str:
+    return Path(path).name
+
+
+def _write(images: torch.Tensor, args, ncol: int | None = None) -> None:
+    print(f"wrote {save_grid(images, args.out, ncol)}")
+    if args.each:
+        print(f"wrote {len(save_each(images, args.each))} images to {args.each}")
+
+
+# -- edit ------------------------------------------------------------------------------------------
+
+def run_edit(args) -> int:
+    paths = photo_paths(args)
+    levels = strengths(args.strength)
+    model, config = _load(args)
+    photos, _ = load_photos(paths, config.data.image_size)
+    inputs = photos.repeat_interleave(args.num_images, 0)  # output k: photo k // n, variation k % n
+    grid = args.grid or editing.default_grid(args.sampler)
+    results = torch.stack([editing.edit(model, inputs, strength, args.steps, args.seed, args.sampler, grid,
+                                        args.eta, args.batch_size) for strength in levels], dim=1)
+    print(f"wrote {save_grid(results.flatten(0, 1), args.out, len(levels) if len(levels) > 1 else None)}")
+    if args.each:
+        for column, strength in enumerate(levels):
+            prefix = f"strength{strength:g}_" if len(levels) > 1 else ""
+            save_each(results[:, column], args.each, prefix=prefix)
+        print(f"wrote {results.shape[0] * len(levels)} images to {args.each}")
+    if args.figure:
+        rows = [f"{_name(p)} #{v}" if args.num_images > 1 else _name(p) for p in paths for v in range(args.num_images)]
+        columns = ["input"] + [f"strength {strength:g}" for strength in levels]
+        title = f"SDEdit: {args.sampler}, {args.steps} steps on the {grid} grid, seed {args.seed} ({config.preset})"
+        table = torch.cat([inputs[:, None], results], 1)
+        print(f"wrote {figures.save_labelled_grid(table, args.figure, columns, rows, title)}")
+    return 0
+
+
+# -- inpaint ---------------------------------------------------------------------------------------
+
+def run_inpaint(args) -> int:
+    paths = photo_paths(args)
+    hole = box(args.box) if args.box else None
+    model, config = _load(args)
+    size = config.data.image_size
+    photos, photo_sizes = load_photos(paths, size)
+    fill = torch.stack([editing.box_mask(hole, s, size) if hole else editing.load_mask(args.mask, s, size)
+                        for s in photo_sizes])
+    inputs = photos.repeat_interleave(args.num_images, 0)
+    evaluations = editing.repaint_evaluations(args.steps, args.resample, args.jump)
+    method = "plain replacement" if args.resample == 1 else f"RePaint, resample {args.resample}, jump {args.jump}"
+    print(f"inpainting {len(paths)} image(s) x {args.num_images}: {method}, {evaluations} evaluations each")
+    filled = editing.inpaint(model, inputs, fill.repeat_interleave(args.num_images, 0), args.steps, args.seed,
+                             args.resample, args.jump, args.eta, args.grid, args.batch_size)
+    _write(filled, args)
+    if args.figure:
+        masked = torch.where(fill, torch.full_like(photos, HOLE_GREY), photos)
+        table = torch.cat([photos[:, None], masked[:, None], filled.view(len(paths), args.num_images, *photos.shape[1:])], 1)
+        columns = ["input", "to fill"] + [f"seed {args.seed} #{v}" for v in range(args.num_images)]
+        title = f"inpainting: {method}, {args.steps} steps ({config.preset})"
+        print(f"wrote {figures.save_labelled_grid(table, args.figure, columns, [_name(p) for p in paths], title)}")
+    return 0
+
+
+# -- invert ----------------------------------------------------------------------------------------
+
+def save_noise(noise: torch.Tensor, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Published by rename (atomic.replacing): an existing file is never left half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(path) as tmp:
+        save_file({"noise": noise.contiguous()}, str(tmp), metadata=metadata)
+    return path
+
+
+def run_invert(args) -> int:
+    paths = photo_paths(args)
+    model, config = _load(args)
+    photos, _ = load_photos(paths, config.data.image_size)
+    noise = editing.invert(model, photos, args.steps, args.grid, args.refine, args.batch_size)
+    again = editing.decode(model, noise, args.steps, args.grid, args.batch_size)
+    for path, photo, image in zip(paths, photos, again):
+        print(f"{path}: round-trip RMSE {editing.rmse_255(image, photo):.2f} (0-255)")
+    metadata = {"steps": str(args.steps), "grid": args.grid, "sampler": "ddim", "refine": str(args.refine),
+                "image_size": str(config.data.image_size), "images": json.dumps(paths)}
+    print(f"wrote {save_noise(noise, args.out, metadata)} (decode: editing.decode(model, noise, "
+          f"steps={args.steps}, grid={args.grid!r}))")
+    if args.reconstruction:
+        print(f"wrote {save_grid(again, args.reconstruction)}")
+    if args.each:
+        print(f"wrote {len(save_each(again, args.each))} images to {args.each}")
+    return 0
+
+
+# -- interpolate between photos and seeds -----------------------------------------------------------
+
+class OrderedEnds(argparse.Action):
+    """Store the values, and also record them in namespace.ends in command-line order, so that
+    `--seeds 3 --images b.jpg` pairs seed 3 with b.jpg and `--images a.jpg --seeds 3` the reverse."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.ends = list(getattr(namespace, "ends", None) or []) + [(self.dest, v) for v in values]
+
+
+def run_interpolate_ends(args) -> int:
+    ends = getattr(args, "ends", None) or [("seeds", seed) for seed in args.seeds]
+    if len(ends) < 2 or len(ends) % 2:
+        raise ValueError(f"interpolate takes pairs of ends (--seeds and --images, in order), got {len(ends)}")
+    photo_ends = [value for kind, value in ends if kind == "images"]
+    model, config = _load(args)
+    size = config.data.image_size
+    grid = args.grid or ("logsnr" if photo_ends else "uniform")
+    inverted = {}
+    if photo_ends:
+        photos, _ = load_photos(photo_ends, size)
+        noise = editing.invert(model, photos, args.steps, grid, batch_size=args.batch_size)
+        again = editing.decode(model, noise, args.steps, grid, args.batch_size)
+        for path, photo, image, z in zip(photo_ends, photos, again, noise):
+            print(f"{path}: inverted, round-trip RMSE {editing.rmse_255(image, photo):.2f} (0-255)")
+            inverted[path] = z
+    shape = (model.network.config.channels, size, size)
+    noises = [inverted[value] if kind == "images" else initial_noise(value, [0], shape)[0] for kind, value in ends]
+    frames = editing.interpolate(model, noises, args.frames, args.steps, grid, args.batch_size)
+    labels = [_name(value) if kind == "images" else f"seed {value}" for kind, value in ends]
+    rows = [f"{a} -> {b}" for a, b in zip(labels[::2], labels[1::2])]
+    weights = [i / (args.frames - 1) for i in range(args.frames)]
+    title = f"spherical interpolation of initial noise, {args.steps} DDIM steps, {grid} grid ({config.preset})"
+    print(f"wrote {figures.save_labelled_grid(frames, args.out, [f'w = {w:.2f}' for w in weights], rows, title)}")
+    if args.gif:
+        print(f"wrote {figures.save_gif(frames, args.gif)}")
+    if args.each:
+        for row in range(frames.shape[0]):
+            save_each(frames[row], args.each, prefix=f"pair{row}_")
+        print(f"wrote {frames.shape[0] * frames.shape[1]} frames to {args.each}")
+    return 0
+
+
+# -- registration ------------------------------------------------------------------------------------
+
+def _add_photos(p: argparse.ArgumentParser) -> None:
+    add_model_options(p)
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files, any size and mode (centre-cropped if not square, resized to the model's size)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+
+
+def _add_outputs(p: argparse.ArgumentParser, out: str, figure_help: str) -> None:
+    p.add_argument("--out", default=out, help=f"grid PNG of the results (default {out})")
+    p.add_argument("--each", metavar="DIR", help="also write one PNG per result into DIR, named by index")
+    p.add_argument("--figure", metavar="PATH", help=figure_help)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("edit", help="SDEdit: noise a photo to t = strength and denoise it towards the model's images")
+    _add_photos(p)
+    p.add_argument("--strength", default="0.6",
+                   help="diffusion time in [0, 1] to noise to (0: the photo, 1: plain sampling), or a list: 0,0.5,1")
+    p.add_argument("-n", "--num-images", type=positive_int, default=1, help="seeded variations per photo")
+    p.add_argument("--steps", type=positive_int, default=20,
+                   help="steps of the whole grid; an edit runs the part below its strength")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--sampler", default="ddim", choices=sorted(samplers.SAMPLERS))
+    p.add_argument("--grid", choices=sorted(samplers.GRIDS), help="default: uniform for ddim, logsnr otherwise")
+    p.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic, 1 DDPM-like noise")
+    _add_outputs(p, "edits.png", "also draw a labelled figure: each photo, then its edit at each strength")
+    p.set_defaults(func=run_edit)
+
+    p = sub.add_parser("inpaint", help="fill a masked region of a photo (RePaint; --resample 1: plain replacement)")
+    _add_photos(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mask", metavar="MASK", help="image of the photo's size: white = fill, black = keep")
+    where.add_argument("--box", metavar="X,Y,W,H", help="fill this rectangle (the photo's pixels, from the top left)")
+    p.add_argument("-n", "--num-images", type=positive_int, default=1, help="seeded fills per photo")
+    p.add_argument("--steps", type=positive_int, default=50)
+    p.add_argument("--resample", type=positive_int, default=5,
+                   help="RePaint's R: times each stretch of the walk is redone (1: plain replacement)")
+    p.add_argument("--jump", type=positive_int, default=5, help="RePaint's J: grid steps of each jump back")
+    p.add_argument("--eta", type=float, default=1.0, help="noise of the reverse steps (1: DDPM's, as RePaint)")
+    p.add_argument("--grid", choices=sorted(samplers.GRIDS), default="uniform")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    _add_outputs(p, "inpainted.png", "also draw a labelled figure: each photo, the region to fill, the fills")
+    p.set_defaults(func=run_inpaint)
+
+    p = sub.add_parser("invert", help="DDIM inversion: the initial noise from which DDIM gives back the photo")
+    _add_photos(p)
+    p.add_argument("--steps", type=positive_int, default=50)
+    p.add_argument("--grid", choices=sorted(samplers.GRIDS), default="logsnr")
+    p.add_argument("--refine", type=non_negative_int, default=editing.INVERT_REFINE,
+                   help="evaluations placing the last state (fixed point; default %(default)s)")
+    p.add_argument("--out", default="noise.safetensors", help="safetensors file of the noises (key 'noise')")
+    p.add_argument("--reconstruction", metavar="PNG", help="also write the decoded noises as a grid")
+    p.add_argument("--each", metavar="DIR", help="also write each decoded noise as a PNG, named by index")
+    p.set_defaults(func=run_invert)
