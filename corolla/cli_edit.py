@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import editing, figures, samplers
-from .cli import add_model_options, load_model_for, non_negative_int, positive_int
+from . import editing, figures, limits, outputs, samplers
 from .atomic import replacing
+from .cli import add_model_options, batch_size, eta, load_model_for, path_text, seed, steps, whole_number
 from .generate import initial_noise
 from .grids import save_each, save_grid
 
@@ -65,10 +65,17 @@ def _name(path: str) -> str:
     return Path(path).name
 
 
-def _write(images: torch.Tensor, args, ncol: int | None = None) -> None:
-    print(f"wrote {save_grid(images, args.out, ncol)}")
-    if args.each:
-        print(f"wrote {len(save_each(images, args.each))} images to {args.each}")
+class Outputs:
+    """The output options, each checked before any work: --out (a grid; default DEFAULT unless
+    only --each or --figure is asked for, as `corolla sample`), --each DIR and --figure PATH."""
+
+    def __init__(self, args, default: str, rows: int = 0, columns: int = 0, image_size: int = 0):
+        self.grid = outputs.check_file(args.out or default, "--out") if args.out or not (args.each or args.figure) \
+            else None
+        self.each = outputs.check_folder(args.each, "--each") if args.each else None
+        self.figure = outputs.check_file(args.figure, "--figure") if args.figure else None
+        if self.figure is not None:
+            figures.check_grid_size(rows, columns, image_size)
 
 
 # -- edit ------------------------------------------------------------------------------------------
@@ -76,24 +83,31 @@ def _write(images: torch.Tensor, args, ncol: int | None = None) -> None:
 def run_edit(args) -> int:
     paths = photo_paths(args)
     levels = strengths(args.strength)
+    if args.eta > 0 and args.sampler != "ddim":
+        raise ValueError(f"--eta {args.eta}: sampler {args.sampler} is deterministic; --eta needs --sampler ddim")
     model, config = _load(args)
-    photos, _ = load_photos(paths, config.data.image_size)
+    size = config.data.image_size
+    count = len(paths) * args.num_images
+    limits.check_held_images(count * (len(levels) + 1), size, "photos x -n x strengths")
+    out = Outputs(args, "edits.png", count, len(levels) + 1, size)
+    photos, _ = load_photos(paths, size)
     inputs = photos.repeat_interleave(args.num_images, 0)  # output k: photo k // n, variation k % n
     grid = args.grid or editing.default_grid(args.sampler)
     results = torch.stack([editing.edit(model, inputs, strength, args.steps, args.seed, args.sampler, grid,
                                         args.eta, args.batch_size) for strength in levels], dim=1)
-    print(f"wrote {save_grid(results.flatten(0, 1), args.out, len(levels) if len(levels) > 1 else None)}")
-    if args.each:
+    if out.grid is not None:
+        print(f"wrote {save_grid(results.flatten(0, 1), out.grid, len(levels) if len(levels) > 1 else None)}")
+    if out.each is not None:
         for column, strength in enumerate(levels):
             prefix = f"strength{strength:g}_" if len(levels) > 1 else ""
-            save_each(results[:, column], args.each, prefix=prefix)
-        print(f"wrote {results.shape[0] * len(levels)} images to {args.each}")
-    if args.figure:
+            save_each(results[:, column], out.each, prefix=prefix)
+        print(f"wrote {results.shape[0] * len(levels)} images to {out.each}")
+    if out.figure is not None:
         rows = [f"{_name(p)} #{v}" if args.num_images > 1 else _name(p) for p in paths for v in range(args.num_images)]
         columns = ["input"] + [f"strength {strength:g}" for strength in levels]
         title = f"SDEdit: {args.sampler}, {args.steps} steps on the {grid} grid, seed {args.seed} ({config.preset})"
         table = torch.cat([inputs[:, None], results], 1)
-        print(f"wrote {figures.save_labelled_grid(table, args.figure, columns, rows, title)}")
+        print(f"wrote {figures.save_labelled_grid(table, out.figure, columns, rows, title)}")
     return 0
 
 
@@ -104,6 +118,8 @@ def run_inpaint(args) -> int:
     hole = box(args.box) if args.box else None
     model, config = _load(args)
     size = config.data.image_size
+    limits.check_held_images(len(paths) * (args.num_images + 2), size, "photos x -n")
+    out = Outputs(args, "inpainted.png", len(paths), args.num_images + 2, size)
     photos, photo_sizes = load_photos(paths, size)
     fill = torch.stack([editing.box_mask(hole, s, size) if hole else editing.load_mask(args.mask, s, size)
                         for s in photo_sizes])
@@ -113,13 +129,16 @@ def run_inpaint(args) -> int:
     print(f"inpainting {len(paths)} image(s) x {args.num_images}: {method}, {evaluations} evaluations each")
     filled = editing.inpaint(model, inputs, fill.repeat_interleave(args.num_images, 0), args.steps, args.seed,
                              args.resample, args.jump, args.eta, args.grid, args.batch_size)
-    _write(filled, args)
-    if args.figure:
+    if out.grid is not None:
+        print(f"wrote {save_grid(filled, out.grid)}")
+    if out.each is not None:
+        print(f"wrote {len(save_each(filled, out.each))} images to {out.each}")
+    if out.figure is not None:
         masked = torch.where(fill, torch.full_like(photos, HOLE_GREY), photos)
         table = torch.cat([photos[:, None], masked[:, None], filled.view(len(paths), args.num_images, *photos.shape[1:])], 1)
         columns = ["input", "to fill"] + [f"seed {args.seed} #{v}" for v in range(args.num_images)]
         title = f"inpainting: {method}, {args.steps} steps ({config.preset})"
-        print(f"wrote {figures.save_labelled_grid(table, args.figure, columns, [_name(p) for p in paths], title)}")
+        print(f"wrote {figures.save_labelled_grid(table, out.figure, columns, [_name(p) for p in paths], title)}")
     return 0
 
 
@@ -137,6 +156,10 @@ def save_noise(noise: torch.Tensor, path: str | os.PathLike, metadata: dict[str,
 def run_invert(args) -> int:
     paths = photo_paths(args)
     model, config = _load(args)
+    limits.check_held_images(2 * len(paths), config.data.image_size, "photos")
+    target = outputs.check_file(args.out, "--out")
+    reconstruction = outputs.check_file(args.reconstruction, "--reconstruction") if args.reconstruction else None
+    each = outputs.check_folder(args.each, "--each") if args.each else None
     photos, _ = load_photos(paths, config.data.image_size)
     noise = editing.invert(model, photos, args.steps, args.grid, args.refine, args.batch_size)
     again = editing.decode(model, noise, args.steps, args.grid, args.batch_size)
@@ -144,12 +167,12 @@ def run_invert(args) -> int:
         print(f"{path}: round-trip RMSE {editing.rmse_255(image, photo):.2f} (0-255)")
     metadata = {"steps": str(args.steps), "grid": args.grid, "sampler": "ddim", "refine": str(args.refine),
                 "image_size": str(config.data.image_size), "images": json.dumps(paths)}
-    print(f"wrote {save_noise(noise, args.out, metadata)} (decode: editing.decode(model, noise, "
+    print(f"wrote {save_noise(noise, target, metadata)} (decode: editing.decode(model, noise, "
           f"steps={args.steps}, grid={args.grid!r}))")
-    if args.reconstruction:
-        print(f"wrote {save_grid(again, args.reconstruction)}")
-    if args.each:
-        print(f"wrote {len(save_each(again, args.each))} images to {args.each}")
+    if reconstruction is not None:
+        print(f"wrote {save_grid(again, reconstruction)}")
+    if each is not None:
+        print(f"wrote {len(save_each(again, each))} images to {each}")
     return 0
 
 
@@ -171,6 +194,10 @@ def run_interpolate_ends(args) -> int:
     photo_ends = [value for kind, value in ends if kind == "images"]
     model, config = _load(args)
     size = config.data.image_size
+    figure = outputs.check_file(args.out, "--out")
+    gif = outputs.check_file(args.gif, "--gif") if args.gif else None
+    each = outputs.check_folder(args.each, "--each") if args.each else None
+    figures.check_grid_size(len(ends) // 2, args.frames, size)
     grid = args.grid or ("logsnr" if photo_ends else "uniform")
     inverted = {}
     if photo_ends:
@@ -187,13 +214,13 @@ def run_interpolate_ends(args) -> int:
     rows = [f"{a} -> {b}" for a, b in zip(labels[::2], labels[1::2])]
     weights = [i / (args.frames - 1) for i in range(args.frames)]
     title = f"spherical interpolation of initial noise, {args.steps} DDIM steps, {grid} grid ({config.preset})"
-    print(f"wrote {figures.save_labelled_grid(frames, args.out, [f'w = {w:.2f}' for w in weights], rows, title)}")
-    if args.gif:
-        print(f"wrote {figures.save_gif(frames, args.gif)}")
-    if args.each:
+    print(f"wrote {figures.save_labelled_grid(frames, figure, [f'w = {w:.2f}' for w in weights], rows, title)}")
+    if gif is not None:
+        print(f"wrote {figures.save_gif(frames, gif)}")
+    if each is not None:
         for row in range(frames.shape[0]):
-            save_each(frames[row], args.each, prefix=f"pair{row}_")
-        print(f"wrote {frames.shape[0] * frames.shape[1]} frames to {args.each}")
+            save_each(frames[row], each, prefix=f"pair{row}_")
+        print(f"wrote {frames.shape[0] * frames.shape[1]} frames to {each}")
     return 0
 
 
@@ -203,13 +230,14 @@ def _add_photos(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="image files, any size and mode (centre-cropped if not square, resized to the model's size)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=batch_size, default=64)
 
 
 def _add_outputs(p: argparse.ArgumentParser, out: str, figure_help: str) -> None:
-    p.add_argument("--out", default=out, help=f"grid PNG of the results (default {out})")
-    p.add_argument("--each", metavar="DIR", help="also write one PNG per result into DIR, named by index")
-    p.add_argument("--figure", metavar="PATH", help=figure_help)
+    p.add_argument("--out", type=path_text, help=f"grid PNG of the results (default {out}; none with only "
+                                                 f"--each or --figure)")
+    p.add_argument("--each", metavar="DIR", type=path_text, help="write one PNG per result into DIR, named by index")
+    p.add_argument("--figure", metavar="PATH", type=path_text, help=figure_help)
 
 
 def register(sub) -> None:
@@ -217,13 +245,14 @@ def register(sub) -> None:
     _add_photos(p)
     p.add_argument("--strength", default="0.6",
                    help="diffusion time in [0, 1] to noise to (0: the photo, 1: plain sampling), or a list: 0,0.5,1")
-    p.add_argument("-n", "--num-images", type=positive_int, default=1, help="seeded variations per photo")
-    p.add_argument("--steps", type=positive_int, default=20,
+    p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_BATCH), default=1,
+                   help="seeded variations per photo")
+    p.add_argument("--steps", type=steps, default=20,
                    help="steps of the whole grid; an edit runs the part below its strength")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--sampler", default="ddim", choices=sorted(samplers.SAMPLERS))
     p.add_argument("--grid", choices=sorted(samplers.GRIDS), help="default: uniform for ddim, logsnr otherwise")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim only: 0 deterministic, 1 DDPM-like noise")
+    p.add_argument("--eta", type=eta, default=0.0, help="ddim only: 0 deterministic, 1 DDPM-like noise")
     _add_outputs(p, "edits.png", "also draw a labelled figure: each photo, then its edit at each strength")
     p.set_defaults(func=run_edit)
 
@@ -232,24 +261,26 @@ def register(sub) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--mask", metavar="MASK", help="image of the photo's size: white = fill, black = keep")
     where.add_argument("--box", metavar="X,Y,W,H", help="fill this rectangle (the photo's pixels, from the top left)")
-    p.add_argument("-n", "--num-images", type=positive_int, default=1, help="seeded fills per photo")
-    p.add_argument("--steps", type=positive_int, default=50)
-    p.add_argument("--resample", type=positive_int, default=5,
+    p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_BATCH), default=1,
+                   help="seeded fills per photo")
+    p.add_argument("--steps", type=steps, default=50)
+    p.add_argument("--resample", type=whole_number(1, 100), default=5,
                    help="RePaint's R: times each stretch of the walk is redone (1: plain replacement)")
-    p.add_argument("--jump", type=positive_int, default=5, help="RePaint's J: grid steps of each jump back")
-    p.add_argument("--eta", type=float, default=1.0, help="noise of the reverse steps (1: DDPM's, as RePaint)")
+    p.add_argument("--jump", type=steps, default=5, help="RePaint's J: grid steps of each jump back")
+    p.add_argument("--eta", type=eta, default=1.0, help="noise of the reverse steps (1: DDPM's, as RePaint)")
     p.add_argument("--grid", choices=sorted(samplers.GRIDS), default="uniform")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     _add_outputs(p, "inpainted.png", "also draw a labelled figure: each photo, the region to fill, the fills")
     p.set_defaults(func=run_inpaint)
 
     p = sub.add_parser("invert", help="DDIM inversion: the initial noise from which DDIM gives back the photo")
     _add_photos(p)
-    p.add_argument("--steps", type=positive_int, default=50)
+    p.add_argument("--steps", type=steps, default=50)
     p.add_argument("--grid", choices=sorted(samplers.GRIDS), default="logsnr")
-    p.add_argument("--refine", type=non_negative_int, default=editing.INVERT_REFINE,
+    p.add_argument("--refine", type=whole_number(0, limits.MAX_STEPS), default=editing.INVERT_REFINE,
                    help="evaluations placing the last state (fixed point; default %(default)s)")
-    p.add_argument("--out", default="noise.safetensors", help="safetensors file of the noises (key 'noise')")
-    p.add_argument("--reconstruction", metavar="PNG", help="also write the decoded noises as a grid")
-    p.add_argument("--each", metavar="DIR", help="also write each decoded noise as a PNG, named by index")
+    p.add_argument("--out", type=path_text, default="noise.safetensors",
+                   help="safetensors file of the noises (key 'noise')")
+    p.add_argument("--reconstruction", metavar="PNG", type=path_text, help="also write the decoded noises as a grid")
+    p.add_argument("--each", metavar="DIR", type=path_text, help="also write each decoded noise as a PNG, named by index")
     p.set_defaults(func=run_invert)

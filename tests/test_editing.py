@@ -334,6 +334,10 @@ def _bad_inputs(tmp_path):
         (["inpaint", good, "--mask", tmp_path / "notes.jpg"], "mask"),
         (["inpaint", good, "--box", "15,15,10,10"], "is not inside the 20x20 image"),
         (["inpaint", good, "--box", "1,2,3"], "give x,y,w,h"),
+        (["edit", good, "--sampler", "unipc", "--eta", "0.5"], "--eta needs --sampler ddim"),
+        (["edit", good, "--eta", "2"], "must be 0 (deterministic) up to 1"),
+        (["inpaint", good, "--box", "1,1,4,4", "--resample", "0"], "must be 1 or more"),
+        (["inpaint", good], "one of the arguments --mask --box is required"),
         (["invert", tmp_path / "notes.jpg"], "is not an image"),
         (["invert"], "name at least one image file"),
     ]
