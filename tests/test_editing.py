@@ -214,7 +214,7 @@ def test_inversion_then_sampling_reconstructs_the_input_at_first_order_on_gaussi
             noise = editing.ddim_invert(denoise, schedule, x0, times, refine)
             out.append((samplers.ddim(denoise, schedule, noise, times) - x0).pow(2).mean().sqrt().item())
     order = -np.polyfit(np.log(step_counts), np.log(errors), 1)[0]
-    assert order == pytest.approx(1.0, abs=0.15), errors  # measured 0.92 (DDIM is first order both ways)
+    assert order == pytest.approx(1.0, abs=0.15), errors  # measured 0.91 (DDIM is first order both ways)
     assert errors[-1] < 0.015
     # without placing the last state, the error stalls at the fixed point's residual
     assert min(stalled) > 5 * errors[-1]
