@@ -227,7 +227,7 @@ def edit(model: DiffusionModel, images: torch.Tensor, strength: float, steps: in
 
 
 def inpaint(model: DiffusionModel, images: torch.Tensor, fill: torch.Tensor, steps: int = 50, seed: int = 0,
-            resample: int = 1, jump: int = 1, eta: float = 1.0, grid: str = "uniform", batch_size: int = 64,
+            resample: int = 5, jump: int = 5, eta: float = 1.0, grid: str = "uniform", batch_size: int = 64,
             indices: Sequence[int] | None = None) -> torch.Tensor:
     """Fill the pixels of images (N, C, H, W) in [0, 1] where fill (N, 1, H, W) is True ->
     (N, C, H, W) in [0, 1], equal to the input wherever fill is False. resample 1: the plain

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from corolla import checkpoint, cli, data, editing, samplers, schedules
+from corolla import checkpoint, cli, data, editing, figures, samplers, schedules
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 from corolla.generate import generate
@@ -316,6 +316,17 @@ def test_interpolate_mixes_seeds_and_photos_in_command_line_order(model, checkpo
     assert np.abs(last - to_uint8(editing.decode(model, noise, 4, "uniform"))[0]).max() <= 1
     code, _, err = run(["interpolate", checkpoint_dir, "--images", source, "--out", tmp_path / "j.png"], capsys)
     assert code == 2 and "pairs of ends" in err
+
+
+def test_interpolate_between_seeds_on_the_new_path_makes_the_old_path_s_frames(model, checkpoint_dir, tmp_path,
+                                                                                capsys):
+    # --each routes seed pairs through cli_edit; the frames must be figures.interpolate's
+    code, _, err = run(["interpolate", checkpoint_dir, "--seeds", "3", "7", "--frames", "3", "--steps", "4",
+                        "--precision", "fp32", "--out", tmp_path / "i.png", "--each", tmp_path / "frames"], capsys)
+    assert code == 0, err
+    frames = to_uint8(figures.interpolate(model, [(3, 7)], 3, 4, SIZE)[0])
+    for index in range(3):
+        assert np.array_equal(png(tmp_path / "frames" / f"pair0_{index:05d}.png"), frames[index])
 
 
 def _bad_inputs(tmp_path):
