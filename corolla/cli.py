@@ -216,7 +216,8 @@ def load_model_for(args, device=None):
 
 
 # Modules that add subcommands: each has register(subparsers), whose parsers set_defaults(func=...).
-COMMAND_MODULES: list[str] = ["cli_figures", "cli_evaluate", "cli_models", "cli_download", "cli_edit"]
+COMMAND_MODULES: list[str] = ["cli_figures", "cli_evaluate", "cli_models", "cli_download", "cli_serve",
+                              "cli_edit"]
 
 
 def parser() -> argparse.ArgumentParser:

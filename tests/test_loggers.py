@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 import warnings
 
 import pytest
@@ -129,17 +130,31 @@ def test_a_failing_tracker_becomes_a_warning_and_training_goes_on():
 
 def wandb_history(run_file):
     """The history rows of a W&B run file: its LevelDB-style log of protobuf records (a 7-byte
-    ':W&B' header, then 32 KiB blocks of chunks, each with a 7-byte header: crc, length, type)."""
+    ':W&B' header, then 32 KiB blocks of chunks, each with a 7-byte header: crc, length, type).
+    W&B's own process writes it, after run.finish() returns: the rows are read once the run's
+    exit record is there."""
+    deadline = time.monotonic() + 60
+    while True:
+        rows, finished = _wandb_records(run_file)
+        if finished:
+            return rows
+        assert time.monotonic() < deadline, f"{run_file} has no exit record"
+        time.sleep(0.05)  # polling the condition
+
+
+def _wandb_records(run_file):
     from wandb.proto import wandb_internal_pb2
     raw = run_file.read_bytes()
     assert raw[:4] == b":W&B"
-    rows, position, pending = [], 7, b""
+    rows, finished, position, pending = [], False, 7, b""
     while position + 7 <= len(raw):
         room = 32768 - position % 32768
         if room < 7:  # a block's tail too short for a header is padding
             position += room
             continue
         _, length, kind = struct.unpack("<IHB", raw[position:position + 7])
+        if position + 7 + length > len(raw):  # a chunk still being written
+            break
         pending += raw[position + 7:position + 7 + length]
         position += 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
@@ -149,7 +164,8 @@ def wandb_history(run_file):
             if record.WhichOneof("record_type") == "history":
                 rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                              for item in record.history.item})
-    return rows
+            finished |= record.WhichOneof("record_type") == "exit"
+    return rows, finished
 
 
 def test_wandb_logs_offline_without_a_key_and_a_resumed_run_keeps_its_id(flowers, tmp_path, monkeypatch, capsys):

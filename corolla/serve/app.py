@@ -1,0 +1,227 @@
+"""The HTTP side of `corolla serve`: a Starlette app, one HTML page, JSON in and server-sent
+events out (a preview after each network evaluation).
+
+Safe by default: every request is bounded (body size, images, steps, frames, concurrent jobs); a
+refused one gets a message the page shows; requests must be JSON (a cross-site form cannot
+start work); on a loopback address only Host headers naming it are answered (DNS rebinding);
+requests are read into memory, an uploaded photo is written only into a temporary folder of its
+own request (serve/photos.py), and generated images go back inside the response.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+import torch
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import runfolder
+from . import photos
+from .engine import BadRequest, Cancelled, Engine, frame_urls, grid_url, run_summary
+
+STATIC = Path(__file__).parent / "static"
+MAX_JSON_BYTES = 64 * 1024
+QUEUED_EVENTS = 4
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+           "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"}
+
+
+def refuse(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=HEADERS)
+
+
+async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict:
+    """The request's JSON object, read up to `limit` bytes (BadRequest beyond, or when not JSON)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise BadRequest("send the request as application/json")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"the request is {int(declared):,} bytes; at most {limit:,} are accepted")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(f"the request is over {limit:,} bytes; at most {limit:,} are accepted")
+    try:
+        params = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request is not valid JSON") from None
+    if not isinstance(params, dict):
+        raise BadRequest("the request must be a JSON object of named values")
+    return params
+
+
+def event(name: str, data: dict) -> str:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+def stream(engine: Engine, work) -> StreamingResponse:
+    """Run work(on_step, cancelled) -> the final event's data in a thread of its own, sending a
+    'step' event per network evaluation, then 'done' (or 'error' with its message).
+
+    The thread starts when the response does, and the stream's end (the page closed, the
+    connection dropped) cancels it at its next evaluation."""
+    async def events():
+        if not engine.slots.acquire(blocking=False):
+            yield event("error", {"message": f"the server is busy with {engine.limits.max_jobs} requests; "
+                                             f"try again in a moment"})
+            return
+        loop = asyncio.get_running_loop()
+        # a few events ahead at most: a page slower than the model slows its own job down instead
+        # of piling up previews in memory
+        queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUED_EVENTS)
+        cancelled = threading.Event()
+
+        def send(name: str | None, data: dict | None = None) -> None:
+            try:
+                future = asyncio.run_coroutine_threadsafe(queue.put((name, data)), loop)
+            except RuntimeError:  # the server's loop is gone
+                raise Cancelled from None
+            while True:
+                try:
+                    return future.result(timeout=0.1)
+                except concurrent.futures.TimeoutError:
+                    if cancelled.is_set():  # nobody will read it
+                        future.cancel()
+                        raise Cancelled from None
+
+        def run() -> None:
+            try:
+                send("done", work(lambda number, data: send("step", {"step": number, **data}), cancelled))
+            except Cancelled:
+                pass
+            except ValueError as error:  # what the model or the request cannot do
+                send_last("error", {"message": str(error)})
+            except Exception as error:  # a bug: the page says so, the server log has the trace
+                traceback.print_exc(file=sys.stderr)
+                send_last("error", {"message": f"internal error ({type(error).__name__}); see the server's log"})
+            finally:
+                engine.slots.release()
+                send_last(None)
+
+        def send_last(name: str | None, data: dict | None = None) -> None:
+            try:
+                send(name, data)
+            except Cancelled:
+                pass
+
+        threading.Thread(target=run, name="corolla-serve-job", daemon=True).start()
+        try:
+            while True:
+                name, data = await queue.get()
+                if name is None:
+                    return
+                yield event(name, data)
+        finally:
+            cancelled.set()
+    return StreamingResponse(events(), media_type="text/event-stream", headers=HEADERS)
+
+
+def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5.0,
+               loopback_only: bool = True) -> Starlette:
+    """The app for one loaded model; run_dir: a training run folder whose curves and grids the
+    page shows (read afresh every refresh_s seconds)."""
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers=HEADERS)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True}, headers=HEADERS)
+
+    async def info(request: Request) -> Response:
+        return JSONResponse({**engine.info(), "run": run_dir.name if run_dir else None, "refresh_s": refresh_s},
+                            headers=HEADERS)
+
+    async def generate(request: Request) -> Response:
+        try:
+            job = engine.sample_request(await read_json(request))
+        except BadRequest as error:
+            return refuse(str(error))
+
+        def work(on_step, cancelled):
+            images = engine.sample(job, lambda number, preview: on_step(
+                number, {"steps": job.steps, "image": grid_url(preview)}), cancelled)
+            return {"image": grid_url(images), "seed": job.seed, "count": job.count, "steps": job.steps}
+        return stream(engine, work)
+
+    async def interpolate(request: Request) -> Response:
+        try:
+            params = await read_json(request, photos.MAX_UPLOAD_JSON)
+            job = engine.interpolation_request(params)
+        except BadRequest as error:
+            return refuse(str(error))
+
+        def work(on_step, cancelled):
+            if job.photos:
+                with photos.upload_folder() as folder:
+                    ends = torch.stack([photos.load_photo(params, key, engine.image_size, folder)[0]
+                                        for key in ("first_photo", "second_photo")])
+                frames = engine.interpolate_photos(job, ends, cancelled)
+            else:
+                frames = engine.interpolate(job, lambda number, _: on_step(number, {"steps": job.steps}), cancelled)
+            return {"frames": frame_urls(frames), "weights": [i / (job.frames - 1) for i in range(job.frames)]}
+        return stream(engine, work)
+
+    async def edit(request: Request) -> Response:
+        try:
+            params = await read_json(request, photos.MAX_UPLOAD_JSON)
+            job = engine.edit_request(params)
+        except BadRequest as error:
+            return refuse(str(error))
+
+        def work(on_step, cancelled):
+            with photos.upload_folder() as folder:
+                photo, _ = photos.load_photo(params, "photo", engine.image_size, folder)
+            result = engine.edit(job, photo, cancelled)
+            return {"input": frame_urls(photo[None])[0], "image": frame_urls(result)[0]}
+        return stream(engine, work)
+
+    async def inpaint(request: Request) -> Response:
+        try:
+            params = await read_json(request, photos.MAX_UPLOAD_JSON)
+            job = engine.inpaint_request(params)
+        except BadRequest as error:
+            return refuse(str(error))
+
+        def work(on_step, cancelled):
+            with photos.upload_folder() as folder:
+                photo, photo_size = photos.load_photo(params, "photo", engine.image_size, folder)
+                fill = photos.load_mask(params, photo_size, engine.image_size, folder)
+            result = engine.inpaint(job, photo, fill, cancelled)
+            return {"input": frame_urls(photo[None])[0], "mask": frame_urls(fill.float().expand(3, -1, -1)[None])[0],
+                    "image": frame_urls(result)[0]}
+        return stream(engine, work)
+
+    async def run(request: Request) -> Response:
+        if run_dir is None:
+            return refuse("this server shows no training run (start it with --run DIR)", 404)
+        return JSONResponse(run_summary(run_dir, runfolder.SAMPLE_GRID), headers=HEADERS)
+
+    async def run_grid(request: Request) -> Response:
+        name = request.path_params["name"]
+        path = run_dir / "samples" / name if run_dir is not None else None
+        # only the run's own grid files, by their exact names: no other path can be asked for
+        if path is None or not runfolder.SAMPLE_GRID.fullmatch(name) or not path.is_file():
+            return refuse(f"no sample grid {name!r}", 404)
+        return FileResponse(path, media_type="image/png", headers=HEADERS)
+
+    routes = [Route("/", page), Route("/api/health", health), Route("/api/info", info),
+              Route("/api/generate", generate, methods=["POST"]),
+              Route("/api/interpolate", interpolate, methods=["POST"]),
+              Route("/api/edit", edit, methods=["POST"]), Route("/api/inpaint", inpaint, methods=["POST"]),
+              Route("/api/run", run), Route("/api/run/samples/{name}", run_grid),
+              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))] if loopback_only else []
+    return Starlette(routes=routes, middleware=middleware)

@@ -1,0 +1,302 @@
+"""What the web app computes, without the web: requests checked against bounds, then sampling with
+a preview after every network evaluation, interpolation, and the training run's files.
+
+Any number of requests may sample at once (up to `max_jobs`; more are refused, not queued): each
+runs in its own thread and takes the model's lock for one network evaluation at a time, so
+concurrent requests advance step by step side by side and each gets its own images. A request
+whose browser went away stops at its next evaluation.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from .. import editing, figures, limits, samplers
+from ..diffusion import DiffusionModel
+from ..generate import image_generator
+from ..grids import grid_array, to_uint8
+
+
+class BadRequest(ValueError):
+    """A request the server refuses; its message is shown in the page."""
+
+
+class Cancelled(Exception):
+    """The browser went away: the sampling stops at its next evaluation."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_images: int = 64        # per request, and at most MAX_PIXELS of them together
+    max_steps: int = 200        # network evaluations per image
+    max_frames: int = 32        # interpolation frames
+    max_jobs: int = 4           # requests sampling at once
+    MAX_PIXELS = 64 * 64 * 64   # 64 images of 64x64: one request's images at the model's size
+
+
+def _whole(params: dict, name: str, low: int, high: int, default: int, why: str = "") -> int:
+    value = params.get(name, default)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if type(value) is not int:  # bool is an int, and 2.5 is no count
+        raise BadRequest(f"{name} {limits.short(value)} is not a whole number")
+    if not low <= value <= high:
+        raise BadRequest(f"{name} {value:,} is not allowed: it must be from {low:,} to {high:,}{why}")
+    return value
+
+
+def _number(params: dict, name: str, low: float, high: float, default: float) -> float:
+    value = params.get(name, default)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name} {limits.short(value)} is not a number") from None
+    if not low <= value <= high:  # also refuses NaN
+        raise BadRequest(f"{name} {value:g} is not allowed: it must be from {low:g} to {high:g}")
+    return value
+
+
+def _choice(params: dict, name: str, options, default: str) -> str:
+    value = params.get(name, default)
+    if value not in options:
+        raise BadRequest(f"{name} {limits.short(value)} is not allowed: choose {', '.join(sorted(options))}")
+    return value
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    seed: int
+    count: int
+    steps: int
+    sampler: str
+    grid: str
+    eta: float
+
+
+@dataclass(frozen=True)
+class InterpolationRequest:
+    first: int
+    second: int
+    frames: int
+    steps: int
+    photos: bool = False  # between two uploaded photos (their DDIM inversions) instead of two seeds
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    strength: float
+    steps: int
+    seed: int
+    sampler: str
+    grid: str
+    eta: float
+
+
+@dataclass(frozen=True)
+class InpaintRequest:
+    steps: int
+    resample: int
+    jump: int
+    seed: int
+
+
+INPAINT_EVALUATIONS = 5  # RePaint's resampling may take this many times --max-steps evaluations
+
+
+def _draw(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+    """The next standard normal draw of each image's stream, as generate draws them."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+
+
+def png_data_url(pixels) -> str:
+    """(H, W, 3) uint8 -> a data: URL the page shows as it is (nothing is stored on the server)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class Engine:
+    """One loaded model, shared by every request."""
+
+    def __init__(self, model: DiffusionModel, image_size: int, name: str, limits: Limits = Limits()):
+        self.model = model.eval()
+        self.image_size = image_size
+        self.name = name
+        self.limits = limits
+        self.channels = model.network.config.channels
+        self.device = next(model.parameters()).device
+        self.lock = threading.Lock()  # one network evaluation at a time
+        self.slots = threading.BoundedSemaphore(limits.max_jobs)
+
+    @property
+    def max_images(self) -> int:
+        return max(1, min(self.limits.max_images, Limits.MAX_PIXELS // self.image_size ** 2))
+
+    def info(self) -> dict:
+        return {"model": self.name, "image_size": self.image_size, "device": str(self.device),
+                "samplers": sorted(samplers.SAMPLERS), "grids": sorted(samplers.GRIDS),
+                "max_images": self.max_images, "max_steps": self.limits.max_steps,
+                "max_frames": self.limits.max_frames}
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def sample_request(self, params: dict) -> SampleRequest:
+        steps = _whole(params, "steps", 1, self.limits.max_steps, 20, " (this server's --max-steps)")
+        count = _whole(params, "count", 1, self.max_images, 16,
+                       f" (this server's --max-images at {self.image_size}x{self.image_size})")
+        seed = _whole(params, "seed", 0, limits.MAX_SEED, 0)
+        sampler = _choice(params, "sampler", samplers.SAMPLERS, "ddim")
+        grid = _choice(params, "grid", samplers.GRIDS, "uniform" if sampler == "ddim" else "logsnr")
+        eta = _number(params, "eta", 0.0, 1.0, 0.0)
+        if eta > 0 and sampler != "ddim":
+            raise BadRequest(f"eta {eta:g} needs the ddim sampler: {sampler} is deterministic (eta 0)")
+        return SampleRequest(seed, count, steps, sampler, grid, eta)
+
+    def interpolation_request(self, params: dict) -> InterpolationRequest:
+        photos = [bool(params.get(key)) for key in ("first_photo", "second_photo")]
+        if any(photos) and not all(photos):
+            raise BadRequest("choose both photos to interpolate between photos, or neither for seeds")
+        return InterpolationRequest(
+            _whole(params, "first", 0, limits.MAX_SEED, 3), _whole(params, "second", 0, limits.MAX_SEED, 7),
+            _whole(params, "frames", 2, self.limits.max_frames, 9, " (this server's limit)"),
+            _whole(params, "steps", 1, self.limits.max_steps, 20, " (this server's --max-steps)"), all(photos))
+
+    def edit_request(self, params: dict) -> EditRequest:
+        """`corolla edit`'s options and defaults."""
+        sampler = _choice(params, "sampler", samplers.SAMPLERS, "ddim")
+        eta = _number(params, "eta", 0.0, 1.0, 0.0)
+        if eta > 0 and sampler != "ddim":
+            raise BadRequest(f"eta {eta:g} needs the ddim sampler: {sampler} is deterministic (eta 0)")
+        return EditRequest(_number(params, "strength", 0.0, 1.0, 0.6),
+                           _whole(params, "steps", 1, self.limits.max_steps, 20, " (this server's --max-steps)"),
+                           _whole(params, "seed", 0, limits.MAX_SEED, 0), sampler,
+                           _choice(params, "grid", samplers.GRIDS, editing.default_grid(sampler)), eta)
+
+    def inpaint_request(self, params: dict) -> InpaintRequest:
+        """`corolla inpaint`'s options and defaults, its evaluations bounded."""
+        steps = _whole(params, "steps", 1, self.limits.max_steps, 50, " (this server's --max-steps)")
+        request = InpaintRequest(steps, _whole(params, "resample", 1, 100, 5), _whole(params, "jump", 1, steps, min(5, steps)),
+                                 _whole(params, "seed", 0, limits.MAX_SEED, 0))
+        evaluations = editing.repaint_evaluations(request.steps, request.resample, request.jump)
+        if evaluations > INPAINT_EVALUATIONS * self.limits.max_steps:
+            raise BadRequest(f"{request.steps} steps resampled {request.resample} times (jump {request.jump}) take "
+                             f"{evaluations:,} network evaluations; this server allows "
+                             f"{INPAINT_EVALUATIONS * self.limits.max_steps:,}")
+        return request
+
+    # -- sampling -----------------------------------------------------------------------------
+
+    def _sample(self, noise: torch.Tensor, steps: int, sampler: str, grid: str, eta: float,
+                generators: list[torch.Generator] | None, on_step: Callable[[int, torch.Tensor], None],
+                cancelled: threading.Event) -> torch.Tensor:
+        """generate.sample_from_noise with the model's lock around each evaluation and
+        on_step(evaluation number, predicted images in [0, 1]) after it -> images in [0, 1]."""
+        model, done = self.model, 0
+        denoise = model.ema_denoiser()
+
+        def watched(x, noise_rates, signal_rates):
+            nonlocal done
+            if cancelled.is_set():
+                raise Cancelled
+            with self.lock:
+                pred_noises, pred_images = denoise(x, noise_rates, signal_rates)
+            done += 1
+            on_step(done, model.normalizer.denormalize(pred_images).float().cpu())
+            return pred_noises, pred_images
+
+        noise_fn = None
+        if generators is not None:  # eta > 0: each image's own stream goes on after its initial noise
+            noise_fn = lambda: _draw(generators, tuple(noise.shape[1:])).to(self.device)
+        with torch.inference_mode():
+            pred_images = samplers.get(sampler)(watched, model.schedule, noise.to(self.device),
+                                                samplers.get_grid(grid, steps, model.schedule), eta=eta,
+                                                noise_fn=noise_fn)
+        if not torch.isfinite(pred_images).all():
+            raise ValueError("the network's predictions hold NaN or infinite values: this model does not make images")
+        return model.normalizer.denormalize(pred_images).float().cpu()
+
+    def sample(self, request: SampleRequest, on_step: Callable[[int, torch.Tensor], None],
+               cancelled: threading.Event) -> torch.Tensor:
+        """Images 0..count-1 of the seed, the same as `corolla sample` (one batch) gives."""
+        shape = (self.channels, self.image_size, self.image_size)
+        generators = [image_generator(request.seed, i) for i in range(request.count)]
+        noise = _draw(generators, shape)
+        return self._sample(noise, request.steps, request.sampler, request.grid, request.eta,
+                            generators if request.eta > 0 else None, on_step, cancelled)
+
+    def interpolate(self, request: InterpolationRequest, on_step: Callable[[int, torch.Tensor], None],
+                    cancelled: threading.Event) -> torch.Tensor:
+        """The frames of `corolla interpolate --seeds FIRST SECOND` (deterministic DDIM)."""
+        noise = figures.interpolation_noises(request.first, request.second, request.frames,
+                                             (self.channels, self.image_size, self.image_size))
+        return self._sample(noise, request.steps, "ddim", "uniform", 0.0, None, on_step, cancelled)
+
+
+    # -- photos: editing's functions, called whole under the lock (they evaluate the network
+    # inside; one photo at a time keeps that short) ------------------------------------------------
+
+    def _whole_call(self, cancelled: threading.Event, call):
+        if cancelled.is_set():
+            raise Cancelled
+        with self.lock, torch.inference_mode():
+            return call()
+
+    def edit(self, request: EditRequest, photo: torch.Tensor, cancelled: threading.Event) -> torch.Tensor:
+        """What `corolla edit PHOTO` makes with the same options -> (1, C, H, W) in [0, 1]."""
+        return self._whole_call(cancelled, lambda: editing.edit(
+            self.model, photo[None], request.strength, request.steps, request.seed, request.sampler, request.grid,
+            request.eta))
+
+    def inpaint(self, request: InpaintRequest, photo: torch.Tensor, fill: torch.Tensor,
+                cancelled: threading.Event) -> torch.Tensor:
+        """What `corolla inpaint PHOTO --mask MASK` makes with the same options -> (1, C, H, W)."""
+        return self._whole_call(cancelled, lambda: editing.inpaint(
+            self.model, photo[None], fill[None], request.steps, request.seed, request.resample, request.jump))
+
+    def interpolate_photos(self, request: InterpolationRequest, photos: torch.Tensor,
+                           cancelled: threading.Event) -> torch.Tensor:
+        """The frames of `corolla interpolate --images A B`: both photos DDIM-inverted on the log-SNR
+        grid, their noises slerped and decoded -> (frames, C, H, W)."""
+        def call():
+            noise = editing.invert(self.model, photos, request.steps, "logsnr")
+            return editing.interpolate(self.model, [noise[0], noise[1]], request.frames, request.steps, "logsnr")[0]
+        return self._whole_call(cancelled, call)
+
+
+def grid_url(images: torch.Tensor) -> str:
+    """A batch of images in [0, 1] -> one PNG grid, laid out as `corolla sample`'s grid."""
+    return png_data_url(grid_array(images))
+
+
+def frame_urls(images: torch.Tensor) -> list[str]:
+    return [png_data_url(pixels) for pixels in to_uint8(images)]
+
+
+# -- the training run -------------------------------------------------------------------------------
+
+MAX_CURVE_POINTS = 2000  # a long run's curve is thinned for the page
+
+
+def _thin(steps: list, values: list) -> list[list[float]]:
+    stride = max(1, math.ceil(len(steps) / MAX_CURVE_POINTS))
+    points = list(zip(steps, values))
+    kept = points[::stride] + ([points[-1]] if points and (len(points) - 1) % stride else [])
+    return [[float(s), float(v)] for s, v in kept]
+
+
+def run_summary(run_dir: Path, grid_pattern) -> dict:
+    """The loss curves and the per-epoch grids of a run folder, read afresh (training may be
+    writing it): metrics.jsonl's torn last line is skipped, as figures.read_metrics does."""
+    series = figures.loss_series(figures.read_metrics(run_dir / "metrics.jsonl"))
+    folder = run_dir / "samples"
+    grids = sorted(p.name for p in folder.iterdir() if grid_pattern.fullmatch(p.name) and p.is_file()) \
+        if folder.is_dir() else []
+    return {"run": run_dir.name, "train": _thin(*series["train"]), "val": _thin(*series["val"]), "grids": grids}
