@@ -1,5 +1,6 @@
 """What the web app computes, without the web: requests checked against bounds, then sampling with
-a preview after every network evaluation, interpolation, and the training run's files.
+a preview after every network evaluation, interpolation, editing (corolla.editing's SDEdit,
+inpainting and inversion, as the commands call them), and the training run's files.
 
 Any number of requests may sample at once (up to `max_jobs`; more are refused, not queued): each
 runs in its own thread and takes the model's lock for one network evaluation at a time, so
@@ -69,6 +70,17 @@ def _choice(params: dict, name: str, options, default: str) -> str:
     if value not in options:
         raise BadRequest(f"{name} {limits.short(value)} is not allowed: choose {', '.join(sorted(options))}")
     return value
+
+
+def _sampler(params: dict) -> tuple[str, str, float]:
+    """-> (sampler, time grid, eta), with `corolla sample`'s defaults: the uniform grid for DDIM,
+    log-SNR for the others, and eta > 0 for DDIM only (the others are deterministic)."""
+    sampler = _choice(params, "sampler", samplers.SAMPLERS, "ddim")
+    grid = _choice(params, "grid", samplers.GRIDS, editing.default_grid(sampler))
+    eta = _number(params, "eta", 0.0, 1.0, 0.0)
+    if eta > 0 and sampler != "ddim":
+        raise BadRequest(f"eta {eta:g} needs the ddim sampler: {sampler} is deterministic (eta 0)")
+    return sampler, grid, eta
 
 
 @dataclass(frozen=True)
@@ -153,11 +165,7 @@ class Engine:
         count = _whole(params, "count", 1, self.max_images, 16,
                        f" (this server's --max-images at {self.image_size}x{self.image_size})")
         seed = _whole(params, "seed", 0, limits.MAX_SEED, 0)
-        sampler = _choice(params, "sampler", samplers.SAMPLERS, "ddim")
-        grid = _choice(params, "grid", samplers.GRIDS, "uniform" if sampler == "ddim" else "logsnr")
-        eta = _number(params, "eta", 0.0, 1.0, 0.0)
-        if eta > 0 and sampler != "ddim":
-            raise BadRequest(f"eta {eta:g} needs the ddim sampler: {sampler} is deterministic (eta 0)")
+        sampler, grid, eta = _sampler(params)
         return SampleRequest(seed, count, steps, sampler, grid, eta)
 
     def interpolation_request(self, params: dict) -> InterpolationRequest:
@@ -171,19 +179,15 @@ class Engine:
 
     def edit_request(self, params: dict) -> EditRequest:
         """`corolla edit`'s options and defaults."""
-        sampler = _choice(params, "sampler", samplers.SAMPLERS, "ddim")
-        eta = _number(params, "eta", 0.0, 1.0, 0.0)
-        if eta > 0 and sampler != "ddim":
-            raise BadRequest(f"eta {eta:g} needs the ddim sampler: {sampler} is deterministic (eta 0)")
         return EditRequest(_number(params, "strength", 0.0, 1.0, 0.6),
                            _whole(params, "steps", 1, self.limits.max_steps, 20, " (this server's --max-steps)"),
-                           _whole(params, "seed", 0, limits.MAX_SEED, 0), sampler,
-                           _choice(params, "grid", samplers.GRIDS, editing.default_grid(sampler)), eta)
+                           _whole(params, "seed", 0, limits.MAX_SEED, 0), *_sampler(params))
 
     def inpaint_request(self, params: dict) -> InpaintRequest:
         """`corolla inpaint`'s options and defaults, its evaluations bounded."""
         steps = _whole(params, "steps", 1, self.limits.max_steps, 50, " (this server's --max-steps)")
-        request = InpaintRequest(steps, _whole(params, "resample", 1, 100, 5), _whole(params, "jump", 1, steps, min(5, steps)),
+        request = InpaintRequest(steps, _whole(params, "resample", 1, 100, 5),
+                                 _whole(params, "jump", 1, steps, min(5, steps)),
                                  _whole(params, "seed", 0, limits.MAX_SEED, 0))
         evaluations = editing.repaint_evaluations(request.steps, request.resample, request.jump)
         if evaluations > INPAINT_EVALUATIONS * self.limits.max_steps:

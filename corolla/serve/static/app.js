@@ -226,10 +226,10 @@ function drawCurve(train, val) {
              svgElement("text", {x: right - 70, y: bottom + 16}, `step ${x1}`));
   for (const [points, name] of [[train, "train"], [val, "val"]]) {
     if (!points.length) continue;
-    svg.append(svgElement("polyline", {class: name, "data-points": points.length,
-                                       points: points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ")}));
+    const xy = points.map((p) => [x(p[0]).toFixed(1), y(p[1]).toFixed(1)]);
+    svg.append(svgElement("polyline", {class: name, "data-points": points.length, points: xy.join(" ")}));
     if (name === "val") {  // one point per epoch: markers, so a single epoch shows too
-      svg.append(...points.map((p) => svgElement("circle", {class: name, cx: x(p[0]).toFixed(1), cy: y(p[1]).toFixed(1), r: 3})));
+      svg.append(...xy.map(([cx, cy]) => svgElement("circle", {class: name, cx, cy, r: 3})));
     }
   }
 }
@@ -270,7 +270,7 @@ async function refreshRun() {
 async function start() {
   const info = await (await fetch("/api/info")).json();
   $("model-info").textContent = `${info.model}: ${info.image_size}x${info.image_size} images, on ${info.device}`;
-  $("sampler").replaceChildren(...info.samplers.map((name) => new Option(name, name, name === "ddim", name === "ddim")));
+  $("sampler").replaceChildren(...info.samplers.map((name) => new Option(name, name, false, name === "ddim")));
   $("grid").append(...info.grids.map((name) => new Option(name, name)));
   $("generate-hint").textContent = `at most ${info.max_images} images and ${info.max_steps} steps per request; ` +
     `eta above 0 (stochastic) with ddim only`;
