@@ -222,6 +222,51 @@ def test_a_full_server_refuses_more_jobs_with_a_message(model):
         served.stop()
 
 
+def test_a_closed_page_stops_its_request_at_the_next_step(model, monkeypatch):
+    """The app driven through ASGI: the page goes away after the first preview, while the second
+    evaluation runs; the request then makes no third one and gives its slot back."""
+    import asyncio
+    engine = Engine(model, 16, "tiny", Limits(max_jobs=1))
+    app, denoise, evaluations = create_app(engine), model.ema_denoiser(), []
+    second_started, app_returned = threading.Event(), threading.Event()
+
+    def counting(*args):
+        evaluations.append(1)
+        if len(evaluations) == 2:
+            second_started.set()
+            assert app_returned.wait(30)  # the page is gone before this evaluation ends
+        return denoise(*args)
+    monkeypatch.setattr(model, "ema_denoiser", lambda: counting)
+
+    async def visit():
+        first_preview = asyncio.Event()
+        body = json.dumps({"count": 1, "steps": 50}).encode()
+        requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if requests:
+                return requests.pop()
+            await first_preview.wait()
+            await asyncio.get_running_loop().run_in_executor(None, second_started.wait, 30)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message.get("body", b"").startswith(b"event: step"):
+                first_preview.set()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/api/generate", "raw_path": b"/api/generate", "query_string": b"",
+                 "root_path": "", "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
+        await app(scope, receive, send)
+    asyncio.run(visit())
+    app_returned.set()
+    deadline = time.monotonic() + 30
+    while not engine.slots.acquire(blocking=False):  # the job ends and frees its slot
+        assert time.monotonic() < deadline, "the request did not stop"
+        time.sleep(0.01)
+    assert len(evaluations) == 2  # of 50
+
+
 def test_run_grids_are_served_by_their_names_only(server, served_run):
     status, content_type, data = request(server, "GET", "/api/run/samples/epoch_001.png")
     assert (status, content_type) == (200, "image/png")

@@ -85,9 +85,13 @@ def stream(engine: Engine, work) -> StreamingResponse:
         cancelled = threading.Event()
 
         def send(name: str | None, data: dict | None = None) -> None:
+            if cancelled.is_set():  # nobody reads the stream any more
+                raise Cancelled
+            put = queue.put((name, data))
             try:
-                future = asyncio.run_coroutine_threadsafe(queue.put((name, data)), loop)
+                future = asyncio.run_coroutine_threadsafe(put, loop)
             except RuntimeError:  # the server's loop is gone
+                put.close()
                 raise Cancelled from None
             while True:
                 try:
