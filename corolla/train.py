@@ -107,7 +107,7 @@ def build(config: Config, device: torch.device) -> tuple[DiffusionModel, torch.o
         model.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.network)
     model = model.to(device)
     model.accelerate(channels_last=config.train.channels_last, compile=config.train.compile,
-                     precision=config.train.precision)
+                     precision=precisions.resolve(config.train.precision, device))
     t = config.train
     optimizer = torch.optim.AdamW(model.network.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                   eps=t.adam_eps, betas=t.adam_betas, foreach=True)
