@@ -113,6 +113,18 @@ def run_trajectory(args) -> int:
     return 0
 
 
+def run_progress(args) -> int:
+    from .checkpoint import load_config, resolve
+    outputs.check_file(args.out, "--out")
+    config = load_config(resolve(args.run))
+    images, epochs = figures.learning_progress(args.run, config.data.image_size, config.train.grid_images,
+                                               args.epochs, args.images)
+    figures.check_grid_size(len(epochs), images.shape[1], config.data.image_size)
+    title = f"{Path(args.run).name}: the EMA network's samples from fixed noise after each epoch"
+    print(f"wrote {figures.plot_progress(images, epochs, args.out, title)}")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("schedules", help="plot signal and noise rates of the linear, cosine and offset cosine schedules")
     p.add_argument("--out", type=path_text, default="schedules.png")
@@ -161,3 +173,10 @@ def register(sub) -> None:
     p.add_argument("--per-row", type=positive_int, default=10, help="steps per band of the figure")
     p.add_argument("--out", type=path_text, default="traj.png")
     p.set_defaults(func=run_trajectory)
+
+    p = sub.add_parser("progress", help="a training run's per-epoch sample grids side by side: how it learned")
+    p.add_argument("run", type=path_text, help="run folder (holds samples/epoch_NNN.png)")
+    p.add_argument("--epochs", type=int_list, help="comma-separated epochs (default: every epoch with a grid)")
+    p.add_argument("--images", type=whole_number(1, 64), default=8, help="images of each grid, one row per epoch")
+    p.add_argument("--out", type=path_text, default="progress.png")
+    p.set_defaults(func=run_progress)

@@ -28,7 +28,7 @@ from . import samplers, schedules
 from .atomic import replacing
 from .diffusion import DiffusionModel
 from .generate import initial_noise, sample_from_noise
-from .grids import to_uint8
+from .grids import split_grid, to_uint8
 from .limits import MAX_FIGURE_PIXELS
 from .outputs import refuse_unless_file
 
@@ -427,3 +427,41 @@ def plot_training(run_dir: str | os.PathLike) -> Path | None:
     except Exception as error:  # noqa: BLE001 - see the docstring
         warnings.warn(f"could not draw {run_dir / 'loss.png'}: {error}", stacklevel=2)
         return None
+
+
+# -- how a run learned: its per-epoch grids side by side --------------------------------------------
+
+def epoch_grids(run_dir: str | os.PathLike) -> dict[int, Path]:
+    """epoch -> RUN/samples/epoch_NNN.png, the grid train draws from fixed noise after each epoch."""
+    found = {}
+    for path in (Path(run_dir) / "samples").glob("epoch_*.png"):
+        number = path.stem[len("epoch_"):]
+        if number.isdigit():
+            found[int(number)] = path
+    return dict(sorted(found.items()))
+
+
+def learning_progress(run_dir: str | os.PathLike, image_size: int, grid_images: int,
+                      epochs: Sequence[int] | None = None, images: int = 8) -> tuple[torch.Tensor, list[int]]:
+    """The first `images` tiles of each chosen epoch's grid -> ((epochs, images, 3, H, W) in [0, 1],
+    the epochs). The grids come from the same noise every epoch, so a column follows one image."""
+    grids = epoch_grids(run_dir)
+    chosen = list(grids) if epochs is None else list(epochs)
+    missing = [e for e in chosen if e not in grids]
+    if not chosen or missing:
+        have = f"epochs {min(grids)}-{max(grids)}" if grids else "none"
+        raise ValueError(f"no per-epoch grid for epoch(s) {missing or 'any'} in {Path(run_dir) / 'samples'} "
+                         f"(it has {have})")
+    images = min(images, grid_images)
+    rows = []
+    for epoch in chosen:
+        with Image.open(grids[epoch]) as grid:
+            tiles = split_grid(np.asarray(grid.convert("RGB")), grid_images, image_size)[:images]
+        rows.append(torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0)
+    return torch.stack(rows), chosen
+
+
+def plot_progress(images: torch.Tensor, epochs: Sequence[int], out: str | os.PathLike,
+                  title: str | None = None) -> Path:
+    return save_labelled_grid(images, out, row_labels=[f"epoch {e}" for e in epochs],
+                              title=title or "the EMA network's samples from fixed noise after each epoch")

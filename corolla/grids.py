@@ -35,6 +35,19 @@ def grid_array(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> n
     return out
 
 
+def split_grid(array: np.ndarray, count: int, side: int, ncol: int | None = None, pad: int = 2) -> np.ndarray:
+    """grid_array's inverse: a (rows*(side+pad)+pad, cols*(side+pad)+pad, C) array -> its first
+    `count` tiles as (count, side, side, C); a grid of another layout is a ValueError."""
+    ncol = ncol or math.ceil(math.sqrt(count))
+    nrow = math.ceil(count / ncol)
+    if array.shape[:2] != (nrow * (side + pad) + pad, ncol * (side + pad) + pad):
+        raise ValueError(f"a grid of {array.shape[1]}x{array.shape[0]} pixels is not {count} images of "
+                         f"{side} px in {ncol} columns")
+    return np.stack([array[pad + r * (side + pad): pad + r * (side + pad) + side,
+                           pad + q * (side + pad): pad + q * (side + pad) + side]
+                     for r, q in (divmod(i, ncol) for i in range(count))])
+
+
 def _save_png(array: np.ndarray, path: Path, clean: bool = True) -> None:
     """Write via a temporary file and rename, so an existing PNG is never left half-written."""
     refuse_unless_file(path, "image")

@@ -318,3 +318,40 @@ def test_plot_training_never_raises_on_short_logs(tmp_path):
 def test_plot_training_on_a_real_run(run_dir):
     assert figures.plot_training(run_dir) == run_dir / "loss.png"
     assert png(run_dir / "loss.png").size == (700, 400)
+
+
+# -- learning progress ----------------------------------------------------------------------------
+
+def test_split_grid_returns_the_tiles_grid_array_drew():
+    from corolla.grids import grid_array, split_grid
+    images = torch.rand(10, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    tiles = split_grid(grid_array(images), 10, 12)
+    assert np.array_equal(tiles, to_uint8(images))
+    with pytest.raises(ValueError, match="is not 9 images of 12 px"):
+        split_grid(grid_array(images), 9, 12)
+
+
+def test_progress_command_stacks_the_same_tiles_of_every_epoch(run_dir, tmp_path, capsys):
+    import shutil
+    from corolla.grids import save_grid
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, symlinks=True)
+    config = checkpoint.load_config(checkpoint.resolve(run))
+    side, count = config.data.image_size, config.train.grid_images
+    grids = {epoch: torch.rand(count, 3, side, side, generator=torch.Generator().manual_seed(epoch))
+             for epoch in (1, 2, 5)}
+    for epoch, images in grids.items():
+        save_grid(images, run / "samples" / f"epoch_{epoch:03d}.png")
+
+    images, epochs = figures.learning_progress(run, side, count, [5, 1], images=3)
+    assert epochs == [5, 1] and images.shape == (2, 3, 3, side, side)
+    assert torch.equal(images[0], torch.from_numpy(to_uint8(grids[5][:3])).permute(0, 3, 1, 2).float() / 255)
+    assert torch.equal(images[1], torch.from_numpy(to_uint8(grids[1][:3])).permute(0, 3, 1, 2).float() / 255)
+
+    out = tmp_path / "progress.png"
+    assert cli.main(["progress", str(run), "--images", "2", "--out", str(out)]) == 0
+    geo = figures.grid_geometry(3, 2, side, row_labels=["epoch 1", "epoch 2", "epoch 5"], title="t")
+    assert png(out).size[1] == geo.height
+    assert cli.main(["progress", str(run), "--epochs", "1,3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no per-epoch grid for epoch(s) [3]" in err and "it has epochs 1-5" in err
