@@ -526,7 +526,7 @@ def test_screenshot_for_the_readme(browser, served_run):
     from corolla import pretrained
     shipped, config = pretrained.load_pretrained()
     run = Path(os.environ.get("COROLLA_SCREENSHOT_RUN", served_run))
-    served = Server(create_app(Engine(shipped, config.data.image_size, "shipped model flowers32"), run))
+    served = Server(create_app(Engine(shipped, config.data.image_size, f"shipped model {pretrained.DEFAULT}"), run))
     try:
         opened = browser.new_page(viewport={"width": 1100, "height": 800})
         opened.set_default_timeout(60_000)
