@@ -9,7 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import checkpoint, config as configs, data, distributed, limits, outputs, runfolder, samplers, schedules
+from . import checkpoint, conditioning, config as configs, data, distributed, limits, outputs, runfolder, samplers
+from . import schedules
 from . import precision as precisions
 from .train import Interrupted, TrainingError
 
@@ -59,6 +60,18 @@ def eta(text: str) -> float:
     return value
 
 
+def guidance(text: str) -> float:
+    """A classifier-free guidance scale: 0 (unconditional) to limits.MAX_GUIDANCE."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not a number") from None
+    if not 0 <= value <= limits.MAX_GUIDANCE:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: must be 0 (unconditional) to "
+                                         f"{limits.MAX_GUIDANCE:g}; 1 is the conditional model alone")
+    return value
+
+
 def path_text(text: str) -> str:
     """A file or folder argument: an empty one would silently mean '.' or the default."""
     if not text.strip():
@@ -66,21 +79,22 @@ def path_text(text: str) -> str:
     return text
 
 
-def positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} is not allowed: must be a positive number")
     return value
 
 
 def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not allowed: must be at least 0 and below 1")
     return value
@@ -150,6 +164,15 @@ def _add_train(sub) -> None:
                    help="keep the EMA weights of the best evaluation in RUN/best")
     p.add_argument("--log", action="append", choices=["tensorboard", "wandb"], default=[],
                    help="also report to TensorBoard (RUN/tensorboard) or W&B (RUN/wandb); repeat for both")
+    p.add_argument("--conditional", action="store_true",
+                   help="learn the data's classes (one sub-folder per class, or --labels) for sample --class, "
+                        "with classifier-free guidance")
+    p.add_argument("--labels", metavar="FILE", type=path_text,
+                   help="with --conditional: a CSV giving each image's class (columns image, and label "
+                        "and/or class_name) instead of sub-folders")
+    p.add_argument("--label-dropout", type=fraction,
+                   help="with --conditional: share of images trained with the null label, so the model also "
+                        "samples unconditionally (default 0.1)")
     p.set_defaults(func=run_train)
 
 
@@ -170,6 +193,12 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", type=path_text, help="grid PNG to write (default samples.png; none with --each alone)")
     p.add_argument("--each", metavar="DIR", type=path_text,
                    help="write one PNG per image into DIR, each as soon as its batch is made")
+    p.add_argument("--class", dest="classes", action="append", metavar="CLASS",
+                   help="a class of a conditional model, by name or number (`corolla classes` lists them); "
+                        "repeat for one row of -n images each; none: unconditional")
+    p.add_argument("--guidance", type=guidance,
+                   help="with --class: classifier-free guidance, 0 unconditional, 1 the conditional model, more "
+                        f"follows the class more closely at the cost of variety (default {conditioning.DEFAULT_GUIDANCE:g})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_sample)
 
@@ -217,7 +246,7 @@ def load_model_for(args, device=None):
 
 # Modules that add subcommands: each has register(subparsers), whose parsers set_defaults(func=...).
 COMMAND_MODULES: list[str] = ["cli_figures", "cli_evaluate", "cli_models", "cli_download", "cli_serve",
-                              "cli_edit"]
+                              "cli_edit", "cli_classes"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -241,7 +270,8 @@ def train_config(args, base: configs.Config | None = None) -> configs.Config:
                                        "channels_last": args.channels_last, "compile": args.compile,
                                        "precision": args.precision, "sync_bn": args.sync_bn, "eval_every": args.eval_every,
                                        "eval_samples": args.eval_samples, "eval_steps": args.eval_steps,
-                                       "keep_best": args.keep_best}.items() if v is not None}
+                                       "keep_best": args.keep_best, "label_dropout": args.label_dropout}.items()
+                     if v is not None}
     if getattr(args, "val_data", None) and data_changes.get("val_fraction"):
         raise ValueError("--val-data and --val-fraction both choose the held-out images; give one")
     if getattr(args, "val_data", None):
@@ -262,6 +292,8 @@ def run_train(args) -> int:
     config = train_config(args)
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in --out, --overwrite replaces it: give one")
+    if not args.conditional and not args.resume and (args.labels or args.label_dropout is not None):
+        raise ValueError("--labels and --label-dropout are for a class-conditional run: add --conditional")
     runfolder.check_free(out)  # before reading a run that another process may be writing
     if args.resume:
         if not (out / "latest").exists():
@@ -275,49 +307,64 @@ def run_train(args) -> int:
             raise ValueError(f"--resume continues {out} with its saved config; only "
                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))} may change, "
                              f"not {', '.join(changed)}")
+        if args.conditional and not saved.unet.classes:
+            raise ValueError(f"--resume continues {out}, which was trained without --conditional; a run cannot "
+                             f"become conditional (start a new one)")
         config = train_config(args, saved)
     folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
-                   max_steps=args.max_steps, val_dir=args.val_data, overwrite=args.overwrite, report_to=args.log)
+                   max_steps=args.max_steps, val_dir=args.val_data, overwrite=args.overwrite, report_to=args.log,
+                   conditional=args.conditional, labels_file=args.labels)
     print(f"checkpoint: {folder}\nsample grid: {out / 'grid.png'}\nmetrics: {out / 'metrics.jsonl'}")
     return 0
 
 
 def run_sample(args) -> int:
+    import torch
     from tqdm import tqdm
+    from .generate import class_labels
     from .grids import save_each, save_grid
     from .train import resolve_device
+    if args.guidance is not None and not args.classes:
+        raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
     # every output is checked before any work: an unwritable one must not cost the sampling
     grid = outputs.check_file(args.out or "samples.png", "--out") if args.out or not args.each else None
     each = outputs.check_folder(args.each, "--each") if args.each else None
     world, device = distributed.init(resolve_device(args.device))
     model, config, _ = load_model_for(args, device)
     size = config.data.image_size
+    # one row of -n images per --class (image j of every row starts from the same noise); checked now
+    rows = [class_labels(model, name, 1) for name in args.classes] if args.classes else [None]
+    guided = conditioning.DEFAULT_GUIDANCE if args.guidance is None else args.guidance
     stream = each is not None and not world.distributed  # under torchrun, rank 0 writes all once gathered
     if grid is not None or not stream:
-        limits.check_held_images(args.num_images, size, "-n (a grid holds every image; --each DIR without "
-                                 "--out writes them one batch at a time)", model.network.config.channels)
+        limits.check_held_images(args.num_images * len(rows), size, "-n (a grid holds every image; --each DIR "
+                                 "without --out writes them one batch at a time)", model.network.config.channels)
     share = distributed.shard(args.num_images, world)
-    bar = tqdm(total=len(share), desc="sampling", unit="image", dynamic_ncols=True,
+    bar = tqdm(total=len(share) * len(rows), desc="sampling", unit="image", dynamic_ncols=True,
                disable=args.no_progress or not world.is_main)
-
-    def made(first: int, images) -> None:
-        if stream:
-            save_each(images, each, start=first)
-        bar.update(len(images))
-    images = distributed.generate_all(model, args.num_images, on_batch=made, keep=grid is not None or not stream,
-                                      steps=args.steps, seed=args.seed, sampler=args.sampler, eta=args.eta,
-                                      batch_size=args.batch_size, image_size=size,
-                                      grid=args.grid or ("uniform" if args.sampler == "ddim" else "logsnr"))
+    prefixes = ["" if number is None else f"class{number}-" for number in rows]  # image j of class c: classC-0000j.png
+    kept = []
+    for number, prefix in zip(rows, prefixes):
+        def made(first: int, images, prefix=prefix) -> None:
+            if stream:
+                save_each(images, each, start=first, prefix=prefix)
+            bar.update(len(images))
+        kept.append(distributed.generate_all(model, args.num_images, on_batch=made,
+                                             keep=grid is not None or not stream, steps=args.steps, seed=args.seed,
+                                             sampler=args.sampler, eta=args.eta, batch_size=args.batch_size,
+                                             image_size=size, classes=number, guidance=guided,
+                                             grid=args.grid or ("uniform" if args.sampler == "ddim" else "logsnr")))
     bar.close()
     distributed.shutdown(world)
     if not world.is_main:
         return 0
     if grid is not None:
-        print(f"wrote {save_grid(images, grid)}")
+        print(f"wrote {save_grid(torch.cat(kept), grid, ncol=args.num_images if args.classes else None)}")
     if each is not None:
         if not stream:
-            save_each(images, each)
-        print(f"wrote {args.num_images} images to {each}")
+            for prefix, images in zip(prefixes, kept):
+                save_each(images, each, prefix=prefix)
+        print(f"wrote {args.num_images * len(rows)} images to {each}")
     return 0
 
 

@@ -105,10 +105,7 @@ def test_every_number_has_a_bound_and_every_refusal_is_one_line(argv, message, m
     monkeypatch.setattr(data, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
     monkeypatch.chdir(tmp_path)
     argv = [str(model_dir) if a == "MODEL" else a for a in argv]
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit:
-        code = exit.code
+    code = cli.main(argv)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("corolla: error: ") and err.count("\n") == 1 and message in err, err
     assert len(err) < 700 and not any(tmp_path.iterdir())

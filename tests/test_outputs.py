@@ -83,10 +83,7 @@ def _snapshot(folder: Path) -> dict:
 
 
 def _refused(argv: list[str], capsys, message: str) -> None:
-    try:
-        code = cli.main(argv)
-    except SystemExit as exit:
-        code = exit.code
+    code = cli.main(argv)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("corolla: error: ") and err.count("\n") == 1 and message in err, err
 
