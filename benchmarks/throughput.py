@@ -39,6 +39,9 @@ from corolla.train import build, resolve_device, train_step
 
 DEFAULT_VARIANTS = "eager,channels_last,channels_last+compile,channels_last+compile@1"
 OPTIONS = ("channels_last", "compile", "bf16")
+# what a variant child measures; scaling.py times training and sampling in separate children so
+# that each peak memory is that part's own. "check" repeats the first step and images: it needs both.
+PARTS = ("train", "sample", "check")
 
 
 # -- one variant, in a child process -----------------------------------------------------------
@@ -97,6 +100,7 @@ def measure_variant(spec: dict) -> dict:
     config = spec_config(spec)
     device = resolve_device(spec["device"])
     options, _ = variant_options(spec["variant"])
+    parts = spec.get("parts", PARTS)
     size, batch = config.data.image_size, config.train.batch_size
     result: dict = {"variant": spec["variant"], "threads": torch.get_num_threads()}
     result["matmul_gflops"] = matmul_peak(device)
@@ -106,35 +110,36 @@ def measure_variant(spec: dict) -> dict:
         gen = torch.Generator(device=device).manual_seed(0)
         return torch.rand((batch, 3, size, size), generator=gen, device=device), gen
 
-    # training: warm-up steps compile; then the timed steps
     model, optimizer = build_variant(config, device, options)
-    images, gen = first_batch()
-    first_loss = train_step(model, optimizer, [images], [gen], config.train.ema).item()
-    train_step(model, optimizer, [images], [gen], config.train.ema)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(spec["train_steps"]):
-        loss = train_step(model, optimizer, [images], [gen], config.train.ema)
-    loss.item()  # the only host sync of the timed steps
-    result["train_ips"] = spec["train_steps"] * batch / (time.perf_counter() - start)
-    result["train_rss_gib"] = peak_rss_gib()
-
-    # sampling with the trained weights as the EMA network (a 0.999 average is still its
-    # starting point after five steps); one step at the timed batch size compiles
-    model.ema_network.load_state_dict(model.network.state_dict())
-    model.eval()
-    sample_batch = min(spec["sample_batch"], spec["sample_images"])
-    one_step = generate(model, sample_batch, 1, image_size=size, batch_size=sample_batch)
-    result["sample_s"] = {}
-    for sampler, steps in spec["sampling"]:
+    if "train" in parts:  # warm-up steps compile; then the timed steps
+        images, gen = first_batch()
+        first_loss = train_step(model, optimizer, [images], [gen], config.train.ema).item()
+        train_step(model, optimizer, [images], [gen], config.train.ema)
         sync(device)
         start = time.perf_counter()
-        generate(model, spec["sample_images"], steps, sampler=sampler, image_size=size, batch_size=sample_batch)
-        sync(device)
-        result["sample_s"][f"{sampler}:{steps}"] = time.perf_counter() - start
+        for _ in range(spec["train_steps"]):
+            loss = train_step(model, optimizer, [images], [gen], config.train.ema)
+        loss.item()  # the only host sync of the timed steps
+        result["train_ips"] = spec["train_steps"] * batch / (time.perf_counter() - start)
+        result["train_rss_gib"] = peak_rss_gib()
+
+    if "sample" in parts:
+        # sampling with the trained weights as the EMA network (a 0.999 average is still its
+        # starting point after five steps); one step at the timed batch size compiles
+        model.ema_network.load_state_dict(model.network.state_dict())
+        model.eval()
+        sample_batch = min(spec["sample_batch"], spec["sample_images"])
+        one_step = generate(model, sample_batch, 1, image_size=size, batch_size=sample_batch)
+        result["sample_s"] = {}
+        for sampler, steps in spec["sampling"]:
+            sync(device)
+            start = time.perf_counter()
+            generate(model, spec["sample_images"], steps, sampler=sampler, image_size=size, batch_size=sample_batch)
+            sync(device)
+            result["sample_s"][f"{sampler}:{steps}"] = time.perf_counter() - start
     result["peak_rss_gib"] = peak_rss_gib()
 
-    if any(options.values()):  # the same first step and the same one-step images on the eager path
+    if "check" in parts and any(options.values()):  # the first step and one-step images again, eager
         eager, eager_optimizer = build_variant(config, device, {o: False for o in OPTIONS})
         images, gen = first_batch()
         result["loss_diff"] = abs(train_step(eager, eager_optimizer, [images], [gen], config.train.ema).item()
@@ -215,6 +220,14 @@ def profile_variant(spec: dict) -> dict:
 
 # -- the parent: run children, print one table ----------------------------------------------
 
+class ChildFailed(RuntimeError):
+    """A child process that exited without a result (scaling.py tells a refusal from running out of memory)."""
+
+    def __init__(self, message: str, returncode: int, stderr: str):
+        super().__init__(message)
+        self.returncode, self.stderr = returncode, stderr
+
+
 def run_child(kind: str, spec: dict, threads: int | None) -> dict:
     env = dict(os.environ)
     if threads is not None:  # before the OpenMP runtime starts, for every library that reads it
@@ -223,7 +236,8 @@ def run_child(kind: str, spec: dict, threads: int | None) -> dict:
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{kind} child for {spec.get('variant', '')} failed:\n{done.stderr[-3000:]}")
+        raise ChildFailed(f"{kind} child for {spec.get('variant', '')} failed:\n{done.stderr[-3000:]}",
+                          done.returncode, done.stderr)
     return json.loads(lines[-1][len("RESULT "):])
 
 
