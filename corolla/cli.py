@@ -60,18 +60,6 @@ def eta(text: str) -> float:
     return value
 
 
-def guidance(text: str) -> float:
-    """A classifier-free guidance scale: 0 (unconditional) to limits.MAX_GUIDANCE."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not a number") from None
-    if not 0 <= value <= limits.MAX_GUIDANCE:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} is not allowed: must be 0 (unconditional) to "
-                                         f"{limits.MAX_GUIDANCE:g}; 1 is the conditional model alone")
-    return value
-
-
 def path_text(text: str) -> str:
     """A file or folder argument: an empty one would silently mean '.' or the default."""
     if not text.strip():
@@ -97,6 +85,15 @@ def fraction(text: str) -> float:
     value = _number(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not allowed: must be at least 0 and below 1")
+    return value
+
+
+def guidance(text: str) -> float:
+    """A classifier-free guidance scale: 0 (unconditional) to limits.MAX_GUIDANCE."""
+    value = _number(text)
+    if not 0 <= value <= limits.MAX_GUIDANCE:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: must be 0 (unconditional) to "
+                                         f"{limits.MAX_GUIDANCE:g}; 1 is the conditional model alone")
     return value
 
 

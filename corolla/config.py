@@ -15,6 +15,7 @@ class DataConfig:
     shuffle_seed: int = 42        # image_dataset_from_directory(seed=42)
     val_fraction: float = 0.05    # held out for the validation loss; 0 trains on every image, as the reference
     crop: bool = False            # False squashes the whole image to the square (the reference)
+    class_counts: tuple[int, ...] = ()  # training images per class of a conditional run (`corolla classes`)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class TrainConfig:
     eval_samples: int = 128
     eval_steps: int = 10
     keep_best: str = ""           # a metric (swd, heldout_loss, kid, fid) whose best EMA weights go to run/best
+    # conditional runs: the share of images trained with the null label instead of their class, so
+    # one network also learns the unconditional prediction (Ho and Salimans 2022; corolla.conditioning)
+    label_dropout: float = 0.1
 
 
 @dataclass(frozen=True)

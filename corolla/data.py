@@ -269,10 +269,13 @@ def channel_statistics(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 class Split:
     train: torch.Tensor  # (N_train, 3, S, S) uint8
     val: torch.Tensor    # (N_val, 3, S, S) uint8, may be empty
+    train_labels: torch.Tensor | None = None  # (N_train,) class numbers, when labels were given
+    val_labels: torch.Tensor | None = None
 
 
-def split(images: torch.Tensor, val_fraction: float, seed: int = 42) -> Split:
-    """Shuffle with `seed` (the reference's seed 42) and hold out the last val_fraction."""
+def split(images: torch.Tensor, val_fraction: float, seed: int = 42, labels: torch.Tensor | None = None) -> Split:
+    """Shuffle with `seed` (the reference's seed 42) and hold out the last val_fraction; labels
+    (N,), one class number per image, are split alike."""
     order = torch.from_numpy(np.random.default_rng(seed).permutation(images.shape[0]))
     n_val = int(round(images.shape[0] * val_fraction))
     if val_fraction > 0 and n_val == 0:
@@ -280,8 +283,11 @@ def split(images: torch.Tensor, val_fraction: float, seed: int = 42) -> Split:
     if n_val >= images.shape[0]:
         raise DataError(f"{images.shape[0]} image(s) cannot be split into training and validation; "
                         f"use more images or --val-fraction 0")
-    shuffled = images[order]
-    return Split(train=shuffled[:images.shape[0] - n_val], val=shuffled[images.shape[0] - n_val:])
+    shuffled, kept = images[order], images.shape[0] - n_val
+    parts = Split(train=shuffled[:kept], val=shuffled[kept:])
+    if labels is not None:
+        parts.train_labels, parts.val_labels = labels[order][:kept], labels[order][kept:]
+    return parts
 
 
 def epoch_order(n: int, repetitions: int, seed: int, epoch: int) -> torch.Tensor:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import conditioning, schedules
 from . import precision as precisions
-from . import schedules
 from .unet import UNet, UNetConfig
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
@@ -111,32 +111,39 @@ class DiffusionModel(nn.Module):
         self._forward[False] = forward
 
     def denoise(self, noisy_images: torch.Tensor, noise_rates: torch.Tensor, signal_rates: torch.Tensor,
-                ema: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (pred_noises, pred_images); rates are (B,1,1,1). ema picks the EMA network."""
+                ema: bool = True, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (pred_noises, pred_images); rates are (B,1,1,1). ema picks the EMA network; labels
+        (B,) the classes of a conditional network (None: the unconditional prediction)."""
         network = self._forward.get(ema)  # not `or`: a compiled module has no truth value
         if network is None:
             network = self.ema_network if ema else self.network
         if self._channels_last:
             noisy_images = noisy_images.contiguous(memory_format=torch.channels_last)
         with precisions.autocast(self.precision, noisy_images.device):
-            pred_noises = network(noisy_images, noise_rates ** 2)
+            pred_noises = network(noisy_images, noise_rates ** 2, labels)
         pred_noises = pred_noises.float()
         pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
         return pred_noises, pred_images
 
-    def ema_denoiser(self) -> Denoiser:
-        """The EMA network as the stateless function samplers call."""
-        return lambda x, n, s: self.denoise(x, n, s, ema=True)
+    def ema_denoiser(self, labels: torch.Tensor | None = None,
+                     guidance: float = conditioning.DEFAULT_GUIDANCE) -> Denoiser:
+        """The EMA network as the stateless function samplers call; with labels (B,), guided
+        towards those classes (conditioning.guided_denoiser)."""
+        if labels is None:
+            return lambda x, n, s: self.denoise(x, n, s, ema=True)
+        return conditioning.guided_denoiser(lambda x, n, s, l: self.denoise(x, n, s, ema=True, labels=l),
+                                            labels, guidance, len(self.network.config.classes))
 
     def noise_loss(self, images: torch.Tensor, noises: torch.Tensor, diffusion_times: torch.Tensor,
-                   ema: bool = False) -> torch.Tensor:
+                   ema: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean absolute error between the drawn and the predicted noise.
 
-        images: (B,C,H,W) in [0, 1]; noises like images; diffusion_times (B,1,1,1)."""
+        images: (B,C,H,W) in [0, 1]; noises like images; diffusion_times (B,1,1,1); labels (B,)
+        the classes of a conditional network, or None."""
         images = self.normalizer.normalize(images)
         noise_rates, signal_rates = self.schedule(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
-        pred_noises, _ = self.denoise(noisy_images, noise_rates, signal_rates, ema=ema)
+        pred_noises, _ = self.denoise(noisy_images, noise_rates, signal_rates, ema=ema, labels=labels)
         return F.l1_loss(pred_noises, noises)
 
     @torch.no_grad()

@@ -1,17 +1,23 @@
 """Seeded, batched generation: image i of a seed is the same whatever the batch it is drawn in.
 
 Each image owns a torch.Generator seeded from (seed, image index), which draws its initial noise
-and then, for stochastic samplers, its per-step noise; batching only stacks these draws.
+and then, for stochastic samplers, its per-step noise; batching only stacks these draws. A class
+asked of a conditional model draws nothing, so image i of a seed starts from the same noise
+whatever its class.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from . import samplers
+from .conditioning import DEFAULT_GUIDANCE
 from .diffusion import DiffusionModel
+from .labels import class_number
+
+Classes = int | str | Sequence[int | str] | None  # one class (name or number) for all images, one per image, or none
 
 
 class NotFinite(ValueError):
@@ -34,14 +40,33 @@ def initial_noise(seed: int, indices: range | list[int], shape: tuple[int, int, 
     return _draw([image_generator(seed, i) for i in indices], shape)
 
 
+def class_labels(model: DiffusionModel, classes: Classes, count: int) -> int | torch.Tensor | None:
+    """`classes` as generate takes them -> None (unconditional), one class number for every image,
+    or (count,) class numbers; names and numbers are checked against the model's classes."""
+    if classes is None:
+        return None
+    names = model.network.config.classes
+    if not names:
+        raise ValueError("this model is not class-conditional (it was trained without --conditional): "
+                         "sample it without classes")
+    if isinstance(classes, (int, str)):
+        return class_number(names, classes)
+    if len(classes) != count:
+        raise ValueError(f"{len(classes)} classes for {count} images: give one class, or one per image")
+    return torch.tensor([class_number(names, c) for c in classes], dtype=torch.long)
+
+
 @torch.inference_mode()
 def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sampler: str = "ddim",
                       eta: float = 0.0, generators: list[torch.Generator] | None = None,
-                      grid: str = "uniform") -> torch.Tensor:
+                      grid: str = "uniform", labels: torch.Tensor | None = None,
+                      guidance: float = DEFAULT_GUIDANCE) -> torch.Tensor:
     """Decode a batch of initial noises with the EMA network -> images in [0, 1], (B,C,H,W).
 
     `steps` network evaluations on the named time grid (samplers.GRIDS; "uniform" is the
-    reference's). `generators` (one per image, already past its initial noise) feed stochastic steps."""
+    reference's). `generators` (one per image, already past its initial noise) feed stochastic steps.
+    labels (B,): the class of each image of a conditional model, at classifier-free `guidance`
+    (corolla.conditioning); None samples it unconditionally."""
     model.eval()
     device = next(model.parameters()).device
     times = samplers.get_grid(grid, steps, model.schedule)
@@ -49,7 +74,8 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
     if generators is not None:
         noise_fn = lambda: _draw(generators, tuple(noise.shape[1:])).to(device)
     run = samplers.get(sampler)
-    pred_images = run(model.ema_denoiser(), model.schedule, noise.to(device), times, eta=eta, noise_fn=noise_fn)
+    denoise = model.ema_denoiser(None if labels is None else labels.to(device), guidance)
+    pred_images = run(denoise, model.schedule, noise.to(device), times, eta=eta, noise_fn=noise_fn)
     if not torch.isfinite(pred_images).all():  # the clamp of denormalize would hide an infinity
         raise NotFinite("the network's predictions hold NaN or infinite values: this model's weights do not "
                         "make images")
@@ -58,20 +84,30 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
 
 def generate_batches(model: DiffusionModel, num_images: int, steps: int = 20, seed: int = 0, sampler: str = "ddim",
                      eta: float = 0.0, batch_size: int = 64, image_size: int = 64, start: int = 0,
-                     grid: str = "uniform") -> Iterator[tuple[int, torch.Tensor]]:
+                     grid: str = "uniform", classes: Classes = None,
+                     guidance: float = DEFAULT_GUIDANCE) -> Iterator[tuple[int, torch.Tensor]]:
     """generate() one batch at a time -> (index of the batch's first image, its images), so that
     any number of images can be written as they are made."""
     shape = (model.network.config.channels, image_size, image_size)
+    wanted = class_labels(model, classes, num_images)  # checked before any work
     for first in range(start, start + num_images, batch_size):
         indices = range(first, min(first + batch_size, start + num_images))
         generators = [image_generator(seed, i) for i in indices]
         noise = _draw(generators, shape)
-        yield first, sample_from_noise(model, noise, steps, sampler, eta, generators if eta > 0 else None, grid)
+        labels = (None if wanted is None else torch.full((len(indices),), wanted) if isinstance(wanted, int)
+                  else wanted[first - start:first - start + len(indices)])
+        yield first, sample_from_noise(model, noise, steps, sampler, eta, generators if eta > 0 else None, grid,
+                                       labels, guidance)
 
 
 def generate(model: DiffusionModel, num_images: int, steps: int = 20, seed: int = 0, sampler: str = "ddim",
              eta: float = 0.0, batch_size: int = 64, image_size: int = 64, start: int = 0,
-             grid: str = "uniform") -> torch.Tensor:
-    """Images start..start+num_images-1 of `seed` -> (num_images, C, H, W) in [0, 1]."""
+             grid: str = "uniform", classes: Classes = None, guidance: float = DEFAULT_GUIDANCE) -> torch.Tensor:
+    """Images start..start+num_images-1 of `seed` -> (num_images, C, H, W) in [0, 1].
+
+    classes (a conditional model): one class for every image or one per image, each a name or a
+    number (labels.class_number), drawn at classifier-free `guidance` (corolla.conditioning: 0 is
+    unconditional, 1 conditional, more is more of the class); None samples unconditionally."""
     return torch.cat([images for _, images in generate_batches(model, num_images, steps, seed, sampler, eta,
-                                                               batch_size, image_size, start, grid)])
+                                                               batch_size, image_size, start, grid, classes,
+                                                               guidance)])

@@ -28,6 +28,9 @@ MAX_BATCH = 4096
 MAX_EPOCHS = 1_000_000
 MAX_REPETITIONS = 1000         # the data set repeated per epoch (the reference: 5)
 MAX_EVAL_SAMPLES = 50_000      # images scored by one evaluation (the usual FID count)
+MAX_CLASSES = 100_000          # classes of a conditional network (ImageNet-21k has 21,841)
+MAX_CLASS_NAME = 200           # characters of one class name
+MAX_GUIDANCE = 100.0           # classifier-free guidance scale (useful values: 1 to 10)
 MAX_IMAGES = 10_000_000        # corolla sample -n, streamed to --each
 MAX_HELD_BYTES = 2 ** 32       # generated images held at once as float32 (a grid, an evaluation)
 MAX_FIGURE_PIXELS = 2 ** 26    # the canvas of a labelled figure (200 MB as RGB)
@@ -88,6 +91,18 @@ def text(pattern: re.Pattern, meaning: str) -> Rule:
     return lambda v: None if isinstance(v, str) and pattern.fullmatch(v) else meaning
 
 
+def is_class_name(name) -> bool:
+    """Printable (one line in every listing and error), not blank, at most MAX_CLASS_NAME characters."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_CLASS_NAME and name.isprintable() and bool(name.strip())
+
+
+def class_names(v) -> str | None:
+    if isinstance(v, (tuple, list)) and len(v) <= MAX_CLASSES and all(map(is_class_name, v)) and len(set(v)) == len(v):
+        return None
+    return (f"a list of at most {MAX_CLASSES:,} distinct class names, each 1 to {MAX_CLASS_NAME} printable "
+            f"characters, not blank")
+
+
 SECTION_RULES: dict[str, dict[str, Rule]] = {
     "UNetConfig": {
         "widths": sequence(integer(1, MAX_WIDTH), 1, MAX_LEVELS),
@@ -97,6 +112,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "embedding_size": integer(2, MAX_EMBEDDING_SIZE, even=True),
         "embedding_max_frequency": number(0, 1e6, low_open=True),
         "channels": lambda v: None if v == 3 and _is_int(v) else "3 (corolla's images are RGB)",
+        "classes": class_names,
     },
     "DataConfig": {
         "image_size": integer(8, MAX_IMAGE_SIZE),
@@ -104,6 +120,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "shuffle_seed": integer(0, MAX_SEED),
         "val_fraction": number(0, 1, high_open=True),
         "crop": boolean,
+        "class_counts": sequence(integer(0, 2 ** 40), 0, MAX_CLASSES),
     },
     "TrainConfig": {
         "epochs": integer(1, MAX_EPOCHS),
@@ -129,6 +146,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "eval_samples": integer(1, MAX_EVAL_SAMPLES),
         "eval_steps": integer(1, MAX_STEPS),
         "keep_best": choice("", *KEEP_BEST_METRICS),
+        "label_dropout": number(0, 1, high_open=True),
     },
     "Config": {
         "preset": text(PRESET_NAME, "1 to 64 letters, digits, '_', '-' or '.'"),
@@ -171,5 +189,9 @@ def check_config(config) -> None:
     if config.data.image_size % 2 ** levels:
         raise ValueError(f"data.image_size = {config.data.image_size} is not allowed: the U-Net halves the image "
                          f"{levels} times (unet.widths), so it must be a multiple of {2 ** levels}")
+    classes, counts = config.unet.classes, config.data.class_counts
+    if counts and len(counts) != len(classes):
+        raise ValueError(f"data.class_counts holds {len(counts)} counts for {len(classes)} classes (unet.classes): "
+                         f"one per class, or none")
     check_held_images(config.train.eval_samples, config.data.image_size, "train.eval_samples",
                       config.unet.channels)

@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import atomic, checkpoint, data, distributed, loggers, runfolder
+from . import atomic, checkpoint, conditioning, data, distributed, labels, loggers, runfolder
 from . import precision as precisions
 from .config import Config
 from .diffusion import DiffusionModel, compile_for_training
@@ -82,19 +82,31 @@ class RunData:
     val: torch.Tensor
     mean: torch.Tensor
     variance: torch.Tensor
+    labels: labels.Labels | None = None       # a conditional run's classes and the folder's labels
+    train_labels: torch.Tensor | None = None  # (N_train,) class numbers
+    val_labels: torch.Tensor | None = None    # (N_val,)
 
 
-def prepare_data(config: Config, data_dir: str | Path | None, val_dir: str | Path | None = None) -> RunData:
-    """The training images and the held-out ones: a val_fraction of the folder, or all of val_dir."""
-    images, _ = data.load_folder(data_dir or data.bundled_dir(), config.data.image_size, config.data.crop)
-    parts = data.split(images, 0.0 if val_dir else config.data.val_fraction, config.data.shuffle_seed)
+def prepare_data(config: Config, data_dir: str | Path | None, val_dir: str | Path | None = None,
+                 conditional: bool = False, labels_file: str | Path | None = None) -> RunData:
+    """The training images and the held-out ones: a val_fraction of the folder, or all of val_dir.
+    A conditional run labels both (corolla.labels: sub-folders, or labels_file), in the config's
+    classes when it has them (a resumed run)."""
+    root = data_dir or data.bundled_dir()
+    images, names = data.load_folder(root, config.data.image_size, config.data.crop)
+    known = config.unet.classes or None
+    found = labels.read(names, root, labels_file, known) if conditional or known else None
+    parts = data.split(images, 0.0 if val_dir else config.data.val_fraction, config.data.shuffle_seed,
+                       None if found is None else found.numbers)
     if val_dir:
-        parts.val, _ = data.load_folder(val_dir, config.data.image_size, config.data.crop)
+        parts.val, val_names = data.load_folder(val_dir, config.data.image_size, config.data.crop)
+        if found is not None:
+            parts.val_labels = labels.read(val_names, val_dir, labels_file, found.classes).numbers
     if data.batches_per_epoch(parts.train.shape[0], config.data.repetitions, config.train.batch_size) == 0:
         raise data.DataError(f"{parts.train.shape[0]} training image(s) x {config.data.repetitions} repetitions "
                              f"do not fill one batch of {config.train.batch_size}; lower --batch-size")
     mean, variance = data.channel_statistics(parts.train)
-    return RunData(parts.train, parts.val, mean, variance)
+    return RunData(parts.train, parts.val, mean, variance, found, parts.train_labels, parts.val_labels)
 
 
 def build(config: Config, device: torch.device) -> tuple[DiffusionModel, torch.optim.Optimizer]:
@@ -128,13 +140,15 @@ def slot_generator(seed: int, step: int, slot: int, device: torch.device) -> tor
 
 def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor],
                generators: list[torch.Generator], decay: float, ddp: DistributedDataParallel | None = None,
-               world: distributed.World = distributed.World()) -> torch.Tensor:
+               world: distributed.World = distributed.World(), micro_labels: list[torch.Tensor] | None = None,
+               label_dropout: float = 0.0) -> torch.Tensor:
     """The reference's train step over one global batch: noise at uniform random times, L1 noise
     loss of the online network, an AdamW step, then the EMA update.
 
     micro_batches: this process's (B_micro, C, H, W) batches in [0, 1], one generator each; their
     gradients are averaged (accumulation here, DDP's all-reduce across processes) -> the mean loss
-    of this process, without a host sync."""
+    of this process, without a host sync. micro_labels: their class numbers (B_micro,) in a
+    conditional run, each dropped to the null label with probability label_dropout."""
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=micro_batches[0].device)
     for j, (images, generator) in enumerate(zip(micro_batches, generators)):
@@ -143,7 +157,11 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
         with contextlib.nullcontext() if sync else ddp.no_sync():
             noises = torch.randn(images.shape, generator=generator, device=images.device)
             times = torch.rand((images.shape[0], 1, 1, 1), generator=generator, device=images.device)
-            loss = model.noise_loss(images, noises, times)  # in the model's precision (autocast)
+            classes = None
+            if micro_labels is not None:  # drawn after the noise and times: those stay an unconditional run's
+                classes = conditioning.drop_labels(micro_labels[j], label_dropout,
+                                                   len(model.network.config.classes), generator)
+            loss = model.noise_loss(images, noises, times, labels=classes)  # in the model's precision (autocast)
             (loss / len(micro_batches)).backward()
         total += loss.detach()
     optimizer.step()
@@ -154,9 +172,10 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
 
 @torch.no_grad()
 def validation_loss(model: DiffusionModel, images: torch.Tensor, batch_size: int, seed: int,
-                    device: torch.device) -> float:
+                    device: torch.device, labels: torch.Tensor | None = None) -> float:
     """The reference's test step (EMA network, BatchNorm statistics frozen) over held-out images,
-    with noise and times drawn from a fixed seed so epochs compare fairly."""
+    with noise and times drawn from a fixed seed so epochs compare fairly. With labels (a
+    conditional run), the loss of the conditional prediction, no label dropped."""
     if images.shape[0] == 0:
         return float("nan")
     model.eval()
@@ -166,7 +185,8 @@ def validation_loss(model: DiffusionModel, images: torch.Tensor, batch_size: int
         batch = _as_float(images[first:first + batch_size], device)
         noises = torch.randn(batch.shape, generator=generator).to(device)
         times = torch.rand((batch.shape[0], 1, 1, 1), generator=generator).to(device)
-        total += model.noise_loss(batch, noises, times, ema=True).item() * batch.shape[0]
+        classes = None if labels is None else labels[first:first + batch_size].to(device)
+        total += model.noise_loss(batch, noises, times, ema=True, labels=classes).item() * batch.shape[0]
         count += batch.shape[0]
     return total / count
 
@@ -259,14 +279,16 @@ def micro_batch_size(config: Config, world: distributed.World) -> int:
 def train(config: Config, data_dir: str | Path | None = None, out: str | Path = "runs/train",
           device: str = "auto", resume: bool = False, progress: bool = True, max_steps: int | None = None,
           log=print, val_dir: str | Path | None = None, overwrite: bool = False,
-          report_to: Sequence[str] = ()) -> Path:
+          report_to: Sequence[str] = (), conditional: bool = False, labels_file: str | Path | None = None) -> Path:
     """Train (or resume) a run in `out`; returns the folder of its last checkpoint.
 
     Under torchrun each process trains its share of every global batch with DDP; only rank 0
     writes. max_steps stops early after that many optimiser steps in total. val_dir: held-out
     images for the validation loss instead of a val_fraction of data_dir. One process trains in
     a run folder at a time, and a fresh run refuses a folder holding another run's files unless
-    `overwrite`, which deletes them (runfolder.claim). report_to: trackers of corolla.loggers (rank 0 logs)."""
+    `overwrite`, which deletes them (runfolder.claim). report_to: trackers of corolla.loggers (rank 0 logs).
+    conditional: learn the classes of the data (sub-folders, or the CSV labels_file; corolla.labels)
+    with classifier-free guidance (corolla.conditioning); a config with classes is conditional anyway."""
     loggers.check(report_to)
     world, dev = distributed.init(resolve_device(device))
     run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
@@ -276,12 +298,13 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     if config.train.keep_best:
         checkpoint.check_replaceable(run_dir / "best")  # now, not at the first evaluation
     with runfolder.claim(run_dir, resume, overwrite) if world.is_main else contextlib.nullcontext():
-        return _train(config, data_dir, run_dir, world, dev, resume, progress, max_steps, log, val_dir, report_to)
+        return _train(config, data_dir, run_dir, world, dev, resume, progress, max_steps, log, val_dir, report_to,
+                      conditional, labels_file)
 
 
 def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: distributed.World, dev: torch.device,
            resume: bool, progress: bool, max_steps: int | None, log, val_dir: str | Path | None,
-           report_to: Sequence[str] = ()) -> Path:
+           report_to: Sequence[str] = (), conditional: bool = False, labels_file: str | Path | None = None) -> Path:
     """`train` in a run folder it holds."""
     # -- set up ---------------------------------------------------------------------------
     # the checkpoints record the precision used, never "auto"
@@ -291,10 +314,20 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
     saved = checkpoint.load_state(run_dir) if resume and (run_dir / "latest").exists() else {}
     # the run's own images unless others are given, and never other images than it trained on
     data_dir, val_dir = data_dir or saved.get("data_dir"), val_dir or saved.get("val_dir")
+    labels_file = labels_file or saved.get("labels_file")
     data_identity = data.identity(data_dir or data.bundled_dir(), dc.image_size, dc.crop)
     data.check_same_data(saved.get("data_identity"), data_identity, data_dir or data.bundled_dir())
-    run = prepare_data(config, data_dir, val_dir)
+    run = prepare_data(config, data_dir, val_dir, conditional, labels_file)
+    if run.labels is not None:  # the classes, and the training images of each, go into every checkpoint
+        counts = torch.bincount(run.train_labels, minlength=len(run.labels.classes))
+        config = config.replace(unet={"classes": run.labels.classes}, data={"class_counts": tuple(counts.tolist())})
+        data_identity["labels_key"] = run.labels.key()
+        recorded = saved.get("data_identity") if isinstance(saved.get("data_identity"), dict) else {}
+        if recorded.get("labels_key", data_identity["labels_key"]) != data_identity["labels_key"]:
+            raise data.DataError(f"the images of {data_dir or data.bundled_dir()} are not labelled as when the run "
+                                 f"started (the labels file or the class folders changed); start a new run")
     train_images = run.train.to(dev)  # uint8 on the device: no host copies in the loop
+    train_labels = None if run.train_labels is None else run.train_labels.to(dev)
     model, optimizer = build(config, dev)
     # room for two checkpoints: the new one is complete before the old one goes
     checkpoint.ensure_writable(run_dir, 2 * checkpoint.training_bytes(model, optimizer) + 2 ** 20)
@@ -336,6 +369,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
                  "running_loss": running.item(), "losses_since_log": losses_since_log, "log_lines": log_lines,
                  "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                  "val_dir": str(Path(val_dir).resolve()) if val_dir else None, "world_size": world.size,
+                 "labels_file": str(Path(labels_file).resolve()) if labels_file else None,
                  "best": best, "data_identity": data_identity}
         try:
             return checkpoint.save_training(run_dir, model, config, optimizer, state, {})
@@ -373,10 +407,13 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
             while batch_in_epoch < steps_per_epoch:
                 index = order[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
                 micro_batches = [_as_float(train_images[index[j * micro:(j + 1) * micro]], dev) for j in slots]
+                micro_labels = None if train_labels is None else [train_labels[index[j * micro:(j + 1) * micro]]
+                                                                  for j in slots]
                 generators = [slot_generator(tc.seed, step, j, dev) for j in slots]
                 for group in optimizer.param_groups:
                     group["eps"] = adam_epsilon(config, step)
-                loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world)
+                loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world,
+                                  micro_labels, tc.label_dropout)
                 step += 1
                 batch_in_epoch += 1
                 seen += tc.batch_size
@@ -405,9 +442,12 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
             epoch, batch_in_epoch = epoch + 1, 0
             val = float("nan")
             if world.is_main:
-                val = validation_loss(model, run.val, tc.batch_size, tc.seed, dev)
+                val = validation_loss(model, run.val, tc.batch_size, tc.seed, dev, run.val_labels)
+                # a conditional run's image i shows class i mod classes, at the default guidance
+                classes = [i % len(config.unet.classes) for i in range(tc.grid_images)] if config.unet.classes else None
                 try:
-                    grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=dc.image_size)
+                    grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=dc.image_size,
+                                    classes=classes)
                 except NotFinite:  # a diverging run: the loss check stops it at its next log line
                     say(f"epoch {epoch}: the EMA network's samples are not finite; no sample grid written")
                 else:

@@ -6,6 +6,9 @@ pooling) push skips; residual blocks at the bottom; UpBlocks (bilinear 2x upsamp
 concatenate a skip and apply a residual block, block_depth times); a zero-initialised 1x1 conv.
 Initialisation follows Keras (Glorot-uniform kernels, zero biases) and BatchNorm follows Keras
 (no centre/scale, epsilon 1e-3, momentum 0.99), so the default network matches the reference.
+
+A class-conditional network (config.classes not empty) adds a learned class embedding to the
+noise embedding before it is broadcast (corolla.conditioning); without classes it is the reference.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conditioning import ClassEmbedding
 from .limits import check_section
 
 KERAS_BN_EPS = 1e-3
@@ -30,6 +34,9 @@ class UNetConfig:
     embedding_size: int = 32
     embedding_max_frequency: float = 1000.0
     channels: int = 3
+    # names of the classes a conditional network takes, class number i = classes[i] (the
+    # network's vocabulary, as id2label in a Hugging Face config); empty: unconditional
+    classes: tuple[str, ...] = ()
 
 
 def sinusoidal_embedding(noise_variances: torch.Tensor, size: int = 32,
@@ -121,12 +128,26 @@ class UNet(nn.Module):
             self.up.append(UpBlock(ch, popped, width))
             ch = width
         self.head = _keras_conv(ch, c.channels, 1, zero=True)
+        # Added to the noise embedding rather than concatenated as channels of its own: both are
+        # constant over the image and first meet linear maps (the first block's BatchNorm and
+        # convolutions), where a concatenated class vector would act as a learned per-class bias,
+        # as the added one does. Adding costs no channels and leaves every other weight's shape the
+        # reference's: embedding_size x (classes + 1) parameters more, nothing else.
+        self.class_embedding = ClassEmbedding(len(c.classes), c.embedding_size) if c.classes else None
 
-    def forward(self, noisy_images: torch.Tensor, noise_variances: torch.Tensor) -> torch.Tensor:
+    def forward(self, noisy_images: torch.Tensor, noise_variances: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """labels (B,): class numbers of a conditional network; None there is the null label
+        (the unconditional prediction)."""
         c = self.config
         x = self.stem(noisy_images)
         # in the variances' own precision: sin(2 pi 1000 v) is ill-conditioned, bfloat16 would garble it
-        emb = sinusoidal_embedding(noise_variances, c.embedding_size, c.embedding_max_frequency).to(x.dtype)
+        emb = sinusoidal_embedding(noise_variances, c.embedding_size, c.embedding_max_frequency)
+        if self.class_embedding is not None:
+            emb = emb + self.class_embedding(labels, x.shape[0])
+        elif labels is not None:
+            raise ValueError("this network is not class-conditional: it takes no labels")
+        emb = emb.to(x.dtype)
         # nearest upsampling of a 1x1 map is a broadcast over the image
         x = torch.cat([x, emb.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
         skips: list[torch.Tensor] = []

@@ -57,10 +57,10 @@ def _step_inputs(monkeypatch) -> list[tuple[float, float, float]]:
     seen = []
     original = DiffusionModel.noise_loss
 
-    def recording(self, images, noises, times, ema=False):
+    def recording(self, images, noises, times, ema=False, labels=None):
         if not ema:
             seen.append((images.sum().item(), noises.sum().item(), times.sum().item()))
-        return original(self, images, noises, times, ema)
+        return original(self, images, noises, times, ema, labels)
     monkeypatch.setattr(DiffusionModel, "noise_loss", recording)
     return seen
 
@@ -97,8 +97,8 @@ def _poison_from(monkeypatch, step: int) -> None:
     calls = []
     original = DiffusionModel.noise_loss
 
-    def poisoned(self, images, noises, times, ema=False):
-        loss = original(self, images, noises, times, ema)
+    def poisoned(self, images, noises, times, ema=False, labels=None):
+        loss = original(self, images, noises, times, ema, labels)
         if not ema:
             calls.append(1)
             if len(calls) >= step:

@@ -1,0 +1,348 @@
+"""Class-conditional training with classifier-free guidance (issue 16), on tiny networks."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from corolla import checkpoint, cli, conditioning, data, labels, samplers
+from corolla.config import Config, preset
+from corolla.diffusion import DiffusionModel
+from corolla.generate import generate, initial_noise
+from corolla.grids import to_uint8
+from corolla.pretrained import export_release
+from corolla.train import train
+from corolla.unet import UNet, UNetConfig, count_parameters
+
+CLASSES = ("daisy", "rose", "sunflower")
+TINY = preset("tiny").unet
+SIZE = 16
+
+
+def _model(classes=CLASSES) -> DiffusionModel:
+    """A tiny conditional model whose head and class embedding are perturbed, so labels matter."""
+    torch.manual_seed(0)
+    m = DiffusionModel(UNetConfig(**{**TINY.__dict__, "classes": classes}))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        m.ema_network.head.weight.normal_(0.0, 0.2, generator=generator)
+        if classes:
+            m.ema_network.class_embedding.weight.normal_(0.0, 1.0, generator=generator)
+    m.normalizer.set_statistics(torch.full((3,), 0.5), torch.full((3,), 0.01))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> DiffusionModel:
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def class_folder(tmp_path_factory) -> Path:
+    """DIR/<class>/: 8 bundled flowers in each of 3 class folders (24 images)."""
+    root = tmp_path_factory.mktemp("classes")
+    flowers = [p for p in sorted(data.bundled_dir().glob("*.jpg")) if p.stat().st_size][:24]
+    for i, path in enumerate(flowers):
+        (root / CLASSES[i % 3]).mkdir(exist_ok=True)
+        shutil.copy(path, root / CLASSES[i % 3] / path.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(class_folder, tmp_path_factory) -> Path:
+    """A conditional tiny run of 6 epochs (30 steps) on the class folder, trained by the command."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COROLLA_CACHE_DIR", str(out.parent / "cache"))
+        assert cli.main(["train", str(class_folder), "--preset", "tiny", "--conditional", "--epochs", "6",
+                         "--repetitions", "2", "--lr", "2e-3", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+# -- the network ----------------------------------------------------------------------------
+
+def test_without_classes_the_network_is_the_reference_and_classes_add_only_the_embedding():
+    seed64 = preset("seed64").unet
+    assert count_parameters(UNet(seed64)) == 1_950_627
+    assert not any("class" in key for key in UNet(seed64).state_dict())
+    flowers = UNetConfig(**{**seed64.__dict__, "classes": tuple(f"species {i}" for i in range(102))})
+    assert count_parameters(UNet(flowers)) == 1_950_627 + 103 * 32  # 102 classes and the null label
+    # a config written before classes existed is the unconditional network
+    legacy = preset("seed64").to_dict()
+    del legacy["unet"]["classes"], legacy["data"]["class_counts"], legacy["train"]["label_dropout"]
+    assert Config.from_dict(legacy) == preset("seed64")
+
+
+def test_a_new_conditional_network_is_its_unconditional_twin():
+    """Zero class embedding, no random numbers drawn for it: same weights, same output, any label."""
+    torch.manual_seed(5)
+    plain = UNet(TINY)
+    torch.manual_seed(5)
+    conditional = UNet(UNetConfig(**{**TINY.__dict__, "classes": CLASSES}))
+    shared = plain.state_dict()
+    assert all(torch.equal(value, conditional.state_dict()[key]) for key, value in shared.items())
+    x, v = torch.randn(4, 3, SIZE, SIZE), torch.rand(4, 1, 1, 1)
+    with torch.no_grad():  # an output that is not zero
+        plain.head.weight.normal_()
+        conditional.head.weight.copy_(plain.head.weight)
+    plain.eval()
+    conditional.eval()
+    assert torch.equal(plain(x, v), conditional(x, v, torch.tensor([0, 1, 2, 3])))
+
+
+def test_the_null_label_is_the_last_row_and_an_unconditional_network_takes_no_labels(model):
+    network = model.ema_network
+    x, v = torch.randn(3, 3, SIZE, SIZE), torch.rand(3, 1, 1, 1)
+    assert network.class_embedding.weight.shape == (len(CLASSES) + 1, TINY.embedding_size)
+    assert torch.equal(network(x, v), network(x, v, torch.full((3,), len(CLASSES))))
+    assert not torch.equal(network(x, v), network(x, v, torch.tensor([0, 1, 2])))
+    with pytest.raises(ValueError, match="not class-conditional"):
+        UNet(TINY).eval()(x, v, torch.tensor([0, 1, 2]))
+
+
+def test_label_dropout_drops_at_its_rate_to_the_null_label_from_the_given_generator():
+    given = torch.arange(40_000) % 3
+    dropped = conditioning.drop_labels(given, 0.1, 3, torch.Generator().manual_seed(0))
+    share = (dropped == 3).float().mean().item()
+    assert abs(share - 0.1) < 0.006  # 4 standard deviations of a binomial share of 40,000
+    assert torch.equal(dropped[dropped != 3], given[dropped != 3])  # the others keep their class
+    assert torch.equal(dropped, conditioning.drop_labels(given, 0.1, 3, torch.Generator().manual_seed(0)))
+    assert torch.equal(conditioning.drop_labels(given, 0.0, 3, torch.Generator()), given)
+    # one draw per image whatever the rate: what the generator draws next does not depend on it
+    a, b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    conditioning.drop_labels(given, 0.0, 3, a), conditioning.drop_labels(given, 0.5, 3, b)
+    assert torch.equal(torch.rand(5, generator=a), torch.rand(5, generator=b))
+
+
+# -- guidance and generation ----------------------------------------------------------------
+
+def _by_hand(model, labels, count=4, steps=4, seed=3):
+    """DDIM over the reference grid with the EMA network given `labels` (None: unconditional)."""
+    noise = initial_noise(seed, range(count), (3, SIZE, SIZE))
+    denoise = lambda x, n, s: model.denoise(x, n, s, ema=True, labels=labels)
+    with torch.inference_mode():
+        pred = samplers.ddim(denoise, model.schedule, noise, samplers.get_grid("uniform", steps, model.schedule))
+    return model.normalizer.denormalize(pred)
+
+
+def test_guidance_0_is_the_unconditional_output_and_1_the_conditional_output_exactly(model):
+    asked = torch.tensor([0, 1, 2, 1])
+    options = dict(num_images=4, steps=4, seed=3, image_size=SIZE)
+    unconditional = generate(model, **options)
+    assert torch.equal(generate(model, **options, classes=asked.tolist(), guidance=0.0), unconditional)
+    assert torch.equal(unconditional, _by_hand(model, None))
+    conditional = generate(model, **options, classes=asked.tolist(), guidance=1.0)
+    assert torch.equal(conditional, _by_hand(model, asked))
+    assert (conditional - unconditional).abs().mean() > 0.01
+    # beyond 1 the images move further from the unconditional ones, the same way
+    guided = generate(model, **options, classes=asked.tolist(), guidance=3.0)
+    assert (guided - unconditional).abs().mean() > (conditional - unconditional).abs().mean()
+
+
+def test_guidance_mixes_both_halves_of_one_network_call(model):
+    calls = []
+
+    def denoise(x, n, s, labels):
+        calls.append(labels.clone())
+        return model.denoise(x, n, s, labels=labels)
+    asked = torch.tensor([2, 0, 1])
+    x, n, s = torch.randn(3, 3, SIZE, SIZE), torch.full((3, 1, 1, 1), 0.6), torch.full((3, 1, 1, 1), 0.8)
+    pred_noises, pred_images = conditioning.guided_denoiser(denoise, asked, 2.5, len(CLASSES))(x, n, s)
+    assert len(calls) == 1 and calls[0].tolist() == [2, 0, 1, 3, 3, 3]  # conditional and null halves, one batch
+    cond, _ = model.denoise(x, n, s, labels=asked)
+    uncond, _ = model.denoise(x, n, s)
+    assert torch.allclose(pred_noises, uncond + 2.5 * (cond - uncond), atol=1e-5)
+    assert torch.allclose(pred_images, (x - n * pred_noises) / s, atol=1e-5)
+
+
+def test_guided_generation_is_deterministic_and_image_i_does_not_depend_on_the_batch(model):
+    asked = [0, 1, 2, 0, 1, 2, 0, 1]
+    options = dict(num_images=8, steps=4, seed=3, image_size=SIZE, classes=asked, guidance=2.0)
+    whole = generate(model, **options, batch_size=8)
+    assert torch.equal(whole, generate(model, **options, batch_size=8))
+    assert (whole - generate(model, **options, batch_size=3)).abs().max() <= 1 / 255
+    # images 5..7 alone, and image i's class asked for every image: still the same images
+    tail = generate(model, **{**options, "num_images": 3, "classes": asked[5:]}, start=5)
+    assert (whole[5:] - tail).abs().max() <= 1 / 255
+    sunflowers = generate(model, **{**options, "classes": "sunflower"})
+    assert (whole[2::3] - sunflowers[2::3]).abs().max() <= 1 / 255
+    assert (whole[0] - whole[3]).abs().mean() > 0.01  # one class, other noise: another image
+
+
+def test_classes_are_asked_by_name_or_number_and_an_unknown_name_suggests_the_closest():
+    assert labels.class_number(CLASSES, "sunflower") == 2
+    assert labels.class_number(CLASSES, " Rose ") == 1
+    assert labels.class_number(CLASSES, "0") == 0 and labels.class_number(CLASSES, 1) == 1
+    assert labels.class_number(("7", "12"), "12") == 1  # a name first, then a number
+    with pytest.raises(ValueError, match=r"unknown class 'sunflwer'; closest: 'sunflower'"):
+        labels.class_number(CLASSES, "sunflwer")
+    with pytest.raises(ValueError, match="no name is close"):
+        labels.class_number(CLASSES, "xyzzy")
+    with pytest.raises(ValueError, match="0 to 2"):
+        labels.class_number(CLASSES, 3)
+    with pytest.raises(ValueError, match="not class-conditional"):
+        generate(_model(()), 1, 1, image_size=SIZE, classes="rose")
+
+
+# -- labels ---------------------------------------------------------------------------------
+
+def _class_of_each(found: labels.Labels) -> list[str]:
+    return [found.classes[i] for i in found.numbers]
+
+
+def test_folder_and_csv_labels_agree(class_folder, tmp_path):
+    _, names = data.load_folder(class_folder, SIZE)
+    by_folder = labels.from_folders(names, class_folder)
+    assert by_folder.classes == CLASSES and by_folder.counts() == (8, 8, 8)
+    classes = _class_of_each(by_folder)
+    # file names and class names
+    by_name = tmp_path / "names.csv"
+    by_name.write_text("image,class_name\n" + "".join(f"{Path(n).name},{c}\n" for n, c in zip(names, classes)))
+    assert _class_of_each(labels.from_csv(by_name, names)) == classes
+    # the layout of flowers102_64/labels.csv: numbers (here in another order) and names, a split
+    # column, a BOM, and rows of images that are not in the folder
+    numbers = {"sunflower": 1, "daisy": 5, "rose": 9}
+    rows = [f"{Path(n).name},{numbers[c]},{c},train\n" for n, c in zip(names, classes)]
+    full = tmp_path / "labels.csv"
+    full.write_text("\ufeffimage,label,class_name,split\n" + "".join(rows) + "image_99999.jpg,9,rose,test\n")
+    by_number = labels.from_csv(full, names)
+    assert by_number.classes == ("sunflower", "daisy", "rose")  # ordered by the CSV's numbers
+    assert _class_of_each(by_number) == classes
+    # relative paths, and numbers alone (then the numbers are the names)
+    paths = tmp_path / "paths.csv"
+    paths.write_text("image,label\n" + "".join(f"{Path(n).as_posix()},{numbers[c]}\n" for n, c in zip(names, classes)))
+    assert _class_of_each(labels.from_csv(paths, names)) == [str(numbers[c]) for c in classes]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("file,kind\nimage_00070.jpg,rose\n", "needs a header row with an 'image' column"),
+    ("image,class_name\nimage_00070.jpg,rose\n", r"23 image\(s\) have no row"),
+    ("image,label,class_name\nimage_00070.jpg,1,rose\nimage_00139.jpg,1,daisy\n", "class 1 is named 'daisy' here"),
+    ("image,label\nimage_00070.jpg,one\n", "label 'one' is not a whole class number"),
+    ("image,class_name\nimage_00070.jpg,rose\nimage_00070.jpg,daisy\n", "is given two classes"),
+])
+def test_a_bad_labels_file_is_one_clear_error(class_folder, tmp_path, content, message):
+    _, names = data.load_folder(class_folder, SIZE)
+    path = tmp_path / "labels.csv"
+    path.write_text(content)
+    with pytest.raises(data.DataError, match=message):
+        labels.from_csv(path, names)
+
+
+def test_images_outside_class_folders_and_unknown_classes_are_refused(class_folder, make_flowers):
+    with pytest.raises(data.DataError, match=r"16 image\(s\) lie directly in .*outside any class sub-folder"):
+        labels.from_folders(data.load_folder(make_flowers(16), SIZE)[1], make_flowers(16))
+    _, names = data.load_folder(class_folder, SIZE)
+    with pytest.raises(data.DataError, match=r"1 class\(es\) of these images are not the model's \('sunflower'\)"):
+        labels.from_folders(names, class_folder, ("daisy", "rose"))
+
+
+# -- training, checkpoints and the commands -------------------------------------------------
+
+def _losses(run_dir):
+    return [r["train_loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "train_loss" in r]
+
+
+def test_a_short_conditional_run_lowers_the_loss_and_keeps_its_classes(run, tmp_path):
+    losses = _losses(run)
+    assert losses[0] > 0.6 and min(losses[-3:]) < losses[0] - 0.1
+    model, config = checkpoint.load_model(run)
+    assert config.unet.classes == CLASSES and model.ema_network.class_embedding is not None
+    held_out = round(24 * preset("tiny").data.val_fraction)
+    assert sum(config.data.class_counts) == 24 - held_out and len(config.data.class_counts) == 3
+    assert config.train.label_dropout == 0.1
+    assert model.ema_network.class_embedding.weight.abs().sum() > 0  # it learned
+    state = json.loads((checkpoint.resolve(run) / "state.json").read_text())
+    assert "labels_key" in state["data_identity"]
+    release = export_release(run, tmp_path / "release")
+    assert checkpoint.load_model(release)[1].unet.classes == CLASSES  # the names survive an export
+
+
+def test_corolla_classes_lists_numbers_names_and_counts(run, capsys):
+    assert cli.main(["classes", str(run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    config = checkpoint.load_config(checkpoint.resolve(run))
+    assert out[0].split() == ["number", "name", "training", "images"]
+    assert [line.split() for line in out[1:4]] == [[str(i), name, str(count)] for i, (name, count)
+                                                   in enumerate(zip(CLASSES, config.data.class_counts))]
+    assert out[4].startswith(f"3 classes, {sum(config.data.class_counts)} training images")
+
+
+def test_sample_draws_one_row_per_class_and_names_files_by_class(run, tmp_path, capsys):
+    grid, each = tmp_path / "grid.png", tmp_path / "each"
+    assert cli.main(["sample", str(run), "-n", "3", "--steps", "2", "--class", "sunflower", "--class", "0",
+                     "--guidance", "2", "--out", str(grid), "--each", str(each), "--no-progress",
+                     "--precision", "fp32"]) == 0
+    with Image.open(grid) as image:
+        assert image.size == (2 + 3 * (SIZE + 2), 2 + 2 * (SIZE + 2))  # 3 columns, 2 rows
+    assert sorted(p.name for p in each.iterdir()) == [f"class{c}-0000{j}.png" for c in (0, 2) for j in range(3)]
+    model, _ = checkpoint.load_model(run)
+    # file j of a class is image j of the seed for that class
+    expected = to_uint8(generate(model, 3, 2, image_size=SIZE, classes="sunflower", guidance=2.0))[1]
+    with Image.open(each / "class2-00001.png") as image:
+        assert np.array_equal(np.asarray(image), expected)
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (["--class", "sunflwer"], "unknown class 'sunflwer'; closest: 'sunflower'"),
+    (["--class", "7"], "class number 7 is not one of this model's: 0 to 2"),
+    (["--guidance", "2"], "--guidance needs --class"),
+    (["--class", "rose", "--guidance", "-1"], "-1 is not allowed"),
+])
+def test_sample_refuses_bad_classes_in_one_line(run, tmp_path, capsys, arguments, message):
+    assert cli.main(["sample", str(run), "-n", "1", "--steps", "1", "--out", str(tmp_path / "x.png"),
+                     *arguments]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unconditional_models_and_runs_refuse_class_options(run, class_folder, tmp_path, capsys, make_flowers):
+    plain = tmp_path / "plain"
+    train(preset("tiny"), make_flowers(16), plain, progress=False, max_steps=1)
+    assert cli.main(["classes", str(plain)]) == 2
+    assert "not class-conditional" in capsys.readouterr().err
+    assert cli.main(["sample", str(plain), "-n", "1", "--steps", "1", "--class", "rose",
+                     "--out", str(tmp_path / "x.png")]) == 2
+    assert "not class-conditional" in capsys.readouterr().err
+    assert cli.main(["train", str(class_folder), "--preset", "tiny", "--labels", "x.csv",
+                     "--out", str(tmp_path / "r")]) == 2
+    assert "add --conditional" in capsys.readouterr().err
+    assert cli.main(["train", "--preset", "tiny", "--out", str(plain), "--resume", "--conditional"]) == 2
+    assert "cannot become conditional" in capsys.readouterr().err
+
+
+def test_a_conditional_run_resumes_with_its_labels_and_held_out_class_folders(class_folder, tmp_path):
+    """--val-data with class folders labels the held-out images too; a resumed run finds its
+    labels file (recorded in state.json) and classes again."""
+    _, names = data.load_folder(class_folder, SIZE)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("image,class_name\n" + "".join(f"{Path(n).name},{Path(n).parts[0]}\n" for n in names))
+    config = preset("tiny").replace(train={"epochs": 2})
+    out = tmp_path / "run"
+    first = train(config, class_folder, out, progress=False, max_steps=2, val_dir=class_folder,
+                  conditional=True, labels_file=csv)
+    assert json.loads((first / "state.json").read_text())["labels_file"] == str(csv.resolve())
+    last = train(checkpoint.load_config(first), class_folder, out, resume=True, progress=False, val_dir=class_folder)
+    assert checkpoint.load_config(last).unet.classes == CLASSES
+    assert json.loads((last / "state.json").read_text())["step"] > 2
+    csv.write_text(csv.read_text().replace(",daisy", ",rose"))  # the labels changed under the run
+    with pytest.raises(data.DataError, match="not labelled as when the run started"):
+        train(checkpoint.load_config(last).replace(train={"epochs": 3}), class_folder, out, resume=True,
+              progress=False)
+
+
+def test_a_stopped_and_resumed_conditional_run_equals_an_uninterrupted_one(class_folder, tmp_path):
+    """Label dropout draws from each step's seeded stream: nothing to save, resume is exact."""
+    config = preset("tiny").replace(train={"epochs": 2}, data={"val_fraction": 0.0})
+    once = train(config, class_folder, tmp_path / "once", progress=False, conditional=True)
+    train(config, class_folder, tmp_path / "twice", progress=False, max_steps=4, conditional=True)
+    twice = train(config, class_folder, tmp_path / "twice", resume=True, progress=False, conditional=True)
+    a, b = (checkpoint.load_model(folder)[0].state_dict() for folder in (once, twice))
+    assert json.loads((twice / "state.json").read_text())["step"] == 6
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
