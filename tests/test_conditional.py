@@ -1,4 +1,5 @@
 """Class-conditional training with classifier-free guidance (issue 16), on tiny networks."""
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -346,3 +347,36 @@ def test_a_stopped_and_resumed_conditional_run_equals_an_uninterrupted_one(class
     assert json.loads((twice / "state.json").read_text())["step"] == 6
     assert all(torch.equal(a[key], b[key]) for key in a)
 
+
+# -- the proof tooling ----------------------------------------------------------------------
+
+def _benchmark():
+    path = Path(__file__).parent.parent / "benchmarks" / "class_accuracy.py"
+    spec = importlib.util.spec_from_file_location("class_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_class_accuracy_benchmark_runs_end_to_end(run, tmp_path):
+    """Its classifier learns a trivially separable toy set (one colour per class), and scoring a
+    conditional checkpoint gives accuracy and SWD for each guidance."""
+    bench = _benchmark()
+    generator = torch.Generator().manual_seed(0)
+    colours = {"daisy": (230, 230, 230), "rose": (200, 30, 40), "sunflower": (240, 200, 20)}
+    for split, count in (("train", 12), ("heldout", 4)):
+        for name, colour in colours.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.tensor(colour).view(1, 1, 3) + 25 * torch.randn(SIZE, SIZE, 3, generator=generator)
+                Image.fromarray(pixels.clamp(0, 255).byte().numpy()).save(tmp_path / split / name / f"{i}.png")
+    config = bench.train_classifier(str(tmp_path / "train"), str(tmp_path / "heldout"), str(tmp_path / "clf"),
+                                    size=SIZE, epochs=3, batch_size=8, lr=1e-2, log=lambda *_: None)
+    assert config["classes"] == list(CLASSES) and config["heldout_accuracy"] == 1.0
+    results = bench.score(str(run), str(tmp_path / "clf"), str(tmp_path / "heldout"), per_class=2,
+                          guidances=(0.0, 2.0), steps=2, device="cpu")
+    assert [row["guidance"] for row in results["by_guidance"]] == [0.0, 2.0]
+    for row in results["by_guidance"]:
+        assert 0 <= row["accuracy"] <= row["top5"] == 1.0 and row["swd"] > 0
+        assert set(row["accuracy_by_class"]) == set(CLASSES)
+    assert results["classifier_heldout_accuracy"] == 1.0 and "| 2 |" in bench.table(results)

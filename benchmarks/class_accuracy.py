@@ -1,0 +1,237 @@
+"""Does a class-conditional model draw the class it is asked for? (issue 16)
+
+    python benchmarks/class_accuracy.py classifier TRAIN_DIR HELDOUT_DIR --out CLASSIFIER
+        [--size 64] [--epochs 30] [--batch-size 64] [--seed 0] [--device auto]
+    python benchmarks/class_accuracy.py score CHECKPOINT --classifier CLASSIFIER --heldout HELDOUT_DIR
+        [--per-class 10] [--guidance 0,1,2,4] [--steps 20] [--sampler ddim] [--batch-size 64]
+        [--seed 0] [--device auto] [--json OUT]
+
+1. classifier: a small CNN of its own (four 3x3 convolution blocks, 32 to 256 channels, with
+   BatchNorm, ReLU and 2x2 max-pooling, global average pooling, a linear layer; 0.4 M parameters)
+   trained from scratch on TRAIN_DIR/<class>/ images at --size (AdamW, cosine learning rate, label
+   smoothing 0.1, random flips and 4-pixel shifts), then scored on HELDOUT_DIR/<class>/: that
+   accuracy is the ceiling a generated image can reach. Written to CLASSIFIER (model.safetensors
+   and config.json: classes, size, accuracy).
+2. score: for each guidance, --per-class images of every class of the model (image i is class
+   i // per-class, each from its own noise of --seed), classified. Prints, per guidance, the
+   top-1 and top-5 accuracy by asked class (chance: 1 / classes), the worst class, and the SWD
+   x1e3 (corolla.metrics, mean over resolutions) of all generated images against the held-out
+   real ones, next to the classifier's held-out accuracy. Guidance 0 samples unconditionally (the
+   asked class is ignored: accuracy near chance), 1 is the conditional model alone; above 1
+   should raise the accuracy and, past some point, the SWD (less diversity).
+The classifier must be trained at the model's image size. Seconds are wall-clock on this device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from corolla import checkpoint, data, labels, metrics
+from corolla.generate import generate
+from corolla.train import resolve_device
+
+WIDTHS = (32, 64, 128, 256)
+
+
+class Classifier(nn.Module):
+    """(B, 3, S, S) images in [0, 1] -> (B, classes) logits."""
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = WIDTHS):
+        super().__init__()
+        layers, channels = [], 3
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.features((images - 0.5) / 0.25)
+        return self.head(F.dropout(x.mean(dim=(2, 3)), 0.2, self.training))
+
+
+def labelled_folder(folder: str, size: int, classes: tuple[str, ...] | None = None):
+    """-> (uint8 images (N, 3, S, S), class numbers (N,), classes) of FOLDER/<class>/ images."""
+    images, names = data.load_folder(folder, size)
+    found = labels.from_folders(names, folder, classes)
+    return images, found.numbers, found.classes
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and shifts of up to 4 pixels (reflected borders)."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    padded = F.pad(images, (4, 4, 4, 4), mode="reflect")
+    h, w = images.shape[2:]
+    shifts = torch.randint(0, 9, (images.shape[0], 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(shifts)])
+
+
+@torch.no_grad()
+def predict(classifier: Classifier, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """uint8 images -> (N, classes) logits on the CPU."""
+    classifier.eval()
+    return torch.cat([classifier(images[i:i + batch_size].to(device).float() / 255).cpu()
+                      for i in range(0, images.shape[0], batch_size)])
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor, top: int = 1) -> float:
+    best = logits.topk(min(top, logits.shape[1]), dim=1).indices
+    return (best == targets[:, None]).any(dim=1).float().mean().item()
+
+
+def train_classifier(train_dir: str, heldout_dir: str, out: str, size: int = 64, epochs: int = 30,
+                     batch_size: int = 64, lr: float = 2e-3, seed: int = 0, device: str = "auto",
+                     log=print) -> dict:
+    """Train the classifier, score it on the held-out folder, write it to `out` -> its config."""
+    dev = resolve_device(device)
+    images, targets, classes = labelled_folder(train_dir, size)
+    held, held_targets, _ = labelled_folder(heldout_dir, size, classes)
+    torch.manual_seed(seed)
+    classifier = Classifier(len(classes)).to(dev)
+    steps = epochs * math.ceil(images.shape[0] / batch_size)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        classifier.train()
+        order = torch.randperm(images.shape[0], generator=generator)
+        total = 0.0
+        for first in range(0, images.shape[0], batch_size):
+            index = order[first:first + batch_size]
+            batch = augment(images[index].float() / 255, generator).to(dev)
+            loss = F.cross_entropy(classifier(batch), targets[index].to(dev), label_smoothing=0.1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * index.numel()
+        log(f"epoch {epoch + 1}/{epochs}: loss {total / images.shape[0]:.3f} ({time.perf_counter() - started:.0f} s)")
+    logits = predict(classifier, held, dev)
+    config = {"classes": list(classes), "size": size, "widths": list(WIDTHS), "epochs": epochs, "seed": seed,
+              "train_images": images.shape[0], "heldout_images": held.shape[0],
+              "heldout_accuracy": accuracy(logits, held_targets), "heldout_top5": accuracy(logits, held_targets, 5),
+              "seconds": round(time.perf_counter() - started, 1)}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(Path(out) / "model.safetensors"))
+    (Path(out) / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def load_classifier(folder: str, device: torch.device) -> tuple[Classifier, dict]:
+    config = json.loads((Path(folder) / "config.json").read_text())
+    classifier = Classifier(len(config["classes"]), tuple(config["widths"]))
+    classifier.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    return classifier.to(device).eval(), config
+
+
+def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class: int = 10,
+          guidances: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0), steps: int = 20, sampler: str = "ddim",
+          batch_size: int = 64, seed: int = 0, device: str = "auto") -> dict:
+    """Generated images of every class at each guidance, classified and compared with real ones."""
+    dev = resolve_device(device)
+    model, config = checkpoint.load_model(checkpoint_path, dev)
+    classes, size = config.unet.classes, config.data.image_size
+    if not classes:
+        raise SystemExit(f"{checkpoint_path} is not class-conditional")
+    classifier, settings = load_classifier(classifier_dir, dev)
+    if settings["size"] != size:
+        raise SystemExit(f"the classifier sees {settings['size']}x{settings['size']} images, the model makes "
+                         f"{size}x{size}: train one with --size {size}")
+    missing = [name for name in classes if name not in settings["classes"]]
+    if missing:
+        raise SystemExit(f"the classifier does not know {len(missing)} of the model's classes, e.g. {missing[0]!r}")
+    # the classifier's number for each of the model's classes
+    to_classifier = torch.tensor([settings["classes"].index(name) for name in classes])
+    held, held_targets, _ = labelled_folder(heldout_dir, size, tuple(settings["classes"]))
+    held_logits = predict(classifier, held, dev)
+    asked = torch.arange(len(classes)).repeat_interleave(per_class)
+    results = {"checkpoint": str(checkpoint_path), "classes": len(classes), "per_class": per_class, "steps": steps,
+               "sampler": sampler, "seed": seed, "chance": 1 / len(classes),
+               "classifier_heldout_accuracy": accuracy(held_logits, held_targets),
+               "classifier_heldout_top5": accuracy(held_logits, held_targets, 5),
+               "heldout_images": held.shape[0], "by_guidance": []}
+    for guidance in guidances:
+        started = time.perf_counter()
+        images = metrics.quantise(generate(model, len(asked), steps, seed, sampler, batch_size=batch_size,
+                                           image_size=size, classes=asked.tolist(), guidance=guidance))
+        seconds = time.perf_counter() - started
+        logits = predict(classifier, images, dev)
+        targets = to_classifier[asked]
+        hits = (logits.argmax(dim=1) == targets).float().view(len(classes), per_class).mean(dim=1)
+        swd = metrics.sliced_wasserstein(held, images, seed)
+        results["by_guidance"].append({
+            "guidance": guidance, "accuracy": accuracy(logits, targets), "top5": accuracy(logits, targets, 5),
+            "worst_class": classes[int(hits.argmin())], "worst_class_accuracy": hits.min().item(),
+            "accuracy_by_class": dict(zip(classes, hits.tolist())),
+            "swd": sum(swd.values()) / len(swd), "seconds": round(seconds, 1)})
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f"{results['checkpoint']}: {results['classes']} classes x {results['per_class']} images, "
+             f"{results['steps']} {results['sampler']} steps, seed {results['seed']}; chance "
+             f"{100 * results['chance']:.1f} %; the classifier on {results['heldout_images']} held-out real images: "
+             f"{100 * results['classifier_heldout_accuracy']:.1f} % (top-5 "
+             f"{100 * results['classifier_heldout_top5']:.1f} %)", "",
+             "| guidance | accuracy | top-5 | worst class | SWD x1e3 vs held-out | seconds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in results["by_guidance"]:
+        lines.append(f"| {row['guidance']:g} | {100 * row['accuracy']:.1f} % | {100 * row['top5']:.1f} % | "
+                     f"{row['worst_class']} ({100 * row['worst_class_accuracy']:.0f} %) | {row['swd']:.2f} | "
+                     f"{row['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("classifier", help="train the species classifier; its held-out accuracy is the ceiling")
+    p.add_argument("train_dir")
+    p.add_argument("heldout_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    s = sub.add_parser("score", help="classify a conditional model's images at several guidances")
+    s.add_argument("checkpoint")
+    s.add_argument("--classifier", required=True)
+    s.add_argument("--heldout", required=True)
+    s.add_argument("--per-class", type=int, default=10)
+    s.add_argument("--guidance", default="0,1,2,4", help="comma-separated guidance scales")
+    s.add_argument("--steps", type=int, default=20)
+    s.add_argument("--sampler", default="ddim")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", help="write the results, per-class accuracies included, to this file")
+    args = parser.parse_args(argv)
+    if args.command == "classifier":
+        config = train_classifier(args.train_dir, args.heldout_dir, args.out, args.size, args.epochs,
+                                  args.batch_size, seed=args.seed, device=args.device)
+        print(f"{config['train_images']} training images, {len(config['classes'])} classes, {config['seconds']} s; "
+              f"held-out accuracy {100 * config['heldout_accuracy']:.1f} % (top-5 "
+              f"{100 * config['heldout_top5']:.1f} %) on {config['heldout_images']} images; wrote {args.out}")
+        return
+    results = score(args.checkpoint, args.classifier, args.heldout, args.per_class,
+                    tuple(float(g) for g in args.guidance.split(",")), args.steps, args.sampler, args.batch_size,
+                    args.seed, args.device)
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
