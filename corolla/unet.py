@@ -129,7 +129,7 @@ class UNet(nn.Module):
             ch = width
         self.head = _keras_conv(ch, c.channels, 1, zero=True)
         # Added to the noise embedding rather than concatenated as channels of its own: both are
-        # constant over the image and first meet linear maps (the first block's BatchNorm and
+        # constant over the image and first meet affine maps (the first block's BatchNorm and
         # convolutions), where a concatenated class vector would act as a learned per-class bias,
         # as the added one does. Adding costs no channels and leaves every other weight's shape the
         # reference's: embedding_size x (classes + 1) parameters more, nothing else.
