@@ -100,7 +100,7 @@ def train_classifier(train_dir: str, heldout_dir: str, out: str, size: int = 64,
     classifier = Classifier(len(classes)).to(dev)
     steps = epochs * math.ceil(images.shape[0] / batch_size)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     for epoch in range(epochs):
