@@ -25,14 +25,16 @@ from PIL import Image
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install 'corolla[serve]'")
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'corolla[serve]'")
 
-from corolla import checkpoint, cli, data, editing, figures  # noqa: E402
+from corolla import checkpoint, cli, conditioning, data, editing, figures  # noqa: E402
 from corolla.config import preset  # noqa: E402
+from corolla.diffusion import DiffusionModel  # noqa: E402
 from corolla.generate import generate  # noqa: E402
 from corolla.grids import grid_array, to_uint8  # noqa: E402
 from corolla.serve.app import create_app  # noqa: E402
 from corolla.serve import photos  # noqa: E402
 from corolla.serve.engine import Engine, Limits  # noqa: E402
 from corolla.train import train  # noqa: E402
+from corolla.unet import UNetConfig  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -236,7 +238,7 @@ def test_a_closed_page_stops_its_request_at_the_next_step(model, monkeypatch):
             second_started.set()
             assert app_returned.wait(30)  # the page is gone before this evaluation ends
         return denoise(*args)
-    monkeypatch.setattr(model, "ema_denoiser", lambda: counting)
+    monkeypatch.setattr(model, "ema_denoiser", lambda *_: counting)
 
     async def visit():
         first_preview = asyncio.Event()
@@ -322,6 +324,115 @@ def test_uploads_and_inpainting_are_bounded(server):
     assert json.loads(data) == {"error": "choose both photos to interpolate between photos, or neither for seeds"}
 
 
+# -- a class-conditional model ---------------------------------------------------------------------
+
+CLASSES = ("daisy", "rose", "sunflower")
+
+
+@pytest.fixture(scope="module")
+def conditional_checkpoint(tmp_path_factory):
+    """A tiny conditional model, as tests/test_conditional.py builds one: untrained, its head and class
+    embedding drawn at random so that the class changes the images; saved, for `corolla sample`."""
+    torch.manual_seed(0)
+    made = DiffusionModel(UNetConfig(**{**CONFIG.unet.__dict__, "classes": CLASSES}))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        made.ema_network.head.weight.normal_(0.0, 0.2, generator=generator)
+        made.ema_network.class_embedding.weight.normal_(0.0, 1.0, generator=generator)
+    made.normalizer.set_statistics(torch.full((3,), 0.5), torch.full((3,), 0.01))
+    return checkpoint.save_pretrained(tmp_path_factory.mktemp("conditional") / "model", made,
+                                      CONFIG.replace(unet={"classes": CLASSES}))
+
+
+@pytest.fixture(scope="module")
+def conditional_model(conditional_checkpoint):
+    return checkpoint.load_model(conditional_checkpoint)[0]
+
+
+@pytest.fixture(scope="module")
+def conditional_server(conditional_model):
+    running = Server(create_app(Engine(conditional_model, 16, "tiny conditional model")))
+    yield running
+    running.stop()
+
+
+def test_a_conditional_model_draws_the_chosen_class_as_corolla_sample_class_does(
+        conditional_server, conditional_model, conditional_checkpoint, tmp_path):
+    status, _, data = request(conditional_server, "GET", "/api/info")
+    info = json.loads(data)
+    assert (info["classes"], info["guidance"], info["max_guidance"]) == (list(CLASSES), 3.0, 100.0)
+    answer = events(conditional_server, "/api/generate", {"seed": 4, "count": 3, "steps": 5, "classes": ["Sunflower"],
+                                                          "guidance": "2.5"})
+    assert [name for name, _ in answer] == ["step"] * 5 + ["done"]
+    done = answer[-1][1]
+    assert (done["classes"], done["guidance"]) == (["sunflower"], 2.5)
+    sunflowers = generate(conditional_model, 3, 5, seed=4, batch_size=3, image_size=16, classes="sunflower",
+                          guidance=2.5)
+    assert np.array_equal(pixels(done["image"]), grid_array(sunflowers, ncol=3))  # one row, as the command lays it
+    assert cli.main(["sample", str(conditional_checkpoint), "--class", "sunflower", "--guidance", "2.5", "-n", "3",
+                     "--steps", "5", "--seed", "4", "--device", "cpu", "--precision", "fp32", "--no-progress",
+                     "--out", str(tmp_path / "cli.png")]) == 0
+    with Image.open(tmp_path / "cli.png") as written:
+        assert np.array_equal(pixels(done["image"]), np.asarray(written.convert("RGB")))  # the command's own file
+    assert np.array_equal(pixels(answer[-2][1]["image"]), pixels(done["image"]))  # the last preview is the result
+    unconditional = generate(conditional_model, 3, 5, seed=4, batch_size=3, image_size=16)
+    assert (sunflowers - unconditional).abs().mean() > 0.01  # the class matters
+    # no class, "any" alone: the unconditional grid of `corolla sample` without --class
+    for body in ({}, {"classes": []}, {"classes": [None]}):
+        answer = events(conditional_server, "/api/generate", {"seed": 4, "count": 3, "steps": 5, **body})
+        assert np.array_equal(pixels(answer[-1][1]["image"]), grid_array(unconditional))
+        assert answer[-1][1]["classes"] == []
+
+
+def test_several_classes_are_rows_from_the_same_noise_with_a_preview_per_evaluation(conditional_server,
+                                                                                    conditional_model):
+    """`corolla sample --class 0 --class rose -n 2` with an unconditional row between: each row is its
+    own batch, so it has the pixels that class alone gives, and eta > 0 draws the same noise in each."""
+    body = {"seed": 9, "count": 2, "steps": 4, "eta": 0.5, "classes": [0, None, "rose"], "guidance": 1.5}
+    answer = events(conditional_server, "/api/generate", body)
+    assert [name for name, _ in answer] == ["step"] * 12 + ["done"]
+    assert [data["step"] for _, data in answer[:-1]] == list(range(1, 13))
+    assert {data["steps"] for _, data in answer[:-1]} == {12}
+    options = dict(num_images=2, steps=4, seed=9, eta=0.5, batch_size=2, image_size=16)
+    rows = [generate(conditional_model, **options, classes=0, guidance=1.5), generate(conditional_model, **options),
+            generate(conditional_model, **options, classes="rose", guidance=1.5)]
+    assert np.array_equal(pixels(answer[-1][1]["image"]), grid_array(torch.cat(rows), ncol=2))
+    assert answer[-1][1]["classes"] == ["daisy", None, "rose"]
+    assert pixels(answer[4][1]["image"]).shape == grid_array(torch.cat(rows[:2]), ncol=2).shape  # the grid grows
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"classes": ["sunflwer"]}, "unknown class 'sunflwer'; closest: 'sunflower' (`corolla classes` lists all 3)"),
+    ({"classes": ["roses", "daisy"]}, "unknown class 'roses'; closest: 'rose' (`corolla classes` lists all 3)"),
+    ({"classes": [3]}, "class number 3 is not one of this model's: 0 to 2"),
+    ({"classes": [1.5]}, "a class is a name or a number, not 1.5"),
+    ({"classes": "rose"}, "classes 'rose' is not a list of class names or numbers"),
+    ({"classes": [0] * 65}, "65 classes are too many: one row of images each, and at most 64 images "
+                            "(this server's --max-images at 16x16)"),
+    ({"classes": [0, 1, 2], "count": 22}, "count 22 is not allowed: it must be from 1 to 21 "
+                                          "(this server's --max-images at 16x16, in 3 rows)"),
+    ({"classes": [0], "guidance": 101}, "guidance 101 is not allowed: it must be from 0 to 100"),
+    ({"classes": [0], "guidance": -1}, "guidance -1 is not allowed: it must be from 0 to 100"),
+    ({"classes": [0], "guidance": "nan"}, "guidance nan is not allowed: it must be from 0 to 100"),
+    ({"classes": [0], "guidance": "lots"}, "guidance 'lots' is not a number"),
+    ({"guidance": 2}, "guidance needs a class: without one the model samples unconditionally"),
+    ({"classes": [None], "guidance": 2}, "guidance needs a class: without one the model samples unconditionally"),
+])
+def test_bad_classes_and_guidance_are_refused_with_a_message(conditional_server, body, message):
+    status, _, data = request(conditional_server, "POST", "/api/generate", {"count": 1, "steps": 1, **body})
+    assert (status, json.loads(data)) == (400, {"error": message})
+
+
+def test_an_unconditional_model_has_no_class_controls(server):
+    info = json.loads(request(server, "GET", "/api/info")[2])
+    assert info["classes"] == []
+    for body in ({"classes": ["rose"]}, {"classes": [None]}, {"guidance": 1}):
+        status, _, data = request(server, "POST", "/api/generate", {"count": 1, "steps": 1, **body})
+        assert (status, json.loads(data)) == (400, {"error": "this model is not class-conditional (it was trained "
+                                                             "without --conditional): it takes no classes and no "
+                                                             "guidance"})
+
+
 def test_serve_without_the_extra_names_the_pip_command(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert cli.main(["serve", "--port", "0"]) == 2
@@ -404,6 +515,10 @@ def test_page_shows_previews_as_the_images_form_then_the_grid(page, model):
     ask_for_grid(page, 5, 4, 12)
     page.wait_for_selector("#generate-status:has-text('done')")
     assert page.inner_text("#generate-status").startswith("done: 4 images, seed 5, 12 steps, 12 previews")
+    # an unconditional model's page has no class controls
+    assert page.inner_text("#model-info") == "tiny test model: 16x16 images, on cpu"
+    for hidden in ("#class-label", "#guidance-label", "#class-hint"):
+        assert page.locator(hidden).is_hidden()
     expected = grid_array(generate(model, 4, 12, seed=5, batch_size=4, image_size=16))
     assert np.array_equal(shown(page, "#generate-image"), expected)
     assert page.get_attribute("#generate-download", "href") == page.get_attribute("#generate-image", "src")
@@ -515,6 +630,29 @@ def test_run_panel_follows_the_training_run(page, served_run, flowers):
     assert curve_points("train") == 3
     assert page.get_attribute("#run-grid", "src") == "/api/run/samples/epoch_003.png"
     assert "3 train and 3 validation points (last step 12), 3 grids" in page.inner_text("#run-status")
+
+
+def test_page_draws_a_chosen_class_of_a_conditional_model(browser, conditional_server, conditional_model):
+    opened = browser.new_context().new_page()
+    opened.set_default_timeout(WAIT_MS)
+    try:
+        opened.goto(conditional_server.url)
+        opened.wait_for_selector("body[data-ready=true]")
+        assert opened.inner_text("#model-info") == ("tiny conditional model: 16x16 images, conditional on 3 classes, "
+                                                    "on cpu")
+        assert opened.locator("#classes option").all_inner_texts() == ["any (unconditional)", *CLASSES]
+        assert float(opened.input_value("#guidance")) == conditioning.DEFAULT_GUIDANCE
+        opened.select_option("#classes", label="rose")
+        opened.fill("#guidance", "2")
+        ask_for_grid(opened, 5, 4, 6)
+        opened.wait_for_selector("#generate-status:has-text('done')")
+        assert opened.inner_text("#generate-status").startswith(
+            "done: 4 images per class (rose; guidance 2), seed 5, 6 steps, 6 previews")
+        expected = generate(conditional_model, 4, 6, seed=5, batch_size=4, image_size=16, classes="rose", guidance=2)
+        assert np.array_equal(shown(opened, "#generate-image"), grid_array(expected, ncol=4))
+        assert opened.inner_text("#generate-message") == ""
+    finally:
+        opened.context.close()
 
 
 def test_screenshot_for_the_readme(browser, served_run):

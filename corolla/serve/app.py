@@ -155,9 +155,12 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
             return refuse(str(error))
 
         def work(on_step, cancelled):
+            # a preview per network evaluation: job.steps of them per row of a class
             images = engine.sample(job, lambda number, preview: on_step(
-                number, {"steps": job.steps, "image": grid_url(preview)}), cancelled)
-            return {"image": grid_url(images), "seed": job.seed, "count": job.count, "steps": job.steps}
+                number, {"steps": job.evaluations, "image": grid_url(preview, job.columns)}), cancelled)
+            return {"image": grid_url(images, job.columns), "seed": job.seed, "count": job.count, "steps": job.steps,
+                    "classes": [None if c is None else engine.classes[c] for c in job.classes],
+                    "guidance": job.guidance if job.classes else None}
         return stream(engine, work)
 
     async def interpolate(request: Request) -> Response:

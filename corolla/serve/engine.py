@@ -6,6 +6,10 @@ Any number of requests may sample at once (up to `max_jobs`; more are refused, n
 runs in its own thread and takes the model's lock for one network evaluation at a time, so
 concurrent requests advance step by step side by side and each gets its own images. A request
 whose browser went away stops at its next evaluation.
+
+A class-conditional model's generation takes classes and a guidance, as `corolla sample --class
+... --guidance` does; interpolation and editing use it unconditionally (the null label), as the
+commands do.
 """
 from __future__ import annotations
 
@@ -21,9 +25,11 @@ import torch
 from PIL import Image
 
 from .. import editing, figures, limits, samplers
+from ..conditioning import DEFAULT_GUIDANCE
 from ..diffusion import DiffusionModel
 from ..generate import image_generator
 from ..grids import grid_array, to_uint8
+from ..labels import class_number
 
 
 class BadRequest(ValueError):
@@ -91,6 +97,19 @@ class SampleRequest:
     sampler: str
     grid: str
     eta: float
+    # a conditional model: one row of `count` images per entry, a class number, or None for a row
+    # of the unconditional model; () is one unconditional grid
+    classes: tuple[int | None, ...] = ()
+    guidance: float = DEFAULT_GUIDANCE
+
+    @property
+    def columns(self) -> int | None:
+        """One row per class, as `corolla sample --class` lays its grid out; else its square grid."""
+        return self.count if self.classes else None
+
+    @property
+    def evaluations(self) -> int:
+        return self.steps * max(1, len(self.classes))
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,7 @@ class Engine:
         self.name = name
         self.limits = limits
         self.channels = model.network.config.channels
+        self.classes = model.network.config.classes  # () for an unconditional model
         self.device = next(model.parameters()).device
         self.lock = threading.Lock()  # one network evaluation at a time
         self.slots = threading.BoundedSemaphore(limits.max_jobs)
@@ -156,17 +176,44 @@ class Engine:
         return {"model": self.name, "image_size": self.image_size, "device": str(self.device),
                 "samplers": sorted(samplers.SAMPLERS), "grids": sorted(samplers.GRIDS),
                 "max_images": self.max_images, "max_steps": self.limits.max_steps,
-                "max_frames": self.limits.max_frames}
+                "max_frames": self.limits.max_frames, "classes": list(self.classes),
+                "guidance": DEFAULT_GUIDANCE, "max_guidance": limits.MAX_GUIDANCE}
 
     # -- requests -----------------------------------------------------------------------------
 
     def sample_request(self, params: dict) -> SampleRequest:
         steps = _whole(params, "steps", 1, self.limits.max_steps, 20, " (this server's --max-steps)")
-        count = _whole(params, "count", 1, self.max_images, 16,
-                       f" (this server's --max-images at {self.image_size}x{self.image_size})")
+        classes, guidance = self._classes(params)
+        rows = max(1, len(classes))
+        count = _whole(params, "count", 1, self.max_images // rows, min(16, self.max_images // rows),
+                       f" (this server's --max-images at {self.image_size}x{self.image_size}"
+                       f"{f', in {rows} rows' if rows > 1 else ''})")
         seed = _whole(params, "seed", 0, limits.MAX_SEED, 0)
         sampler, grid, eta = _sampler(params)
-        return SampleRequest(seed, count, steps, sampler, grid, eta)
+        return SampleRequest(seed, count, steps, sampler, grid, eta, classes, guidance)
+
+    def _classes(self, params: dict) -> tuple[tuple[int | None, ...], float]:
+        """`classes` (a list of names, numbers or null for "any") and `guidance` -> (class numbers,
+        guidance), checked as `corolla sample` checks --class and --guidance."""
+        wanted = params.get("classes", [])
+        if not isinstance(wanted, list):
+            raise BadRequest(f"classes {limits.short(wanted)} is not a list of class names or numbers")
+        if not self.classes and (wanted or "guidance" in params):
+            raise BadRequest("this model is not class-conditional (it was trained without --conditional): "
+                             "it takes no classes and no guidance")
+        if len(wanted) > self.max_images:
+            raise BadRequest(f"{len(wanted):,} classes are too many: one row of images each, and at most "
+                             f"{self.max_images} images (this server's --max-images at "
+                             f"{self.image_size}x{self.image_size})")
+        try:
+            classes = tuple(None if c is None else class_number(self.classes, c) for c in wanted)
+        except ValueError as error:  # an unknown name, with the closest ones
+            raise BadRequest(str(error)) from None
+        if all(c is None for c in classes):  # "any" alone: the unconditional grid
+            classes = ()
+        if "guidance" in params and not classes:
+            raise BadRequest("guidance needs a class: without one the model samples unconditionally")
+        return classes, _number(params, "guidance", 0.0, limits.MAX_GUIDANCE, DEFAULT_GUIDANCE)
 
     def interpolation_request(self, params: dict) -> InterpolationRequest:
         photos = [bool(params.get(key)) for key in ("first_photo", "second_photo")]
@@ -200,11 +247,12 @@ class Engine:
 
     def _sample(self, noise: torch.Tensor, steps: int, sampler: str, grid: str, eta: float,
                 generators: list[torch.Generator] | None, on_step: Callable[[int, torch.Tensor], None],
-                cancelled: threading.Event) -> torch.Tensor:
+                cancelled: threading.Event, labels: torch.Tensor | None = None,
+                guidance: float = DEFAULT_GUIDANCE) -> torch.Tensor:
         """generate.sample_from_noise with the model's lock around each evaluation and
         on_step(evaluation number, predicted images in [0, 1]) after it -> images in [0, 1]."""
         model, done = self.model, 0
-        denoise = model.ema_denoiser()
+        denoise = model.ema_denoiser(labels, guidance)
 
         def watched(x, noise_rates, signal_rates):
             nonlocal done
@@ -229,12 +277,25 @@ class Engine:
 
     def sample(self, request: SampleRequest, on_step: Callable[[int, torch.Tensor], None],
                cancelled: threading.Event) -> torch.Tensor:
-        """Images 0..count-1 of the seed, the same as `corolla sample` (one batch) gives."""
+        """Images 0..count-1 of the seed, the same as `corolla sample` (one batch) gives; with
+        classes, one such row per class, each sampled as `corolla sample --class C` samples it (its
+        own batch, so its pixels do not depend on the other rows), row after row. on_step gets the
+        rows done so far and the current row's predictions."""
         shape = (self.channels, self.image_size, self.image_size)
-        generators = [image_generator(request.seed, i) for i in range(request.count)]
-        noise = _draw(generators, shape)
-        return self._sample(noise, request.steps, request.sampler, request.grid, request.eta,
-                            generators if request.eta > 0 else None, on_step, cancelled)
+        rows, evaluations = [], 0
+
+        def step(_, preview):
+            nonlocal evaluations
+            evaluations += 1
+            on_step(evaluations, torch.cat([*rows, preview]))
+        for number in request.classes or (None,):
+            generators = [image_generator(request.seed, i) for i in range(request.count)]  # the same noise each row
+            noise = _draw(generators, shape)
+            labels = None if number is None else torch.full((request.count,), number, device=self.device)
+            rows.append(self._sample(noise, request.steps, request.sampler, request.grid, request.eta,
+                                     generators if request.eta > 0 else None, step, cancelled, labels,
+                                     request.guidance))
+        return torch.cat(rows)
 
     def interpolate(self, request: InterpolationRequest, on_step: Callable[[int, torch.Tensor], None],
                     cancelled: threading.Event) -> torch.Tensor:
@@ -275,9 +336,9 @@ class Engine:
         return self._whole_call(cancelled, call)
 
 
-def grid_url(images: torch.Tensor) -> str:
+def grid_url(images: torch.Tensor, columns: int | None = None) -> str:
     """A batch of images in [0, 1] -> one PNG grid, laid out as `corolla sample`'s grid."""
-    return png_data_url(grid_array(images))
+    return png_data_url(grid_array(images, columns))
 
 
 def frame_urls(images: torch.Tensor) -> list[str]:

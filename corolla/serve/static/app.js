@@ -57,6 +57,10 @@ $("generate-form").addEventListener("submit", (e) => {
   const body = {seed: $("seed").value, count: $("count").value, steps: $("steps").value,
                 sampler: $("sampler").value, eta: $("eta").value};
   if ($("grid").value) body.grid = $("grid").value;
+  // a conditional model: one row per chosen class ("any" is null: a row of the unconditional
+  // model); guidance only goes with a class, as `corolla sample --guidance` needs --class
+  const chosen = [...$("classes").selectedOptions].map((o) => (o.value === "" ? null : Number(o.value)));
+  if (chosen.some((c) => c !== null)) Object.assign(body, {classes: chosen, guidance: $("guidance").value});
   const started = performance.now();
   let previews = 0;
   $("generate-status").textContent = "starting...";
@@ -72,8 +76,10 @@ $("generate-form").addEventListener("submit", (e) => {
       $("generate-download").download = `corolla-seed${data.seed}-${data.count}x${data.steps}steps.png`;
       $("generate-download").hidden = false;
       const seconds = ((performance.now() - started) / 1000).toFixed(2);
-      $("generate-status").textContent =
-        `done: ${data.count} images, seed ${data.seed}, ${data.steps} steps, ${previews} previews, ${seconds} s`;
+      const classes = data.classes.length ? ` per class (${data.classes.map((c) => c ?? "any").join(", ")}; ` +
+                                            `guidance ${data.guidance})` : "";
+      $("generate-status").textContent = `done: ${data.count} images${classes}, seed ${data.seed}, ` +
+        `${data.steps} steps, ${previews} previews, ${seconds} s`;
     }
   });
 });
@@ -269,11 +275,22 @@ async function refreshRun() {
 
 async function start() {
   const info = await (await fetch("/api/info")).json();
-  $("model-info").textContent = `${info.model}: ${info.image_size}x${info.image_size} images, on ${info.device}`;
+  const conditional = info.classes.length ? `, conditional on ${info.classes.length} classes` : "";
+  $("model-info").textContent =
+    `${info.model}: ${info.image_size}x${info.image_size} images${conditional}, on ${info.device}`;
   $("sampler").replaceChildren(...info.samplers.map((name) => new Option(name, name, false, name === "ddim")));
   $("grid").append(...info.grids.map((name) => new Option(name, name)));
   $("generate-hint").textContent = `at most ${info.max_images} images and ${info.max_steps} steps per request; ` +
     `eta above 0 (stochastic) with ddim only`;
+  if (info.classes.length) {
+    $("classes").replaceChildren(new Option("any (unconditional)", "", true, true),
+                                 ...info.classes.map((name, number) => new Option(name, number)));
+    $("guidance").value = info.guidance;
+    $("class-hint").textContent = `Several classes (Ctrl-click): one row each, image j of every row from the ` +
+      `same noise. Guidance 0 to ${info.max_guidance}: 0 is the unconditional model, 1 the conditional one, ` +
+      `more follows the class more closely.`;
+    for (const id of ["class-label", "guidance-label", "class-hint"]) $(id).hidden = false;
+  }
   if (info.run) {
     $("run-panel").hidden = false;
     $("run-name").textContent = info.run;
