@@ -18,7 +18,7 @@ from .diffusion import DiffusionModel
 from .config import Config
 
 MODELS = Path(__file__).parent / "assets" / "models"
-DEFAULT = "flowers32"
+DEFAULT = "flowers64"
 CARD_FILE = "card.json"
 
 
