@@ -234,7 +234,7 @@ def checkpoint_path(args) -> str:
 
 def load_model_for(args, device=None):
     """-> (model, config, device): the model of add_model_options, in the asked precision."""
-    from .train import resolve_device
+    from .devices import resolve_device
     device = device or resolve_device(args.device)
     model, config = checkpoint.load_model(checkpoint_path(args), device)
     model.accelerate(precision=precisions.resolve(args.precision, device))
@@ -320,7 +320,7 @@ def run_sample(args) -> int:
     from tqdm import tqdm
     from .generate import class_labels
     from .grids import save_each, save_grid
-    from .train import resolve_device
+    from .devices import resolve_device
     if args.guidance is not None and not args.classes:
         raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
     # every output is checked before any work: an unwritable one must not cost the sampling

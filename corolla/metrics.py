@@ -431,7 +431,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     the metrics with what they were measured on (None on ranks other than 0). heldout_dir: real
     images the model never saw, scored against instead of the split's held-out share. KID and FID need Inception weights (the
     argument, $COROLLA_INCEPTION_WEIGHTS or the cache copy); without them they are None."""
-    from .train import resolve_device
+    from .devices import resolve_device
     started = time.perf_counter()
     world, dev = distributed.init(resolve_device(device))
     model, config = checkpoint.load_model(path, dev)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from . import atomic, checkpoint, conditioning, data, distributed, labels, loggers, runfolder
 from . import precision as precisions
+from .devices import resolve_device
 from .config import Config
 from .diffusion import DiffusionModel, compile_for_training
 from .generate import NotFinite, generate
@@ -39,22 +40,6 @@ class TrainingError(RuntimeError):
 
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived: a checkpoint was written at the end of the current step."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but PyTorch sees no CUDA device; use cpu or auto")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps asked for, but no MPS device is available; use cpu or auto")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps")
-    return device
 
 
 def ema_decay(config: Config, step: int) -> float:
