@@ -573,7 +573,7 @@ STATE_RULES = {
     "step": integer(0, 2 ** 62), "epoch": integer(0, 2 ** 62), "batch_in_epoch": integer(0, 2 ** 62),
     "running_loss": number(0), "losses_since_log": integer(0, 2 ** 62), "log_lines": integer(0, 2 ** 62),
     "world_size": integer(1, 2 ** 20), "data_dir": _path_or_null, "val_dir": _path_or_null,
-    "labels_file": _path_or_null,
+    "labels_file": _path_or_null, "init_from": _path_or_null,
     "reason": lambda v: None if isinstance(v, str) else "text", "best": _best,
     "optimizer": lambda v: None if isinstance(v, dict) else "the optimiser's settings (a JSON object)",
 }

@@ -170,6 +170,10 @@ def _add_train(sub) -> None:
     p.add_argument("--label-dropout", type=fraction,
                    help="with --conditional: share of images trained with the null label, so the model also "
                         "samples unconditionally (default 0.1)")
+    p.add_argument("--init-from", metavar="MODEL", type=path_text,
+                   help="start from a trained model's weights (a checkpoint, a run folder or a shipped model's "
+                        "name) instead of random ones: the same network, or its unconditional twin for "
+                        "--conditional; the optimiser starts afresh")
     p.set_defaults(func=run_train)
 
 
@@ -289,6 +293,8 @@ def run_train(args) -> int:
     config = train_config(args)
     if args.resume and args.overwrite:
         raise ValueError("--resume continues the run in --out, --overwrite replaces it: give one")
+    if args.resume and args.init_from:
+        raise ValueError("--init-from starts a new run from a model's weights, --resume continues one: give one")
     if not args.conditional and not args.resume and (args.labels or args.label_dropout is not None):
         raise ValueError("--labels and --label-dropout are for a class-conditional run: add --conditional")
     runfolder.check_free(out)  # before reading a run that another process may be writing
@@ -310,7 +316,7 @@ def run_train(args) -> int:
         config = train_config(args, saved)
     folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
                    max_steps=args.max_steps, val_dir=args.val_data, overwrite=args.overwrite, report_to=args.log,
-                   conditional=args.conditional, labels_file=args.labels)
+                   conditional=args.conditional, labels_file=args.labels, init_from=args.init_from)
     print(f"checkpoint: {folder}\nsample grid: {out / 'grid.png'}\nmetrics: {out / 'metrics.jsonl'}")
     return 0
 

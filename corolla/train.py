@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import atomic, checkpoint, conditioning, data, distributed, labels, loggers, runfolder
+from . import atomic, checkpoint, conditioning, data, distributed, labels, loggers, runfolder, warmstart
 from . import precision as precisions
 from .devices import resolve_device
 from .config import Config
@@ -264,7 +264,8 @@ def micro_batch_size(config: Config, world: distributed.World) -> int:
 def train(config: Config, data_dir: str | Path | None = None, out: str | Path = "runs/train",
           device: str = "auto", resume: bool = False, progress: bool = True, max_steps: int | None = None,
           log=print, val_dir: str | Path | None = None, overwrite: bool = False,
-          report_to: Sequence[str] = (), conditional: bool = False, labels_file: str | Path | None = None) -> Path:
+          report_to: Sequence[str] = (), conditional: bool = False, labels_file: str | Path | None = None,
+          init_from: str | Path | None = None) -> Path:
     """Train (or resume) a run in `out`; returns the folder of its last checkpoint.
 
     Under torchrun each process trains its share of every global batch with DDP; only rank 0
@@ -273,7 +274,8 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     a run folder at a time, and a fresh run refuses a folder holding another run's files unless
     `overwrite`, which deletes them (runfolder.claim). report_to: trackers of corolla.loggers (rank 0 logs).
     conditional: learn the classes of the data (sub-folders, or the CSV labels_file; corolla.labels)
-    with classifier-free guidance (corolla.conditioning); a config with classes is conditional anyway."""
+    with classifier-free guidance (corolla.conditioning); a config with classes is conditional anyway.
+    init_from: a new run starts from that model's weights (corolla.warmstart)."""
     loggers.check(report_to)
     world, dev = distributed.init(resolve_device(device))
     run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
@@ -284,12 +286,13 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
         checkpoint.check_replaceable(run_dir / "best")  # now, not at the first evaluation
     with runfolder.claim(run_dir, resume, overwrite) if world.is_main else contextlib.nullcontext():
         return _train(config, data_dir, run_dir, world, dev, resume, progress, max_steps, log, val_dir, report_to,
-                      conditional, labels_file)
+                      conditional, labels_file, init_from)
 
 
 def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: distributed.World, dev: torch.device,
            resume: bool, progress: bool, max_steps: int | None, log, val_dir: str | Path | None,
-           report_to: Sequence[str] = (), conditional: bool = False, labels_file: str | Path | None = None) -> Path:
+           report_to: Sequence[str] = (), conditional: bool = False, labels_file: str | Path | None = None,
+           init_from: str | Path | None = None) -> Path:
     """`train` in a run folder it holds."""
     # -- set up ---------------------------------------------------------------------------
     # the checkpoints record the precision used, never "auto"
@@ -317,6 +320,11 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
     # room for two checkpoints: the new one is complete before the old one goes
     checkpoint.ensure_writable(run_dir, 2 * checkpoint.training_bytes(model, optimizer) + 2 ** 20)
     model.normalizer.set_statistics(run.mean.to(dev), run.variance.to(dev))
+    resuming = resume and (run_dir / "latest").exists()
+    if resuming:  # where the starting weights came from stays in every checkpoint of the run
+        init_from = saved.get("init_from")
+    elif init_from:
+        init_from = warmstart.load_into(model, config, init_from)
     steps_per_epoch = data.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
     step, epoch, batch_in_epoch = 0, 0, 0
     # the loss summed since the last log line: saved in checkpoints so a resumed run logs the same means
@@ -326,7 +334,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
 
     # -- resume ---------------------------------------------------------------------------
     state: dict = {}
-    if resume and (run_dir / "latest").exists():
+    if resuming:
         state, _ = checkpoint.load_training(run_dir, model, optimizer)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         running.fill_(state.get("running_loss", 0.0))
@@ -336,7 +344,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
         say(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
 
     evaluator = make_evaluator(config, run, dev) if tc.eval_every and world.is_main else None
-    best = state.get("best") if resume and (run_dir / "latest").exists() else None
+    best = state.get("best") if resuming else None
 
     ddp = None
     if world.distributed:
@@ -355,7 +363,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
                  "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
                  "val_dir": str(Path(val_dir).resolve()) if val_dir else None, "world_size": world.size,
                  "labels_file": str(Path(labels_file).resolve()) if labels_file else None,
-                 "best": best, "data_identity": data_identity}
+                 "best": best, "data_identity": data_identity, "init_from": init_from}
         try:
             return checkpoint.save_training(run_dir, model, config, optimizer, state, {})
         except OSError as error:

@@ -1,0 +1,47 @@
+"""Start a new run from a trained model's weights (fine-tuning) instead of random ones.
+
+The source's EMA network (the weights a release holds) becomes both the trained network and the
+EMA network of the new run; the optimiser, the step count and the data statistics are the new
+run's own. The architecture must be the same, except that an unconditional source may start a
+class-conditional run: the class embedding is zero-initialised (corolla.conditioning), so the new
+network begins as exactly the source and only has to learn what the classes add.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import torch
+
+from . import checkpoint, pretrained
+from .config import Config
+from .diffusion import DiffusionModel
+
+
+def source_path(source: str | os.PathLike):
+    """A checkpoint or run folder, or the name of a shipped model (`corolla models`)."""
+    if str(source) in pretrained.names():
+        return pretrained.path(str(source))
+    return checkpoint.resolve(source)
+
+
+def load_into(model: DiffusionModel, config: Config, source: str | os.PathLike) -> str:
+    """Copy the source's EMA weights into both of model's networks -> the source's path, for the
+    run's records. Raises ValueError when the networks differ in more than the class embedding."""
+    where = source_path(source)
+    trained, trained_config = checkpoint.load_model(where)
+    if trained_config.train.schedule != config.train.schedule:
+        raise ValueError(f"--init-from {source}: trained with the {trained_config.train.schedule} schedule, this run "
+                         f"uses {config.train.schedule}; give --schedule {trained_config.train.schedule}")
+    theirs, ours = trained_config.unet, config.unet
+    if replace(theirs, classes=()) != replace(ours, classes=()):
+        raise ValueError(f"--init-from {source}: its network is not this run's (image size, widths, blocks or "
+                         f"embedding differ); choose the same --preset and --image-size")
+    if theirs.classes and theirs.classes != ours.classes:
+        raise ValueError(f"--init-from {source}: a conditional model starts only a run of the same classes "
+                         f"({len(theirs.classes)} classes there, {len(ours.classes)} here)")
+    weights = trained.ema_network.state_dict()
+    for network in (model.network, model.ema_network):
+        missing, unexpected = network.load_state_dict(weights, strict=False)
+        assert not unexpected and all(k.startswith("class_embedding.") for k in missing), (missing, unexpected)
+    return str(where)

@@ -1,0 +1,96 @@
+"""train --init-from: a new run starts from a trained model's weights (corolla.warmstart)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from corolla import checkpoint, cli, data, pretrained, warmstart
+from corolla.config import preset
+from corolla.diffusion import DiffusionModel
+from corolla.train import train
+from corolla.unet import UNetConfig
+
+CLASSES = ("daisy", "rose")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, make_flowers):
+    """A tiny unconditional run of 2 steps whose EMA weights differ from any fresh network's."""
+    out = tmp_path_factory.mktemp("source") / "run"
+    train(preset("tiny"), make_flowers(16), out, progress=False, max_steps=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def class_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("classes")
+    flowers = [p for p in sorted(data.bundled_dir().glob("*.jpg")) if p.stat().st_size][:16]
+    for i, path in enumerate(flowers):
+        (root / CLASSES[i % 2]).mkdir(exist_ok=True)
+        shutil.copy(path, root / CLASSES[i % 2] / path.name)
+    return root
+
+
+def _conditional_tiny(classes=CLASSES):
+    config = preset("tiny").replace(unet={"classes": classes})
+    torch.manual_seed(3)
+    return DiffusionModel(config.unet), config
+
+
+def test_both_networks_start_as_the_sources_ema_and_a_conditional_one_as_its_unconditional_twin(source):
+    trained, _ = checkpoint.load_model(source)
+    model, config = _conditional_tiny()
+    assert warmstart.load_into(model, config, source) == str(checkpoint.resolve(source))
+    for network in (model.network, model.ema_network):
+        ours = network.state_dict()
+        for key, value in trained.ema_network.state_dict().items():
+            assert torch.equal(ours[key], value), key
+        assert not ours["class_embedding.weight"].any()  # untouched: zero, as a new conditional network's
+    model.eval()
+    x, v = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 1, 1)
+    with torch.no_grad():
+        expected = trained.ema_network(x, v)
+        assert torch.equal(model.ema_network(x, v, torch.tensor([0, 1])), expected)
+        assert torch.equal(model.network(x, v), expected)
+
+
+def test_other_networks_schedules_and_classes_are_refused(source, tmp_path):
+    config = preset("tiny")
+    wider = config.replace(unet={"widths": (8, 16, 32)})
+    with pytest.raises(ValueError, match="not this run's"):
+        warmstart.load_into(DiffusionModel(wider.unet), wider, source)
+    linear = config.replace(train={"schedule": "linear"})
+    with pytest.raises(ValueError, match="--schedule offset_cosine"):
+        warmstart.load_into(DiffusionModel(linear.unet), linear, source)
+    conditional, conditional_config = _conditional_tiny()
+    checkpoint.save_pretrained(tmp_path / "cond", conditional, conditional_config, ema_only=True)
+    other, other_config = _conditional_tiny(("tulip", "iris", "lily"))
+    with pytest.raises(ValueError, match="same classes"):
+        warmstart.load_into(other, other_config, tmp_path / "cond")
+    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+        warmstart.load_into(DiffusionModel(config.unet), config, tmp_path / "nothing")
+
+
+def test_a_shipped_models_name_is_a_source():
+    assert warmstart.source_path(pretrained.DEFAULT) == pretrained.path()
+
+
+def test_the_command_starts_a_conditional_run_from_an_unconditional_one_and_resume_keeps_the_record(
+        source, class_folder, tmp_path, capsys):
+    out = tmp_path / "cond"
+    assert cli.main(["train", str(class_folder), "--preset", "tiny", "--conditional", "--init-from", str(source),
+                     "--epochs", "3", "--out", str(out), "--max-steps", "1", "--no-progress"]) == 0
+    state = json.loads((checkpoint.resolve(out) / "state.json").read_text())
+    assert state["init_from"] == str(checkpoint.resolve(source)) and state["step"] == 1
+    assert checkpoint.load_model(out)[1].unet.classes == CLASSES
+    assert cli.main(["train", "--preset", "tiny", "--conditional", "--out", str(out), "--resume",
+                     "--max-steps", "2", "--no-progress"]) == 0
+    state = json.loads((checkpoint.resolve(out) / "state.json").read_text())
+    assert state["init_from"] == str(checkpoint.resolve(source)) and state["step"] == 2
+    capsys.readouterr()
+    assert cli.main(["train", "--preset", "tiny", "--out", str(out), "--resume", "--init-from", str(source)]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert cli.main(["train", str(class_folder), "--preset", "demo", "--init-from", str(source),
+                     "--out", str(tmp_path / "demo"), "--no-progress"]) == 2
+    assert "not this run's" in capsys.readouterr().err
