@@ -1,6 +1,7 @@
 """Checkpoints: a folder of config.json + model.safetensors (+ training state to resume).
 
-Loading reads JSON and safetensors only, so a checkpoint can never execute code. Every other
+Loading reads JSON and safetensors only, so a checkpoint can never execute code, and reads them
+bounded and checked (corolla.safefile). Every other
 file's SHA-256 is recorded in config.json and the config is also stored inside
 model.safetensors, so a torn, altered or mixed-up file is a clear CheckpointError, never wrong
 weights.
@@ -26,16 +27,13 @@ import math
 import os
 import re
 import shutil
-import stat
-import struct
 from pathlib import Path
-from typing import Callable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors, save as dump_safetensors
+from safetensors.torch import save as dump_safetensors
 
 from .atomic import remove_stale_temporaries
+from .safefile import CheckpointError, HeaderCheck, read_bounded, read_tensors, read_verified
 from .config import Config
 from .diffusion import DiffusionModel
 from .limits import KEEP_BEST_METRICS, MAX_ABS_WEIGHT, MAX_JSON_BYTES, MAX_PARAMETERS, integer, number, short
@@ -46,10 +44,6 @@ MODEL_FILE, CONFIG_FILE, TRAINING_FILE, STATE_FILE = (
     "model.safetensors", "config.json", "training.safetensors", "state.json")
 RESERVED_KEYS = ("format", "version", "sha256")  # config.json keys that are not the Config
 CHECKPOINT_FILES = {MODEL_FILE, CONFIG_FILE, TRAINING_FILE, STATE_FILE}
-
-
-class CheckpointError(ValueError):
-    """A path that does not hold a usable corolla checkpoint."""
 
 
 class OutputError(ValueError):
@@ -248,35 +242,13 @@ LATEST_NAME = re.compile(r"step-[0-9]{8,}(-1)?")
 MAX_LATEST_BYTES = 256
 
 
-def _open_regular(path: Path, follow_links: bool = True):
-    """A binary file object of `path`, refused unless it is a regular file. Opened without
-    blocking, so a FIFO cannot hang the command; a device is refused before it is read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW))
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        f.close()
-        raise CheckpointError(f"{path} is not a regular file")
-    return f
-
-
-def _read_bounded(path: Path, limit: int, follow_links: bool = True) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (a 20 GB sparse file is refused from
-    its size, not read)."""
-    with _open_regular(path, follow_links) as f:
-        size = os.fstat(f.fileno()).st_size
-        payload = f.read(limit + 1)
-    if max(size, len(payload)) > limit:
-        raise CheckpointError(f"{path} is {max(size, len(payload)):,} bytes; a checkpoint's is at most {limit:,}")
-    return payload
-
-
 def read_latest(run_dir: Path) -> str | None:
     """The checkpoint name in run_dir/latest, None when there is no such file. Accepted only as
     save_training writes it: a small regular file (a link is not followed) holding a name of
     run_dir/checkpoints; a FIFO, a device, a link, ../x or /x is a CheckpointError."""
     path = run_dir / "latest"
     try:
-        payload = _read_bounded(path, MAX_LATEST_BYTES, follow_links=False)
+        payload = read_bounded(path, MAX_LATEST_BYTES, follow_links=False)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -313,7 +285,7 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def _read_config_json(folder: Path) -> dict:
     try:
-        payload = _read_bounded(folder / CONFIG_FILE, MAX_JSON_BYTES)
+        payload = read_bounded(folder / CONFIG_FILE, MAX_JSON_BYTES)
     except OSError as error:
         raise CheckpointError(f"{folder / CONFIG_FILE}: not readable ({error.strerror or error})") from None
     try:
@@ -362,81 +334,6 @@ def load_config(folder: Path) -> Config:
     config = _config_from(_read_config_json(folder), folder / CONFIG_FILE)
     expected_shapes(config, folder / CONFIG_FILE)
     return config
-
-
-def _read_verified(path: Path, sha256: str | None, limit: int) -> bytes:
-    """The bytes of a checkpoint file of at most `limit` bytes, checked against its SHA-256 when
-    one is recorded."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    try:
-        payload = _read_bounded(path, limit)
-    except OSError as error:
-        raise CheckpointError(f"{path}: not readable ({error.strerror or error})") from None
-    if sha256 is not None and hashlib.sha256(payload).hexdigest() != sha256:
-        raise CheckpointError(f"{path}: contents do not match the SHA-256 recorded in {CONFIG_FILE} "
-                              f"(the file is truncated, corrupted or from another checkpoint)")
-    return payload
-
-
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-MAX_HEADER_BYTES = 2 ** 24
-HeaderCheck = Callable[[dict[str, tuple[str, tuple[int, ...]]], dict[str, str]], None]
-
-
-def _invalid(path: Path, sha256: str | None, reason: str) -> CheckpointError:
-    if sha256 is not None:  # corolla wrote a valid file with that checksum: this is not it
-        return CheckpointError(f"{path}: contents do not match the SHA-256 recorded in {CONFIG_FILE} "
-                               f"(the file is truncated, corrupted or from another checkpoint)")
-    return CheckpointError(f"{path}: not a valid safetensors file ({reason})")
-
-
-def _read_header(path: Path, sha256: str | None) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str], int]:
-    """The safetensors header alone -> ({name: (dtype, shape)}, metadata, bytes the file may have)."""
-    try:
-        with _open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            (header_size,) = struct.unpack("<Q", f.read(8))
-            if header_size > min(MAX_HEADER_BYTES, size - 8):
-                raise ValueError(f"a header of {header_size:,} bytes")
-            header = json.loads(f.read(header_size))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing") from None
-    except OSError as error:
-        raise CheckpointError(f"{path}: not readable ({error.strerror or error})") from None
-    except (struct.error, ValueError, RecursionError) as error:
-        raise _invalid(path, sha256, str(error)[:100]) from None
-    if not isinstance(header, dict):
-        raise _invalid(path, sha256, "its header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    tensors, data_bytes = {}, 0
-    for name, entry in header.items():
-        try:
-            dtype, shape = entry["dtype"], tuple(entry["shape"])
-            if dtype not in DTYPE_BYTES or not all(type(d) is int and d >= 0 for d in shape):
-                raise ValueError
-        except (TypeError, KeyError, ValueError):
-            raise _invalid(path, sha256, f"bad header entry {short(name)}") from None
-        tensors[name] = (dtype, shape)
-        data_bytes += math.prod(shape) * DTYPE_BYTES[dtype]
-    if not isinstance(metadata, dict):
-        raise _invalid(path, sha256, "its metadata is not a JSON object")
-    return tensors, metadata, 8 + header_size + data_bytes
-
-
-def _read_tensors(path: Path, sha256: str | None, check: HeaderCheck) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """-> (tensors, metadata) of a safetensors file. Its header is read first and `check`ed (the
-    names and shapes against what the config needs), so the file is read whole only once its
-    size is known to be what those shapes take; then its SHA-256 is checked, when recorded."""
-    header, metadata, most = _read_header(path, sha256)
-    check(header, metadata)
-    if path.stat().st_size > most:
-        raise _invalid(path, sha256, f"{path.stat().st_size:,} bytes where its tensors take {most:,}")
-    payload = _read_verified(path, sha256, most)
-    try:
-        return load_safetensors(payload), metadata
-    except (SafetensorError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({str(error).splitlines()[0]})") from None
 
 
 def _model_check(config: Config, where: Path) -> HeaderCheck:
@@ -517,7 +414,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     folder = resolve(path)
     raw = _read_config_json(folder)
     config = _config_from(raw, folder / CONFIG_FILE)
-    tensors, _ = _read_tensors(folder / MODEL_FILE, _checksums(raw).get(MODEL_FILE),
+    tensors, _ = read_tensors(folder / MODEL_FILE, _checksums(raw).get(MODEL_FILE),
                                _model_check(config, folder / MODEL_FILE))
     model = _model_for(config, folder / CONFIG_FILE)
     _load_weights(model, tensors, folder / MODEL_FILE)
@@ -600,7 +497,7 @@ def load_state(path: str | os.PathLike) -> dict:
     """state.json of a training checkpoint (step, epoch, data folder...), checked against its
     SHA-256 and for the types of its values."""
     folder = resolve(path)
-    payload = _read_verified(folder / STATE_FILE, _checksums(_read_config_json(folder)).get(STATE_FILE),
+    payload = read_verified(folder / STATE_FILE, _checksums(_read_config_json(folder)).get(STATE_FILE),
                              MAX_JSON_BYTES)
     return _parse_state(payload, folder / STATE_FILE)
 
@@ -612,14 +509,14 @@ def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: tor
     raw = _read_config_json(folder)
     sha256 = _checksums(raw)
     config = _config_from(raw, folder / CONFIG_FILE)
-    tensors, _ = _read_tensors(folder / MODEL_FILE, sha256.get(MODEL_FILE), _model_check(config, folder / MODEL_FILE))
+    tensors, _ = read_tensors(folder / MODEL_FILE, sha256.get(MODEL_FILE), _model_check(config, folder / MODEL_FILE))
     if config.unet != model.network.config:
         raise CheckpointError(f"{folder / CONFIG_FILE}: its network ({config.unet}) is not the one being "
                               f"resumed ({model.network.config})")
     _load_weights(model, tensors, folder / MODEL_FILE)
-    training, _ = _read_tensors(folder / TRAINING_FILE, sha256.get(TRAINING_FILE),
+    training, _ = read_tensors(folder / TRAINING_FILE, sha256.get(TRAINING_FILE),
                                 _training_check(optimizer, folder / TRAINING_FILE))
-    payload = _read_verified(folder / STATE_FILE, sha256.get(STATE_FILE), MAX_JSON_BYTES)
+    payload = read_verified(folder / STATE_FILE, sha256.get(STATE_FILE), MAX_JSON_BYTES)
     state = _parse_state(payload, folder / STATE_FILE, ("step", "epoch", "batch_in_epoch", "optimizer"))
     try:
         _restore_optimizer(optimizer, training, state.pop("optimizer"))

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-import torch
-
 from . import checkpoint, pretrained
 from .config import Config
 from .diffusion import DiffusionModel

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from corolla import checkpoint, cli, metrics
+from corolla import checkpoint, cli, metrics, safefile
 from corolla.config import preset
 from corolla.train import build
 
@@ -78,7 +78,7 @@ def _no_big_reads_or_builds(monkeypatch) -> None:
     """Fail if a checkpoint's weights are read whole or a real network is built."""
     def fail(*args, **kwargs):
         pytest.fail("got as far as reading the weights or building the network")
-    monkeypatch.setattr(checkpoint, "_read_verified", fail)
+    monkeypatch.setattr(safefile, "read_verified", fail)
     monkeypatch.setattr(checkpoint, "_model_for", fail)
 
 
@@ -130,7 +130,7 @@ def test_a_huge_sparse_weights_file_is_refused_from_its_header_not_read(release,
     raw.pop("sha256")  # a hand-made checkpoint without checksums
     (release / "config.json").write_text(json.dumps(raw))
     os.truncate(release / "model.safetensors", 20 * 2 ** 30)  # 20 GB of holes after the real tensors
-    monkeypatch.setattr(checkpoint, "_read_verified", lambda *a: pytest.fail("read the whole file"))
+    monkeypatch.setattr(safefile, "read_verified", lambda *a: pytest.fail("read the whole file"))
     with pytest.raises(checkpoint.CheckpointError, match="21,474,836,480 bytes where its tensors take"):
         checkpoint.load_model(release)
 
