@@ -1,10 +1,9 @@
 """Checkpoints: a folder of config.json + model.safetensors (+ training state to resume).
 
-Loading reads JSON and safetensors only, so a checkpoint can never execute code, and reads them
-bounded and checked (corolla.safefile). Every other
-file's SHA-256 is recorded in config.json and the config is also stored inside
-model.safetensors, so a torn, altered or mixed-up file is a clear CheckpointError, never wrong
-weights.
+Loading reads JSON and safetensors only, bounded and checked (corolla.safefile), so a checkpoint
+can never execute code. Every other file's SHA-256 is recorded in config.json and the config is
+also stored inside model.safetensors, so a torn, altered or mixed-up file is a clear
+CheckpointError, never wrong weights.
 
 Writes are atomic: a checkpoint is written into a temporary folder, each file fsynced, then
 published by renaming the folder; a run folder's `latest` pointer is then replaced atomically.
