@@ -1,9 +1,13 @@
-"""`corolla classes [CHECKPOINT | --model NAME]`: a class-conditional model's classes, as sample --class takes them."""
+"""A class-conditional model's classes: `corolla classes` lists them as sample --class takes them,
+`corolla class-grid` draws a figure of them (one labelled row per class)."""
 from __future__ import annotations
 
-from . import checkpoint
-from .cli import checkpoint_path, path_text
+from . import checkpoint, conditioning, outputs
+from .cli import (add_model_options, checkpoint_path, guidance, load_model_for, path_text, seed, steps,
+                  whole_number)
 from .config import Config
+
+GRID_CLASSES = 8  # rows of class-grid when no --class is given
 
 
 def register(sub) -> None:
@@ -12,6 +16,19 @@ def register(sub) -> None:
                    help="checkpoint folder or run folder (default: the shipped model)")
     p.add_argument("--model", metavar="NAME", help="a shipped model by name (`corolla models` lists them)")
     p.set_defaults(func=run_classes)
+
+    p = sub.add_parser("class-grid", help="a figure of a class-conditional model: one row per class, named, "
+                                          "the same seeds in every row")
+    add_model_options(p)
+    p.add_argument("--class", dest="classes", action="append", metavar="CLASS",
+                   help=f"a class by name or number, one row each (default: {GRID_CLASSES} spread over the list)")
+    p.add_argument("-n", "--num-images", type=whole_number(1, 32), default=8, help="images per row (default 8)")
+    p.add_argument("--guidance", type=guidance, default=conditioning.DEFAULT_GUIDANCE,
+                   help=f"classifier-free guidance (default {conditioning.DEFAULT_GUIDANCE:g})")
+    p.add_argument("--steps", type=steps, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--out", type=path_text, default="classes.png", help="PNG to write (default classes.png)")
+    p.set_defaults(func=run_class_grid)
 
 
 def format_table(config: Config) -> str:
@@ -33,4 +50,28 @@ def run_classes(args) -> int:
         raise ValueError(f"{folder} is not class-conditional (it was trained without --conditional): it has no "
                          f"classes; sample it without --class")
     print(format_table(config))
+    return 0
+
+
+def spread(count: int, rows: int = GRID_CLASSES) -> list[int]:
+    """`rows` class numbers evenly spread over 0..count-1 (all of them when there are fewer)."""
+    return [i * count // rows for i in range(rows)] if count > rows else list(range(count))
+
+
+def run_class_grid(args) -> int:
+    import torch
+    from .figures import save_labelled_grid
+    from .generate import class_labels, generate
+    out = outputs.check_file(args.out, "--out")  # before the sampling it would waste
+    model, config, _ = load_model_for(args)
+    names = config.unet.classes
+    if not names:
+        raise ValueError(f"{checkpoint_path(args)} is not class-conditional (it was trained without --conditional): "
+                         f"it has no classes to draw")
+    numbers = [class_labels(model, name, 1) for name in args.classes] if args.classes else spread(len(names))
+    # row r is class numbers[r]; column j starts from image j's noise of the seed in every row
+    rows = [generate(model, args.num_images, args.steps, seed=args.seed, image_size=config.data.image_size,
+                     classes=number, guidance=args.guidance) for number in numbers]
+    title = f"guidance {args.guidance:g}, {args.steps} DDIM steps, seed {args.seed}"
+    print(save_labelled_grid(torch.stack(rows), out, row_labels=[names[n] for n in numbers], title=title))
     return 0

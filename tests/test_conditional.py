@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corolla import checkpoint, cli, conditioning, data, labels, samplers
+from corolla import checkpoint, cli, cli_classes, conditioning, data, figures, labels, samplers
 from corolla.config import Config, preset
 from corolla.diffusion import DiffusionModel
 from corolla.generate import generate, initial_noise
@@ -286,6 +286,37 @@ def test_sample_draws_one_row_per_class_and_names_files_by_class(run, tmp_path, 
     expected = to_uint8(generate(model, 3, 2, image_size=SIZE, classes="sunflower", guidance=2.0))[1]
     with Image.open(each / "class2-00001.png") as image:
         assert np.array_equal(np.asarray(image), expected)
+
+
+def test_class_grid_draws_one_named_row_per_class_from_the_same_seeds(run, tmp_path, capsys):
+    out = tmp_path / "classes.png"
+    assert cli.main(["class-grid", str(run), "--class", "sunflower", "--class", "0", "-n", "3", "--steps", "2",
+                     "--guidance", "2", "--precision", "fp32", "--out", str(out)]) == 0
+    title = "guidance 2, 2 DDIM steps, seed 0"
+    geometry = figures.grid_geometry(2, 3, SIZE, row_labels=["sunflower", "daisy"], title=title)
+    with Image.open(out) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape == (geometry.height, geometry.width, 3)
+    model, _ = checkpoint.load_model(run)
+    for row, name in enumerate(["sunflower", "daisy"]):  # the images of sample --class NAME, enlarged
+        expected = to_uint8(generate(model, 3, 2, image_size=SIZE, classes=name, guidance=2.0))
+        for col in range(3):
+            x, y = geometry.cell_origin(row, col)
+            cell = pixels[y:y + geometry.cell, x:x + geometry.cell]
+            assert np.array_equal(cell, expected[col].repeat(geometry.scale, 0).repeat(geometry.scale, 1))
+    assert cli_classes.spread(102) == [0, 12, 25, 38, 51, 63, 76, 89] and cli_classes.spread(3) == [0, 1, 2]
+
+
+def test_class_grid_refuses_unknown_classes_and_unconditional_models_before_writing(run, tmp_path, capsys,
+                                                                                   make_flowers):
+    out = tmp_path / "classes.png"
+    assert cli.main(["class-grid", str(run), "--class", "tulip", "--out", str(out)]) == 2
+    assert "unknown class 'tulip'" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    train(preset("tiny"), make_flowers(16), plain, progress=False, max_steps=1)
+    assert cli.main(["class-grid", str(plain), "--out", str(out)]) == 2
+    assert "not class-conditional" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("arguments,message", [
