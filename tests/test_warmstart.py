@@ -9,7 +9,6 @@ from corolla import checkpoint, cli, data, pretrained, warmstart
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 from corolla.train import train
-from corolla.unet import UNetConfig
 
 CLASSES = ("daisy", "rose")
 
