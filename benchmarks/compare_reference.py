@@ -86,7 +86,7 @@ def main() -> None:
     bf16_peak = max(r["matmul_bf16_gflops"] for r in peaks)
     flops = throughput.flops_per_image(throughput.configs.preset("seed64"))
 
-    print(f"\n## corolla and the Keras reference, seed64 (64x64, batch 64), one run")
+    print("\n## corolla and the Keras reference, seed64 (64x64, batch 64), one run")
     print(f"machine: {throughput.machine()}; date {started:%Y-%m-%d %H:%M} UTC; {args.repeats} repeat(s), "
           f"{args.train_steps} timed training steps each")
     if keras_rows:

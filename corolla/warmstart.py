@@ -36,8 +36,8 @@ def load_into(model: DiffusionModel, config: Config, source: str | os.PathLike) 
         raise ValueError(f"--init-from {source}: its network is not this run's (image size, widths, blocks or "
                          f"embedding differ); choose the same --preset and --image-size")
     if theirs.classes and theirs.classes != ours.classes:
-        raise ValueError(f"--init-from {source}: a conditional model starts only a run of the same classes "
-                         f"({len(theirs.classes)} classes there, {len(ours.classes)} here)")
+        raise ValueError(f"--init-from {source}: a conditional model starts only a run of its own "
+                         f"{len(theirs.classes)} classes, in the same order")
     weights = trained.ema_network.state_dict()
     for network in (model.network, model.ema_network):
         missing, unexpected = network.load_state_dict(weights, strict=False)

@@ -29,3 +29,17 @@ def make_flowers(tmp_path_factory):
                 shutil.copy(path, folders[count] / path.name)
         return folders[count]
     return make
+
+
+CLASSES = ("daisy", "rose", "sunflower")
+
+
+@pytest.fixture(scope="session")
+def class_folder(tmp_path_factory):
+    """DIR/<class>/: the first 24 bundled flowers dealt in turn into the 3 CLASSES folders."""
+    root = tmp_path_factory.mktemp("classes")
+    flowers = [p for p in sorted(data.bundled_dir().glob("*.jpg")) if p.stat().st_size][:24]
+    for i, path in enumerate(flowers):
+        (root / CLASSES[i % 3]).mkdir(exist_ok=True)
+        shutil.copy(path, root / CLASSES[i % 3] / path.name)
+    return root

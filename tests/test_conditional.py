@@ -1,7 +1,6 @@
 """Class-conditional training with classifier-free guidance (issue 16), on tiny networks."""
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ from corolla.pretrained import export_release
 from corolla.train import train
 from corolla.unet import UNet, UNetConfig, count_parameters
 
-CLASSES = ("daisy", "rose", "sunflower")
+from conftest import CLASSES
+
 TINY = preset("tiny").unet
 SIZE = 16
 
@@ -39,17 +39,6 @@ def _model(classes=CLASSES) -> DiffusionModel:
 @pytest.fixture(scope="module")
 def model() -> DiffusionModel:
     return _model()
-
-
-@pytest.fixture(scope="module")
-def class_folder(tmp_path_factory) -> Path:
-    """DIR/<class>/: 8 bundled flowers in each of 3 class folders (24 images)."""
-    root = tmp_path_factory.mktemp("classes")
-    flowers = [p for p in sorted(data.bundled_dir().glob("*.jpg")) if p.stat().st_size][:24]
-    for i, path in enumerate(flowers):
-        (root / CLASSES[i % 3]).mkdir(exist_ok=True)
-        shutil.copy(path, root / CLASSES[i % 3] / path.name)
-    return root
 
 
 @pytest.fixture(scope="module")

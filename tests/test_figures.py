@@ -1,19 +1,15 @@
 """Figures: data behind each plot against the library, PNG sizes and pixels, interpolation ends."""
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from corolla import checkpoint, cli, cli_figures, data, figures, samplers, schedules
+from corolla import checkpoint, cli, data, figures, samplers, schedules
 from corolla.config import preset
 from corolla.generate import generate, initial_noise
 from corolla.grids import to_uint8

@@ -8,7 +8,6 @@ import time
 import warnings
 
 import pytest
-import torch
 
 from corolla import cli, loggers
 from corolla.config import preset

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from corolla import checkpoint, cli, precision
 from corolla.config import Config, preset

@@ -4,7 +4,6 @@ data (resume on changed data is refused; a run inside the data folder is not sca
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time

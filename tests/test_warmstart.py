@@ -1,16 +1,15 @@
 """train --init-from: a new run starts from a trained model's weights (corolla.warmstart)."""
 import json
-import shutil
 
 import pytest
 import torch
 
-from corolla import checkpoint, cli, data, pretrained, warmstart
+from corolla import checkpoint, cli, pretrained, warmstart
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 from corolla.train import train
 
-CLASSES = ("daisy", "rose")
+from conftest import CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +18,6 @@ def source(tmp_path_factory, make_flowers):
     out = tmp_path_factory.mktemp("source") / "run"
     train(preset("tiny"), make_flowers(16), out, progress=False, max_steps=2)
     return out
-
-
-@pytest.fixture(scope="module")
-def class_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("classes")
-    flowers = [p for p in sorted(data.bundled_dir().glob("*.jpg")) if p.stat().st_size][:16]
-    for i, path in enumerate(flowers):
-        (root / CLASSES[i % 2]).mkdir(exist_ok=True)
-        shutil.copy(path, root / CLASSES[i % 2] / path.name)
-    return root
 
 
 def _conditional_tiny(classes=CLASSES):
@@ -65,7 +54,7 @@ def test_other_networks_schedules_and_classes_are_refused(source, tmp_path):
     conditional, conditional_config = _conditional_tiny()
     checkpoint.save_pretrained(tmp_path / "cond", conditional, conditional_config, ema_only=True)
     other, other_config = _conditional_tiny(("tulip", "iris", "lily"))
-    with pytest.raises(ValueError, match="same classes"):
+    with pytest.raises(ValueError, match="its own 3 classes"):
         warmstart.load_into(other, other_config, tmp_path / "cond")
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         warmstart.load_into(DiffusionModel(config.unet), config, tmp_path / "nothing")
