@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from corolla import checkpoint, data, labels, metrics
+from corolla import precision as precisions
 from corolla.generate import generate
 from corolla.train import resolve_device
 
@@ -137,10 +138,11 @@ def load_classifier(folder: str, device: torch.device) -> tuple[Classifier, dict
 
 def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class: int = 10,
           guidances: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0), steps: int = 20, sampler: str = "ddim",
-          batch_size: int = 64, seed: int = 0, device: str = "auto") -> dict:
+          batch_size: int = 64, seed: int = 0, device: str = "auto", precision: str = "auto") -> dict:
     """Generated images of every class at each guidance, classified and compared with real ones."""
     dev = resolve_device(device)
     model, config = checkpoint.load_model(checkpoint_path, dev)
+    model.accelerate(precision=precisions.resolve(precision, dev))
     classes, size = config.unet.classes, config.data.image_size
     if not classes:
         raise SystemExit(f"{checkpoint_path} is not class-conditional")
@@ -157,7 +159,7 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
     held_logits = predict(classifier, held, dev)
     asked = torch.arange(len(classes)).repeat_interleave(per_class)
     results = {"checkpoint": str(checkpoint_path), "classes": len(classes), "per_class": per_class, "steps": steps,
-               "sampler": sampler, "seed": seed, "chance": 1 / len(classes),
+               "sampler": sampler, "seed": seed, "precision": model.precision, "chance": 1 / len(classes),
                "classifier_heldout_accuracy": accuracy(held_logits, held_targets),
                "classifier_heldout_top5": accuracy(held_logits, held_targets, 5),
                "heldout_images": held.shape[0], "by_guidance": []}
@@ -180,7 +182,7 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
 
 def table(results: dict) -> str:
     lines = [f"{results['checkpoint']}: {results['classes']} classes x {results['per_class']} images, "
-             f"{results['steps']} {results['sampler']} steps, seed {results['seed']}; chance "
+             f"{results['steps']} {results['sampler']} steps, seed {results['seed']}, {results['precision']}; chance "
              f"{100 * results['chance']:.1f} %; the classifier on {results['heldout_images']} held-out real images: "
              f"{100 * results['classifier_heldout_accuracy']:.1f} % (top-5 "
              f"{100 * results['classifier_heldout_top5']:.1f} %)", "",
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="of the sampling network")
     s.add_argument("--json", help="write the results, per-class accuracies included, to this file")
     args = parser.parse_args(argv)
     if args.command == "classifier":
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = score(args.checkpoint, args.classifier, args.heldout, args.per_class,
                     tuple(float(g) for g in args.guidance.split(",")), args.steps, args.sampler, args.batch_size,
-                    args.seed, args.device)
+                    args.seed, args.device, args.precision)
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
