@@ -80,7 +80,7 @@ class DiffusionModel(nn.Module):
         self._forward: dict[bool, Callable] = {}  # compiled forwards, keyed by `ema`; not submodules
 
     def accelerate(self, channels_last: bool = False, compile: bool = False,
-                   compile_ema: bool = False, precision: str = "fp32") -> "DiffusionModel":
+                   compile_ema: bool = False, precision: str | None = None) -> "DiffusionModel":
         """Speed options that leave the weights, their names and the maths alone: results change
         only by float rounding and checkpoints load either way (benchmarks/README.md has figures).
 
@@ -93,10 +93,11 @@ class DiffusionModel(nn.Module):
           and gained nothing, while every batch size and train/eval mode costs a compilation, so
           it is separate; on GPUs, where the small kernels count, it can pay.
         precision: "fp32" or "bf16" (corolla.precision): bfloat16 autocast of both networks'
-          convolutions and products, the weights stay float32 (CPU with AMX: about 2x)."""
-        if precision not in ("fp32", "bf16"):
+          convolutions and products, the weights stay float32 (CPU with AMX: about 2x); None
+          keeps the current one (fp32 for a new model), as the other options leave theirs alone."""
+        if precision not in (None, "fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16 (resolve auto first), not {precision!r}")
-        self.precision = precision
+        self.precision = precision or self.precision
         if channels_last:
             self.to(memory_format=torch.channels_last)
             self._channels_last = True

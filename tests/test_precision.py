@@ -52,6 +52,9 @@ def test_bf16_runs_the_network_in_bfloat16_and_returns_float32_close_to_it():
     assert 0 < error < 0.05  # bfloat16 has 8 bits of mantissa: about 1 % per layer, not garbage
     with pytest.raises(ValueError, match="fp32 or bf16"):
         model.accelerate(precision="auto")
+    # another speed option asked later keeps the precision (benchmarks/throughput.py lost it so)
+    assert model.accelerate(channels_last=True, compile_ema=False).precision == "bf16"
+    assert model.accelerate(precision="fp32").precision == "fp32"
 
 
 def test_the_sinusoidal_embedding_stays_float32_under_autocast():
