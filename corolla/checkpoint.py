@@ -33,9 +33,10 @@ from safetensors.torch import save as dump_safetensors
 
 from .atomic import remove_stale_temporaries
 from .safefile import CheckpointError, HeaderCheck, read_bounded, read_tensors, read_verified
+from .trainstate import parse_state
 from .config import Config
 from .diffusion import DiffusionModel
-from .limits import KEEP_BEST_METRICS, MAX_ABS_WEIGHT, MAX_JSON_BYTES, MAX_PARAMETERS, integer, number, short
+from .limits import MAX_ABS_WEIGHT, MAX_JSON_BYTES, MAX_PARAMETERS, short
 
 FORMAT = "corolla-checkpoint"
 VERSION = 1
@@ -453,52 +454,13 @@ def _load_weights(model: DiffusionModel, tensors: dict[str, torch.Tensor], where
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
 
 
-def _path_or_null(value) -> str | None:
-    return None if value is None or isinstance(value, str) and len(value) <= 4096 else "a folder path or null"
-
-
-def _best(value) -> str | None:
-    ok = value is None or (isinstance(value, dict) and set(value) == {"metric", "value", "step", "epoch"}
-                           and value["metric"] in KEEP_BEST_METRICS and number(-1e300)(value["value"]) is None
-                           and integer(0, 2 ** 62)(value["step"]) is None and integer(0, 2 ** 62)(value["epoch"]) is None)
-    return None if ok else "null or {\"metric\", \"value\", \"step\", \"epoch\"} of an evaluation"
-
-
-# the types of the state.json values a resumed run uses (others are not read)
-STATE_RULES = {
-    "step": integer(0, 2 ** 62), "epoch": integer(0, 2 ** 62), "batch_in_epoch": integer(0, 2 ** 62),
-    "running_loss": number(0), "losses_since_log": integer(0, 2 ** 62), "log_lines": integer(0, 2 ** 62),
-    "world_size": integer(1, 2 ** 20), "data_dir": _path_or_null, "val_dir": _path_or_null,
-    "labels_file": _path_or_null, "init_from": _path_or_null,
-    "reason": lambda v: None if isinstance(v, str) else "text", "best": _best,
-    "optimizer": lambda v: None if isinstance(v, dict) else "the optimiser's settings (a JSON object)",
-}
-
-
-def _parse_state(payload: bytes, where: Path, required: tuple[str, ...] = ()) -> dict:
-    try:
-        state = json.loads(payload)
-    except (ValueError, RecursionError) as error:
-        raise CheckpointError(f"{where}: not readable JSON ({str(error)[:100]})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{where}: not a training state")
-    for key in required:
-        if key not in state:
-            raise CheckpointError(f"{where}: training state not usable to resume (no {key!r})")
-    for key, rule in STATE_RULES.items():
-        allowed = rule(state[key]) if key in state else None
-        if allowed is not None:
-            raise CheckpointError(f"{where}: {key} = {short(state[key])} is not allowed: must be {allowed}")
-    return state
-
-
 def load_state(path: str | os.PathLike) -> dict:
     """state.json of a training checkpoint (step, epoch, data folder...), checked against its
     SHA-256 and for the types of its values."""
     folder = resolve(path)
     payload = read_verified(folder / STATE_FILE, _checksums(_read_config_json(folder)).get(STATE_FILE),
                              MAX_JSON_BYTES)
-    return _parse_state(payload, folder / STATE_FILE)
+    return parse_state(payload, folder / STATE_FILE)
 
 
 def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: torch.optim.Optimizer
@@ -516,7 +478,7 @@ def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: tor
     training, _ = read_tensors(folder / TRAINING_FILE, sha256.get(TRAINING_FILE),
                                 _training_check(optimizer, folder / TRAINING_FILE))
     payload = read_verified(folder / STATE_FILE, sha256.get(STATE_FILE), MAX_JSON_BYTES)
-    state = _parse_state(payload, folder / STATE_FILE, ("step", "epoch", "batch_in_epoch", "optimizer"))
+    state = parse_state(payload, folder / STATE_FILE, ("step", "epoch", "batch_in_epoch", "optimizer"))
     try:
         _restore_optimizer(optimizer, training, state.pop("optimizer"))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:

@@ -1,0 +1,49 @@
+"""The training state of a checkpoint (state.json): where a run stands and what it trained on.
+A user's file, so every value a resumed run reads is checked for its type and range first."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .limits import KEEP_BEST_METRICS, integer, number, short
+from .safefile import CheckpointError
+
+
+def _path_or_null(value) -> str | None:
+    return None if value is None or isinstance(value, str) and len(value) <= 4096 else "a folder path or null"
+
+
+def _best(value) -> str | None:
+    ok = value is None or (isinstance(value, dict) and set(value) == {"metric", "value", "step", "epoch"}
+                           and value["metric"] in KEEP_BEST_METRICS and number(-1e300)(value["value"]) is None
+                           and integer(0, 2 ** 62)(value["step"]) is None and integer(0, 2 ** 62)(value["epoch"]) is None)
+    return None if ok else "null or {\"metric\", \"value\", \"step\", \"epoch\"} of an evaluation"
+
+
+# the types of the state.json values a resumed run uses (others are not read)
+STATE_RULES = {
+    "step": integer(0, 2 ** 62), "epoch": integer(0, 2 ** 62), "batch_in_epoch": integer(0, 2 ** 62),
+    "running_loss": number(0), "losses_since_log": integer(0, 2 ** 62), "log_lines": integer(0, 2 ** 62),
+    "world_size": integer(1, 2 ** 20), "data_dir": _path_or_null, "val_dir": _path_or_null,
+    "labels_file": _path_or_null, "init_from": _path_or_null,
+    "reason": lambda v: None if isinstance(v, str) else "text", "best": _best,
+    "optimizer": lambda v: None if isinstance(v, dict) else "the optimiser's settings (a JSON object)",
+}
+
+
+def parse_state(payload: bytes, where: Path, required: tuple[str, ...] = ()) -> dict:
+    """state.json's bytes -> its dict, with the `required` keys and every known value checked."""
+    try:
+        state = json.loads(payload)
+    except (ValueError, RecursionError) as error:
+        raise CheckpointError(f"{where}: not readable JSON ({str(error)[:100]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where}: not a training state")
+    for key in required:
+        if key not in state:
+            raise CheckpointError(f"{where}: training state not usable to resume (no {key!r})")
+    for key, rule in STATE_RULES.items():
+        allowed = rule(state[key]) if key in state else None
+        if allowed is not None:
+            raise CheckpointError(f"{where}: {key} = {short(state[key])} is not allowed: must be {allowed}")
+    return state
