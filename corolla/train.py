@@ -299,7 +299,8 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
     config = config.replace(train={"precision": precisions.resolve(config.train.precision, dev)})
     tc, dc = config.train, config.data
     micro = micro_batch_size(config, world)
-    saved = checkpoint.load_state(run_dir) if resume and (run_dir / "latest").exists() else {}
+    resuming = resume and (run_dir / "latest").exists()
+    saved = checkpoint.load_state(run_dir) if resuming else {}
     # the run's own images unless others are given, and never other images than it trained on
     data_dir, val_dir = data_dir or saved.get("data_dir"), val_dir or saved.get("val_dir")
     labels_file = labels_file or saved.get("labels_file")
@@ -320,7 +321,6 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
     # room for two checkpoints: the new one is complete before the old one goes
     checkpoint.ensure_writable(run_dir, 2 * checkpoint.training_bytes(model, optimizer) + 2 ** 20)
     model.normalizer.set_statistics(run.mean.to(dev), run.variance.to(dev))
-    resuming = resume and (run_dir / "latest").exists()
     if resuming:  # where the starting weights came from stays in every checkpoint of the run
         init_from = saved.get("init_from")
     elif init_from:
@@ -344,7 +344,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
         say(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
 
     evaluator = make_evaluator(config, run, dev) if tc.eval_every and world.is_main else None
-    best = state.get("best") if resuming else None
+    best = state.get("best")  # {} unless resuming
 
     ddp = None
     if world.distributed:
