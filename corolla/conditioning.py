@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DEFAULT_GUIDANCE = 3.0  # the issue's example; benchmarks/class_accuracy.py measures the trade-off
@@ -26,23 +27,38 @@ LabelledDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
 
 
 class ClassEmbedding(nn.Module):
-    """A learned vector per class, and one for the null label (row `num_classes`), added to the
-    sinusoidal noise embedding (corolla.unet says why there).
+    """A learned vector per class, and one for the null label (row `num_classes`), that every
+    residual block turns into a per-channel shift of its features (ClassShift; corolla.unet says
+    why there).
 
-    Zero at initialisation: a new conditional network computes what its unconditional twin does,
-    and no random numbers are drawn, so every other weight is the one the same seed gives the
-    unconditional network."""
+    Drawn at random (unit normal): the shifts start at zero, and a zero vector times a zero map
+    would give neither a gradient. The network draws it after every other weight, so the rest is
+    what the same seed gives the unconditional network."""
 
     def __init__(self, num_classes: int, size: int):
         super().__init__()
         self.null_label = num_classes
-        self.weight = nn.Parameter(torch.zeros(num_classes + 1, size))
+        self.weight = nn.Parameter(torch.randn(num_classes + 1, size))
 
     def forward(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """labels (B,) class numbers, None for the null label -> (B, size, 1, 1)."""
+        """labels (B,) class numbers, None for the null label -> (B, size)."""
         if labels is None:
             labels = torch.full((batch,), self.null_label, dtype=torch.long, device=self.weight.device)
-        return self.weight[labels].view(batch, -1, 1, 1)
+        return self.weight[labels]
+
+
+class ClassShift(nn.Module):
+    """(B, size) class vectors -> (B, width, 1, 1) shifts added to a residual block's features.
+
+    Zero at initialisation, with no random numbers drawn: a new conditional network computes
+    exactly what its unconditional twin does, whatever the label."""
+
+    def __init__(self, size: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(width, size))
+
+    def forward(self, classes: torch.Tensor) -> torch.Tensor:
+        return F.linear(classes, self.weight)[:, :, None, None]
 
 
 def drop_labels(labels: torch.Tensor, rate: float, null_label: int, generator: torch.Generator) -> torch.Tensor:

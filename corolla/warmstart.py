@@ -3,7 +3,7 @@
 The source's EMA network (the weights a release holds) becomes both the trained network and the
 EMA network of the new run; the optimiser, the step count and the data statistics are the new
 run's own. The architecture must be the same, except that an unconditional source may start a
-class-conditional run: the class embedding is zero-initialised (corolla.conditioning), so the new
+class-conditional run: the blocks' class shifts start at zero (corolla.conditioning), so the new
 network begins as exactly the source and only has to learn what the classes add.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def source_path(source: str | os.PathLike):
 
 def load_into(model: DiffusionModel, config: Config, source: str | os.PathLike) -> str:
     """Copy the source's EMA weights into both of model's networks -> the source's path, for the
-    run's records. Raises ValueError when the networks differ in more than the class embedding."""
+    run's records. Raises ValueError when the networks differ in more than the class conditioning."""
     where = source_path(source)
     trained, trained_config = checkpoint.load_model(where)
     if trained_config.train.schedule != config.train.schedule:
@@ -41,5 +41,5 @@ def load_into(model: DiffusionModel, config: Config, source: str | os.PathLike) 
     weights = trained.ema_network.state_dict()
     for network in (model.network, model.ema_network):
         missing, unexpected = network.load_state_dict(weights, strict=False)
-        assert not unexpected and all(k.startswith("class_embedding.") for k in missing), (missing, unexpected)
+        assert not unexpected and all("class_" in k for k in missing), (missing, unexpected)
     return str(where)

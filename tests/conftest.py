@@ -34,6 +34,16 @@ def make_flowers(tmp_path_factory):
 CLASSES = ("daisy", "rose", "sunflower")
 
 
+def make_labels_matter(network: torch.nn.Module, generator: torch.Generator) -> None:
+    """Draw a conditional network's head and class shifts at random (both start at zero), so that
+    an untrained network's output is not zero and depends on the label."""
+    with torch.no_grad():
+        network.head.weight.normal_(0.0, 0.2, generator=generator)
+        for name, weight in network.named_parameters():
+            if "class_shift" in name:
+                weight.normal_(0.0, 0.5, generator=generator)
+
+
 @pytest.fixture(scope="session")
 def class_folder(tmp_path_factory):
     """DIR/<class>/: the first 24 bundled flowers dealt in turn into the 3 CLASSES folders."""

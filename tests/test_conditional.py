@@ -15,23 +15,19 @@ from corolla.generate import generate, initial_noise
 from corolla.grids import to_uint8
 from corolla.pretrained import export_release
 from corolla.train import train
-from corolla.unet import UNet, UNetConfig, count_parameters
+from corolla.unet import ResidualBlock, UNet, UNetConfig, count_parameters
 
-from conftest import CLASSES
+from conftest import CLASSES, make_labels_matter
 
 TINY = preset("tiny").unet
 SIZE = 16
 
 
 def _model(classes=CLASSES) -> DiffusionModel:
-    """A tiny conditional model whose head and class embedding are perturbed, so labels matter."""
+    """A tiny conditional model whose head and class shifts are perturbed, so labels matter."""
     torch.manual_seed(0)
     m = DiffusionModel(UNetConfig(**{**TINY.__dict__, "classes": classes}))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        m.ema_network.head.weight.normal_(0.0, 0.2, generator=generator)
-        if classes:
-            m.ema_network.class_embedding.weight.normal_(0.0, 1.0, generator=generator)
+    make_labels_matter(m.ema_network, torch.Generator().manual_seed(1))
     m.normalizer.set_statistics(torch.full((3,), 0.5), torch.full((3,), 0.01))
     return m.eval()
 
@@ -59,7 +55,9 @@ def test_without_classes_the_network_is_the_reference_and_classes_add_only_the_e
     assert count_parameters(UNet(seed64)) == 1_950_627
     assert not any("class" in key for key in UNet(seed64).state_dict())
     flowers = UNetConfig(**{**seed64.__dict__, "classes": tuple(f"species {i}" for i in range(102))})
-    assert count_parameters(UNet(flowers)) == 1_950_627 + 103 * 32  # 102 classes and the null label
+    # a vector for each of 102 classes and the null label, and a shift map for each residual block
+    blocks = 2 * (32 + 64 + 96) + 2 * 128 + 2 * (96 + 64 + 32)
+    assert count_parameters(UNet(flowers)) == 1_950_627 + 103 * 32 + blocks * 32
     # a config written before classes existed is the unconditional network
     legacy = preset("seed64").to_dict()
     del legacy["unet"]["classes"], legacy["data"]["class_counts"], legacy["train"]["label_dropout"]
@@ -67,7 +65,7 @@ def test_without_classes_the_network_is_the_reference_and_classes_add_only_the_e
 
 
 def test_a_new_conditional_network_is_its_unconditional_twin():
-    """Zero class embedding, no random numbers drawn for it: same weights, same output, any label."""
+    """Zero class shifts, the class embedding drawn last: same weights, same output, any label."""
     torch.manual_seed(5)
     plain = UNet(TINY)
     torch.manual_seed(5)
@@ -245,7 +243,8 @@ def test_a_short_conditional_run_lowers_the_loss_and_keeps_its_classes(run, tmp_
     held_out = round(24 * preset("tiny").data.val_fraction)
     assert sum(config.data.class_counts) == 24 - held_out and len(config.data.class_counts) == 3
     assert config.train.label_dropout == 0.1
-    assert model.ema_network.class_embedding.weight.abs().sum() > 0  # it learned
+    assert all(block.class_shift.weight.abs().sum() > 0  # it learned: they start at zero
+               for block in model.ema_network.modules() if isinstance(block, ResidualBlock))
     state = json.loads((checkpoint.resolve(run) / "state.json").read_text())
     assert "labels_key" in state["data_identity"]
     release = export_release(run, tmp_path / "release")

@@ -35,6 +35,7 @@ from corolla.serve import photos  # noqa: E402
 from corolla.serve.engine import Engine, Limits  # noqa: E402
 from corolla.train import train  # noqa: E402
 from corolla.unet import UNetConfig  # noqa: E402
+from conftest import CLASSES, make_labels_matter  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -326,19 +327,14 @@ def test_uploads_and_inpainting_are_bounded(server):
 
 # -- a class-conditional model ---------------------------------------------------------------------
 
-CLASSES = ("daisy", "rose", "sunflower")
-
 
 @pytest.fixture(scope="module")
 def conditional_checkpoint(tmp_path_factory):
     """A tiny conditional model, as tests/test_conditional.py builds one: untrained, its head and class
-    embedding drawn at random so that the class changes the images; saved, for `corolla sample`."""
+    shifts drawn at random so that the class changes the images; saved, for `corolla sample`."""
     torch.manual_seed(0)
     made = DiffusionModel(UNetConfig(**{**CONFIG.unet.__dict__, "classes": CLASSES}))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        made.ema_network.head.weight.normal_(0.0, 0.2, generator=generator)
-        made.ema_network.class_embedding.weight.normal_(0.0, 1.0, generator=generator)
+    make_labels_matter(made.ema_network, torch.Generator().manual_seed(1))
     made.normalizer.set_statistics(torch.full((3,), 0.5), torch.full((3,), 0.01))
     return checkpoint.save_pretrained(tmp_path_factory.mktemp("conditional") / "model", made,
                                       CONFIG.replace(unet={"classes": CLASSES}))
