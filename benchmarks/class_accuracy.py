@@ -142,7 +142,7 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
     """Generated images of every class at each guidance, classified and compared with real ones."""
     dev = resolve_device(device)
     model, config = checkpoint.load_model(checkpoint_path, dev)
-    model.accelerate(precision=precisions.resolve(precision, dev))
+    model.accelerate(channels_last=True, precision=precisions.resolve(precision, dev))  # the fast path here
     classes, size = config.unet.classes, config.data.image_size
     if not classes:
         raise SystemExit(f"{checkpoint_path} is not class-conditional")

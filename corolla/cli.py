@@ -196,7 +196,8 @@ def _add_sample(sub) -> None:
                    help="write one PNG per image into DIR, each as soon as its batch is made")
     p.add_argument("--class", dest="classes", action="append", metavar="CLASS",
                    help="a class of a conditional model, by name or number (`corolla classes` lists them); "
-                        "repeat for one row of -n images each; none: unconditional")
+                        "repeat for one row of -n images each; none: unconditional. Without a checkpoint or "
+                        "--model: the shipped conditional model")
     p.add_argument("--guidance", type=guidance,
                    help="with --class: classifier-free guidance, 0 unconditional, 1 the conditional model, more "
                         f"follows the class more closely at the cost of variety (default {conditioning.DEFAULT_GUIDANCE:g})")
@@ -229,11 +230,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def checkpoint_path(args) -> str:
-    """The checkpoint named on the command line, else the shipped model --model names (or the default)."""
+    """The checkpoint named on the command line, else the shipped model --model names, else the
+    default: the class-conditional shipped model where the command draws or lists classes (sample
+    --class, classes, class-grid), the unconditional one elsewhere."""
     from . import pretrained
     if args.checkpoint is not None and args.model is not None:
         raise ValueError(f"give a checkpoint ({args.checkpoint}) or --model {args.model}, not both")
-    return args.checkpoint if args.checkpoint is not None else str(pretrained.path(args.model))
+    if args.checkpoint is not None:
+        return args.checkpoint
+    wants_classes = getattr(args, "classes", None) or getattr(args, "lists_classes", False)
+    return str(pretrained.path(args.model or (pretrained.CONDITIONAL if wants_classes else None)))
 
 
 def load_model_for(args, device=None):

@@ -13,9 +13,9 @@ GRID_CLASSES = 8  # rows of class-grid when no --class is given
 def register(sub) -> None:
     p = sub.add_parser("classes", help="list the classes of a class-conditional model (for sample --class)")
     p.add_argument("checkpoint", nargs="?", type=path_text,
-                   help="checkpoint folder or run folder (default: the shipped model)")
+                   help="checkpoint folder or run folder (default: the shipped conditional model)")
     p.add_argument("--model", metavar="NAME", help="a shipped model by name (`corolla models` lists them)")
-    p.set_defaults(func=run_classes)
+    p.set_defaults(func=run_classes, lists_classes=True)
 
     p = sub.add_parser("class-grid", help="a figure of a class-conditional model: one row per class, named, "
                                           "the same seeds in every row")
@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=steps, default=20, help="DDIM steps (default 20)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", type=path_text, default="classes.png", help="PNG to write (default classes.png)")
-    p.set_defaults(func=run_class_grid)
+    p.set_defaults(func=run_class_grid, lists_classes=True)
 
 
 def format_table(config: Config) -> str:

@@ -10,8 +10,9 @@ def register(sub) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("name", "resolution", "steps", "images seen", "size", "data")
+    header = ("name", "resolution", "classes", "steps", "images seen", "size", "data")
     lines = [[f"{r['name']}{' (default)' if r['default'] else ''}", f"{r['image_size']}x{r['image_size']}",
+              f"{r['classes']}" if r["classes"] else "-",
               f"{r['steps']:,}" if r["steps"] is not None else "?",
               f"{r['images_seen']:,}" if r["images_seen"] is not None else "?",
               f"{r['bytes'] / 2 ** 20:.1f} MB", r["data"] or "?"] for r in rows]

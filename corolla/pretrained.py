@@ -19,6 +19,7 @@ from .config import Config
 
 MODELS = Path(__file__).parent / "assets" / "models"
 DEFAULT = "flowers64"
+CONDITIONAL = "species64"  # the default of the commands that draw chosen classes
 CARD_FILE = "card.json"
 
 
@@ -45,12 +46,13 @@ def load_pretrained(name: str | None = None, device: str | torch.device = "cpu")
 
 
 def describe(name: str) -> dict:
-    """What `corolla models` lists: resolution, data, steps, images seen, size on disk."""
+    """What `corolla models` lists: resolution, classes (0: unconditional), data, steps, images
+    seen, size on disk."""
     folder = path(name)
     config = checkpoint.load_config(folder)
     card = json.loads((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() else {}
     return {"name": name, "default": name == DEFAULT, "image_size": config.data.image_size,
-            "preset": config.preset, "data": card.get("data"), "steps": card.get("steps"),
+            "classes": len(config.unet.classes), "preset": config.preset, "data": card.get("data"), "steps": card.get("steps"),
             "images_seen": card.get("images_seen"),
             "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file())}
 

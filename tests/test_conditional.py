@@ -50,7 +50,7 @@ def run(class_folder, tmp_path_factory) -> Path:
 
 # -- the network ----------------------------------------------------------------------------
 
-def test_without_classes_the_network_is_the_reference_and_classes_add_only_the_embedding():
+def test_without_classes_the_network_is_the_reference_and_classes_add_the_embedding_and_shifts():
     seed64 = preset("seed64").unet
     assert count_parameters(UNet(seed64)) == 1_950_627
     assert not any("class" in key for key in UNet(seed64).state_dict())

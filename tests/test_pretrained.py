@@ -4,6 +4,7 @@ Regenerate a model's stored reference (only when that model is replaced on purpo
     python tests/test_pretrained.py NAME
 """
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -27,8 +28,10 @@ def reference_file(name: str) -> Path:
 
 
 def _low_resolution_samples(name: str) -> torch.Tensor:
+    """A conditional model draws classes 0 to 3 at the default guidance."""
     model, config = corolla.load_pretrained(name)
-    images = generate(model, IMAGES, STEPS, SEED, image_size=config.data.image_size)
+    classes = list(range(IMAGES)) if config.unet.classes else None
+    images = generate(model, IMAGES, STEPS, SEED, image_size=config.data.image_size, classes=classes)
     pool = POOL * config.data.image_size // 32
     return F.avg_pool2d(images, pool)  # (4, 3, 8, 8): the layout of each image, not its noise-level detail
 
@@ -48,8 +51,11 @@ def test_shipped_model_is_a_release_checkpoint_of_the_reference_network(name):
     required = {"README.md", "card.json", "config.json", "model.safetensors", "samples.png"}
     assert required <= files <= required | {"progress.png"}  # the card's per-epoch strip, optional
     model, config = corolla.load_pretrained(name)
-    assert count_parameters(model.network) == 1_950_627
-    assert config.unet == corolla.preset("seed64").unet
+    assert dataclasses.replace(config.unet, classes=()) == corolla.preset("seed64").unet
+    # a conditional model adds its class vectors (and the null label's) and the class shifts of the
+    # 14 residual blocks' 1,024 channels, 32 numbers each
+    classes = len(config.unet.classes)
+    assert count_parameters(model.network) == 1_950_627 + ((classes + 1 + 1_024) * 32 if classes else 0)
     assert (folder / "model.safetensors").stat().st_size < 8 * 2 ** 20
 
 
@@ -89,12 +95,29 @@ def test_model_option_picks_each_shipped_model_and_refuses_others(tmp_path, caps
     assert "none in this install" in capsys.readouterr().err
 
 
+def test_class_commands_default_to_the_shipped_conditional_model(tmp_path, capsys):
+    conditional = str(pretrained.path(pretrained.CONDITIONAL))
+    assert corolla.load_pretrained(pretrained.CONDITIONAL)[1].unet.classes
+    assert cli.checkpoint_path(argparse.Namespace(checkpoint=None, model=None, classes=["rose"])) == conditional
+    assert cli.checkpoint_path(argparse.Namespace(checkpoint=None, model=None, lists_classes=True)) == conditional
+    assert cli.checkpoint_path(argparse.Namespace(checkpoint=None, model=None, classes=None)) == \
+        str(pretrained.path(pretrained.DEFAULT))
+    out = tmp_path / "sunflowers.png"
+    assert cli.main(["sample", "--class", "sunflower", "-n", "1", "--steps", "1", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert cli.main(["classes"]) == 0
+    assert "sunflower" in capsys.readouterr().out
+
+
 def test_models_command_lists_each_shipped_model(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:2] == ["name", "resolution"]
+    assert out[0].split()[:3] == ["name", "resolution", "classes"]
     assert [line.split()[0] for line in out[1:]] == SHIPPED
-    assert "(default)" in out[1]
+    assert out[1].split()[1:4] == ["(default)", "64x64", "-"]  # the default model is unconditional
+    for line, name in zip(out[2:], SHIPPED[1:]):
+        classes = corolla.load_pretrained(name)[1].unet.classes
+        assert line.split()[2] == (str(len(classes)) if classes else "-")
 
 
 if __name__ == "__main__":
