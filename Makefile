@@ -17,6 +17,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 demo: $(BIN)/.installed
 	$(BIN)/corolla sample -n 64 --steps 20 --seed 0 --out $(RUN)/pretrained_samples.png
+	$(BIN)/corolla class-grid --out $(RUN)/species.png
 	$(BIN)/corolla train --preset demo --out $(RUN) --overwrite
 	$(BIN)/corolla sample $(RUN) -n 64 --steps 20 --seed 0 --out $(RUN)/samples.png
 	$(BIN)/corolla schedules --out $(RUN)/schedules.png
