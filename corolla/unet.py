@@ -22,6 +22,7 @@ from torch import nn
 
 from .conditioning import ClassEmbedding, ClassShift
 from .limits import check_section
+from .resample import upsample2x
 
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 0.01  # PyTorch's momentum is 1 - Keras' 0.99
@@ -100,8 +101,7 @@ class UpBlock(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(c + s, width, class_size) for c, s in zip(chans, skip_chs))
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], classes: torch.Tensor | None = None) -> torch.Tensor:
-        # align_corners=False is TF's half-pixel bilinear resize that Keras' UpSampling2D uses
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        x = upsample2x(x)
         for block in self.blocks:
             x = block(torch.cat([x, skips.pop()], dim=1), classes)
         return x
