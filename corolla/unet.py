@@ -158,7 +158,12 @@ class UNet(nn.Module):
         # in the variances' own precision: sin(2 pi 1000 v) is ill-conditioned, bfloat16 would garble it
         emb = sinusoidal_embedding(noise_variances, c.embedding_size, c.embedding_max_frequency).to(x.dtype)
         # nearest upsampling of a 1x1 map is a broadcast over the image
-        x = torch.cat([x, emb.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
+        emb = emb.expand(-1, -1, x.shape[2], x.shape[3])
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # else torch.cat returns the standard layout, and the first block's convolutions,
+            # BatchNorm and their gradients would all convert it back and forth
+            emb = emb.contiguous(memory_format=torch.channels_last)
+        x = torch.cat([x, emb], dim=1)
         skips: list[torch.Tensor] = []
         for block in self.down:
             x = block(x, skips, classes)

@@ -8,7 +8,7 @@ from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 
 CONFIG = preset("tiny")
-TOL = 1e-5
+TOL = 5e-5  # float32 rounding: channels-last convolutions and BatchNorm sum in other orders
 LR = 1e-2
 
 
@@ -61,6 +61,8 @@ def test_channels_last_denoise_matches_eager_in_both_modes():
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     images, noises, times = _batch()
     rates = plain.schedule(times)
+    # predicted images are (x - noise_rate * noise) / signal_rate: the noise's rounding, scaled
+    tolerances = (TOL, TOL * (rates[0] / rates[1]).max().item())
     for train in (True, False):  # batch statistics, then running statistics
         plain.train(train), fast.train(train)
         for ema in (False, True):
@@ -68,8 +70,8 @@ def test_channels_last_denoise_matches_eager_in_both_modes():
             b = fast.denoise(images, *rates, ema=ema)
             assert b[0].is_contiguous(memory_format=torch.channels_last)
             assert a[0].abs().max() > 0.01  # BatchNorm statistics and weights make it nonzero
-            for x, y in zip(a, b):
-                assert (x - y).abs().max().item() < TOL
+            for x, y, tolerance in zip(a, b, tolerances):
+                assert (x - y).abs().max().item() < tolerance
 
 
 def _gradients(model: DiffusionModel) -> dict[str, torch.Tensor]:
