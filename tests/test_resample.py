@@ -36,6 +36,12 @@ def test_shifts_in_bfloat16_round_like_interpolate():
         assert ((y.float() - exact).abs() / exact.abs().clamp(min=1)).max() < 2 ** -7
 
 
+def test_single_pixel_maps_upsample_to_constant_maps():
+    x = torch.randn(2, 3, 1, 1, generator=torch.Generator().manual_seed(3))
+    for y in (upsample2x_by_shifts(x), _reference(x)):
+        assert (y - x.expand(-1, -1, 2, 2)).abs().max() < 1e-6
+
+
 def test_eager_upsampling_is_interpolate():
     x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(2))
     assert torch.equal(upsample2x(x), _reference(x))
