@@ -435,7 +435,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     started = time.perf_counter()
     world, dev = distributed.init(resolve_device(device))
     model, config = checkpoint.load_model(path, dev)
-    model.accelerate(precision=precisions.resolve(precision, dev))
+    model.accelerate(channels_last=True, precision=precisions.resolve(precision, dev))
     s = settings
     limits.check_held_images(s.samples, config.data.image_size, "--samples", model.network.config.channels)
     # under torchrun every process makes its share of the images; rank 0 scores them all

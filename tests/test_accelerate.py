@@ -187,3 +187,21 @@ def test_compile_ema_runs_the_ema_network_through_the_compiler(traced):
         b = fast.denoise(images, *rates)
     assert len(traced) == 1
     assert (a[1] - b[1]).abs().max() < TOL
+
+
+def test_training_and_sampling_default_to_channels_last(tmp_path):
+    """The faster layout is the default (README Performance); --no-channels-last trains in NCHW."""
+    from corolla.cli import load_model_for, parser
+    from corolla.train import build
+
+    def is_channels_last(model: DiffusionModel) -> bool:
+        weight = model.network.middle[0].conv1.weight
+        return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+    assert is_channels_last(build(CONFIG, torch.device("cpu"))[0])
+    assert not is_channels_last(build(CONFIG.replace(train={"channels_last": False}), torch.device("cpu"))[0])
+    args = parser().parse_args(["train", "--preset", "tiny", "--no-channels-last"])
+    assert args.channels_last is False
+    folder = checkpoint.save_pretrained(tmp_path / "model", DiffusionModel(CONFIG.unet), CONFIG)
+    model, _, _ = load_model_for(parser().parse_args(["sample", str(folder), "--precision", "fp32"]))
+    assert is_channels_last(model) and model.precision == "fp32"
