@@ -168,12 +168,13 @@ def real_run(spec: dict) -> dict:
 # -- profile, in a child process --------------------------------------------------------------
 
 def categorise(name: str) -> str:
+    # first: generated kernels are named after what they fuse, convolution_backward included
+    if name.startswith("graph_") or "CompiledFxGraph" in name:
+        return "compiled fused kernels (BN, swish, add, cat, upsample)"
     if "convolution_backward" in name:
         return "convolution backward"
     if "convolution" in name:
         return "convolution forward"
-    if name.startswith("graph_") or "CompiledFxGraph" in name:
-        return "compiled fused kernels (BN, swish, add, cat, upsample)"
     if any(k in name for k in ("batch_norm", "silu", "add", "cat", "upsample", "avg_pool", "copy_", "mul", "sub",
                                "div", "fill_", "sum", "sign", "abs", "lerp", "addc", "sqrt", "normal_", "uniform_")):
         return "elementwise and data movement"
