@@ -39,7 +39,7 @@ class TrainConfig:
     grid_images: int = 16         # images in the per-epoch grid (fixed noise)
     accumulate: int = 1           # micro-batches per optimiser step (per process)
     # speed options: the maths is unchanged, results differ only by float rounding
-    channels_last: bool = True    # NHWC: faster on every CPU measured, training and sampling (README Performance)
+    channels_last: bool = True    # NHWC: the faster layout here, training and sampling (README Performance)
     compile: bool = False
     precision: str = "auto"       # fp32, bf16 (autocast), auto: bf16 where native; a run saves the resolved one
     sync_bn: bool = False         # SyncBatchNorm across GPUs under torchrun (CUDA only)
