@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as dump_safetensors
 
+from . import precision as precisions
 from .atomic import remove_stale_temporaries
 from .safefile import CheckpointError, HeaderCheck, read_bounded, read_tensors, read_verified
 from .trainstate import parse_state
@@ -419,6 +420,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     model = _model_for(config, folder / CONFIG_FILE)
     _load_weights(model, tensors, folder / MODEL_FILE)
     return model.to(device).eval(), config
+
+
+def load_for_sampling(path: str | os.PathLike, device: torch.device,
+                      precision: str = "auto") -> tuple[DiffusionModel, Config]:
+    """load_model on the fast sampling path every command takes: channels-last (README
+    Performance; rounding aside, the same images) and the precision resolved for the device."""
+    model, config = load_model(path, device)
+    return model.accelerate(channels_last=True, precision=precisions.resolve(precision, device)), config
 
 
 def _check_values(key: str, value: torch.Tensor, where: Path) -> None:

@@ -246,9 +246,7 @@ def load_model_for(args, device=None):
     """-> (model, config, device): the model of add_model_options, in the asked precision."""
     from .devices import resolve_device
     device = device or resolve_device(args.device)
-    model, config = checkpoint.load_model(checkpoint_path(args), device)
-    # channels-last: the faster layout for sampling too (README Performance), rounding aside
-    model.accelerate(channels_last=True, precision=precisions.resolve(args.precision, device))
+    model, config = checkpoint.load_for_sampling(checkpoint_path(args), device, args.precision)
     return model, config, device
 
 

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from . import checkpoint, data, distributed, limits
-from . import precision as precisions
 from . import inception as inception_module
 from .data import cache_dir
 from .diffusion import DiffusionModel
@@ -434,8 +433,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     from .devices import resolve_device
     started = time.perf_counter()
     world, dev = distributed.init(resolve_device(device))
-    model, config = checkpoint.load_model(path, dev)
-    model.accelerate(channels_last=True, precision=precisions.resolve(precision, dev))
+    model, config = checkpoint.load_for_sampling(path, dev, precision)
     s = settings
     limits.check_held_images(s.samples, config.data.image_size, "--samples", model.network.config.channels)
     # under torchrun every process makes its share of the images; rank 0 scores them all

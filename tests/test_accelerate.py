@@ -55,10 +55,14 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+def _is_channels_last(model: DiffusionModel) -> bool:
+    weight = model.network.middle[0].conv1.weight
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 def test_channels_last_denoise_matches_eager_in_both_modes():
     plain, fast = _pair(channels_last=True)
-    weight = fast.network.middle[0].conv1.weight
-    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert _is_channels_last(fast)
     images, noises, times = _batch()
     rates = plain.schedule(times)
     # predicted images are (x - noise_rate * noise) / signal_rate: the noise's rounding, scaled
@@ -194,14 +198,10 @@ def test_training_and_sampling_default_to_channels_last(tmp_path):
     from corolla.cli import load_model_for, parser
     from corolla.train import build
 
-    def is_channels_last(model: DiffusionModel) -> bool:
-        weight = model.network.middle[0].conv1.weight
-        return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-
-    assert is_channels_last(build(CONFIG, torch.device("cpu"))[0])
-    assert not is_channels_last(build(CONFIG.replace(train={"channels_last": False}), torch.device("cpu"))[0])
+    assert _is_channels_last(build(CONFIG, torch.device("cpu"))[0])
+    assert not _is_channels_last(build(CONFIG.replace(train={"channels_last": False}), torch.device("cpu"))[0])
     args = parser().parse_args(["train", "--preset", "tiny", "--no-channels-last"])
     assert args.channels_last is False
     folder = checkpoint.save_pretrained(tmp_path / "model", DiffusionModel(CONFIG.unet), CONFIG)
     model, _, _ = load_model_for(parser().parse_args(["sample", str(folder), "--precision", "fp32"]))
-    assert is_channels_last(model) and model.precision == "fp32"
+    assert _is_channels_last(model) and model.precision == "fp32"
