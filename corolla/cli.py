@@ -121,6 +121,9 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=batch_size)
     p.add_argument("--image-size", type=image_size)
     p.add_argument("--lr", type=positive_float)
+    p.add_argument("--lr-warmup", type=whole_number(0, limits.MAX_LR_WARMUP), metavar="STEPS",
+                   help="ramp the learning rate linearly over the first STEPS steps (default "
+                        f"{configs.WARM_START_LR_WARMUP} with --init-from, else 0)")
     p.add_argument("--repetitions", type=whole_number(1, limits.MAX_REPETITIONS),
                    help="times the data set is repeated per epoch")
     p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
@@ -271,6 +274,7 @@ def train_config(args, base: configs.Config | None = None) -> configs.Config:
     data_changes = {k: v for k, v in {"image_size": args.image_size, "repetitions": args.repetitions,
                                       "val_fraction": args.val_fraction, "crop": args.crop}.items() if v is not None}
     train_changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                       "lr_warmup": args.lr_warmup,
                                        "schedule": args.schedule, "ema": args.ema, "ema_warmup": args.ema_warmup,
                                        "ema_init": args.ema_init, "seed": args.seed, "accumulate": args.accumulate,
                                        "channels_last": args.channels_last, "compile": args.compile,

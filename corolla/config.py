@@ -18,11 +18,17 @@ class DataConfig:
     class_counts: tuple[int, ...] = ()  # training images per class of a conditional run (`corolla classes`)
 
 
+WARM_START_LR_WARMUP = 200
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 50
     batch_size: int = 64
     lr: float = 1e-3
+    # steps of linear learning-rate warm-up from lr / lr_warmup; None: WARM_START_LR_WARMUP for a run
+    # started --init-from (fresh Adam moments beside trained weights), else 0; a run saves the resolved one
+    lr_warmup: int | None = None
     weight_decay: float = 1e-4
     adam_eps: float = 1e-7        # Keras' AdamW default
     # the reference's effective AdamW step: it back-propagates the *sum* of its per-pixel L1 map

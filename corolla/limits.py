@@ -26,6 +26,7 @@ MAX_SEED = 2 ** 32 - 1
 MAX_STEPS = 10_000             # network evaluations of one sampling run
 MAX_BATCH = 4096
 MAX_EPOCHS = 1_000_000
+MAX_LR_WARMUP = 10_000_000    # optimiser steps of learning-rate warm-up
 MAX_REPETITIONS = 1000         # the data set repeated per epoch (the reference: 5)
 MAX_EVAL_SAMPLES = 50_000      # images scored by one evaluation (the usual FID count)
 MAX_CLASSES = 100_000          # classes of a conditional network (ImageNet-21k has 21,841)
@@ -68,6 +69,10 @@ def number(low: float, high: float = math.inf, low_open: bool = False, high_open
               and (v > low if low_open else v >= low) and (v < high if high_open else v <= high))
         return None if ok else allowed
     return rule
+
+
+def optional(rule: Rule) -> Rule:
+    return lambda v: None if v is None else rule(v) and f"null or {rule(v)}"
 
 
 def boolean(v) -> str | None:
@@ -126,6 +131,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "epochs": integer(1, MAX_EPOCHS),
         "batch_size": integer(1, MAX_BATCH),
         "lr": number(0, low_open=True),
+        "lr_warmup": optional(integer(0, MAX_LR_WARMUP)),
         "weight_decay": number(0),
         "adam_eps": number(0, low_open=True),
         "keras_adam_step": boolean,

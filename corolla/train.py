@@ -25,7 +25,7 @@ from tqdm import tqdm
 from . import atomic, checkpoint, conditioning, data, distributed, labels, loggers, runfolder, warmstart
 from . import precision as precisions
 from .devices import resolve_device
-from .config import Config
+from .config import WARM_START_LR_WARMUP, Config
 from .diffusion import DiffusionModel, compile_for_training
 from .generate import NotFinite, generate
 from .figures import plot_training
@@ -48,6 +48,21 @@ def ema_decay(config: Config, step: int) -> float:
     if config.train.ema_warmup:
         return min(config.train.ema, (1 + step) / (10 + step))
     return config.train.ema
+
+
+def learning_rate(config: Config, step: int) -> float:
+    """The learning rate of optimiser step `step` (0-based): lr, ramped linearly over the first
+    lr_warmup steps (resolved: see resolve_lr_warmup)."""
+    warmup = config.train.lr_warmup or 0
+    return config.train.lr * min(1.0, (step + 1) / warmup) if warmup else config.train.lr
+
+
+def resolve_lr_warmup(config: Config, warm_start: bool) -> Config:
+    """lr_warmup None -> the default: a warm start's trained weights meet fresh Adam moments, whose
+    first full-size steps would jolt them, so it ramps up; a run from random weights does not."""
+    if config.train.lr_warmup is not None:
+        return config
+    return config.replace(train={"lr_warmup": WARM_START_LR_WARMUP if warm_start else 0})
 
 
 def adam_epsilon(config: Config, step: int) -> float:
@@ -325,6 +340,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
         init_from = saved.get("init_from")
     elif init_from:
         init_from = warmstart.load_into(model, config, init_from)
+    config = resolve_lr_warmup(config, bool(init_from))
     steps_per_epoch = data.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
     step, epoch, batch_in_epoch = 0, 0, 0
     # the loss summed since the last log line: saved in checkpoints so a resumed run logs the same means
@@ -405,6 +421,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
                 generators = [slot_generator(tc.seed, step, j, dev) for j in slots]
                 for group in optimizer.param_groups:
                     group["eps"] = adam_epsilon(config, step)
+                    group["lr"] = learning_rate(config, step)
                 loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world,
                                   micro_labels, tc.label_dropout)
                 step += 1

@@ -7,7 +7,8 @@ import torch
 from corolla import checkpoint, cli, pretrained, warmstart
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
-from corolla.train import train
+from corolla.config import WARM_START_LR_WARMUP
+from corolla.train import learning_rate, resolve_lr_warmup, train
 
 from conftest import CLASSES
 
@@ -83,3 +84,45 @@ def test_the_command_starts_a_conditional_run_from_an_unconditional_one_and_resu
     assert cli.main(["train", str(class_folder), "--preset", "demo", "--init-from", str(source),
                      "--out", str(tmp_path / "demo"), "--no-progress"]) == 2
     assert "not this run's" in capsys.readouterr().err
+
+
+def test_a_warm_start_ramps_the_learning_rate_and_a_fresh_run_does_not(source, make_flowers, tmp_path):
+    """Fresh Adam moments beside trained weights: the first steps' learning rate ramps from lr / N."""
+    folder, tiny = make_flowers(16), preset("tiny").replace(train={"epochs": 5})  # a step per epoch
+    warm = train(tiny, folder, tmp_path / "warm", progress=False, max_steps=3, init_from=source)
+    fresh = train(tiny, folder, tmp_path / "fresh", progress=False, max_steps=1)
+    assert checkpoint.load_config(warm).train.lr_warmup == WARM_START_LR_WARMUP
+    assert checkpoint.load_config(fresh).train.lr_warmup == 0
+    lr = preset("tiny").train.lr
+    # the optimiser's state holds the rate of the last step taken (0-based step 2 of the warm run)
+    assert _saved_lr(warm) == pytest.approx(lr * 3 / WARM_START_LR_WARMUP)
+    assert _saved_lr(fresh) == pytest.approx(lr)
+    explicit = train(tiny.replace(train={"lr_warmup": 4}), folder, tmp_path / "explicit", progress=False,
+                     max_steps=2, init_from=source)
+    assert _saved_lr(explicit) == pytest.approx(lr * 2 / 4)
+
+
+def _saved_lr(folder) -> float:
+    model, config = checkpoint.load_model(folder)
+    optimizer = torch.optim.AdamW(model.network.parameters())
+    checkpoint.load_training(folder, model, optimizer)
+    return optimizer.param_groups[0]["lr"]
+
+
+def test_learning_rate_ramps_linearly_then_holds():
+    config = preset("seed64").replace(train={"lr_warmup": 4})
+    assert [learning_rate(config, step) for step in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert learning_rate(resolve_lr_warmup(preset("seed64"), warm_start=False), 0) == 1e-3
+    assert resolve_lr_warmup(preset("seed64"), warm_start=True).train.lr_warmup == WARM_START_LR_WARMUP
+    assert resolve_lr_warmup(config, warm_start=True).train.lr_warmup == 4  # an explicit length is kept
+
+
+def test_the_command_takes_lr_warmup_and_a_resume_keeps_it(source, make_flowers, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", str(make_flowers(16)), "--preset", "tiny", "--init-from", str(source),
+                     "--lr-warmup", "7", "--epochs", "3", "--out", str(out), "--max-steps", "1", "--no-progress"]) == 0
+    assert checkpoint.load_config(checkpoint.resolve(out)).train.lr_warmup == 7
+    assert cli.main(["train", "--preset", "tiny", "--out", str(out), "--resume", "--lr-warmup", "9",
+                     "--no-progress"]) == 2
+    assert "not train.lr_warmup" in capsys.readouterr().err
+    assert cli.main(["train", "--preset", "tiny", "--lr-warmup", "-1", "--out", str(tmp_path / "x")]) == 2
