@@ -56,8 +56,10 @@ figures: $(BIN)/.installed chromium
 	OMP_NUM_THREADS=1 $(BIN)/corolla sweep --steps 1,2,3,5,10,20,50 --seed 0 -n 8 --out $(FIG)/sweep.png
 	$(BIN)/corolla interpolate --seeds 3 7 11 12 --frames 10 --out $(FIG)/interp.png --gif $(FIG)/interp.gif
 	$(BIN)/corolla trajectory --seed 0 --steps 20 --out $(FIG)/traj.png
-	$(BIN)/python -c "import shutil, sys, tempfile; from corolla import figures; d = tempfile.mkdtemp(); \
-		shutil.copy('docs/flowers64/metrics.jsonl', d); shutil.copy(figures.plot_training(d), sys.argv[1])" $(FIG)/loss.png
+	@# the loss curves of the run that made flowers64, redrawn from its log (titled by a folder of its name)
+	$(BIN)/python -c "import pathlib, shutil, sys, tempfile; from corolla import figures; \
+		run = pathlib.Path(tempfile.mkdtemp(), 'flowers64'); run.mkdir(); shutil.copy('docs/flowers64/metrics.jsonl', run); \
+		shutil.copy(figures.plot_training(run), sys.argv[1]); shutil.rmtree(run.parent)" $(FIG)/loss.png
 	$(BIN)/corolla edit $(call PHOTO,02209) $(call PHOTO,06199) --strength 0,0.2,0.4,0.6,0.8,1 -n 2 --seed 0 \
 		--figure $(FIG)/edit_strip.png
 	$(BIN)/corolla inpaint $(call PHOTO,02471) $(call PHOTO,05404) --box 16,16,32,32 -n 4 --seed 0 \

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "corolla" / "assets" / "models"
 CLI_PAGE = "reference/cli.md"
-CARD_FILES = ("README.md", "samples.png", "progress.png")
+PICTURES = (".png", ".jpg", ".jpeg", ".gif", ".svg")  # what a card may show from its folder
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[str, argparse.ArgumentParser]]:
@@ -120,9 +120,9 @@ def on_files(files, config):
     from mkdocs.structure.files import File
     files.append(File.generated(config, CLI_PAGE, content=cli_reference()))
     for name in model_names():
-        for part in CARD_FILES:
-            source = MODELS / name / part
-            if source.is_file():
-                target = f"reference/models/{name}/{'index.md' if part == 'README.md' else part}"
-                files.append(File.generated(config, target, abs_src_path=str(source)))
+        folder = f"reference/models/{name}"
+        files.append(File.generated(config, f"{folder}/index.md", abs_src_path=str(MODELS / name / "README.md")))
+        for picture in sorted((MODELS / name).iterdir()):
+            if picture.suffix.lower() in PICTURES and picture.is_file():
+                files.append(File.generated(config, f"{folder}/{picture.name}", abs_src_path=str(picture)))
     return files

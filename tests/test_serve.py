@@ -25,7 +25,7 @@ from PIL import Image
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install 'corolla[serve]'")
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'corolla[serve]'")
 
-from corolla import checkpoint, cli, conditioning, data, editing, figures  # noqa: E402
+from corolla import checkpoint, cli, conditioning, editing, figures  # noqa: E402
 from corolla.config import preset  # noqa: E402
 from corolla.diffusion import DiffusionModel  # noqa: E402
 from corolla.generate import generate  # noqa: E402
@@ -650,39 +650,3 @@ def test_page_draws_a_chosen_class_of_a_conditional_model(browser, conditional_s
     finally:
         opened.context.close()
 
-
-def test_screenshot_for_the_readme(browser, served_run):
-    """COROLLA_SCREENSHOT=docs/figures/serve.png: the page with the shipped model, for the README
-    (and COROLLA_SCREENSHOT_RUN=DIR: a run folder for its training panel, read only)."""
-    out = os.environ.get("COROLLA_SCREENSHOT")
-    if not out:
-        pytest.skip("set COROLLA_SCREENSHOT=PATH to write the README's screenshot of the page")
-    from corolla import pretrained
-    shipped, config = pretrained.load_pretrained()
-    run = Path(os.environ.get("COROLLA_SCREENSHOT_RUN", served_run))
-    served = Server(create_app(Engine(shipped, config.data.image_size, f"shipped model {pretrained.DEFAULT}"), run))
-    try:
-        opened = browser.new_page(viewport={"width": 1100, "height": 800})
-        opened.set_default_timeout(60_000)
-        opened.goto(served.url)
-        opened.wait_for_selector("body[data-ready=true]")
-        ask_for_grid(opened, 0, 16, 20)
-        opened.wait_for_selector("#generate-status:has-text('done')")
-        opened.click("#interp-button")
-        opened.wait_for_selector("#interp-status:has-text('done')")
-        for _ in range(4):
-            opened.press("#interp-slider", "ArrowRight")
-        opened.set_input_files("#photo-file", str(sorted(data.bundled_dir().glob("*.jpg"))[0]))
-        opened.wait_for_selector("#photo-stage", state="visible")
-        opened.locator("#mask-canvas").scroll_into_view_if_needed()
-        box = opened.locator("#mask-canvas").bounding_box()
-        opened.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.4)
-        opened.mouse.down()
-        opened.mouse.move(box["x"] + box["width"] * 0.65, box["y"] + box["height"] * 0.6, steps=5)
-        opened.mouse.up()
-        opened.fill("#inpaint-resample", "2")
-        opened.click("#inpaint-button")
-        opened.wait_for_selector("#photo-status:has-text('done')")
-        opened.screenshot(path=out, full_page=True)
-    finally:
-        served.stop()
