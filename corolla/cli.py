@@ -88,6 +88,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def snr_gamma(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= limits.MAX_SNR_GAMMA:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: must be 0 (off) to {limits.MAX_SNR_GAMMA:g}")
+    return value
+
+
 def guidance(text: str) -> float:
     """A classifier-free guidance scale: 0 (unconditional) to limits.MAX_GUIDANCE."""
     value = _number(text)
@@ -121,9 +128,16 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=batch_size)
     p.add_argument("--image-size", type=image_size)
     p.add_argument("--lr", type=positive_float)
-    p.add_argument("--lr-warmup", type=whole_number(0, limits.MAX_LR_WARMUP), metavar="STEPS",
+    p.add_argument("--lr-warmup", type=whole_number(0, limits.MAX_LR_RAMP), metavar="STEPS",
                    help="ramp the learning rate linearly over the first STEPS steps (default "
                         f"{configs.WARM_START_LR_WARMUP} with --init-from, else 0)")
+    p.add_argument("--lr-cooldown", type=whole_number(0, limits.MAX_LR_RAMP), metavar="STEPS",
+                   help="decay the learning rate linearly to 0 over the run's last STEPS steps (to the end of "
+                        "--epochs, or --max-steps when given; default 0)")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirror each training image left-right with probability 1/2 (default off: the reference)")
+    p.add_argument("--min-snr-gamma", type=snr_gamma, metavar="GAMMA",
+                   help="weight each image's loss by min(SNR, GAMMA) / SNR (Hang et al. 2023); 0: off, the reference")
     p.add_argument("--repetitions", type=whole_number(1, limits.MAX_REPETITIONS),
                    help="times the data set is repeated per epoch")
     p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
@@ -274,7 +288,8 @@ def train_config(args, base: configs.Config | None = None) -> configs.Config:
     data_changes = {k: v for k, v in {"image_size": args.image_size, "repetitions": args.repetitions,
                                       "val_fraction": args.val_fraction, "crop": args.crop}.items() if v is not None}
     train_changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                                       "lr_warmup": args.lr_warmup,
+                                       "lr_warmup": args.lr_warmup, "lr_cooldown": args.lr_cooldown,
+                                       "hflip": args.hflip, "min_snr_gamma": args.min_snr_gamma,
                                        "schedule": args.schedule, "ema": args.ema, "ema_warmup": args.ema_warmup,
                                        "ema_init": args.ema_init, "seed": args.seed, "accumulate": args.accumulate,
                                        "channels_last": args.channels_last, "compile": args.compile,

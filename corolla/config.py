@@ -29,6 +29,9 @@ class TrainConfig:
     # steps of linear learning-rate warm-up from lr / lr_warmup; None: WARM_START_LR_WARMUP for a run
     # started --init-from (fresh Adam moments beside trained weights), else 0; a run saves the resolved one
     lr_warmup: int | None = None
+    lr_cooldown: int = 0          # steps of linear decay to 0 at the end of the run (its last epoch or --max-steps)
+    hflip: bool = False           # each training image mirrored left-right with probability 1/2
+    min_snr_gamma: float = 0.0    # > 0: min-SNR-gamma loss weights (corolla.diffusion.min_snr_weights)
     weight_decay: float = 1e-4
     adam_eps: float = 1e-7        # Keras' AdamW default
     # the reference's effective AdamW step: it back-propagates the *sum* of its per-pixel L1 map

@@ -57,6 +57,14 @@ class Normalizer(nn.Module):
         return (self.mean + images * self.variance.sqrt()).clamp(0.0, 1.0)
 
 
+def min_snr_weights(noise_rates: torch.Tensor, signal_rates: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for noise prediction, min(SNR, gamma) / SNR with SNR = s^2 / n^2
+    (Hang et al. 2023, eq. 10 for the epsilon target): the nearly clean times, whose noise is hard
+    to see and whose images hardly change, stop dominating the gradient. Float32, like the rates."""
+    snr = (signal_rates.float() / noise_rates.float()) ** 2
+    return gamma / snr.clamp(min=gamma)  # = min(SNR, gamma) / SNR, and 1 at SNR 0
+
+
 class DiffusionModel(nn.Module):
     """Holds the trained network, its EMA copy, the normaliser and the schedule's name."""
 
@@ -136,16 +144,20 @@ class DiffusionModel(nn.Module):
                                             labels, guidance, len(self.network.config.classes))
 
     def noise_loss(self, images: torch.Tensor, noises: torch.Tensor, diffusion_times: torch.Tensor,
-                   ema: bool = False, labels: torch.Tensor | None = None) -> torch.Tensor:
+                   ema: bool = False, labels: torch.Tensor | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
         """Mean absolute error between the drawn and the predicted noise.
 
         images: (B,C,H,W) in [0, 1]; noises like images; diffusion_times (B,1,1,1); labels (B,)
-        the classes of a conditional network, or None."""
+        the classes of a conditional network, or None. min_snr_gamma > 0 weights each image's
+        error by min_snr_weights (0: the reference's unweighted mean)."""
         images = self.normalizer.normalize(images)
         noise_rates, signal_rates = self.schedule(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
         pred_noises, _ = self.denoise(noisy_images, noise_rates, signal_rates, ema=ema, labels=labels)
-        return F.l1_loss(pred_noises, noises)
+        if not min_snr_gamma:
+            return F.l1_loss(pred_noises, noises)
+        errors = (pred_noises - noises).abs().float().mean(dim=(1, 2, 3))
+        return (min_snr_weights(noise_rates, signal_rates, min_snr_gamma).flatten() * errors).mean()
 
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:

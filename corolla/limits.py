@@ -26,7 +26,8 @@ MAX_SEED = 2 ** 32 - 1
 MAX_STEPS = 10_000             # network evaluations of one sampling run
 MAX_BATCH = 4096
 MAX_EPOCHS = 1_000_000
-MAX_LR_WARMUP = 10_000_000    # optimiser steps of learning-rate warm-up
+MAX_LR_RAMP = 10_000_000      # optimiser steps of learning-rate warm-up or cool-down
+MAX_SNR_GAMMA = 1e6            # min-SNR-gamma (useful values: 1 to 20)
 MAX_REPETITIONS = 1000         # the data set repeated per epoch (the reference: 5)
 MAX_EVAL_SAMPLES = 50_000      # images scored by one evaluation (the usual FID count)
 MAX_CLASSES = 100_000          # classes of a conditional network (ImageNet-21k has 21,841)
@@ -36,6 +37,10 @@ MAX_IMAGES = 10_000_000        # corolla sample -n, streamed to --each
 MAX_HELD_BYTES = 2 ** 32       # generated images held at once as float32 (a grid, an evaluation)
 MAX_FIGURE_PIXELS = 2 ** 26    # the canvas of a labelled figure (200 MB as RGB)
 MAX_JSON_BYTES = 2 ** 20       # config.json, state.json
+# the other files corolla reads, each through safefile.read_bounded
+MAX_LOG_BYTES = 2 ** 28        # a run's metrics.jsonl (a line of about 100 bytes per 10 steps)
+MAX_LABELS_BYTES = 2 ** 28     # a labels CSV: millions of rows
+MAX_GRID_BYTES = 2 ** 26       # a run's sample grid, served by the page
 MAX_ABS_WEIGHT = 1e6           # any stored weight or statistic (the shipped model's largest: 22)
 KEEP_BEST_METRICS = ("swd", "heldout_loss", "kid", "fid")
 PRESET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # shown in figure titles: no $ (mathtext), bounded
@@ -131,7 +136,10 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "epochs": integer(1, MAX_EPOCHS),
         "batch_size": integer(1, MAX_BATCH),
         "lr": number(0, low_open=True),
-        "lr_warmup": optional(integer(0, MAX_LR_WARMUP)),
+        "lr_warmup": optional(integer(0, MAX_LR_RAMP)),
+        "lr_cooldown": integer(0, MAX_LR_RAMP),
+        "hflip": boolean,
+        "min_snr_gamma": number(0, MAX_SNR_GAMMA),
         "weight_decay": number(0),
         "adam_eps": number(0, low_open=True),
         "keras_adam_step": boolean,

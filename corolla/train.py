@@ -30,6 +30,8 @@ from .diffusion import DiffusionModel, compile_for_training
 from .generate import NotFinite, generate
 from .figures import plot_training
 from .grids import save_grid
+from .limits import MAX_LOG_BYTES
+from .safefile import read_run_file
 
 LOG_EVERY = 10  # steps between loss syncs (each is a host-device sync on a GPU)
 
@@ -50,11 +52,14 @@ def ema_decay(config: Config, step: int) -> float:
     return config.train.ema
 
 
-def learning_rate(config: Config, step: int) -> float:
-    """The learning rate of optimiser step `step` (0-based): lr, ramped linearly over the first
-    lr_warmup steps (resolved: see resolve_lr_warmup)."""
-    warmup = config.train.lr_warmup or 0
-    return config.train.lr * min(1.0, (step + 1) / warmup) if warmup else config.train.lr
+def learning_rate(config: Config, step: int, last_step: int) -> float:
+    """The learning rate of optimiser step `step` (0-based) of a run that ends after `last_step`
+    steps: lr, ramped up linearly over the first lr_warmup steps (resolved: see resolve_lr_warmup)
+    and down linearly towards 0 over the last lr_cooldown."""
+    t = config.train
+    warmup = min(1.0, (step + 1) / t.lr_warmup) if t.lr_warmup else 1.0
+    cooldown = min(1.0, (last_step - step) / t.lr_cooldown) if t.lr_cooldown else 1.0
+    return t.lr * min(warmup, cooldown)
 
 
 def resolve_lr_warmup(config: Config, warm_start: bool) -> Config:
@@ -138,17 +143,24 @@ def slot_generator(seed: int, step: int, slot: int, device: torch.device) -> tor
     return torch.Generator(device=device).manual_seed(int(state) & (2 ** 63 - 1))
 
 
+def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """images (B, C, H, W) with each mirrored left-right with probability 1/2, drawn from generator."""
+    flipped = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+    return torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
 def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor],
                generators: list[torch.Generator], decay: float, ddp: DistributedDataParallel | None = None,
                world: distributed.World = distributed.World(), micro_labels: list[torch.Tensor] | None = None,
-               label_dropout: float = 0.0) -> torch.Tensor:
+               label_dropout: float = 0.0, hflip: bool = False, min_snr_gamma: float = 0.0) -> torch.Tensor:
     """The reference's train step over one global batch: noise at uniform random times, L1 noise
     loss of the online network, an AdamW step, then the EMA update.
 
     micro_batches: this process's (B_micro, C, H, W) batches in [0, 1], one generator each; their
     gradients are averaged (accumulation here, DDP's all-reduce across processes) -> the mean loss
     of this process, without a host sync. micro_labels: their class numbers (B_micro,) in a
-    conditional run, each dropped to the null label with probability label_dropout."""
+    conditional run, each dropped to the null label with probability label_dropout. hflip mirrors
+    each image with probability 1/2; min_snr_gamma > 0 weights the loss (DiffusionModel.noise_loss)."""
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=micro_batches[0].device)
     for j, (images, generator) in enumerate(zip(micro_batches, generators)):
@@ -161,7 +173,10 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
             if micro_labels is not None:  # drawn after the noise and times: those stay an unconditional run's
                 classes = conditioning.drop_labels(micro_labels[j], label_dropout,
                                                    len(model.network.config.classes), generator)
-            loss = model.noise_loss(images, noises, times, labels=classes)  # in the model's precision (autocast)
+            if hflip:  # drawn last, so the draws before it are a run's without flips
+                images = random_flips(images, generator)
+            # in the model's precision (autocast)
+            loss = model.noise_loss(images, noises, times, labels=classes, min_snr_gamma=min_snr_gamma)
             (loss / len(micro_batches)).backward()
         total += loss.detach()
     optimizer.step()
@@ -236,9 +251,10 @@ def _truncate_log(path: Path, lines: int) -> None:
     curve has no repeats. Only a torn last line (cut by a kill before its newline) is dropped;
     every other line stays byte for byte, even one that is not JSON (a hand edit). Rewritten by
     rename, never torn."""
-    if not path.exists():
+    try:
+        pieces = read_run_file(path.parent, path.name, MAX_LOG_BYTES, "a run's log").split(b"\n")
+    except FileNotFoundError:
         return
-    pieces = path.read_bytes().split(b"\n")
     if not _is_json(pieces[-1]):  # nothing after the last newline, or a torn line
         pieces.pop()
     with atomic.replacing(path) as tmp:
@@ -342,6 +358,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
         init_from = warmstart.load_into(model, config, init_from)
     config = resolve_lr_warmup(config, bool(init_from))
     steps_per_epoch = data.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
+    last_step = min(tc.epochs * steps_per_epoch, max_steps or math.inf)  # where a cool-down ends
     step, epoch, batch_in_epoch = 0, 0, 0
     # the loss summed since the last log line: saved in checkpoints so a resumed run logs the same means
     running, losses_since_log = torch.zeros((), device=dev), 0
@@ -421,9 +438,9 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
                 generators = [slot_generator(tc.seed, step, j, dev) for j in slots]
                 for group in optimizer.param_groups:
                     group["eps"] = adam_epsilon(config, step)
-                    group["lr"] = learning_rate(config, step)
+                    group["lr"] = learning_rate(config, step, last_step)
                 loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world,
-                                  micro_labels, tc.label_dropout)
+                                  micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma)
                 step += 1
                 batch_in_epoch += 1
                 seen += tc.batch_size

@@ -1,0 +1,95 @@
+"""Recipe options beyond the reference, each off by default: the learning rate's warm-up and
+cool-down, horizontal flips, min-SNR-gamma loss weights."""
+import math
+
+import pytest
+import torch
+
+from corolla import cli, checkpoint
+from corolla.config import preset
+from corolla.diffusion import DiffusionModel, min_snr_weights
+from corolla import schedules
+from corolla.train import learning_rate, random_flips, slot_generator, train, train_step
+
+
+def test_learning_rate_ramps_up_holds_and_cools_down_to_the_runs_last_step():
+    config = preset("seed64").replace(train={"lr_warmup": 4, "lr_cooldown": 4})
+    rates = [learning_rate(config, step, last_step=10) for step in range(10)]
+    assert rates == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    plain = preset("seed64").replace(train={"lr_warmup": 0})
+    assert {learning_rate(plain, step, last_step=10) for step in range(10)} == {1e-3}  # the reference's constant
+
+
+def test_the_cool_down_ends_at_max_steps_when_given(make_flowers, tmp_path):
+    tiny = preset("tiny").replace(train={"epochs": 50, "lr_cooldown": 4})
+    folder = train(tiny, make_flowers(16), tmp_path / "run", progress=False, max_steps=3)
+    model, _ = checkpoint.load_model(folder)
+    optimizer = torch.optim.AdamW(model.network.parameters())
+    checkpoint.load_training(folder, model, optimizer)
+    # step 2 (0-based) of a run that ends after 3: one step left of a 4-step cool-down
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(tiny.train.lr * 1 / 4)
+
+
+def test_flips_mirror_about_half_the_images_the_same_way_for_the_same_generator():
+    images = torch.arange(1000 * 3 * 2 * 4, dtype=torch.float32).view(1000, 3, 2, 4)
+    flipped = random_flips(images, torch.Generator().manual_seed(0))
+    mirrored = (flipped == images.flip(-1)).flatten(1).all(1)
+    assert torch.equal(mirrored | (flipped == images).flatten(1).all(1), torch.ones(1000, dtype=torch.bool))
+    assert 450 < mirrored.sum().item() < 550
+    assert torch.equal(random_flips(images, torch.Generator().manual_seed(0)), flipped)
+
+
+def test_a_step_with_flips_draws_the_same_noise_and_times_as_one_without():
+    torch.manual_seed(0)
+    config = preset("tiny")
+    images = torch.rand(4, 3, 16, 16)
+    losses = {}
+    for hflip in (False, True):
+        torch.manual_seed(0)
+        model = DiffusionModel(config.unet)
+        optimizer = torch.optim.AdamW(model.network.parameters())
+        losses[hflip] = train_step(model, optimizer, [images], [slot_generator(0, 0, 0, torch.device("cpu"))],
+                                   0.9, hflip=hflip).item()
+    # a fresh network outputs zeros (zero-initialised last layer): the L1 loss is the mean |noise|,
+    # which the flips leave alone only when the noise is the same draw
+    assert losses[True] == losses[False]
+
+
+def test_min_snr_weights_are_min_snr_gamma_over_snr():
+    schedule = schedules.get("offset_cosine")
+    times = torch.linspace(0, 1, 11).view(-1, 1, 1, 1)
+    noise_rates, signal_rates = schedule(times)
+    snr = (signal_rates / noise_rates) ** 2
+    expected = torch.minimum(snr, torch.tensor(5.0)) / snr
+    assert torch.allclose(min_snr_weights(noise_rates, signal_rates, 5.0), expected, rtol=1e-6)
+    assert min_snr_weights(torch.ones(1), torch.zeros(1), 5.0).item() == 1.0  # pure noise: SNR 0
+
+
+def test_min_snr_gamma_weights_each_images_error_and_zero_is_the_reference_loss():
+    torch.manual_seed(1)
+    model = DiffusionModel(preset("tiny").unet)
+    images, noises = torch.rand(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    times = torch.tensor([0.05, 0.5, 0.95]).view(-1, 1, 1, 1)
+    plain = model.noise_loss(images, noises, times)
+    assert torch.equal(model.noise_loss(images, noises, times, min_snr_gamma=0.0), plain)
+    noise_rates, signal_rates = model.schedule(times)
+    weights = min_snr_weights(noise_rates, signal_rates, 1.0).flatten()
+    assert weights[0] < 1 and weights[-1] == 1  # only the nearly clean image is weighted down
+    with torch.no_grad():
+        normalized = model.normalizer.normalize(images)
+        pred, _ = model.denoise(signal_rates * normalized + noise_rates * noises, noise_rates, signal_rates)
+    errors = (pred - noises).abs().mean(dim=(1, 2, 3))
+    assert math.isclose(model.noise_loss(images, noises, times, min_snr_gamma=1.0).item(),
+                        (weights * errors).mean().item(), rel_tol=1e-5)
+
+
+def test_the_command_takes_the_recipe_options_and_refuses_bad_values(capsys):
+    args = cli.parser().parse_args(["train", "--lr-cooldown", "100", "--hflip", "--min-snr-gamma", "5"])
+    train_config = cli.train_config(args).train
+    assert (train_config.lr_cooldown, train_config.hflip, train_config.min_snr_gamma) == (100, True, 5.0)
+    assert cli.train_config(cli.parser().parse_args(["train"])).train.hflip is False
+    for bad in (["--min-snr-gamma", "-1"], ["--min-snr-gamma", "nan"], ["--lr-cooldown", "-3"]):
+        with pytest.raises(SystemExit) as stop:
+            cli.parser().parse_args(["train", *bad])
+        assert stop.value.code == 2
+    assert "must be 0 (off)" in capsys.readouterr().err
