@@ -7,8 +7,9 @@
 
 `add` appends a stint: its own steps and images, the running totals, and the held-out figures of
 `benchmarks/model_card.py --json` (SWD x1e3 at 64/32/16 px and the held-out loss of the weights the
-stint ended with), and sets the card's `steps` and `images_seen` to the totals. `show` prints the
-history table of the model's README and plots held-out loss and SWD against cumulative images.
+stint ended with), and sets the card's `steps` and `images_seen` to the totals. Both print the
+history table, write it into the model's README between the lines `<!-- history -->` and
+`<!-- /history -->`, and plot held-out loss and SWD against cumulative images (history.png).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import json
 from pathlib import Path
 
 SCALES = (64, 32, 16)
+BEGIN, END = "<!-- history -->", "<!-- /history -->"
 
 
 def read_card(folder: Path) -> dict:
@@ -51,7 +53,14 @@ def table(history: list[dict]) -> str:
         lines.append(f"| {i} | {r['date']} | {r['machine']} | {r['precision']} | {r['steps']:,} | "
                      f"{r['cumulative_steps']:,} | {r['cumulative_images']:,} | {r['wall_min'] // 60} h "
                      f"{r['wall_min'] % 60:02d} min | {_number(r.get('heldout_loss'), '.4f')} | {swd} |")
+    lines += ["", "Recipes:"] + [f"{i}. {r['recipe']}" for i, r in enumerate(history, 1)]
     return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str:
+    """text with what lies between the history markers replaced by block."""
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    return text[:start] + "\n" + block + "\n" + text[end:]
 
 
 def figure(history: list[dict], out: Path) -> None:
@@ -98,8 +107,11 @@ def main() -> None:
         (args.model / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     history = card.get("history", [])
     print(table(history))
-    figure(history, args.model / "history.png")
-    print(f"\nwrote {args.model / 'history.png'}")
+    readme = args.model / "README.md"
+    readme.write_text(replace_block(readme.read_text(), table(history)))
+    if any(r.get("heldout_loss") is not None for r in history):  # else nothing to plot yet
+        figure(history, args.model / "history.png")
+        print(f"\nwrote {args.model / 'history.png'}")
 
 
 if __name__ == "__main__":

@@ -45,11 +45,28 @@ def test_every_shipped_model_has_a_card_and_a_stored_reference():
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+def test_a_cards_training_history_adds_up_to_the_steps_it_states(name):
+    card = json.loads((pretrained.path(name) / "card.json").read_text())
+    history = card.get("history")
+    if history is None:
+        pytest.skip(f"{name} predates the history table")
+    first = history[0]  # a fine-tune's first stint counts the steps of the model it started from
+    before = (first["cumulative_steps"] - first["steps"], first["cumulative_images"] - first["images"])
+    assert before[0] >= 0 and before[1] >= 0
+    for previous, row in zip(history, history[1:]):
+        assert row["cumulative_steps"] == previous["cumulative_steps"] + row["steps"]
+        assert row["cumulative_images"] == previous["cumulative_images"] + row["images"]
+    assert (card["steps"], card["images_seen"]) == (history[-1]["cumulative_steps"], history[-1]["cumulative_images"])
+    assert all(row["recipe"] and row["machine"] and row["precision"] in ("fp32", "bf16") for row in history)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_is_a_release_checkpoint_of_the_reference_network(name):
     folder = pretrained.path(name)
     files = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
     required = {"README.md", "card.json", "config.json", "model.safetensors", "samples.png"}
-    assert required <= files <= required | {"progress.png"}  # the card's per-epoch strip, optional
+    # optional: the card's per-epoch strip and its training-history figure
+    assert required <= files <= required | {"progress.png", "history.png"}
     model, config = corolla.load_pretrained(name)
     assert dataclasses.replace(config.unet, classes=()) == corolla.preset("seed64").unet
     # a conditional model adds its class vectors (and the null label's) and the class shifts of the
