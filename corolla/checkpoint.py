@@ -128,7 +128,7 @@ def check_replaceable(folder: Path) -> None:
     config_file = folder / CONFIG_FILE
     if names and not others:
         try:
-            ours = config_file.is_file() and json.loads(config_file.read_text()).get("format") == FORMAT
+            ours = json.loads(read_bounded(config_file, MAX_JSON_BYTES)).get("format") == FORMAT
             others = [] if ours else [CONFIG_FILE]
         except (OSError, UnicodeDecodeError, ValueError, AttributeError):
             others = names  # no readable config.json: not known to be ours
@@ -249,7 +249,7 @@ def read_latest(run_dir: Path) -> str | None:
     run_dir/checkpoints; a FIFO, a device, a link, ../x or /x is a CheckpointError."""
     path = run_dir / "latest"
     try:
-        payload = read_bounded(path, MAX_LATEST_BYTES, follow_links=False)
+        payload = read_bounded(path, MAX_LATEST_BYTES, follow_links=False, error=CheckpointError)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -286,7 +286,7 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def _read_config_json(folder: Path) -> dict:
     try:
-        payload = read_bounded(folder / CONFIG_FILE, MAX_JSON_BYTES)
+        payload = read_bounded(folder / CONFIG_FILE, MAX_JSON_BYTES, error=CheckpointError)
     except OSError as error:
         raise CheckpointError(f"{folder / CONFIG_FILE}: not readable ({error.strerror or error})") from None
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
-from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
-from . import atomic
+from . import atomic, safefile
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 # Images declaring more pixels are refused from their header, before decoding: this bounds the
@@ -113,11 +112,13 @@ def decode_image(path: Path) -> np.ndarray:
     The size check reads only the header, so a decompression bomb is refused before decoding;
     PIL's own bomb warning is raised as an error instead of printed. Only regular files are
     opened: opening a FIFO or a device could block forever."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise ValueError("not a regular file")
-    with warnings.catch_warnings():
+    try:
+        file = safefile.open_regular(path)
+    except safefile.FileRefused:
+        raise ValueError("not a regular file") from None  # the skip warning names the path
+    with file, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"declared size {image.width}x{image.height} is over {MAX_IMAGE_PIXELS} pixels")
             return np.array(to_rgb(image))
@@ -185,7 +186,7 @@ def load_folder(folder: str | os.PathLike, size: int, crop: bool = False, use_ca
     files = scan(root)
     key = _cache_key(files, size, crop)
     cached = cache_dir() / f"{key}.safetensors"
-    hit = _read_cache(cached, size) if use_cache else None
+    hit = _read_images_cache(cached, size, len(files)) if use_cache else None
     if hit is not None:
         stacked, names, skipped = hit
     else:
@@ -217,14 +218,41 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {str(error)[:100]}"
 
 
-def _read_cache(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[str]] | None:
-    """(images, names, skipped) from a cache file, or None when it is missing or unusable."""
+def _cache_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """The SHA-256 a cache file is written with: of its tensors' bytes and its metadata."""
+    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
+    for name in sorted(tensors):
+        digest.update(f"|{name}|{tensors[name].dtype}|{tuple(tensors[name].shape)}|".encode())
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_cache(path: Path, most_bytes: int, most_header: int = safefile.MAX_HEADER_BYTES
+               ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """(tensors, metadata) of a cache file write_cache wrote, or None when it is missing or unusable:
+    not a regular file, tensors of more than `most_bytes` (refused from the header, not read), or
+    contents that do not match the SHA-256 written with them (a corrupted cache is computed again,
+    never trusted)."""
+    def check(header, metadata) -> None:
+        if sum(math.prod(shape) * safefile.DTYPE_BYTES[dtype] for dtype, shape in header.values()) > most_bytes:
+            raise safefile.CheckpointError("larger than what it caches")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            images = f.get_tensor("images")
-        names, skipped = json.loads(meta["names"]), json.loads(meta["skipped"])
-    except Exception:  # missing, torn or foreign: decode again
+        tensors, metadata = safefile.read_tensors(path, None, check, most_header)
+    except (safefile.CheckpointError, OSError):  # missing, torn, foreign or hostile: computed again
+        return None
+    recorded = metadata.pop("sha256", None)
+    return (tensors, metadata) if recorded == _cache_digest(tensors, metadata) else None
+
+
+def _read_images_cache(path: Path, size: int, files: int) -> tuple[torch.Tensor, list[str], list[str]] | None:
+    """(images, names, skipped) from load_folder's cache of `files` image files, or None."""
+    # the names and skip reasons of every file are in the header: 1 KiB each is plenty
+    hit = read_cache(path, files * 3 * size * size, safefile.MAX_HEADER_BYTES + 1024 * files)
+    if hit is None:
+        return None
+    try:
+        images, names, skipped = hit[0]["images"], json.loads(hit[1]["names"]), json.loads(hit[1]["skipped"])
+    except (ValueError, KeyError, RecursionError):  # not a cache of images
         return None
     if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, size, size) or len(names) != images.shape[0]:
         return None
@@ -232,15 +260,17 @@ def _read_cache(path: Path, size: int) -> tuple[torch.Tensor, list[str], list[st
 
 
 def write_cache(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """One cache file, published by rename so a reader never sees it half written. Written from
-    bytes by atomic.replacing, not safetensors' save_file, whose own randomly named temporary a
-    killed process would leave behind; the temporaries of killed processes are removed here.
-    Best effort: a read-only, full or over-quota cache folder costs decoding again next time,
-    and one warning."""
+    """One cache file, with the SHA-256 read_cache checks, published by rename so a reader never
+    sees it half written. Written from bytes by atomic.replacing, not safetensors' save_file,
+    whose own randomly named temporary a killed process would leave behind; the temporaries of
+    killed processes are removed here. Best effort: a read-only, full or over-quota cache folder
+    costs decoding again next time, and one warning."""
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    metadata = {**(metadata or {}), "sha256": _cache_digest(tensors, metadata or {})}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.remove_stale_temporaries(path.parent, lambda name: name.endswith(".safetensors"))
-        payload = save_safetensors({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+        payload = save_safetensors(tensors, metadata=metadata)
         with atomic.replacing(path, clean=False) as tmp:  # cleaned just above
             tmp.write_bytes(payload)
     except OSError as error:

@@ -32,6 +32,8 @@ from tqdm import tqdm
 
 from .checkpoint import ensure_writable, remove_stale_temporaries
 from .data import cache_dir
+from .limits import MAX_JSON_BYTES
+from .safefile import read_bounded
 
 OFFICIAL_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 URL_ENV = "COROLLA_FLOWERS102_URL"
@@ -253,6 +255,10 @@ def lay_out(archive: Path, tmp: Path, labels: list[int], splits: dict[int, str] 
     return counts
 
 
+def _marker(dest: Path) -> dict:
+    return json.loads(read_bounded(dest / MARKER, MAX_JSON_BYTES, kind="a download's marker"))
+
+
 def _finished(dest: Path, split: str | None, split_source: str) -> bool:
     """Whether dest is a complete earlier download of the same split; refuse any other content."""
     if not dest.exists():
@@ -260,7 +266,7 @@ def _finished(dest: Path, split: str | None, split_source: str) -> bool:
     if not dest.is_dir():
         raise ValueError(f"{dest} is a file; give a folder to create")
     try:
-        marker = json.loads((dest / MARKER).read_text())
+        marker = _marker(dest)
         if marker["split"] == split and marker["split_source"] == split_source:
             return True
     except (OSError, ValueError, KeyError, TypeError):
@@ -292,7 +298,7 @@ def download_flowers102(dest: str | os.PathLike, split: str | None = None, split
         raise ValueError(f"split source {split_source!r} is not allowed: must be one of {', '.join(SPLIT_SOURCES)}")
     dest = Path(dest).absolute()
     if _finished(dest, split, split_source):
-        return {**json.loads((dest / MARKER).read_text()), "existing": True}
+        return {**_marker(dest), "existing": True}
     ensure_writable(dest.parent)
     base = base_url(url)
     folder = ensure_writable(Path(downloads) if downloads else downloads_dir())

@@ -8,6 +8,7 @@ with `figimage` and labelled with figure text, so every PNG has a size known in 
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -29,8 +30,9 @@ from .atomic import replacing
 from .diffusion import DiffusionModel
 from .generate import initial_noise, sample_from_noise
 from .grids import split_grid, to_uint8
-from .limits import MAX_FIGURE_PIXELS
+from .limits import MAX_FIGURE_PIXELS, MAX_GRID_BYTES, MAX_LOG_BYTES
 from .outputs import refuse_unless_file
+from .safefile import read_run_file
 
 DPI = 100
 SCHEDULE_NAMES = ("linear", "cosine", "offset_cosine")
@@ -371,10 +373,12 @@ def plot_trajectory(model: DiffusionModel, trajectory: Trajectory, out: str | os
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics.jsonl; unreadable lines (a line being written) are skipped."""
+    """The records of a run's metrics.jsonl; unreadable lines (a line being written) are skipped.
+    Read as a run's own file (safefile.read_run_file): a FIFO, a device or a link is FileRefused."""
     records = []
+    path = Path(path)
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = read_run_file(path.parent, path.name, MAX_LOG_BYTES, "a run's log").decode(errors="replace").splitlines()
     except OSError:
         return records
     for line in lines:
@@ -455,7 +459,8 @@ def learning_progress(run_dir: str | os.PathLike, image_size: int, grid_images: 
     images = min(images, grid_images)
     rows = []
     for epoch in chosen:
-        with Image.open(grids[epoch]) as grid:
+        payload = read_run_file(Path(run_dir), f"samples/{grids[epoch].name}", MAX_GRID_BYTES, "a sample grid")
+        with Image.open(io.BytesIO(payload)) as grid:
             tiles = split_grid(np.asarray(grid.convert("RGB")), grid_images, image_size)[:images]
         rows.append(torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0)
     return torch.stack(rows), chosen

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .safefile import open_regular
+
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -238,7 +240,7 @@ def find_weights(path: str | os.PathLike | None = None) -> Path | None:
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -248,10 +250,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from .safetensors, or from a .pth/.pt through torch.load(weights_only=True), which
     refuses anything but tensors and plain containers (no code runs)."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:  # never a FIFO or device
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load
+                return load(f.read())
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as error:  # any reader failure means: not a weights file we can use
         raise InceptionWeightsError(f"{path}: not a readable weights file ({type(error).__name__}: "
                                     f"{str(error).splitlines()[0] if str(error) else ''}). {weights_help()}") from None

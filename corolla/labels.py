@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -26,10 +27,10 @@ from pathlib import Path, PurePath
 import torch
 
 from .data import DataError
-from .limits import MAX_CLASS_NAME, MAX_CLASSES, is_class_name, short
+from .limits import MAX_CLASS_NAME, MAX_CLASSES, MAX_LABELS_BYTES, is_class_name, short
+from .safefile import read_bounded
 
 IMAGE_COLUMN, NUMBER_COLUMN, NAME_COLUMN = "image", "label", "class_name"
-MAX_CSV_BYTES = 2 ** 28  # 256 MiB: millions of rows
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,10 @@ def from_folders(names: list[str], root: str | os.PathLike, classes: tuple[str, 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     try:
-        if path.stat().st_size > MAX_CSV_BYTES:
-            raise DataError(f"labels file {str(path)!r} is over {MAX_CSV_BYTES // 2 ** 20} MiB")
-        with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's BOM
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = [name.strip() for name in reader.fieldnames or []]
+        text = read_bounded(path, MAX_LABELS_BYTES, kind="a labels file").decode("utf-8-sig")  # a spreadsheet's BOM
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        header = [name.strip() for name in reader.fieldnames or []]
     except OSError as error:
         raise DataError(f"labels file {str(path)!r}: not readable ({error.strerror or error})") from None
     except (UnicodeDecodeError, csv.Error) as error:

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 
 from .grids import grid_array
+from .safefile import read_run_file
 
 CHOICES = ("tensorboard", "wandb")
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> the module it needs
@@ -104,7 +105,8 @@ class WandB:
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / "corolla-run-id"
         resumed = purge_from > 0 and id_file.is_file()
-        run_id = id_file.read_text().strip() if resumed else secrets.token_hex(4)
+        run_id = (read_run_file(run_dir, "wandb/corolla-run-id", 256, "a W&B run id").decode(errors="replace").strip()
+                  if resumed else secrets.token_hex(4))
         id_file.write_text(run_id + "\n")
         mode = _wandb_mode()
         try:

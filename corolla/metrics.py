@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from . import checkpoint, data, distributed, limits
 from . import inception as inception_module
@@ -411,11 +410,9 @@ def cached_real_features(network: torch.nn.Module, images: torch.Tensor, weights
     digest = hashlib.sha256(f"{tuple(images.shape)}|{inception_module.file_sha256(weights)}|".encode())
     digest.update(images.contiguous().numpy().tobytes())
     path = cache_dir() / "inception" / f"{digest.hexdigest()[:24]}.safetensors"
-    if path.is_file():
-        try:
-            return load_file(str(path))["features"].double()
-        except Exception:
-            pass  # an unreadable cache is computed again
+    hit = data.read_cache(path, images.shape[0] * inception_module.FEATURES * 4)
+    if hit is not None and "features" in hit[0]:  # else computed again
+        return hit[0]["features"].double()
     features = inception_module.features(network, images, batch_size)
     data.write_cache(path, {"features": features.float()})  # best effort: a warning when it cannot
     return features

@@ -16,6 +16,8 @@ import torch
 from . import checkpoint
 from .diffusion import DiffusionModel
 from .config import Config
+from .limits import MAX_JSON_BYTES
+from .safefile import read_bounded
 
 MODELS = Path(__file__).parent / "assets" / "models"
 DEFAULT = "flowers64"
@@ -50,7 +52,7 @@ def describe(name: str) -> dict:
     seen, size on disk."""
     folder = path(name)
     config = checkpoint.load_config(folder)
-    card = json.loads((folder / CARD_FILE).read_text()) if (folder / CARD_FILE).is_file() else {}
+    card = json.loads(read_bounded(folder / CARD_FILE, MAX_JSON_BYTES)) if (folder / CARD_FILE).is_file() else {}
     return {"name": name, "default": name == DEFAULT, "image_size": config.data.image_size,
             "classes": len(config.unet.classes), "preset": config.preset, "data": card.get("data"), "steps": card.get("steps"),
             "images_seen": card.get("images_seen"),
