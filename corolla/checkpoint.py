@@ -37,7 +37,7 @@ from .safefile import CheckpointError, HeaderCheck, read_bounded, read_tensors, 
 from .trainstate import parse_state
 from .config import Config
 from .diffusion import DiffusionModel
-from .limits import MAX_ABS_WEIGHT, MAX_JSON_BYTES, MAX_PARAMETERS, short
+from .limits import MAX_ABS_WEIGHT, MAX_JSON_BYTES, MAX_PARAMETERS, json_file, short
 
 FORMAT = "corolla-checkpoint"
 VERSION = 1
@@ -67,10 +67,6 @@ def _write_file(path: Path, payload: bytes) -> None:
         f.write(payload)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2) + "\n").encode()
 
 
 def _tensor_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -159,9 +155,9 @@ def save_pretrained(folder: str | os.PathLike, model: DiffusionModel, config: Co
         if extra_tensors is not None:
             files[TRAINING_FILE] = _tensor_bytes(extra_tensors, {"format": FORMAT})
         if extra_state is not None:
-            files[STATE_FILE] = _json_bytes(extra_state)
+            files[STATE_FILE] = json_file(extra_state)
         sha256 = {name: hashlib.sha256(payload).hexdigest() for name, payload in files.items()}
-        files[CONFIG_FILE] = _json_bytes({"format": FORMAT, "version": VERSION, **config_dict, "sha256": sha256})
+        files[CONFIG_FILE] = json_file({"format": FORMAT, "version": VERSION, **config_dict, "sha256": sha256})
         for name, payload in files.items():  # config.json last: a folder with it is complete
             _write_file(tmp / name, payload)
         _fsync_dir(tmp)

@@ -10,6 +10,7 @@ what would exhaust a machine.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from typing import Callable
@@ -37,6 +38,7 @@ MAX_IMAGES = 10_000_000        # corolla sample -n, streamed to --each
 MAX_HELD_BYTES = 2 ** 32       # generated images held at once as float32 (a grid, an evaluation)
 MAX_FIGURE_PIXELS = 2 ** 26    # the canvas of a labelled figure (200 MB as RGB)
 MAX_JSON_BYTES = 2 ** 20       # config.json, state.json
+CONFIG_FILE_KEYS = 1024        # what config.json holds besides the config: format, version, four SHA-256s
 # the other files corolla reads, each through safefile.read_bounded
 MAX_LOG_BYTES = 2 ** 28        # a run's metrics.jsonl (a line of about 100 bytes per 10 steps)
 MAX_LABELS_BYTES = 2 ** 28     # a labels CSV: millions of rows
@@ -195,8 +197,15 @@ def check_held_images(count: int, size: int, what: str, channels: int = 3) -> No
                          f"{held_bytes(count, channels, size) / 2 ** 30:.1f} GiB at once; at most {most:,} at this size")
 
 
+def json_file(obj) -> bytes:
+    """A JSON file as corolla writes it (config.json, state.json): check_config measures the
+    config with the same encoding, so what training saves, loading reads."""
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
 def check_config(config) -> None:
-    """A whole Config: each section, then what the sections must agree on."""
+    """A whole Config: each section, then what the sections must agree on, and that its
+    config.json is one loading reads (many long class names are each allowed, not all together)."""
     for section in (config, config.unet, config.data, config.train):
         check_section(section)
     levels = len(config.unet.widths)
@@ -209,3 +218,7 @@ def check_config(config) -> None:
                          f"one per class, or none")
     check_held_images(config.train.eval_samples, config.data.image_size, "train.eval_samples",
                       config.unet.channels)
+    size = len(json_file(dataclasses.asdict(config))) + CONFIG_FILE_KEYS
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{len(classes):,} classes would make a config.json of {size:,} bytes; a checkpoint's is at "
+                         f"most {MAX_JSON_BYTES:,}: fewer or shorter class names")
