@@ -418,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as error:
         print(f"corolla: error: {error}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as error:
+        message = limits.out_of_memory(error)
+        if message is None:
+            raise
+        print(f"corolla: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except OSError as error:  # a full disk, a vanished folder: one line, no traceback
         print(f"corolla: error: {error}", file=sys.stderr)
         return 1

@@ -52,12 +52,14 @@ def strengths(text: str) -> list[float]:
 
 
 def box(text: str) -> tuple[int, int, int, int]:
+    """An argument type: x,y,w,h (an empty one was taken for no box and ended in a traceback)."""
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
     if len(values) != 4:
-        raise ValueError(f"--box {text!r} is not allowed: give x,y,w,h in the image's pixels, e.g. 8,8,16,16")
+        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not allowed: give x,y,w,h in the image's pixels, "
+                                         f"e.g. 8,8,16,16")
     return values
 
 
@@ -69,13 +71,14 @@ class Outputs:
     """The output options, each checked before any work: --out (a grid; default DEFAULT unless
     only --each or --figure is asked for, as `corolla sample`), --each DIR and --figure PATH."""
 
-    def __init__(self, args, default: str, rows: int = 0, columns: int = 0, image_size: int = 0):
+    def __init__(self, args, default: str, rows: int = 0, columns: int = 0, image_size: int = 0,
+                 labels: tuple = ((), (), None)):
         self.grid = outputs.check_file(args.out or default, "--out") if args.out or not (args.each or args.figure) \
             else None
         self.each = outputs.check_folder(args.each, "--each") if args.each else None
         self.figure = outputs.check_file(args.figure, "--figure") if args.figure else None
         if self.figure is not None:
-            figures.check_grid_size(rows, columns, image_size)
+            figures.check_grid_size(rows, columns, image_size, *labels)  # labels: columns', rows', title
 
 
 # -- edit ------------------------------------------------------------------------------------------
@@ -89,10 +92,13 @@ def run_edit(args) -> int:
     size = config.data.image_size
     count = len(paths) * args.num_images
     limits.check_held_images(count * (len(levels) + 1), size, "photos x -n x strengths")
-    out = Outputs(args, "edits.png", count, len(levels) + 1, size)
+    grid = args.grid or editing.default_grid(args.sampler)
+    rows = [f"{_name(p)} #{v}" if args.num_images > 1 else _name(p) for p in paths for v in range(args.num_images)]
+    columns = ["input"] + [f"strength {strength:g}" for strength in levels]
+    title = f"SDEdit: {args.sampler}, {args.steps} steps on the {grid} grid, seed {args.seed} ({config.preset})"
+    out = Outputs(args, "edits.png", count, len(levels) + 1, size, (columns, rows, title))
     photos, _ = load_photos(paths, size)
     inputs = photos.repeat_interleave(args.num_images, 0)  # output k: photo k // n, variation k % n
-    grid = args.grid or editing.default_grid(args.sampler)
     results = torch.stack([editing.edit(model, inputs, strength, args.steps, args.seed, args.sampler, grid,
                                         args.eta, args.batch_size) for strength in levels], dim=1)
     if out.grid is not None:
@@ -103,9 +109,6 @@ def run_edit(args) -> int:
             save_each(results[:, column], out.each, prefix=prefix)
         print(f"wrote {results.shape[0] * len(levels)} images to {out.each}")
     if out.figure is not None:
-        rows = [f"{_name(p)} #{v}" if args.num_images > 1 else _name(p) for p in paths for v in range(args.num_images)]
-        columns = ["input"] + [f"strength {strength:g}" for strength in levels]
-        title = f"SDEdit: {args.sampler}, {args.steps} steps on the {grid} grid, seed {args.seed} ({config.preset})"
         table = torch.cat([inputs[:, None], results], 1)
         print(f"wrote {figures.save_labelled_grid(table, out.figure, columns, rows, title)}")
     return 0
@@ -115,13 +118,13 @@ def run_edit(args) -> int:
 
 def run_inpaint(args) -> int:
     paths = photo_paths(args)
-    hole = box(args.box) if args.box else None
+    hole = args.box
     model, config = _load(args)
     size = config.data.image_size
     limits.check_held_images(len(paths) * (args.num_images + 2), size, "photos x -n")
     out = Outputs(args, "inpainted.png", len(paths), args.num_images + 2, size)
     photos, photo_sizes = load_photos(paths, size)
-    fill = torch.stack([editing.box_mask(hole, s, size) if hole else editing.load_mask(args.mask, s, size)
+    fill = torch.stack([editing.box_mask(hole, s, size) if hole is not None else editing.load_mask(args.mask, s, size)
                         for s in photo_sizes])
     inputs = photos.repeat_interleave(args.num_images, 0)
     evaluations = editing.repaint_evaluations(args.steps, args.resample, args.jump)
@@ -259,8 +262,8 @@ def register(sub) -> None:
     p = sub.add_parser("inpaint", help="fill a masked region of a photo (RePaint; --resample 1: plain replacement)")
     _add_photos(p)
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--mask", metavar="MASK", help="image of the photo's size: white = fill, black = keep")
-    where.add_argument("--box", metavar="X,Y,W,H", help="fill this rectangle (the photo's pixels, from the top left)")
+    where.add_argument("--mask", metavar="MASK", type=path_text, help="image of the photo's size: white = fill, black = keep")
+    where.add_argument("--box", metavar="X,Y,W,H", type=box, help="fill this rectangle (the photo's pixels, from the top left)")
     p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_BATCH), default=1,
                    help="seeded fills per photo")
     p.add_argument("--steps", type=steps, default=50)

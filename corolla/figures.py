@@ -30,7 +30,7 @@ from .atomic import replacing
 from .diffusion import DiffusionModel
 from .generate import initial_noise, sample_from_noise
 from .grids import split_grid, to_uint8
-from .limits import MAX_FIGURE_PIXELS, MAX_GRID_BYTES, MAX_LOG_BYTES
+from .limits import FIGURE_BYTES_PER_PIXEL, MAX_FIGURE_PIXELS, MAX_GRID_BYTES, MAX_LOG_BYTES
 from .outputs import refuse_unless_file
 from .safefile import read_run_file
 
@@ -88,14 +88,20 @@ def _text_size(labels: Sequence[str], points: float = LABEL_PT, bold: bool = Fal
     return max((label.count("\n") + 1 for label in labels), default=0), math.ceil(width)
 
 
-def check_grid_size(rows: int, cols: int, image_side: int) -> None:
-    """Refuse a labelled grid of more than limits.MAX_FIGURE_PIXELS cells' pixels, before any
-    image of it is made (the commands call it first; save_labelled_grid again)."""
+def check_grid_size(rows: int, cols: int, image_side: int, col_labels: Sequence[str] = (),
+                    row_labels: Sequence[str] = (), title: str | None = None) -> None:
+    """Refuse a labelled grid whose canvas, labels and margins included, has more than
+    limits.MAX_FIGURE_PIXELS pixels (what drawing it takes: FIGURE_BYTES_PER_PIXEL each), before
+    any image of it is made (the commands call it first; save_labelled_grid again)."""
     cell = image_side * math.ceil(MIN_CELL_PX / image_side)
-    pixels = rows * cols * (cell + PAD_PX) ** 2
-    if pixels > MAX_FIGURE_PIXELS:
-        raise ValueError(f"the figure would have {rows:,} x {cols:,} images of {cell} px ({pixels / 1e6:,.0f} million "
-                         f"pixels); at most {MAX_FIGURE_PIXELS / 1e6:,.0f} million: ask for fewer images or steps")
+    width, height = cols * (cell + PAD_PX), rows * (cell + PAD_PX)  # the cells alone: no label measured yet
+    if width * height <= MAX_FIGURE_PIXELS:
+        geometry = grid_geometry(rows, cols, image_side, col_labels, row_labels, title)
+        width, height = geometry.width, geometry.height
+    if width * height > MAX_FIGURE_PIXELS:
+        raise ValueError(f"the figure would have {rows:,} x {cols:,} images of {cell} px, {width:,} x {height:,} pixels "
+                         f"with its labels (about {width * height * FIGURE_BYTES_PER_PIXEL / 2 ** 30:.1f} GiB to draw); "
+                         f"at most {MAX_FIGURE_PIXELS / 1e6:,.0f} million pixels: ask for fewer images or steps")
 
 
 def grid_geometry(rows: int, cols: int, image_side: int, col_labels: Sequence[str] = (),
@@ -118,7 +124,7 @@ def save_labelled_grid(images: torch.Tensor, out: str | os.PathLike, col_labels:
     """images (R, C, 3, H, W) in [0, 1] -> a PNG with column labels above, row labels to the left,
     an optional small label in each cell's corner, and a title; its layout is grid_geometry's."""
     rows, cols, _, side, _ = images.shape
-    check_grid_size(rows, cols, side)
+    check_grid_size(rows, cols, side, col_labels, row_labels, title)
     geo = grid_geometry(rows, cols, side, col_labels, row_labels, title)
     canvas = np.full((geo.height, geo.width, 3), 255, np.uint8)
     pixels = to_uint8(images.reshape(rows * cols, *images.shape[2:]))  # (R*C, H, W, 3)

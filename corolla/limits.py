@@ -36,7 +36,10 @@ MAX_CLASS_NAME = 200           # characters of one class name
 MAX_GUIDANCE = 100.0           # classifier-free guidance scale (useful values: 1 to 10)
 MAX_IMAGES = 10_000_000        # corolla sample -n, streamed to --each
 MAX_HELD_BYTES = 2 ** 32       # generated images held at once as float32 (a grid, an evaluation)
-MAX_FIGURE_PIXELS = 2 ** 26    # the canvas of a labelled figure (200 MB as RGB)
+# drawing a labelled figure takes about this many bytes per pixel of its canvas (measured: 125-133
+# with matplotlib's Agg canvas and figimage's copies, at 4 and 15 million pixels)
+FIGURE_BYTES_PER_PIXEL = 136
+MAX_FIGURE_PIXELS = MAX_HELD_BYTES // FIGURE_BYTES_PER_PIXEL  # labels and margins included
 MAX_JSON_BYTES = 2 ** 20       # config.json, state.json
 CONFIG_FILE_KEYS = 1024        # what config.json holds besides the config: format, version, four SHA-256s
 # the other files corolla reads, each through safefile.read_bounded
@@ -201,6 +204,22 @@ def json_file(obj) -> bytes:
     """A JSON file as corolla writes it (config.json, state.json): check_config measures the
     config with the same encoding, so what training saves, loading reads."""
     return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+OUT_OF_MEMORY_ADVICE = "ask for less at once: a smaller --batch-size, or fewer or smaller images"
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """The one-line message for an allocator's failure (MemoryError, torch's OutOfMemoryError, the
+    CPU allocator's RuntimeError), None for any other error. Where the size is known it is
+    checked before allocating (check_held_images, figures.check_grid_size); this is for the rest."""
+    text = str(error)
+    if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    amount = f" (an allocation of {int(asked[1]) / 2 ** 30:.1f} GiB failed)" if asked else ""
+    return f"out of memory{amount}; {OUT_OF_MEMORY_ADVICE}"
 
 
 def check_config(config) -> None:

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from . import outputs
 from .grids import grid_array
 from .safefile import read_run_file
 
@@ -31,13 +32,16 @@ PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> the mo
 TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "images_per_s": "speed/images_per_s"}
 
 
-def check(names: Sequence[str]) -> None:
-    """Refuse unknown or uninstalled trackers before any work."""
+def check(names: Sequence[str], run_dir: Path | None = None) -> None:
+    """Refuse unknown or uninstalled trackers, and a tracker folder (RUN/NAME) that cannot be
+    written, before any work: the writers would fail later, in threads of their own."""
     for name in names:
         if name not in CHOICES:
             raise ValueError(f"--log {name}: unknown tracker; choose {' or '.join(CHOICES)}")
         if importlib.util.find_spec(PACKAGES[name]) is None:
             raise ValueError(f"--log {name} needs the {PACKAGES[name]} package: pip install 'corolla[{name}]'")
+        if run_dir is not None:
+            outputs.check_folder(run_dir / name, f"--log {name}: its folder")
 
 
 def scalars(record: dict, lr: float, ema_decay: float) -> dict[str, float]:

@@ -307,9 +307,10 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     conditional: learn the classes of the data (sub-folders, or the CSV labels_file; corolla.labels)
     with classifier-free guidance (corolla.conditioning); a config with classes is conditional anyway.
     init_from: a new run starts from that model's weights (corolla.warmstart)."""
-    loggers.check(report_to)
+    loggers.check(report_to)  # before the run folder is made
     world, dev = distributed.init(resolve_device(device))
     run_dir = checkpoint.ensure_writable(out)  # before decoding: fail early
+    loggers.check(report_to, run_dir if world.is_main else None)  # and the trackers' folders (rank 0 reports)
     if data_dir and Path(data_dir).resolve() == run_dir.resolve():
         raise ValueError(f"--out {str(out)!r} is the data folder: the run's grids would become training images; "
                          f"write the run outside the data or into a subfolder of it (run folders are not scanned)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .limits import KEEP_BEST_METRICS, integer, number, short
+from .limits import KEEP_BEST_METRICS, boolean, integer, number, optional, sequence, short
 from .safefile import CheckpointError
 
 
@@ -20,6 +20,24 @@ def _best(value) -> str | None:
     return None if ok else "null or {\"metric\", \"value\", \"step\", \"epoch\"} of an evaluation"
 
 
+# AdamW's settings as torch saves them, which a resumed run restores (a parameter group's other keys are not read)
+OPTIMIZER_GROUP_RULES = {
+    "lr": number(0, low_open=True), "betas": sequence(number(0, 1, high_open=True), 2, 2),
+    "eps": number(0, low_open=True), "weight_decay": number(0), "params": sequence(integer(0, 2 ** 20), 0, 2 ** 20),
+    **{flag: optional(boolean) for flag in ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused",
+                                            "decoupled_weight_decay")},
+}
+
+
+def _optimizer_values(optimizer: dict):
+    """(name, value, rule) of each AdamW setting a resumed run restores."""
+    for index, group in enumerate(optimizer.get("param_groups", [])):
+        yield f"optimizer.param_groups[{index}]", group, lambda v: None if isinstance(v, dict) else "a JSON object"
+        for key, rule in OPTIMIZER_GROUP_RULES.items():
+            if isinstance(group, dict) and key in group:
+                yield f"optimizer.param_groups[{index}].{key}", group[key], rule
+
+
 # the types of the state.json values a resumed run uses (others are not read)
 STATE_RULES = {
     "step": integer(0, 2 ** 62), "epoch": integer(0, 2 ** 62), "batch_in_epoch": integer(0, 2 ** 62),
@@ -27,7 +45,8 @@ STATE_RULES = {
     "world_size": integer(1, 2 ** 20), "data_dir": _path_or_null, "val_dir": _path_or_null,
     "labels_file": _path_or_null, "init_from": _path_or_null,
     "reason": lambda v: None if isinstance(v, str) else "text", "best": _best,
-    "optimizer": lambda v: None if isinstance(v, dict) else "the optimiser's settings (a JSON object)",
+    "optimizer": lambda v: None if isinstance(v, dict) and isinstance(v.get("param_groups"), list) \
+        and isinstance(v.get("scalars"), dict) else "the optimiser's settings (a JSON object of param_groups and scalars)",
 }
 
 
@@ -42,8 +61,11 @@ def parse_state(payload: bytes, where: Path, required: tuple[str, ...] = ()) -> 
     for key in required:
         if key not in state:
             raise CheckpointError(f"{where}: training state not usable to resume (no {key!r})")
-    for key, rule in STATE_RULES.items():
-        allowed = rule(state[key]) if key in state else None
+    values = [(key, state[key], rule) for key, rule in STATE_RULES.items() if key in state]
+    if STATE_RULES["optimizer"](state.get("optimizer")) is None:
+        values += _optimizer_values(state["optimizer"])
+    for key, value, rule in values:
+        allowed = rule(value)
         if allowed is not None:
-            raise CheckpointError(f"{where}: {key} = {short(state[key])} is not allowed: must be {allowed}")
+            raise CheckpointError(f"{where}: {key} = {short(value)} is not allowed: must be {allowed}")
     return state
