@@ -118,7 +118,11 @@ def decode_image(path: Path) -> np.ndarray:
         raise ValueError("not a regular file") from None  # the skip warning names the path
     with file, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(file) as image:
+        try:
+            image = Image.open(file)
+        except UnidentifiedImageError:  # PIL names the file object; the path reads better
+            raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
+        with image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"declared size {image.width}x{image.height} is over {MAX_IMAGE_PIXELS} pixels")
             return np.array(to_rgb(image))

@@ -171,7 +171,7 @@ def class_number(classes: tuple[str, ...] | list[str], wanted: int | str) -> int
         folded = [name.casefold() for name in classes]
         if folded.count(text.casefold()) == 1:
             return folded.index(text.casefold())
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # int() refuses "²", which isdigit() accepts
             close = difflib.get_close_matches(text.casefold(), folded, n=3, cutoff=0.5)
             hint = (f"closest: {', '.join(repr(classes[folded.index(c)]) for c in close)}" if close
                     else "no name is close")

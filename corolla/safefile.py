@@ -37,9 +37,9 @@ def open_regular(path: Path, follow_links: bool = True, error: type[ValueError] 
     """A binary file object of `path`, refused (`error`) unless it is a regular file. Opened
     without blocking, so a FIFO cannot hang the command; a device is refused before it is read;
     not following links, a link is an OSError (ELOOP) the callers name."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW))
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    extra = os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    f = open(path, "rb", opener=lambda name, flags: os.open(name, flags | extra))  # f.name: the path, for messages
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
         raise error(f"{path} is not a regular file (a FIFO, device or folder is never read)")
     return f

@@ -20,20 +20,21 @@ from pathlib import Path
 import torch
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import runfolder
-from . import photos
+from ..limits import MAX_GRID_BYTES
+from ..safefile import FileRefused, read_run_file
+from . import guards, photos
 from .engine import BadRequest, Cancelled, Engine, frame_urls, grid_url, run_summary
 
 STATIC = Path(__file__).parent / "static"
 MAX_JSON_BYTES = 64 * 1024
 QUEUED_EVENTS = 4
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
            "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"}
 
@@ -42,25 +43,21 @@ def refuse(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=HEADERS)
 
 
-async def read_json(request: Request, limit: int = MAX_JSON_BYTES) -> dict:
-    """The request's JSON object, read up to `limit` bytes (BadRequest beyond, or when not JSON)."""
+async def read_json(request: Request, uploads: guards.UploadGate, limit: int = MAX_JSON_BYTES) -> dict:
+    """The request's JSON object, read up to `limit` bytes while holding one of the upload slots
+    (BadRequest beyond, or when not JSON; guards.Busy when every slot is taken)."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise BadRequest("send the request as application/json")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BadRequest(f"the request is {int(declared):,} bytes; at most {limit:,} are accepted")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadRequest(f"the request is over {limit:,} bytes; at most {limit:,} are accepted")
-    try:
-        params = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the request is not valid JSON") from None
-    if not isinstance(params, dict):
-        raise BadRequest("the request must be a JSON object of named values")
-    return params
+    async with uploads.slot():
+        return guards.parse_object(await guards.read_body(request.stream(), limit))
+
+
+def refuse_request(error: Exception) -> JSONResponse:
+    """400 for a bad request, 503 when the server is at a limit (the page may try again)."""
+    return refuse(str(error), 503 if isinstance(error, guards.Busy) else 400)
 
 
 def event(name: str, data: dict) -> str:
@@ -137,6 +134,7 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
                loopback_only: bool = True) -> Starlette:
     """The app for one loaded model; run_dir: a training run folder whose curves and grids the
     page shows (read afresh every refresh_s seconds)."""
+    uploads = guards.UploadGate(engine.limits.max_jobs)
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers=HEADERS)
@@ -150,9 +148,9 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
 
     async def generate(request: Request) -> Response:
         try:
-            job = engine.sample_request(await read_json(request))
-        except BadRequest as error:
-            return refuse(str(error))
+            job = engine.sample_request(await read_json(request, uploads))
+        except (BadRequest, guards.Busy) as error:
+            return refuse_request(error)
 
         def work(on_step, cancelled):
             # a preview per network evaluation: job.steps of them per row of a class
@@ -165,10 +163,10 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
 
     async def interpolate(request: Request) -> Response:
         try:
-            params = await read_json(request, photos.MAX_UPLOAD_JSON)
+            params = await read_json(request, uploads, photos.MAX_UPLOAD_JSON)
             job = engine.interpolation_request(params)
-        except BadRequest as error:
-            return refuse(str(error))
+        except (BadRequest, guards.Busy) as error:
+            return refuse_request(error)
 
         def work(on_step, cancelled):
             if job.photos:
@@ -183,10 +181,10 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
 
     async def edit(request: Request) -> Response:
         try:
-            params = await read_json(request, photos.MAX_UPLOAD_JSON)
+            params = await read_json(request, uploads, photos.MAX_UPLOAD_JSON)
             job = engine.edit_request(params)
-        except BadRequest as error:
-            return refuse(str(error))
+        except (BadRequest, guards.Busy) as error:
+            return refuse_request(error)
 
         def work(on_step, cancelled):
             with photos.upload_folder() as folder:
@@ -197,10 +195,10 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
 
     async def inpaint(request: Request) -> Response:
         try:
-            params = await read_json(request, photos.MAX_UPLOAD_JSON)
+            params = await read_json(request, uploads, photos.MAX_UPLOAD_JSON)
             job = engine.inpaint_request(params)
-        except BadRequest as error:
-            return refuse(str(error))
+        except (BadRequest, guards.Busy) as error:
+            return refuse_request(error)
 
         def work(on_step, cancelled):
             with photos.upload_folder() as folder:
@@ -211,18 +209,25 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
                     "image": frame_urls(result)[0]}
         return stream(engine, work)
 
+    # a run's files are read in a worker thread (a slow disk must not stall every other request),
+    # each through safefile.read_run_file: regular files of the run only, bounded, no link followed
     async def run(request: Request) -> Response:
         if run_dir is None:
             return refuse("this server shows no training run (start it with --run DIR)", 404)
-        return JSONResponse(run_summary(run_dir, runfolder.SAMPLE_GRID), headers=HEADERS)
+        try:
+            return JSONResponse(await run_in_threadpool(run_summary, run_dir, runfolder.SAMPLE_GRID), headers=HEADERS)
+        except FileRefused as error:
+            return refuse(f"the run's files cannot be shown: {error}", 409)
 
     async def run_grid(request: Request) -> Response:
         name = request.path_params["name"]
-        path = run_dir / "samples" / name if run_dir is not None else None
-        # only the run's own grid files, by their exact names: no other path can be asked for
-        if path is None or not runfolder.SAMPLE_GRID.fullmatch(name) or not path.is_file():
+        try:  # only the run's own grid files, by their exact names: no other path can be asked for
+            if run_dir is None or not runfolder.SAMPLE_GRID.fullmatch(name):
+                raise FileNotFoundError
+            png = await run_in_threadpool(read_run_file, run_dir, f"samples/{name}", MAX_GRID_BYTES, "a sample grid")
+        except (OSError, FileRefused):
             return refuse(f"no sample grid {name!r}", 404)
-        return FileResponse(path, media_type="image/png", headers=HEADERS)
+        return Response(png, media_type="image/png", headers=HEADERS)
 
     routes = [Route("/", page), Route("/api/health", health), Route("/api/info", info),
               Route("/api/generate", generate, methods=["POST"]),
@@ -230,5 +235,5 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
               Route("/api/edit", edit, methods=["POST"]), Route("/api/inpaint", inpaint, methods=["POST"]),
               Route("/api/run", run), Route("/api/run/samples/{name}", run_grid),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))] if loopback_only else []
+    middleware = [Middleware(guards.LoopbackHostOnly)] if loopback_only else []
     return Starlette(routes=routes, middleware=middleware)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,11 @@ from ..diffusion import DiffusionModel
 from ..generate import image_generator
 from ..grids import grid_array, to_uint8
 from ..labels import class_number
+from .guards import Invalid, stops_when
 
 
-class BadRequest(ValueError):
-    """A request the server refuses; its message is shown in the page."""
+BadRequest = Invalid  # a request the server refuses; its message is shown in the page
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,20}")  # ASCII digits: "²".isdigit() is true, and int() refuses it
 
 
 class Cancelled(Exception):
@@ -51,7 +53,7 @@ class Limits:
 
 def _whole(params: dict, name: str, low: int, high: int, default: int, why: str = "") -> int:
     value = params.get(name, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and WHOLE_NUMBER.fullmatch(value.strip()):
         value = int(value)
     if type(value) is not int:  # bool is an int, and 2.5 is no count
         raise BadRequest(f"{name} {limits.short(value)} is not a whole number")
@@ -64,7 +66,7 @@ def _number(params: dict, name: str, low: float, high: float, default: float) ->
     value = params.get(name, default)
     try:
         value = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of 400 digits
         raise BadRequest(f"{name} {limits.short(value)} is not a number") from None
     if not low <= value <= high:  # also refuses NaN
         raise BadRequest(f"{name} {value:g} is not allowed: it must be from {low:g} to {high:g}")
@@ -73,7 +75,7 @@ def _number(params: dict, name: str, low: float, high: float, default: float) ->
 
 def _choice(params: dict, name: str, options, default: str) -> str:
     value = params.get(name, default)
-    if value not in options:
+    if not isinstance(value, str) or value not in options:  # a list is unhashable: no `in` a dict
         raise BadRequest(f"{name} {limits.short(value)} is not allowed: choose {', '.join(sorted(options))}")
     return value
 
@@ -309,9 +311,10 @@ class Engine:
     # inside; one photo at a time keeps that short) ------------------------------------------------
 
     def _whole_call(self, cancelled: threading.Event, call):
+        """call() under the lock, stopped at its next network evaluation once the page has gone."""
         if cancelled.is_set():
             raise Cancelled
-        with self.lock, torch.inference_mode():
+        with self.lock, torch.inference_mode(), stops_when(self.model.ema_network, cancelled, Cancelled):
             return call()
 
     def edit(self, request: EditRequest, photo: torch.Tensor, cancelled: threading.Event) -> torch.Tensor:
@@ -361,7 +364,7 @@ def run_summary(run_dir: Path, grid_pattern) -> dict:
     """The loss curves and the per-epoch grids of a run folder, read afresh (training may be
     writing it): metrics.jsonl's torn last line is skipped, as figures.read_metrics does."""
     series = figures.loss_series(figures.read_metrics(run_dir / "metrics.jsonl"))
-    folder = run_dir / "samples"
-    grids = sorted(p.name for p in folder.iterdir() if grid_pattern.fullmatch(p.name) and p.is_file()) \
-        if folder.is_dir() else []
+    folder = run_dir / "samples"  # the grids it may serve: regular files, no link (safefile.read_run_file)
+    grids = sorted(p.name for p in folder.iterdir() if grid_pattern.fullmatch(p.name) and p.is_file()
+                   and not p.is_symlink()) if folder.is_dir() and not folder.is_symlink() else []
     return {"run": run_dir.name, "train": _thin(*series["train"]), "val": _thin(*series["val"]), "grids": grids}
