@@ -50,6 +50,7 @@ def listen(host: str, port: int) -> socket.socket:
 def run_serve(args) -> int:
     try:
         import uvicorn
+        from .serve import guards
         from .serve.app import create_app
         from .serve.engine import Engine, Limits
     except ImportError as error:
@@ -71,7 +72,8 @@ def run_serve(args) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(f"corolla: serving {name} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
         app = create_app(engine, run_dir, loopback_only=loopback)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2,
+                                               limit_concurrency=guards.MAX_CONNECTIONS))
         server.run(sockets=[server_socket])
     print("corolla: server stopped", file=sys.stderr)
     return 0

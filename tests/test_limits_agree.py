@@ -1,10 +1,17 @@
 """Limits derived from each other (issue 26, item 3): what training may write, loading must be
-able to read, and the config a run will save is checked when the run starts, not after hours."""
+able to read, and the config a run will save is checked when the run starts, not after hours.
+Properties (Hypothesis): any value of a config or state.json field, and any text given to a
+command's option, is accepted or refused in one line."""
+import dataclasses
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from corolla import checkpoint, cli, data, limits
-from corolla.config import preset
+from corolla import checkpoint, cli, data, limits, trainstate
+from corolla.config import Config, preset
 from corolla.train import build
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})
@@ -42,3 +49,55 @@ def test_a_conditional_run_whose_config_could_not_be_loaded_is_refused_before_it
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "fewer or shorter class names" in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# -- properties: whatever a file or a command line holds, it is accepted or refused in one line ------
+
+VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                      lambda inner: st.lists(inner, max_size=4), max_leaves=6)
+SECTIONS = {"unet": TINY.unet, "data": TINY.data, "train": TINY.train}
+FIELDS = [(section, field.name) for section, values in SECTIONS.items() for field in dataclasses.fields(values)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(changes=st.lists(st.tuples(st.sampled_from(FIELDS), VALUES), min_size=1, max_size=3))
+def test_any_config_field_value_is_accepted_or_refused_in_one_line(changes):
+    raw = json.loads(json.dumps(TINY.to_dict()))
+    for (section, name), value in changes:
+        raw[section][name] = value
+    try:
+        config = Config.from_dict(raw)
+    except (TypeError, ValueError) as refusal:  # what checkpoint._config_from turns into a CheckpointError
+        assert "\n" not in str(refusal) and len(str(refusal)) < 600
+        return
+    assert len(limits.json_file(config.to_dict())) + limits.CONFIG_FILE_KEYS <= limits.MAX_JSON_BYTES
+
+
+STATE_KEYS = [*trainstate.STATE_RULES, *trainstate.OPTIMIZER_GROUP_RULES]
+
+
+@settings(max_examples=300, deadline=None)
+@given(state=st.dictionaries(st.sampled_from(STATE_KEYS), VALUES, max_size=5),
+       group=st.dictionaries(st.sampled_from(list(trainstate.OPTIMIZER_GROUP_RULES)), VALUES, max_size=4))
+def test_any_state_json_value_is_accepted_or_refused_in_one_line(state, group):
+    state = {**state, "optimizer": {"param_groups": [group], "scalars": {}}}
+    try:
+        trainstate.parse_state(json.dumps(state).encode(), Path("state.json"))
+    except checkpoint.CheckpointError as refusal:
+        assert "\n" not in str(refusal)
+
+
+NUMBER_OPTIONS = [["sample", "--steps"], ["sample", "-n"], ["sample", "--seed"], ["sample", "--batch-size"],
+                  ["sample", "--eta"], ["sample", "--guidance"], ["train", "--epochs"], ["train", "--lr"],
+                  ["train", "--image-size"], ["train", "--val-fraction"], ["train", "--lr-warmup"],
+                  ["inpaint", "x.png", "--box"], ["interpolate", "--frames"], ["edit", "x.png", "--strength"]]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(NUMBER_OPTIONS), text=st.text(max_size=30) | st.integers().map(str))
+def test_any_argument_text_is_parsed_or_refused_in_one_line(option, text, capsys):
+    try:
+        cli.parser().parse_args([*option, text])
+    except SystemExit as refused:
+        err = capsys.readouterr().err
+        assert refused.code == 2 and err.startswith("corolla: error: ") and err.count("\n") == 1, err

@@ -140,3 +140,38 @@ def test_uploads_in_progress_are_capped_in_number():
         async with gate.slot():  # freed again
             pass
     asyncio.run(hold_two_then_ask_a_third())
+
+
+def test_a_client_that_never_reads_its_stream_gives_its_job_slot_back(tmp_path):
+    """Four such clients held all four slots for ever; each now loses its job after stall_s."""
+    import socket
+    import time
+    import uvicorn
+    torch.manual_seed(0)
+    big = Engine(DiffusionModel(CONFIG.unet, CONFIG.train.schedule), 64, "tiny at 64", Limits(max_jobs=1))
+    evaluations = []
+    big.model.ema_network.register_forward_hook(lambda *_: evaluations.append(1))
+    listening = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(big, stall_s=0.5), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    body = json.dumps({"count": 64, "steps": 200}).encode()  # 200 previews of 64 images: more than the buffers hold
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(listening.getsockname())
+    try:
+        client.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(body) + body)  # and never reads a byte
+        deadline = time.monotonic() + 120  # a hang detector: each condition holds within seconds when all is well
+        while not evaluations:  # the job has its slot and samples
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        while not big.slots.acquire(blocking=False):  # then the slot is free again
+            assert time.monotonic() < deadline, "the stalled client still holds its job slot"
+            time.sleep(0.05)
+        big.slots.release()
+        assert len(evaluations) < 200  # cancelled, not finished
+    finally:
+        client.close()
+        server.should_exit = True
+        thread.join()

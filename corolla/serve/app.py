@@ -14,6 +14,7 @@ import concurrent.futures
 import json
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -64,12 +65,13 @@ def event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
-def stream(engine: Engine, work) -> StreamingResponse:
+def stream(engine: Engine, work, stall_s: float = guards.CLIENT_STALL_S) -> StreamingResponse:
     """Run work(on_step, cancelled) -> the final event's data in a thread of its own, sending a
     'step' event per network evaluation, then 'done' (or 'error' with its message).
 
     The thread starts when the response does, and the stream's end (the page closed, the
-    connection dropped) cancels it at its next evaluation."""
+    connection dropped) cancels it at its next evaluation, as does a client that reads none of
+    its events for stall_s seconds: it would hold a job slot for ever."""
     async def events():
         if not engine.slots.acquire(blocking=False):
             yield event("error", {"message": f"the server is busy with {engine.limits.max_jobs} requests; "
@@ -90,11 +92,13 @@ def stream(engine: Engine, work) -> StreamingResponse:
             except RuntimeError:  # the server's loop is gone
                 put.close()
                 raise Cancelled from None
+            deadline = time.monotonic() + stall_s
             while True:
                 try:
                     return future.result(timeout=0.1)
                 except concurrent.futures.TimeoutError:
-                    if cancelled.is_set():  # nobody will read it
+                    if cancelled.is_set() or time.monotonic() > deadline:  # nobody reads it, or will
+                        cancelled.set()
                         future.cancel()
                         raise Cancelled from None
 
@@ -131,7 +135,7 @@ def stream(engine: Engine, work) -> StreamingResponse:
 
 
 def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5.0,
-               loopback_only: bool = True) -> Starlette:
+               loopback_only: bool = True, stall_s: float = guards.CLIENT_STALL_S) -> Starlette:
     """The app for one loaded model; run_dir: a training run folder whose curves and grids the
     page shows (read afresh every refresh_s seconds)."""
     uploads = guards.UploadGate(engine.limits.max_jobs)
@@ -159,7 +163,7 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
             return {"image": grid_url(images, job.columns), "seed": job.seed, "count": job.count, "steps": job.steps,
                     "classes": [None if c is None else engine.classes[c] for c in job.classes],
                     "guidance": job.guidance if job.classes else None}
-        return stream(engine, work)
+        return stream(engine, work, stall_s)
 
     async def interpolate(request: Request) -> Response:
         try:
@@ -177,7 +181,7 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
             else:
                 frames = engine.interpolate(job, lambda number, _: on_step(number, {"steps": job.steps}), cancelled)
             return {"frames": frame_urls(frames), "weights": [i / (job.frames - 1) for i in range(job.frames)]}
-        return stream(engine, work)
+        return stream(engine, work, stall_s)
 
     async def edit(request: Request) -> Response:
         try:
@@ -191,7 +195,7 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
                 photo, _ = photos.load_photo(params, "photo", engine.image_size, folder)
             result = engine.edit(job, photo, cancelled)
             return {"input": frame_urls(photo[None])[0], "image": frame_urls(result)[0]}
-        return stream(engine, work)
+        return stream(engine, work, stall_s)
 
     async def inpaint(request: Request) -> Response:
         try:
@@ -207,7 +211,7 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
             result = engine.inpaint(job, photo, fill, cancelled)
             return {"input": frame_urls(photo[None])[0], "mask": frame_urls(fill.float().expand(3, -1, -1)[None])[0],
                     "image": frame_urls(result)[0]}
-        return stream(engine, work)
+        return stream(engine, work, stall_s)
 
     # a run's files are read in a worker thread (a slow disk must not stall every other request),
     # each through safefile.read_run_file: regular files of the run only, bounded, no link followed

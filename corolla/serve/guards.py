@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 
 BODY_TIMEOUT_S = 30.0  # a whole request body, however slowly it is sent
+CLIENT_STALL_S = 30.0  # a job whose client reads none of its events this long is cancelled
+MAX_CONNECTIONS = 64   # open at once (uvicorn's limit_concurrency answers 503 beyond)
 
 
 class Busy(Exception):
