@@ -1,7 +1,6 @@
 """`corolla serve`: the web app of corolla.serve on a local port."""
 from __future__ import annotations
 
-import ipaddress
 import socket
 import sys
 import warnings
@@ -26,15 +25,6 @@ def register(sub) -> None:
     p.add_argument("--max-steps", type=whole_number(1, limits.MAX_STEPS), default=200,
                    help="sampling steps per request")
     p.set_defaults(func=run_serve)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -64,7 +54,7 @@ def run_serve(args) -> int:
         model, config, device = load_model_for(args)
         name = args.checkpoint or f"shipped model {args.model or 'default'} ({checkpoint_path(args)})"
         engine = Engine(model, config.data.image_size, str(name), Limits(args.max_images, args.max_steps))
-        loopback = is_loopback(args.host)
+        loopback = guards.is_loopback_host(args.host)
         if not loopback:
             warnings.warn(f"--host {args.host}: anyone who can reach this port can use this machine's "
                           f"{'GPU' if device.type == 'cuda' else 'CPU'} through the page; there is no login")

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from corolla import checkpoint, cli, figures, limits
+from corolla import checkpoint, cli, figures
 from corolla.config import preset
 from corolla.train import build
+from test_untrusted import run  # noqa: F401 - the fixture: a tiny run folder with one training checkpoint
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})
 
@@ -22,15 +23,6 @@ def _one_line(code: int, capsys, text: str, status: int = 2) -> str:
     err = capsys.readouterr().err
     assert code == status and err.startswith("corolla: error: ") and err.count("\n") == 1 and text in err, err
     return err
-
-
-@pytest.fixture
-def run(tmp_path) -> Path:
-    model, optimizer = build(TINY, torch.device("cpu"))
-    state = {"step": 1, "epoch": 0, "batch_in_epoch": 1, "running_loss": 0.5, "losses_since_log": 1,
-             "log_lines": 0, "data_dir": None, "val_dir": None, "world_size": 1, "best": None, "reason": "epoch"}
-    checkpoint.save_training(tmp_path / "run", model, TINY, optimizer, state, {})
-    return tmp_path / "run"
 
 
 @pytest.mark.parametrize("key, value, message", [

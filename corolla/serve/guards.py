@@ -29,8 +29,8 @@ class Invalid(ValueError):
 
 
 def is_loopback_host(header: str) -> bool:
-    """Whether a Host header names this machine by a loopback address or `localhost` (with or
-    without a port): a DNS-rebinding page's Host names the attacker's domain instead."""
+    """Whether a Host header (or --host) names this machine by a loopback address or `localhost`,
+    with or without a port: a DNS-rebinding page's Host names the attacker's domain instead."""
     host = header.strip()
     if host.startswith("["):  # [::1]:7860
         host = host[1:host.find("]")] if "]" in host else ""
