@@ -26,6 +26,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"corolla: error: {message} (see {self.prog} --help)\n")
 
 
+class Given(argparse.Action):
+    """Store the value and note in args.given that it was given: a default cannot be told from
+    the same value chosen (a resumed run keeps its own preset, so --preset must be refused)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def whole_number(low: int, high: int) -> Callable[[str], int]:
     """An argument type: a whole number from low to high (every count has a bound: a huge one
     is refused here, not met as a traceback or an exhausted memory after minutes of work)."""
@@ -122,7 +131,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model on a folder of images (default: the bundled flowers)")
     p.add_argument("data_dir", nargs="?", type=path_text,
                    help="folder of images, searched recursively (default: bundled flowers)")
-    p.add_argument("--preset", default="seed64", choices=sorted(configs.PRESETS),
+    p.add_argument("--preset", default="seed64", choices=sorted(configs.PRESETS), action=Given,
                    help="seed64 = the reference exactly; demo = 32x32, fast on a CPU; tiny = for smoke tests")
     p.add_argument("--epochs", type=whole_number(1, limits.MAX_EPOCHS))
     p.add_argument("--batch-size", type=batch_size)
@@ -326,6 +335,9 @@ def run_train(args) -> int:
         if not (out / "latest").exists():
             raise ValueError(f"--resume: {out} holds no checkpoint to resume (no {out / 'latest'})")
         saved = checkpoint.load_config(checkpoint.resolve(out))
+        if "preset" in getattr(args, "given", ()) and args.preset != saved.preset:  # ignored: the run keeps its config
+            raise ValueError(f"--resume continues {out}, a run of preset {saved.preset}; --preset {args.preset} cannot "
+                             f"change it: leave --preset out, or start a new run")
         # a resumed run keeps its own config; only its length and how it runs may change
         wanted, have = train_config(args, saved).to_dict(), saved.to_dict()
         changed = [f"{part}.{key}" for part in ("data", "train") for key, value in wanted[part].items()

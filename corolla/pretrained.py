@@ -67,6 +67,9 @@ def export_release(source: str | os.PathLike, out: str | os.PathLike, half: bool
     if target == source_folder or target in source_folder.parents:
         raise checkpoint.OutputError(f"--out {str(out)!r} is the checkpoint being exported or a folder holding it; "
                                      f"choose a folder outside {source_folder}")
+    if (target / checkpoint.TRAINING_FILE).exists():  # corolla wrote it, but its run could no longer resume
+        raise checkpoint.OutputError(f"--out {str(out)!r} is a training checkpoint (it holds {checkpoint.TRAINING_FILE}); "
+                                     f"a release over it would end its run's --resume: choose another folder")
     model, config = checkpoint.load_model(source)
     return checkpoint.save_pretrained(out, model, config, ema_only=True,
                                       dtype=torch.float16 if half else None)

@@ -10,8 +10,10 @@ the decision comes before anything is deleted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import re
 import shutil
 from collections.abc import Iterator
@@ -43,7 +45,9 @@ def _lock(run_dir: Path, create: bool = True) -> tuple[int, bool] | None:
     lock file); None when there is no lock file and not `create`. A RunFolderError naming the
     holder when another process has it."""
     path = run_dir / LOCK_FILE
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    planted = RunFolderError(f"{path} is not a regular file (a FIFO, a folder or a link): corolla's lock is a file "
+                             f"it creates; remove it and start again")
     while True:
         created = False
         try:
@@ -55,6 +59,13 @@ def _lock(run_dir: Path, create: bool = True) -> tuple[int, bool] | None:
                 fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
             except FileExistsError:
                 continue
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR):
+                raise planted from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise planted
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             current = os.stat(path, follow_symlinks=False)
