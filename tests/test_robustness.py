@@ -57,10 +57,10 @@ def _step_inputs(monkeypatch) -> list[tuple[float, float, float]]:
     seen = []
     original = DiffusionModel.noise_loss
 
-    def recording(self, images, noises, times, ema=False, labels=None):
+    def recording(self, images, noises, times, ema=False, labels=None, **options):
         if not ema:
             seen.append((images.sum().item(), noises.sum().item(), times.sum().item()))
-        return original(self, images, noises, times, ema, labels)
+        return original(self, images, noises, times, ema, labels, **options)
     monkeypatch.setattr(DiffusionModel, "noise_loss", recording)
     return seen
 
@@ -97,8 +97,8 @@ def _poison_from(monkeypatch, step: int) -> None:
     calls = []
     original = DiffusionModel.noise_loss
 
-    def poisoned(self, images, noises, times, ema=False, labels=None):
-        loss = original(self, images, noises, times, ema, labels)
+    def poisoned(self, images, noises, times, ema=False, labels=None, **options):
+        loss = original(self, images, noises, times, ema, labels, **options)
         if not ema:
             calls.append(1)
             if len(calls) >= step:
