@@ -7,13 +7,11 @@ and a line in metrics.jsonl.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,16 +20,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import atomic, checkpoint, conditioning, data, distributed, labels, loggers, runfolder, warmstart
+from . import checkpoint, conditioning, data, distributed, loggers, rundata, runfolder, runlog, warmstart
 from . import precision as precisions
 from .devices import resolve_device
-from .config import WARM_START_LR_WARMUP, Config
+from .config import Config
 from .diffusion import DiffusionModel, compile_for_training
 from .generate import NotFinite, generate
 from .figures import plot_training
 from .grids import save_grid
-from .limits import MAX_LOG_BYTES
-from .safefile import read_run_file
+from .rates import adam_epsilon, ema_decay, learning_rate, resolve_lr_warmup
 
 LOG_EVERY = 10  # steps between loss syncs (each is a host-device sync on a GPU)
 
@@ -42,76 +39,6 @@ class TrainingError(RuntimeError):
 
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived: a checkpoint was written at the end of the current step."""
-
-
-def ema_decay(config: Config, step: int) -> float:
-    """Constant decay, or with warm-up min(decay, (1 + step) / (10 + step)) so short runs'
-    EMA networks are not still mostly their starting point."""
-    if config.train.ema_warmup:
-        return min(config.train.ema, (1 + step) / (10 + step))
-    return config.train.ema
-
-
-def learning_rate(config: Config, step: int, last_step: int) -> float:
-    """The learning rate of optimiser step `step` (0-based) of a run that ends after `last_step`
-    steps: lr, ramped up linearly over the first lr_warmup steps (resolved: see resolve_lr_warmup)
-    and down linearly towards 0 over the last lr_cooldown."""
-    t = config.train
-    warmup = min(1.0, (step + 1) / t.lr_warmup) if t.lr_warmup else 1.0
-    cooldown = min(1.0, (last_step - step) / t.lr_cooldown) if t.lr_cooldown else 1.0
-    return t.lr * min(warmup, cooldown)
-
-
-def resolve_lr_warmup(config: Config, warm_start: bool) -> Config:
-    """lr_warmup None -> the default: a warm start's trained weights meet fresh Adam moments, whose
-    first full-size steps would jolt them, so it ramps up; a run from random weights does not."""
-    if config.train.lr_warmup is not None:
-        return config
-    return config.replace(train={"lr_warmup": WARM_START_LR_WARMUP if warm_start else 0})
-
-
-def adam_epsilon(config: Config, step: int) -> float:
-    """AdamW's epsilon for optimiser step `step` (0-based). With keras_adam_step, the reference's
-    update in corolla's units: its gradient is the per-pixel sum, B x H x W times corolla's mean,
-    and Keras adds epsilon to sqrt(v) before bias correction, PyTorch after it."""
-    t = config.train
-    if not t.keras_adam_step:
-        return t.adam_eps
-    pixels = t.batch_size * config.data.image_size ** 2
-    return t.adam_eps / (pixels * math.sqrt(1.0 - t.adam_betas[1] ** (step + 1)))
-
-
-@dataclass
-class RunData:
-    train: torch.Tensor
-    val: torch.Tensor
-    mean: torch.Tensor
-    variance: torch.Tensor
-    labels: labels.Labels | None = None       # a conditional run's classes and the folder's labels
-    train_labels: torch.Tensor | None = None  # (N_train,) class numbers
-    val_labels: torch.Tensor | None = None    # (N_val,)
-
-
-def prepare_data(config: Config, data_dir: str | Path | None, val_dir: str | Path | None = None,
-                 conditional: bool = False, labels_file: str | Path | None = None) -> RunData:
-    """The training images and the held-out ones: a val_fraction of the folder, or all of val_dir.
-    A conditional run labels both (corolla.labels: sub-folders, or labels_file), in the config's
-    classes when it has them (a resumed run)."""
-    root = data_dir or data.bundled_dir()
-    images, names = data.load_folder(root, config.data.image_size, config.data.crop)
-    known = config.unet.classes or None
-    found = labels.read(names, root, labels_file, known) if conditional or known else None
-    parts = data.split(images, 0.0 if val_dir else config.data.val_fraction, config.data.shuffle_seed,
-                       None if found is None else found.numbers)
-    if val_dir:
-        parts.val, val_names = data.load_folder(val_dir, config.data.image_size, config.data.crop)
-        if found is not None:
-            parts.val_labels = labels.read(val_names, val_dir, labels_file, found.classes).numbers
-    if data.batches_per_epoch(parts.train.shape[0], config.data.repetitions, config.train.batch_size) == 0:
-        raise data.DataError(f"{parts.train.shape[0]} training image(s) x {config.data.repetitions} repetitions "
-                             f"do not fill one batch of {config.train.batch_size}; lower --batch-size")
-    mean, variance = data.channel_statistics(parts.train)
-    return RunData(parts.train, parts.val, mean, variance, found, parts.train_labels, parts.val_labels)
 
 
 def build(config: Config, device: torch.device) -> tuple[DiffusionModel, torch.optim.Optimizer]:
@@ -233,34 +160,6 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _is_json(line: bytes) -> bool:
-    try:
-        json.loads(line)
-    except ValueError:
-        return False
-    return True
-
-
-def _truncate_log(path: Path, lines: int) -> None:
-    """Keep the first `lines` records, those written before the checkpoint we resume from, so the
-    curve has no repeats. Only a torn last line (cut by a kill before its newline) is dropped;
-    every other line stays byte for byte, even one that is not JSON (a hand edit). Rewritten by
-    rename, never torn."""
-    try:
-        pieces = read_run_file(path.parent, path.name, MAX_LOG_BYTES, "a run's log").split(b"\n")
-    except FileNotFoundError:
-        return
-    if not _is_json(pieces[-1]):  # nothing after the last newline, or a torn line
-        pieces.pop()
-    with atomic.replacing(path) as tmp:
-        tmp.write_bytes(b"".join(piece + b"\n" for piece in pieces[:lines]))
-
-
 def _check_finite(model: DiffusionModel, running: torch.Tensor, step: int, run_dir: Path) -> None:
     """Never save bad weights: a non-finite loss since the last log, or non-finite weights."""
     tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
@@ -269,7 +168,7 @@ def _check_finite(model: DiffusionModel, running: torch.Tensor, step: int, run_d
                             f"the last good checkpoint in {run_dir} is kept")
 
 
-def make_evaluator(config: Config, run: RunData, device: torch.device):
+def make_evaluator(config: Config, run: rundata.RunData, device: torch.device):
     """The metrics of corolla.metrics on fixed generated images; KID and FID where Inception
     weights are found (COROLLA_INCEPTION_WEIGHTS or the cache), the rest everywhere."""
     from . import inception, metrics
@@ -321,6 +220,60 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
                       conditional, labels_file, init_from)
 
 
+def _epoch_grid(model: DiffusionModel, config: Config, run_dir: Path, epoch: int) -> torch.Tensor | None:
+    """The EMA network's samples from the run's fixed noise, written as the epoch's grid and
+    grid.png -> the images, or None when they are not finite (a diverging run: the loss check
+    stops it at its next log line). A conditional run's image i shows class i mod classes."""
+    tc, classes = config.train, config.unet.classes
+    try:
+        grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=config.data.image_size,
+                        classes=[i % len(classes) for i in range(tc.grid_images)] if classes else None)
+    except NotFinite:
+        return None
+    save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png")
+    save_grid(grid, run_dir / "grid.png")
+    return grid
+
+
+def _start_model(config: Config, run: rundata.RunData, run_dir: Path, dev: torch.device,
+                 init_from: str | Path | None) -> tuple[DiffusionModel, torch.optim.Optimizer, str | Path | None]:
+    """The run's network and optimiser, with the data's statistics and, for a new run started
+    from a model, that model's weights -> (model, optimizer, init_from as recorded)."""
+    model, optimizer = build(config, dev)
+    # room for two checkpoints: the new one is complete before the old one goes
+    checkpoint.ensure_writable(run_dir, 2 * checkpoint.training_bytes(model, optimizer) + 2 ** 20)
+    model.normalizer.set_statistics(run.mean.to(dev), run.variance.to(dev))
+    return model, optimizer, warmstart.load_into(model, config, init_from) if init_from else init_from
+
+
+def _distribute(model: DiffusionModel, world: distributed.World, dev: torch.device,
+                compile: bool) -> DistributedDataParallel:
+    """DDP around the trained network, which the model then runs its online forward through."""
+    ddp = DistributedDataParallel(model.network, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                  forward_sync_buffers=False)
+    model.use_online_forward(compile_for_training(ddp) if compile else ddp)
+    return ddp
+
+
+def _set_rates(optimizer: torch.optim.Optimizer, config: Config, step: int, last_step: int) -> None:
+    for group in optimizer.param_groups:
+        group["eps"] = adam_epsilon(config, step)
+        group["lr"] = learning_rate(config, step, last_step)
+
+
+def _keep_best(scores: dict, best: dict | None, model: DiffusionModel, config: Config, run_dir: Path, step: int,
+               epoch: int, say) -> dict | None:
+    """--keep-best: the EMA weights of a better evaluation go to run/best -> the best so far."""
+    metric = config.train.keep_best
+    value = scores.get(metric)
+    if value is None or (best is not None and value >= best["value"]):
+        return best
+    best = {"metric": metric, "value": value, "step": step, "epoch": epoch}
+    checkpoint.save_pretrained(run_dir / "best", model, config, ema_only=True, extra_state=best)
+    say(f"new best {metric} {value:.4f}: EMA weights in {run_dir / 'best'}")
+    return best
+
+
 def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: distributed.World, dev: torch.device,
            resume: bool, progress: bool, max_steps: int | None, log, val_dir: str | Path | None,
            report_to: Sequence[str] = (), conditional: bool = False, labels_file: str | Path | None = None,
@@ -336,27 +289,12 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
     # the run's own images unless others are given, and never other images than it trained on
     data_dir, val_dir = data_dir or saved.get("data_dir"), val_dir or saved.get("val_dir")
     labels_file = labels_file or saved.get("labels_file")
-    data_identity = data.identity(data_dir or data.bundled_dir(), dc.image_size, dc.crop)
-    data.check_same_data(saved.get("data_identity"), data_identity, data_dir or data.bundled_dir())
-    run = prepare_data(config, data_dir, val_dir, conditional, labels_file)
-    if run.labels is not None:  # the classes, and the training images of each, go into every checkpoint
-        counts = torch.bincount(run.train_labels, minlength=len(run.labels.classes))
-        config = config.replace(unet={"classes": run.labels.classes}, data={"class_counts": tuple(counts.tolist())})
-        data_identity["labels_key"] = run.labels.key()
-        recorded = saved.get("data_identity") if isinstance(saved.get("data_identity"), dict) else {}
-        if recorded.get("labels_key", data_identity["labels_key"]) != data_identity["labels_key"]:
-            raise data.DataError(f"the images of {data_dir or data.bundled_dir()} are not labelled as when the run "
-                                 f"started (the labels file or the class folders changed); start a new run")
+    config, run, data_identity = rundata.load(config, data_dir, val_dir, conditional, labels_file, saved)
     train_images = run.train.to(dev)  # uint8 on the device: no host copies in the loop
     train_labels = None if run.train_labels is None else run.train_labels.to(dev)
-    model, optimizer = build(config, dev)
-    # room for two checkpoints: the new one is complete before the old one goes
-    checkpoint.ensure_writable(run_dir, 2 * checkpoint.training_bytes(model, optimizer) + 2 ** 20)
-    model.normalizer.set_statistics(run.mean.to(dev), run.variance.to(dev))
-    if resuming:  # where the starting weights came from stays in every checkpoint of the run
-        init_from = saved.get("init_from")
-    elif init_from:
-        init_from = warmstart.load_into(model, config, init_from)
+    model, optimizer, loaded = _start_model(config, run, run_dir, dev, None if resuming else init_from)
+    # where the starting weights came from stays in every checkpoint of the run
+    init_from = saved.get("init_from") if resuming else loaded
     config = resolve_lr_warmup(config, bool(init_from))
     steps_per_epoch = data.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
     last_step = min(tc.epochs * steps_per_epoch, max_steps or math.inf)  # where a cool-down ends
@@ -374,17 +312,13 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
         running.fill_(state.get("running_loss", 0.0))
         losses_since_log, log_lines = state.get("losses_since_log", 0), state.get("log_lines", 0)
         if world.is_main:
-            _truncate_log(log_path, log_lines)
+            runlog.truncate(log_path, log_lines)
         say(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
 
     evaluator = make_evaluator(config, run, dev) if tc.eval_every and world.is_main else None
     best = state.get("best")  # {} unless resuming
 
-    ddp = None
-    if world.distributed:
-        ddp = DistributedDataParallel(model.network, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                      forward_sync_buffers=False)
-        model.use_online_forward(compile_for_training(ddp) if tc.compile else ddp)
+    ddp = _distribute(model, world, dev, tc.compile) if world.distributed else None
 
     def save(reason: str) -> Path:
         nonlocal running
@@ -407,7 +341,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
     def log_record(record: dict) -> None:
         nonlocal log_lines
         if world.is_main:
-            _append_jsonl(log_path, record)
+            runlog.append(log_path, record)
             reporter.record(record, optimizer.param_groups[0]["lr"], ema_decay(config, step - 1))
         log_lines += 1
 
@@ -437,9 +371,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
                 micro_labels = None if train_labels is None else [train_labels[index[j * micro:(j + 1) * micro]]
                                                                   for j in slots]
                 generators = [slot_generator(tc.seed, step, j, dev) for j in slots]
-                for group in optimizer.param_groups:
-                    group["eps"] = adam_epsilon(config, step)
-                    group["lr"] = learning_rate(config, step, last_step)
+                _set_rates(optimizer, config, step, last_step)
                 loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world,
                                   micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma)
                 step += 1
@@ -471,16 +403,10 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
             val = float("nan")
             if world.is_main:
                 val = validation_loss(model, run.val, tc.batch_size, tc.seed, dev, run.val_labels)
-                # a conditional run's image i shows class i mod classes, at the default guidance
-                classes = [i % len(config.unet.classes) for i in range(tc.grid_images)] if config.unet.classes else None
-                try:
-                    grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=dc.image_size,
-                                    classes=classes)
-                except NotFinite:  # a diverging run: the loss check stops it at its next log line
+                grid = _epoch_grid(model, config, run_dir, epoch)
+                if grid is None:
                     say(f"epoch {epoch}: the EMA network's samples are not finite; no sample grid written")
                 else:
-                    save_grid(grid, run_dir / "samples" / f"epoch_{epoch:03d}.png")
-                    save_grid(grid, run_dir / "grid.png")
                     reporter.grid(grid, step)
             # logged before the checkpoint, so the checkpoint's log_lines count it
             log_record({"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None,
@@ -488,11 +414,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
             if evaluator is not None and epoch % tc.eval_every == 0:
                 scores = {k: v for k, v in evaluator(model).items() if not isinstance(v, list)}
                 log_record({"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in scores.items()}})
-                value = scores.get(tc.keep_best)
-                if value is not None and (best is None or value < best["value"]):
-                    best = {"metric": tc.keep_best, "value": value, "step": step, "epoch": epoch}
-                    checkpoint.save_pretrained(run_dir / "best", model, config, ema_only=True, extra_state=best)
-                    say(f"new best {tc.keep_best} {value:.4f}: EMA weights in {run_dir / 'best'}")
+                best = _keep_best(scores, best, model, config, run_dir, step, epoch, say)
             folder = save("epoch")
             if world.is_main:
                 plot_training(run_dir)

@@ -9,7 +9,8 @@ import torch
 from corolla import checkpoint, cli, precision
 from corolla.config import Config, preset
 from corolla.diffusion import DiffusionModel
-from corolla.train import adam_epsilon, build, slot_generator, train, train_step
+from corolla.rates import adam_epsilon
+from corolla.train import build, slot_generator, train, train_step
 from corolla.unet import sinusoidal_embedding
 
 

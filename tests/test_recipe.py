@@ -9,7 +9,8 @@ from corolla import cli, checkpoint
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel, min_snr_weights
 from corolla import schedules
-from corolla.train import learning_rate, random_flips, slot_generator, train, train_step
+from corolla.rates import learning_rate
+from corolla.train import random_flips, slot_generator, train, train_step
 
 
 def test_learning_rate_ramps_up_holds_and_cools_down_to_the_runs_last_step():

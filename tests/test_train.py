@@ -6,7 +6,8 @@ from PIL import Image
 
 from corolla import checkpoint, cli, data
 from corolla.config import preset
-from corolla.train import ema_decay, train
+from corolla.rates import ema_decay
+from corolla.train import train
 
 
 @pytest.fixture(scope="module")

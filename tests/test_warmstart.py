@@ -8,7 +8,8 @@ from corolla import checkpoint, cli, pretrained, warmstart
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 from corolla.config import WARM_START_LR_WARMUP
-from corolla.train import resolve_lr_warmup, train
+from corolla.rates import resolve_lr_warmup
+from corolla.train import train
 
 from conftest import CLASSES
 
