@@ -134,87 +134,68 @@ def stream(engine: Engine, work, stall_s: float = guards.CLIENT_STALL_S) -> Stre
     return StreamingResponse(events(), media_type="text/event-stream", headers=HEADERS)
 
 
-def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5.0,
-               loopback_only: bool = True, stall_s: float = guards.CLIENT_STALL_S) -> Starlette:
-    """The app for one loaded model; run_dir: a training run folder whose curves and grids the
-    page shows (read afresh every refresh_s seconds)."""
-    uploads = guards.UploadGate(engine.limits.max_jobs)
-
-    async def page(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers=HEADERS)
-
-    async def health(request: Request) -> Response:
-        return JSONResponse({"ok": True}, headers=HEADERS)
-
-    async def info(request: Request) -> Response:
-        return JSONResponse({**engine.info(), "run": run_dir.name if run_dir else None, "refresh_s": refresh_s},
-                            headers=HEADERS)
-
-    async def generate(request: Request) -> Response:
+def job_endpoint(engine: Engine, uploads: guards.UploadGate, stall_s: float, request_job, work_for,
+                 limit: int = MAX_JSON_BYTES):
+    """A POST endpoint that checks its JSON into a job (request_job(params), BadRequest when a field is
+    not allowed) and streams work_for(engine, job, params) -> work(on_step, cancelled)."""
+    async def endpoint(request: Request) -> Response:
         try:
-            job = engine.sample_request(await read_json(request, uploads))
+            params = await read_json(request, uploads, limit)
+            job = request_job(params)
         except (BadRequest, guards.Busy) as error:
             return refuse_request(error)
+        return stream(engine, work_for(engine, job, params), stall_s)
+    return endpoint
 
-        def work(on_step, cancelled):
-            # a preview per network evaluation: job.steps of them per row of a class
-            images = engine.sample(job, lambda number, preview: on_step(
-                number, {"steps": job.evaluations, "image": grid_url(preview, job.columns)}), cancelled)
-            return {"image": grid_url(images, job.columns), "seed": job.seed, "count": job.count, "steps": job.steps,
-                    "classes": [None if c is None else engine.classes[c] for c in job.classes],
-                    "guidance": job.guidance if job.classes else None}
-        return stream(engine, work, stall_s)
 
-    async def interpolate(request: Request) -> Response:
-        try:
-            params = await read_json(request, uploads, photos.MAX_UPLOAD_JSON)
-            job = engine.interpolation_request(params)
-        except (BadRequest, guards.Busy) as error:
-            return refuse_request(error)
+def sample_work(engine: Engine, job, params):
+    def work(on_step, cancelled):
+        # a preview per network evaluation: job.steps of them per row of a class
+        images = engine.sample(job, lambda number, preview: on_step(
+            number, {"steps": job.evaluations, "image": grid_url(preview, job.columns)}), cancelled)
+        return {"image": grid_url(images, job.columns), "seed": job.seed, "count": job.count, "steps": job.steps,
+                "classes": [None if c is None else engine.classes[c] for c in job.classes],
+                "guidance": job.guidance if job.classes else None}
+    return work
 
-        def work(on_step, cancelled):
-            if job.photos:
-                with photos.upload_folder() as folder:
-                    ends = torch.stack([photos.load_photo(params, key, engine.image_size, folder)[0]
-                                        for key in ("first_photo", "second_photo")])
-                frames = engine.interpolate_photos(job, ends, cancelled)
-            else:
-                frames = engine.interpolate(job, lambda number, _: on_step(number, {"steps": job.steps}), cancelled)
-            return {"frames": frame_urls(frames), "weights": [i / (job.frames - 1) for i in range(job.frames)]}
-        return stream(engine, work, stall_s)
 
-    async def edit(request: Request) -> Response:
-        try:
-            params = await read_json(request, uploads, photos.MAX_UPLOAD_JSON)
-            job = engine.edit_request(params)
-        except (BadRequest, guards.Busy) as error:
-            return refuse_request(error)
-
-        def work(on_step, cancelled):
+def interpolation_work(engine: Engine, job, params):
+    def work(on_step, cancelled):
+        if job.photos:
             with photos.upload_folder() as folder:
-                photo, _ = photos.load_photo(params, "photo", engine.image_size, folder)
-            result = engine.edit(job, photo, cancelled)
-            return {"input": frame_urls(photo[None])[0], "image": frame_urls(result)[0]}
-        return stream(engine, work, stall_s)
+                ends = torch.stack([photos.load_photo(params, key, engine.image_size, folder)[0]
+                                    for key in ("first_photo", "second_photo")])
+            frames = engine.interpolate_photos(job, ends, cancelled)
+        else:
+            frames = engine.interpolate(job, lambda number, _: on_step(number, {"steps": job.steps}), cancelled)
+        return {"frames": frame_urls(frames), "weights": [i / (job.frames - 1) for i in range(job.frames)]}
+    return work
 
-    async def inpaint(request: Request) -> Response:
-        try:
-            params = await read_json(request, uploads, photos.MAX_UPLOAD_JSON)
-            job = engine.inpaint_request(params)
-        except (BadRequest, guards.Busy) as error:
-            return refuse_request(error)
 
-        def work(on_step, cancelled):
-            with photos.upload_folder() as folder:
-                photo, photo_size = photos.load_photo(params, "photo", engine.image_size, folder)
-                fill = photos.load_mask(params, photo_size, engine.image_size, folder)
-            result = engine.inpaint(job, photo, fill, cancelled)
-            return {"input": frame_urls(photo[None])[0], "mask": frame_urls(fill.float().expand(3, -1, -1)[None])[0],
-                    "image": frame_urls(result)[0]}
-        return stream(engine, work, stall_s)
+def edit_work(engine: Engine, job, params):
+    def work(on_step, cancelled):
+        with photos.upload_folder() as folder:
+            photo, _ = photos.load_photo(params, "photo", engine.image_size, folder)
+        result = engine.edit(job, photo, cancelled)
+        return {"input": frame_urls(photo[None])[0], "image": frame_urls(result)[0]}
+    return work
 
-    # a run's files are read in a worker thread (a slow disk must not stall every other request),
-    # each through safefile.read_run_file: regular files of the run only, bounded, no link followed
+
+def inpaint_work(engine: Engine, job, params):
+    def work(on_step, cancelled):
+        with photos.upload_folder() as folder:
+            photo, photo_size = photos.load_photo(params, "photo", engine.image_size, folder)
+            fill = photos.load_mask(params, photo_size, engine.image_size, folder)
+        result = engine.inpaint(job, photo, fill, cancelled)
+        return {"input": frame_urls(photo[None])[0], "mask": frame_urls(fill.float().expand(3, -1, -1)[None])[0],
+                "image": frame_urls(result)[0]}
+    return work
+
+
+def run_routes(run_dir: Path | None) -> list[Route]:
+    """The shown training run's summary and grids. Its files are read in a worker thread (a slow disk
+    must not stall every other request), each through safefile.read_run_file: regular files of the
+    run only, bounded, no link followed."""
     async def run(request: Request) -> Response:
         if run_dir is None:
             return refuse("this server shows no training run (start it with --run DIR)", 404)
@@ -232,12 +213,33 @@ def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5
         except (OSError, FileRefused):
             return refuse(f"no sample grid {name!r}", 404)
         return Response(png, media_type="image/png", headers=HEADERS)
+    return [Route("/api/run", run), Route("/api/run/samples/{name}", run_grid)]
+
+
+def create_app(engine: Engine, run_dir: Path | None = None, refresh_s: float = 5.0,
+               loopback_only: bool = True, stall_s: float = guards.CLIENT_STALL_S) -> Starlette:
+    """The app for one loaded model; run_dir: a training run folder whose curves and grids the
+    page shows (read afresh every refresh_s seconds)."""
+    uploads = guards.UploadGate(engine.limits.max_jobs)
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers=HEADERS)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True}, headers=HEADERS)
+
+    async def info(request: Request) -> Response:
+        return JSONResponse({**engine.info(), "run": run_dir.name if run_dir else None, "refresh_s": refresh_s},
+                            headers=HEADERS)
+
+    def post(path: str, request_job, work_for, limit: int = MAX_JSON_BYTES) -> Route:
+        return Route(path, job_endpoint(engine, uploads, stall_s, request_job, work_for, limit), methods=["POST"])
 
     routes = [Route("/", page), Route("/api/health", health), Route("/api/info", info),
-              Route("/api/generate", generate, methods=["POST"]),
-              Route("/api/interpolate", interpolate, methods=["POST"]),
-              Route("/api/edit", edit, methods=["POST"]), Route("/api/inpaint", inpaint, methods=["POST"]),
-              Route("/api/run", run), Route("/api/run/samples/{name}", run_grid),
-              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+              post("/api/generate", engine.sample_request, sample_work),
+              post("/api/interpolate", engine.interpolation_request, interpolation_work, photos.MAX_UPLOAD_JSON),
+              post("/api/edit", engine.edit_request, edit_work, photos.MAX_UPLOAD_JSON),
+              post("/api/inpaint", engine.inpaint_request, inpaint_work, photos.MAX_UPLOAD_JSON),
+              *run_routes(run_dir), Mount("/static", StaticFiles(directory=STATIC), name="static")]
     middleware = [Middleware(guards.LoopbackHostOnly)] if loopback_only else []
     return Starlette(routes=routes, middleware=middleware)
