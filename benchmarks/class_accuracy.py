@@ -34,10 +34,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from corolla import checkpoint, data, labels, metrics
+from corolla import metrics
+from corolla.data import imagefolder, labels
+from corolla.storage import checkpoint
 from corolla import precision as precisions
-from corolla.generate import generate
-from corolla.train import resolve_device
+from corolla.generation import generate
+from corolla.training import resolve_device
 
 WIDTHS = (32, 64, 128, 256)
 
@@ -62,7 +64,7 @@ class Classifier(nn.Module):
 
 def labelled_folder(folder: str, size: int, classes: tuple[str, ...] | None = None):
     """-> (uint8 images (N, 3, S, S), class numbers (N,), classes) of FOLDER/<class>/ images."""
-    images, names = data.load_folder(folder, size)
+    images, names = imagefolder.load_folder(folder, size)
     found = labels.from_folders(names, folder, classes)
     return images, found.numbers, found.classes
 

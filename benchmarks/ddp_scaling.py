@@ -21,7 +21,7 @@ def worker(preset: str, steps: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from corolla import config as configs, distributed
-    from corolla.train import build, micro_batch_size, resolve_device, slot_generator, train_step
+    from corolla.training import build, micro_batch_size, resolve_device, slot_generator, train_step
     world, device = distributed.init(resolve_device("auto"))
     config = configs.preset(preset)
     micro = micro_batch_size(config, world)

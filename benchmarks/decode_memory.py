@@ -1,7 +1,7 @@
-"""Peak memory of decoding the largest image corolla accepts (data.MAX_IMAGE_PIXELS), per image mode.
+"""Peak memory of decoding the largest image corolla accepts (imagefolder.MAX_IMAGE_PIXELS), per image mode.
 
 Each file is written at exactly MAX_IMAGE_PIXELS pixels (8000 x 8000, a smooth pattern so that the
-files stay small) and decoded in a fresh process by data.load_image, as training does: header
+files stay small) and decoded in a fresh process by imagefolder.load_image, as training does: header
 check, decode, conversion to RGB, bilinear resize to 64x64. The figure is how far the decode raises
 the process's peak resident memory (VmHWM, Linux) above what it held before.
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from corolla import data
+from corolla.data import imagefolder
 
-SIDE = 8000  # SIDE * SIDE = data.MAX_IMAGE_PIXELS
+SIDE = 8000  # SIDE * SIDE = imagefolder.MAX_IMAGE_PIXELS
 
 # VmHWM, the process's own peak resident memory (ru_maxrss would carry over the parent's peak)
 MEASURE = """
@@ -31,9 +31,9 @@ from corolla import data
 def peak_kib():
     return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
 
-data.load_image(Path(sys.argv[1]), 64)  # the decoders and torch's kernels loaded
+imagefolder.load_image(Path(sys.argv[1]), 64)  # the decoders and torch's kernels loaded
 before = peak_kib()
-data.load_image(Path(sys.argv[2]), 64)
+imagefolder.load_image(Path(sys.argv[2]), 64)
 print(peak_kib() - before)
 """
 
@@ -56,7 +56,7 @@ def write_files(folder: Path) -> dict[str, Path]:
     }
     paths = {}
     for name, (image, filename) in files.items():
-        assert image.width * image.height == data.MAX_IMAGE_PIXELS
+        assert image.width * image.height == imagefolder.MAX_IMAGE_PIXELS
         paths[name] = folder / filename
         image.save(paths[name])
     Image.new("RGB", (8, 8)).save(folder / "small.png")
@@ -68,7 +68,7 @@ def main() -> None:
     parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         paths = write_files(Path(folder))
-        print(f"decoding one image of {SIDE} x {SIDE} = {data.MAX_IMAGE_PIXELS:,} pixels (data.MAX_IMAGE_PIXELS)")
+        print(f"decoding one image of {SIDE} x {SIDE} = {imagefolder.MAX_IMAGE_PIXELS:,} pixels (imagefolder.MAX_IMAGE_PIXELS)")
         print(f"{'file':<24} {'size on disk':>14} {'peak rise':>12}")
         for name, path in paths.items():
             rise_kib = int(subprocess.run([sys.executable, "-c", MEASURE, str(Path(folder) / "small.png"), str(path)],

@@ -27,8 +27,10 @@ import time
 
 import torch
 
-from corolla import checkpoint, data, editing, metrics, pretrained
-from corolla.train import resolve_device
+from corolla import editing, metrics
+from corolla.data import imagefolder
+from corolla.storage import checkpoint, pretrained
+from corolla.training import resolve_device
 
 
 def int_list(text: str) -> list[int]:
@@ -42,7 +44,7 @@ def repaint_list(text: str) -> list[tuple[int, int]]:
 
 def photos(folder: str, count: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two disjoint sets of `count` photos spread over the folder -> (N, 3, size, size) in [0, 1]."""
-    files = data.scan(folder)
+    files = imagefolder.scan(folder)
     if len(files) < 2 * count:
         raise SystemExit(f"{folder} has {len(files)} images; --count {count} needs {2 * count}")
     stride = len(files) // (2 * count)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from corolla import checkpoint, data, metrics, pretrained
+from corolla import metrics
+from corolla.data import imagefolder
+from corolla.storage import checkpoint, pretrained
 
 
 def model_path(name: str) -> str:
@@ -25,8 +27,8 @@ def model_path(name: str) -> str:
 
 
 def floor(train_dir: str, heldout_dir: str, size: int, samples: int, seed: int) -> dict[int, float]:
-    train, _ = data.load_folder(train_dir, size)
-    heldout, _ = data.load_folder(heldout_dir, size)
+    train, _ = imagefolder.load_folder(train_dir, size)
+    heldout, _ = imagefolder.load_folder(heldout_dir, size)
     pick = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))[:samples]
     return metrics.sliced_wasserstein(heldout, train[pick], seed=seed)
 

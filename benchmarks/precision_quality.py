@@ -18,7 +18,7 @@ from pathlib import Path
 
 from corolla import config as configs
 from corolla.metrics import EvalSettings, evaluate_checkpoint
-from corolla.train import train
+from corolla.training import train
 
 
 def main() -> None:

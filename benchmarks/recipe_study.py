@@ -21,7 +21,7 @@ from pathlib import Path
 
 from corolla import config as configs
 from corolla.metrics import EvalSettings, evaluate_checkpoint
-from corolla.train import train
+from corolla.training import train
 
 WARMUP_IMAGES = configs.WARM_START_LR_WARMUP * 64  # the warm start's default warm-up at batch 64
 

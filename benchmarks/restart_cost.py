@@ -4,7 +4,7 @@ per-epoch validation losses of the run started from it (`corolla train --init-fr
     python benchmarks/restart_cost.py RUN [--source MODEL] [--json OUT]
 
 The source's loss is computed exactly as the run computes its per-epoch validation loss
-(corolla.train.validation_loss: the EMA network, the run's held-out images, noise and times from
+(corolla.training.validation_loss: the EMA network, the run's held-out images, noise and times from
 the run's seed, its precision and layout), so the first row and the run's rows differ only by
 what training changed. RUN's state.json names the source and the held-out folder.
 """
@@ -16,15 +16,16 @@ from pathlib import Path
 
 import torch
 
-from corolla import checkpoint, data
-from corolla.train import validation_loss
+from corolla.data import imagefolder
+from corolla.storage import checkpoint
+from corolla.training import validation_loss
 from corolla.warmstart import source_path
 
 
 def source_loss(source: str, val_dir: str, run_config) -> float:
     model, _ = checkpoint.load_model(source_path(source), "cpu")
     model.accelerate(channels_last=run_config.train.channels_last, precision=run_config.train.precision)
-    images, _ = data.load_folder(val_dir, run_config.data.image_size, run_config.data.crop)
+    images, _ = imagefolder.load_folder(val_dir, run_config.data.image_size, run_config.data.crop)
     return validation_loss(model, images, run_config.train.batch_size, run_config.train.seed, torch.device("cpu"))
 
 

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from corolla import config as configs
-from corolla.generate import generate
-from corolla.train import build, resolve_device, train_step
+from corolla.generation import generate
+from corolla.training import build, resolve_device, train_step
 
 DEFAULT_VARIANTS = "eager,channels_last,channels_last+compile,channels_last+compile@1"
 OPTIONS = ("channels_last", "compile", "bf16")
@@ -153,7 +153,7 @@ def measure_variant(spec: dict) -> dict:
 
 def real_run(spec: dict) -> dict:
     """A real `corolla train` run of the preset on the bundled images, stopped after a few steps."""
-    from corolla.train import train
+    from corolla.training import train
     options, _ = variant_options(spec["variant"])
     config = configs.preset(spec["preset"]).replace(train={"channels_last": options["channels_last"],
                                                            "compile": options["compile"],

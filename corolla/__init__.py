@@ -1,11 +1,11 @@
 """corolla: train denoising diffusion models on a folder of images and sample from them."""
 from . import schedules, samplers
-from .checkpoint import load_model, save_pretrained
+from .storage.checkpoint import load_model, save_pretrained
 from .config import Config, DataConfig, TrainConfig, preset
 from .diffusion import DiffusionModel, Normalizer
-from .generate import generate
-from .pretrained import load_pretrained
-from .train import train
+from .generation import generate
+from .storage.pretrained import load_pretrained
+from .training import train
 from .unet import UNet, UNetConfig
 
 __all__ = ["schedules", "samplers", "load_model", "save_pretrained", "Config", "DataConfig", "TrainConfig",

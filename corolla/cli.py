@@ -9,10 +9,12 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import checkpoint, conditioning, config as configs, data, distributed, limits, outputs, runfolder, samplers
+from . import conditioning, config as configs, distributed, limits, samplers
+from .data import imagefolder
+from .storage import checkpoint, outputs, runfolder
 from . import schedules
 from . import precision as precisions
-from .train import Interrupted, TrainingError
+from .training import Interrupted, TrainingError
 
 EXIT_BAD_INPUT = 2
 
@@ -241,7 +243,7 @@ def _add_export(sub) -> None:
 
 
 def run_export(args) -> int:
-    from .pretrained import export_release
+    from .storage.pretrained import export_release
     print(f"wrote {export_release(args.checkpoint, args.out, half=not args.float32)}")
     return 0
 
@@ -259,7 +261,7 @@ def checkpoint_path(args) -> str:
     """The checkpoint named on the command line, else the shipped model --model names, else the
     default: the class-conditional shipped model where the command draws or lists classes (sample
     --class, classes, class-grid), the unconditional one elsewhere."""
-    from . import pretrained
+    from .storage import pretrained
     if args.checkpoint is not None and args.model is not None:
         raise ValueError(f"give a checkpoint ({args.checkpoint}) or --model {args.model}, not both")
     if args.checkpoint is not None:
@@ -321,7 +323,7 @@ RESUMABLE = {"epochs", "accumulate", "channels_last", "compile", "precision", "s
 
 
 def run_train(args) -> int:
-    from .train import train
+    from .training import train
     out = Path(args.out or f"runs/{args.preset}")
     config = train_config(args)
     if args.resume and args.overwrite:
@@ -360,8 +362,8 @@ def run_train(args) -> int:
 def run_sample(args) -> int:
     import torch
     from tqdm import tqdm
-    from .generate import class_labels
-    from .grids import save_each, save_grid
+    from .generation import class_labels
+    from .storage.grids import save_each, save_grid
     from .devices import resolve_device
     if args.guidance is not None and not args.classes:
         raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
@@ -424,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = None
     try:
         return args.func(args)
-    except (ValueError, data.DataError, checkpoint.CheckpointError) as error:
+    except (ValueError, imagefolder.DataError, checkpoint.CheckpointError) as error:
         print(f"corolla: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingError as error:

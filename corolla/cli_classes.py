@@ -2,7 +2,8 @@
 `corolla class-grid` draws a figure of them (one labelled row per class)."""
 from __future__ import annotations
 
-from . import checkpoint, conditioning, outputs
+from . import conditioning
+from .storage import checkpoint, outputs
 from .cli import (add_model_options, checkpoint_path, guidance, load_model_for, path_text, seed, steps,
                   whole_number)
 from .config import Config
@@ -61,7 +62,7 @@ def spread(count: int, rows: int = GRID_CLASSES) -> list[int]:
 def run_class_grid(args) -> int:
     import torch
     from .figures import save_labelled_grid
-    from .generate import class_labels, generate
+    from .generation import class_labels, generate
     out = outputs.check_file(args.out, "--out")  # before the sampling it would waste
     model, config, _ = load_model_for(args)
     names = config.unet.classes

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import editing, figures, limits, outputs, samplers
-from .atomic import replacing
+from . import editing, figures, limits, samplers
+from .storage import outputs
+from .storage.atomic import replacing
 from .cli import add_model_options, batch_size, eta, load_model_for, path_text, seed, steps, whole_number
-from .generate import initial_noise
-from .grids import save_each, save_grid
+from .generation import initial_noise
+from .storage.grids import save_each, save_grid
 
 HOLE_GREY = 0.5  # how the figure shows the pixels to fill
 

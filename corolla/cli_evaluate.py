@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import math
 
-from . import limits, outputs, samplers
-from .atomic import replacing
+from . import limits, samplers
+from .storage import outputs
+from .storage.atomic import replacing
 from .cli import add_model_options, batch_size, checkpoint_path, eta, path_text, seed, steps, whole_number
 from .inception import weights_help
 from .metrics import EvalSettings, evaluate_checkpoint

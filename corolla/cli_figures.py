@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import data, figures, limits, outputs
+from . import figures, limits
+from .data import imagefolder
+from .storage import outputs
 from .cli import add_model_options, load_model_for, path_text, positive_int, seed, steps, whole_number
 from . import samplers
 from .cli_edit import OrderedEnds, run_interpolate_ends
@@ -53,9 +55,9 @@ def run_schedules(args) -> int:
 def run_noising(args) -> int:
     outputs.check_file(args.out, "--out")
     figures.check_grid_size(len(figures.SCHEDULE_NAMES), len(args.times), args.size)
-    path = Path(args.image) if args.image is not None else data.scan(data.bundled_dir())[0]
+    path = Path(args.image) if args.image is not None else imagefolder.scan(imagefolder.bundled_dir())[0]
     try:
-        image = data.load_image(path, args.size)
+        image = imagefolder.load_image(path, args.size)
     except OSError as error:
         raise ValueError(f"cannot read image {str(path)!r}: {error}") from None
     title = f"forward diffusion of {path.name} (seed {args.seed})"
@@ -101,7 +103,7 @@ def run_interpolate(args) -> int:
 
 
 def run_trajectory(args) -> int:
-    from .generate import initial_noise
+    from .generation import initial_noise
     outputs.check_file(args.out, "--out")
     model, config = _load(args)
     size = config.data.image_size
@@ -114,7 +116,7 @@ def run_trajectory(args) -> int:
 
 
 def run_progress(args) -> int:
-    from .checkpoint import load_config, resolve
+    from .storage.checkpoint import load_config, resolve
     outputs.check_file(args.out, "--out")
     config = load_config(resolve(args.run))
     images, epochs = figures.learning_progress(args.run, config.data.image_size, config.train.grid_images,

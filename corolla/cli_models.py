@@ -1,7 +1,7 @@
 """`corolla models`: the shipped models, chosen elsewhere with --model NAME."""
 from __future__ import annotations
 
-from . import pretrained
+from .storage import pretrained
 
 
 def register(sub) -> None:

@@ -112,13 +112,13 @@ def gather(images: torch.Tensor, count: int, world: World) -> torch.Tensor | Non
 
 
 def generate_all(model, num_images: int, on_batch=None, keep: bool = True, **kwargs) -> torch.Tensor | None:
-    """corolla.generate over every process: each makes its contiguous share of the image
+    """corolla.generation over every process: each makes its contiguous share of the image
     indices, rank 0 gets all of them in order (None elsewhere). Image i depends only on the
     seed and i, so the result is the same whatever the number of processes.
 
     on_batch(first index, images) sees each batch as it is made; keep=False keeps none of them
     (and returns None), so that any number of images fits in memory."""
-    from .generate import generate_batches
+    from .generation import generate_batches
     world = from_environment()
     share = shard(num_images, world)
     kept = []

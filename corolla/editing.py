@@ -4,7 +4,7 @@ inversion and the decoding of inverted noise.
 The first half works on the stateless pieces the samplers use (a denoiser, a schedule, images in
 the model's normalised space, a time grid), so it can be tested against Gaussian data whose
 denoiser is exact. The second half applies it to a DiffusionModel and images in [0, 1]: it
-normalises, batches and seeds each output exactly like corolla.generate (output i of a seed draws
+normalises, batches and seeds each output exactly like corolla.generation (output i of a seed draws
 from its own stream, so it is the same whatever the batch), and loads photos and masks.
 
 Grid convention (samplers' module docstring): evaluations at times[:-1], the result is the
@@ -23,9 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import data, samplers
+from . import samplers
+from .data import imagefolder
 from .diffusion import Denoiser, DiffusionModel
-from .generate import image_generator, sample_from_noise
+from .generation import image_generator, sample_from_noise
 from .schedules import Schedule
 
 # Fixed-point evaluations that place the last state of an inversion (ddim_invert). On the shipped
@@ -293,7 +294,7 @@ def _decode(path: str | os.PathLike, what: str) -> np.ndarray:
     if not path.exists():
         raise ValueError(f"{what} {str(path)!r} does not exist")
     try:
-        return data.decode_image(path)
+        return imagefolder.decode_image(path)
     except Exception as error:  # any decoder failure means: not a usable image
         raise ValueError(f"{what} {str(path)!r} is not an image corolla can read ({error})".replace("\n", " ")) from None
 
@@ -308,14 +309,14 @@ def _square(array: np.ndarray) -> np.ndarray:
 def load_photo(path: str | os.PathLike, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Any image file -> ((3, size, size) float in [0, 1], its (width, height) as decoded). Not
     square: the central square is cut out, with a warning. Resized like the training images
-    (bilinear, no antialiasing: data.resize)."""
+    (bilinear, no antialiasing: imagefolder.resize)."""
     pixels = _decode(path, "image")
     h, w = pixels.shape[:2]
     if h != w:
         side = min(h, w)
         warnings.warn(f"{path} is {w}x{h}, not square: using its central {side}x{side}, resized to {size}x{size}",
                       stacklevel=2)
-    return data.resize(pixels, size, crop=True).float() / 255.0, (w, h)
+    return imagefolder.resize(pixels, size, crop=True).float() / 255.0, (w, h)
 
 
 def _fill_at(covered: np.ndarray, size: int) -> torch.Tensor:

@@ -26,13 +26,13 @@ from matplotlib.font_manager import FontProperties
 from PIL import Image
 
 from . import samplers, schedules
-from .atomic import replacing
+from .storage.atomic import replacing
 from .diffusion import DiffusionModel
-from .generate import initial_noise, sample_from_noise
-from .grids import split_grid, to_uint8
+from .generation import initial_noise, sample_from_noise
+from .storage.grids import split_grid, to_uint8
 from .limits import FIGURE_BYTES_PER_PIXEL, MAX_FIGURE_PIXELS, MAX_GRID_BYTES, MAX_LOG_BYTES
-from .outputs import refuse_unless_file
-from .safefile import read_run_file
+from .storage.outputs import refuse_unless_file
+from .storage.safefile import read_run_file
 
 DPI = 100
 SCHEDULE_NAMES = ("linear", "cosine", "offset_cosine")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .safefile import open_regular
+from .storage.safefile import open_regular
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
@@ -220,7 +220,7 @@ def weights_help() -> str:
 
 
 def default_weights_path() -> Path:
-    from .data import cache_dir
+    from .data.imagefolder import cache_dir
     return cache_dir() / WEIGHTS_NAME
 
 

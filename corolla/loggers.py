@@ -22,9 +22,9 @@ from urllib.parse import urlparse
 
 import torch
 
-from . import outputs
-from .grids import grid_array
-from .safefile import read_run_file
+from .storage import outputs
+from .storage.grids import grid_array
+from .storage.safefile import read_run_file
 
 CHOICES = ("tensorboard", "wandb")
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> the module it needs

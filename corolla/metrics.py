@@ -27,12 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, data, distributed, limits
+from . import distributed, limits
+from .data import imagefolder
+from .storage import checkpoint
 from . import inception as inception_module
-from .data import cache_dir
+from .data.imagefolder import cache_dir
 from .diffusion import DiffusionModel
-from .generate import generate, image_generator
-from .grids import save_grid
+from .generation import generate, image_generator
+from .storage.grids import save_grid
 
 # --- FID ------------------------------------------------------------------------------------
 
@@ -410,11 +412,11 @@ def cached_real_features(network: torch.nn.Module, images: torch.Tensor, weights
     digest = hashlib.sha256(f"{tuple(images.shape)}|{inception_module.file_sha256(weights)}|".encode())
     digest.update(images.contiguous().numpy().tobytes())
     path = cache_dir() / "inception" / f"{digest.hexdigest()[:24]}.safetensors"
-    hit = data.read_cache(path, images.shape[0] * inception_module.FEATURES * 4)
+    hit = imagefolder.read_cache(path, images.shape[0] * inception_module.FEATURES * 4)
     if hit is not None and "features" in hit[0]:  # else computed again
         return hit[0]["features"].double()
     features = inception_module.features(network, images, batch_size)
-    data.write_cache(path, {"features": features.float()})  # best effort: a warning when it cannot
+    imagefolder.write_cache(path, {"features": features.float()})  # best effort: a warning when it cannot
     return features
 
 
@@ -439,11 +441,11 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     distributed.shutdown(world)
     if not world.is_main:
         return None
-    folder = Path(data_dir) if data_dir else data.bundled_dir()
-    images, _ = data.load_folder(folder, config.data.image_size, config.data.crop)
-    parts = data.split(images, 0.0 if heldout_dir else config.data.val_fraction, config.data.shuffle_seed)
+    folder = Path(data_dir) if data_dir else imagefolder.bundled_dir()
+    images, _ = imagefolder.load_folder(folder, config.data.image_size, config.data.crop)
+    parts = imagefolder.split(images, 0.0 if heldout_dir else config.data.val_fraction, config.data.shuffle_seed)
     if heldout_dir:
-        parts.val, _ = data.load_folder(heldout_dir, config.data.image_size, config.data.crop)
+        parts.val, _ = imagefolder.load_folder(heldout_dir, config.data.image_size, config.data.crop)
     network, weights = inception_module.load_available(inception_weights, dev)
     real_features = None if network is None else cached_real_features(network, parts.train, weights,
                                                                       settings.batch_size)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from . import checkpoint, pretrained
+from .storage import checkpoint, pretrained
 from .config import Config
 from .diffusion import DiffusionModel
 

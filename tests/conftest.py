@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from corolla import data
+from corolla.data import imagefolder
 
 # Tests use tiny networks, where one thread is as fast as two and several pytest processes
 # (or a busy machine) do not oversubscribe the cores.
@@ -25,7 +25,7 @@ def make_flowers(tmp_path_factory):
     def make(count: int):
         if count not in folders:
             folders[count] = tmp_path_factory.mktemp(f"flowers{count}")
-            for path in [p for p in sorted(data.bundled_dir().glob("*.jpg")) if p.stat().st_size][:count]:
+            for path in [p for p in sorted(imagefolder.bundled_dir().glob("*.jpg")) if p.stat().st_size][:count]:
                 shutil.copy(path, folders[count] / path.name)
         return folders[count]
     return make
@@ -48,7 +48,7 @@ def make_labels_matter(network: torch.nn.Module, generator: torch.Generator) -> 
 def class_folder(tmp_path_factory):
     """DIR/<class>/: the first 24 bundled flowers dealt in turn into the 3 CLASSES folders."""
     root = tmp_path_factory.mktemp("classes")
-    flowers = [p for p in sorted(data.bundled_dir().glob("*.jpg")) if p.stat().st_size][:24]
+    flowers = [p for p in sorted(imagefolder.bundled_dir().glob("*.jpg")) if p.stat().st_size][:24]
     for i, path in enumerate(flowers):
         (root / CLASSES[i % 3]).mkdir(exist_ok=True)
         shutil.copy(path, root / CLASSES[i % 3] / path.name)

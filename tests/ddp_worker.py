@@ -2,7 +2,6 @@
 
     [torchrun --nproc_per_node=2] tests/ddp_worker.py DATA OUT MAX_STEPS [ACCUMULATE] [--resume]
 """
-import importlib
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ if __name__ == "__main__":
     data_dir, out, max_steps = args[0], Path(args[1]), int(args[2])
     accumulate = int(args[3]) if len(args) > 3 else 1
     config = preset("tiny").replace(train={"epochs": 3, "accumulate": accumulate}, data={"repetitions": 2})
-    training = importlib.import_module("corolla.train")  # the module; corolla.train is the function
+    from corolla import training
     held = {}
     build = training.build
 

@@ -3,7 +3,7 @@ names of the weights (checkpoints written with or without them load either way).
 import pytest
 import torch
 
-from corolla import checkpoint
+from corolla.storage import checkpoint
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 
@@ -196,7 +196,7 @@ def test_compile_ema_runs_the_ema_network_through_the_compiler(traced):
 def test_training_and_sampling_default_to_channels_last(tmp_path):
     """The faster layout is the default (README Performance); --no-channels-last trains in NCHW."""
     from corolla.cli import load_model_for, parser
-    from corolla.train import build
+    from corolla.training import build
 
     assert _is_channels_last(build(CONFIG, torch.device("cpu"))[0])
     assert not _is_channels_last(build(CONFIG.replace(train={"channels_last": False}), torch.device("cpu"))[0])

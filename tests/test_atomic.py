@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from corolla import atomic, checkpoint, cli, data, figures, grids
+from corolla import cli, figures
+from corolla.data import imagefolder
+from corolla.storage import atomic, checkpoint, grids
 from corolla.config import preset
-from corolla.grids import save_grid
-from corolla.train import build, train
+from corolla.storage.grids import save_grid
+from corolla.training import build, train
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -157,7 +159,7 @@ def test_a_killed_writer_s_temporary_is_removed_by_the_next_write_of_that_name(m
     cache.mkdir()
     for name in (f".0123abcd.safetensors.tmp-{dead}", f".notes.txt.tmp-{dead}"):
         (cache / name).write_bytes(b"an interrupted cache build")
-    data.load_folder(make_flowers(16), 16)
+    imagefolder.load_folder(make_flowers(16), 16)
     assert _temporaries(cache) == [f".notes.txt.tmp-{dead}"]
     assert len(list(cache.glob("*.safetensors"))) == 1
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from corolla import checkpoint, cli
+from corolla import cli
+from corolla.storage import checkpoint
 from corolla.config import preset
-from corolla.train import build
+from corolla.training import build
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = preset("tiny")

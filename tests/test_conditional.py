@@ -8,13 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from corolla import checkpoint, cli, cli_classes, conditioning, data, figures, labels, samplers
+from corolla import cli, cli_classes, conditioning, figures, samplers
+from corolla.data import imagefolder, labels
+from corolla.storage import checkpoint
 from corolla.config import Config, preset
 from corolla.diffusion import DiffusionModel
-from corolla.generate import generate, initial_noise
-from corolla.grids import to_uint8
-from corolla.pretrained import export_release
-from corolla.train import train
+from corolla.generation import generate, initial_noise
+from corolla.storage.grids import to_uint8
+from corolla.storage.pretrained import export_release
+from corolla.training import train
 from corolla.unet import ResidualBlock, UNet, UNetConfig, count_parameters
 
 from conftest import CLASSES, make_labels_matter
@@ -182,7 +184,7 @@ def _class_of_each(found: labels.Labels) -> list[str]:
 
 
 def test_folder_and_csv_labels_agree(class_folder, tmp_path):
-    _, names = data.load_folder(class_folder, SIZE)
+    _, names = imagefolder.load_folder(class_folder, SIZE)
     by_folder = labels.from_folders(names, class_folder)
     assert by_folder.classes == CLASSES and by_folder.counts() == (8, 8, 8)
     classes = _class_of_each(by_folder)
@@ -213,18 +215,18 @@ def test_folder_and_csv_labels_agree(class_folder, tmp_path):
     ("image,class_name\nimage_00070.jpg,rose\nimage_00070.jpg,daisy\n", "is given two classes"),
 ])
 def test_a_bad_labels_file_is_one_clear_error(class_folder, tmp_path, content, message):
-    _, names = data.load_folder(class_folder, SIZE)
+    _, names = imagefolder.load_folder(class_folder, SIZE)
     path = tmp_path / "labels.csv"
     path.write_text(content)
-    with pytest.raises(data.DataError, match=message):
+    with pytest.raises(imagefolder.DataError, match=message):
         labels.from_csv(path, names)
 
 
 def test_images_outside_class_folders_and_unknown_classes_are_refused(class_folder, make_flowers):
-    with pytest.raises(data.DataError, match=r"16 image\(s\) lie directly in .*outside any class sub-folder"):
-        labels.from_folders(data.load_folder(make_flowers(16), SIZE)[1], make_flowers(16))
-    _, names = data.load_folder(class_folder, SIZE)
-    with pytest.raises(data.DataError, match=r"1 class\(es\) of these images are not the model's \('sunflower'\)"):
+    with pytest.raises(imagefolder.DataError, match=r"16 image\(s\) lie directly in .*outside any class sub-folder"):
+        labels.from_folders(imagefolder.load_folder(make_flowers(16), SIZE)[1], make_flowers(16))
+    _, names = imagefolder.load_folder(class_folder, SIZE)
+    with pytest.raises(imagefolder.DataError, match=r"1 class\(es\) of these images are not the model's \('sunflower'\)"):
         labels.from_folders(names, class_folder, ("daisy", "rose"))
 
 
@@ -339,7 +341,7 @@ def test_unconditional_models_and_runs_refuse_class_options(run, class_folder, t
 def test_a_conditional_run_resumes_with_its_labels_and_held_out_class_folders(class_folder, tmp_path):
     """--val-data with class folders labels the held-out images too; a resumed run finds its
     labels file (recorded in state.json) and classes again."""
-    _, names = data.load_folder(class_folder, SIZE)
+    _, names = imagefolder.load_folder(class_folder, SIZE)
     csv = tmp_path / "labels.csv"
     csv.write_text("image,class_name\n" + "".join(f"{Path(n).name},{Path(n).parts[0]}\n" for n in names))
     config = preset("tiny").replace(train={"epochs": 2})
@@ -351,7 +353,7 @@ def test_a_conditional_run_resumes_with_its_labels_and_held_out_class_folders(cl
     assert checkpoint.load_config(last).unet.classes == CLASSES
     assert json.loads((last / "state.json").read_text())["step"] > 2
     csv.write_text(csv.read_text().replace(",daisy", ",rose"))  # the labels changed under the run
-    with pytest.raises(data.DataError, match="not labelled as when the run started"):
+    with pytest.raises(imagefolder.DataError, match="not labelled as when the run started"):
         train(checkpoint.load_config(last).replace(train={"epochs": 3}), class_folder, out, resume=True,
               progress=False)
 

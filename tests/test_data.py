@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 import hostile
-from corolla import cli, data
+from corolla import cli
+from corolla.data import imagefolder
 
 
 
@@ -17,7 +18,7 @@ def _load(folder, size=hostile.SIZE):
     """load_folder -> (images, names, the warning messages it gave)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        images, names = data.load_folder(folder, size)
+        images, names = imagefolder.load_folder(folder, size)
     return images, names, [str(w.message) for w in caught]
 
 
@@ -44,7 +45,7 @@ def test_hostile_corpus_loads_or_skips_and_names_each_file_once(tmp_path):
             corpus[name].check(image)
     # the ordinary path: a photo-like PNG equals decoding it directly
     direct = np.array(Image.open(folder / "noise.png").convert("RGB"))
-    assert torch.equal(images[names.index("noise.png")], data.resize(direct, hostile.SIZE))
+    assert torch.equal(images[names.index("noise.png")], imagefolder.resize(direct, hostile.SIZE))
 
     assert len(messages) == 1
     entries = messages[0].split(": ", 1)[1].split("; ")
@@ -63,7 +64,7 @@ def test_pil_limit_is_not_changed_globally():
 
 def _three_flowers(folder):
     folder.mkdir()
-    for path in sorted(data.bundled_dir().glob("*.jpg"))[:3]:
+    for path in sorted(imagefolder.bundled_dir().glob("*.jpg"))[:3]:
         shutil.copy(path, folder / path.name)
 
 
@@ -79,14 +80,14 @@ def test_the_empty_bundled_image_is_skipped_with_a_warning(tmp_path):
 
 def test_a_folder_without_usable_images_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.DataError, match="no usable image in"):
-        data.load_folder(tmp_path / "empty", 16)
+    with pytest.raises(imagefolder.DataError, match="no usable image in"):
+        imagefolder.load_folder(tmp_path / "empty", 16)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.jpg").write_bytes(b"\xff\xd8\xff")
-    with pytest.warns(UserWarning, match="x.jpg"), pytest.raises(data.DataError, match="no usable image"):
-        data.load_folder(tmp_path / "broken", 16)
-    with pytest.raises(data.DataError, match="does not exist"):
-        data.load_folder(tmp_path / "missing", 16)
+    with pytest.warns(UserWarning, match="x.jpg"), pytest.raises(imagefolder.DataError, match="no usable image"):
+        imagefolder.load_folder(tmp_path / "broken", 16)
+    with pytest.raises(imagefolder.DataError, match="does not exist"):
+        imagefolder.load_folder(tmp_path / "missing", 16)
 
     code = cli.main(["train", str(tmp_path / "empty"), "--preset", "tiny", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
@@ -102,7 +103,7 @@ def test_second_load_reads_the_cache_and_still_names_skipped_files(tmp_path, mon
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache is fresh")
-    monkeypatch.setattr(data, "load_image", no_decoding)
+    monkeypatch.setattr(imagefolder, "load_image", no_decoding)
     second, names_again, messages_again = _load(folder, 32)
     assert torch.equal(first, second) and names == names_again
     assert messages_again == messages and "broken.png" in messages[0]
@@ -127,7 +128,7 @@ def test_the_cache_never_serves_stale_or_torn_data(tmp_path):
     images, names, _ = _load(folder)
     assert names == ["a.png"] and images.shape[0] == 1
 
-    for cached in data.cache_dir().glob("*.safetensors"):
+    for cached in imagefolder.cache_dir().glob("*.safetensors"):
         cached.write_bytes(cached.read_bytes()[:100])  # torn cache files are decoded again
     images, names, _ = _load(folder)
     assert names == ["a.png"] and images[0, :, 0, 0].tolist() == [200, 20, 30]
@@ -135,7 +136,7 @@ def test_the_cache_never_serves_stale_or_torn_data(tmp_path):
 
 def test_channel_statistics_match_numpy():
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 3, 7, 9), dtype=np.uint8))
-    mean, variance = data.channel_statistics(images)
+    mean, variance = imagefolder.channel_statistics(images)
     x = images.numpy().astype(np.float64) / 255.0
     np.testing.assert_allclose(mean.numpy(), x.mean(axis=(0, 2, 3)), rtol=1e-6)
     np.testing.assert_allclose(variance.numpy(), x.var(axis=(0, 2, 3)), rtol=1e-6)  # population, as Keras
@@ -145,13 +146,13 @@ def test_channel_statistics_match_numpy():
 def test_crop_cuts_the_central_square_and_squash_keeps_everything():
     wide = np.zeros((16, 48, 3), np.uint8)
     wide[:, :16] = 255  # white left third
-    assert data.resize(wide, 16, crop=True).max() == 0  # the centre third is black
-    squashed = data.resize(wide, 16)
+    assert imagefolder.resize(wide, 16, crop=True).max() == 0  # the centre third is black
+    squashed = imagefolder.resize(wide, 16)
     assert squashed[:, :, :5].min() == 255 and squashed[:, :, 6:].max() == 0
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():
-    a = data.epoch_order(10, 3, seed=0, epoch=4)
-    assert torch.equal(a, data.epoch_order(10, 3, seed=0, epoch=4))
-    assert not torch.equal(a, data.epoch_order(10, 3, seed=0, epoch=5))
+    a = imagefolder.epoch_order(10, 3, seed=0, epoch=4)
+    assert torch.equal(a, imagefolder.epoch_order(10, 3, seed=0, epoch=4))
+    assert not torch.equal(a, imagefolder.epoch_order(10, 3, seed=0, epoch=5))
     assert sorted(a.tolist()) == sorted(list(range(10)) * 3)

@@ -124,7 +124,7 @@ def test_the_site_builds_strictly_with_every_page_of_the_nav(site):
         for picture in re.findall(r'<img[^>]+src="([^"]+)"', card):
             assert (site / "reference" / "models" / name / picture).is_file(), (name, picture)
     api = (site / "reference" / "api.html").read_text()
-    for documented in ("corolla.load_pretrained", "corolla.generate.generate", "corolla.train.train",
+    for documented in ("corolla.load_pretrained", "corolla.generation.generate", "corolla.training.train",
                        "corolla.samplers.dpmpp_2m", "corolla.editing.inpaint", "corolla.metrics"):
         assert f'id="{documented}"' in api, documented
 

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from corolla import cli, data, download
+from corolla import cli
+from corolla.data import download, imagefolder
 
 IMAGES = 30  # image 28 is valid and 5, 6, 24, 25, 29 are test in the Kaggle division
 LABELS = [1 + i % 3 for i in range(IMAGES)]  # pink primrose, hard-leaved pocket orchid, canterbury bells
@@ -179,7 +180,7 @@ def test_download_lays_out_one_folder_per_class_and_split(server, tmp_path, caps
     assert tree(dest) == expected_tree(range(1, IMAGES + 1))
     assert (dest / "canterbury bells" / "image_00030.jpg").read_bytes() == jpeg(30)
     assert "30 images in 3 class folders" in capsys.readouterr().out
-    assert len(data.scan(dest)) == IMAGES  # what `corolla train DEST` reads
+    assert len(imagefolder.scan(dest)) == IMAGES  # what `corolla train DEST` reads
     fetched = len(server.requests)
     assert fetched == 3
 

@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from corolla import checkpoint, cli, data, editing, figures, samplers, schedules
+from corolla import cli, editing, figures, samplers, schedules
+from corolla.data import imagefolder
+from corolla.storage import checkpoint
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
-from corolla.generate import generate
-from corolla.grids import to_uint8
+from corolla.generation import generate
+from corolla.storage.grids import to_uint8
 
 SIZE = 16  # the tiny preset's
 
@@ -254,7 +256,7 @@ def test_any_photo_is_centre_cropped_with_a_warning_and_resized(tmp_path):
     with pytest.warns(UserWarning, match="40x30, not square: using its central 30x30"):
         image, size = editing.load_photo(path, SIZE)
     assert size == (40, 30) and image.shape == (3, SIZE, SIZE)
-    expected = data.resize(np.asarray(Image.open(path).convert("RGB"))[:, 5:35], SIZE)
+    expected = imagefolder.resize(np.asarray(Image.open(path).convert("RGB"))[:, 5:35], SIZE)
     assert torch.equal((image * 255).round().to(torch.uint8), expected)
     for mode in ("L", "P", "RGBA", "CMYK"):
         grey = photo(tmp_path / f"x_{mode}.{'jpg' if mode == 'CMYK' else 'png'}", 20, 20, mode)

@@ -9,11 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from corolla import checkpoint, cli, data, figures, samplers, schedules
+from corolla import cli, figures, samplers, schedules
+from corolla.data import imagefolder
+from corolla.storage import checkpoint
 from corolla.config import preset
-from corolla.generate import generate, initial_noise
-from corolla.grids import to_uint8
-from corolla.train import train
+from corolla.generation import generate, initial_noise
+from corolla.storage.grids import to_uint8
+from corolla.training import train
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -105,13 +107,13 @@ def test_schedules_command_writes_the_plot(tmp_path):
 
 
 def test_noised_images_follow_each_schedule():
-    image = data.load_image(data.scan(data.bundled_dir())[0], 16)
+    image = imagefolder.load_image(imagefolder.scan(imagefolder.bundled_dir())[0], 16)
     grid = figures.noised_images(image, [0.0, 0.5, 1.0], seed=1)
     assert grid.shape == (3, 3, 3, 16, 16)
     # cosine at t = 0 is the image itself; at t = 1 nothing of it is left (the same noise whatever
     # the image), while the offset cosine keeps signal 0.02 of it
     assert torch.allclose(grid[1, 0], image.float() / 255, atol=1e-6)
-    other = data.load_image(data.scan(data.bundled_dir())[1], 16)
+    other = imagefolder.load_image(imagefolder.scan(imagefolder.bundled_dir())[1], 16)
     other_grid = figures.noised_images(other, [1.0], seed=1)
     x = image.double()[None] / 255
     y = other.double()[None] / 255
@@ -131,13 +133,13 @@ def test_noising_command_bundled_and_given_image(tmp_path):
     times = [0.0, 0.25, 0.5, 0.75, 1.0]
     out = tmp_path / "noising.png"
     assert cli.main(["noising", "--times", "0,0.25,0.5,0.75,1", "--size", "16", "--out", str(out)]) == 0
-    name = data.scan(data.bundled_dir())[0].name
+    name = imagefolder.scan(imagefolder.bundled_dir())[0].name
     geo = figures.grid_geometry(3, 5, 16, [f"t = {t:.2f}" for t in times], figures.SCHEDULE_NAMES,
                                 f"forward diffusion of {name} (seed 0)")
     image = png(out)
     assert image.size == (geo.width, geo.height)
     # cosine at t = 0 shows the image unchanged
-    flower = data.load_image(data.scan(data.bundled_dir())[0], 16).float() / 255
+    flower = imagefolder.load_image(imagefolder.scan(imagefolder.bundled_dir())[0], 16).float() / 255
     assert np.array_equal(cell_pixels(image, geo, 1, 0)[32:], enlarged(flower, 4)[32:])
 
     own = tmp_path / "own.png"
@@ -319,7 +321,7 @@ def test_plot_training_on_a_real_run(run_dir):
 # -- learning progress ----------------------------------------------------------------------------
 
 def test_split_grid_returns_the_tiles_grid_array_drew():
-    from corolla.grids import grid_array, split_grid
+    from corolla.storage.grids import grid_array, split_grid
     images = torch.rand(10, 3, 12, 12, generator=torch.Generator().manual_seed(0))
     tiles = split_grid(grid_array(images), 10, 12)
     assert np.array_equal(tiles, to_uint8(images))
@@ -329,7 +331,7 @@ def test_split_grid_returns_the_tiles_grid_array_drew():
 
 def test_progress_command_stacks_the_same_tiles_of_every_epoch(run_dir, tmp_path, capsys):
     import shutil
-    from corolla.grids import save_grid
+    from corolla.storage.grids import save_grid
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, symlinks=True)
     config = checkpoint.load_config(checkpoint.resolve(run))

@@ -4,7 +4,7 @@ import torch
 
 from corolla import samplers
 from corolla.diffusion import DiffusionModel
-from corolla.generate import generate, initial_noise
+from corolla.generation import generate, initial_noise
 from corolla.unet import UNetConfig
 
 SIZE = 16

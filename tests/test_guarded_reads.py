@@ -1,4 +1,4 @@
-"""Every file corolla reads goes through one guarded reader (corolla.safefile): a regular file
+"""Every file corolla reads goes through one guarded reader (corolla.storage.safefile): a regular file
 only (a FIFO would hang the reader, a link to /dev/zero would read until memory runs out), no link
 followed out of a run folder, its size bounded per kind of file, and the data cache checked by
 its SHA-256 (issue 26, items 1 and 6)."""
@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from corolla import cli, data, figures, labels, safefile
+from corolla import cli, figures
+from corolla.data import imagefolder, labels
+from corolla.storage import safefile
 
 
 def _command(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -98,33 +100,33 @@ def test_a_link_planted_in_a_run_is_not_followed(tmp_path):
 
 def test_a_corrupted_data_cache_is_rebuilt_not_trusted(make_flowers):
     flowers = make_flowers(4)
-    fresh, names = data.load_folder(flowers, 16)
-    [cache] = list(data.cache_dir().glob("*.safetensors"))
+    fresh, names = imagefolder.load_folder(flowers, 16)
+    [cache] = list(imagefolder.cache_dir().glob("*.safetensors"))
     payload = bytearray(cache.read_bytes())
     payload[-100] ^= 0xFF  # one pixel of the cached images, the header intact
     cache.write_bytes(bytes(payload))
-    again, again_names = data.load_folder(flowers, 16)
+    again, again_names = imagefolder.load_folder(flowers, 16)
     assert torch.equal(again, fresh) and again_names == names
-    assert data.load_folder(flowers, 16)[0].equal(fresh)  # and the rebuilt cache is good
+    assert imagefolder.load_folder(flowers, 16)[0].equal(fresh)  # and the rebuilt cache is good
 
 
 @pytest.mark.parametrize("kind", HOSTILE)
 def test_a_cache_that_is_not_a_regular_file_is_not_read(kind, make_flowers):
     flowers = make_flowers(4)
-    fresh, _ = data.load_folder(flowers, 16, use_cache=False)
-    key = data._cache_key(data.scan(flowers), 16, False)
-    data.cache_dir().mkdir(parents=True, exist_ok=True)
-    HOSTILE[kind](data.cache_dir() / f"{key}.safetensors")
-    assert torch.equal(data.load_folder(flowers, 16)[0], fresh)
+    fresh, _ = imagefolder.load_folder(flowers, 16, use_cache=False)
+    key = imagefolder._cache_key(imagefolder.scan(flowers), 16, False)
+    imagefolder.cache_dir().mkdir(parents=True, exist_ok=True)
+    HOSTILE[kind](imagefolder.cache_dir() / f"{key}.safetensors")
+    assert torch.equal(imagefolder.load_folder(flowers, 16)[0], fresh)
 
 
 READERS = {  # every other reader of a file corolla did not just write, given what would hang or exhaust it
     "a checkpoint folder's config.json before it is replaced": (  # 20 GB of holes, read under a 3 GiB cap
         "folder.mkdir(); (folder / 'config.json').write_bytes(b'{'); os.truncate(folder / 'config.json', 20 * 2 ** 30);"
-        "from corolla import checkpoint; checkpoint.check_replaceable(folder)", "not a corolla checkpoint's"),
+        "from corolla.storage import checkpoint; checkpoint.check_replaceable(folder)", "not a corolla checkpoint's"),
     "a download's marker": (
         "folder.mkdir(); os.mkfifo(folder / '.corolla-download.json');"
-        "from corolla import download; download._finished(folder, None, 'kaggle')", "is not empty"),
+        "from corolla.data import download; download._finished(folder, None, 'kaggle')", "is not empty"),
     "Inception weights": (
         "folder.mkdir(); os.mkfifo(folder / 'w.pth');"
         "from corolla import inception; inception.read_state_dict(folder / 'w.pth')", "is not a regular file"),

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from corolla import cli, data, figures, limits
+from corolla import cli, figures, limits
+from corolla.data import imagefolder
 from corolla.config import Config, DataConfig, TrainConfig, preset
 from corolla.unet import UNet, UNetConfig
 
@@ -92,8 +93,8 @@ BAD_ARGUMENTS = [
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from corolla import checkpoint
-    from corolla.train import build
+    from corolla.storage import checkpoint
+    from corolla.training import build
     config = preset("tiny").replace(train={"precision": "fp32"})
     model, _ = build(config, torch.device("cpu"))
     return checkpoint.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model", model, config)
@@ -102,7 +103,7 @@ def model_dir(tmp_path_factory):
 @pytest.mark.parametrize("argv, message", BAD_ARGUMENTS, ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else None)
 def test_every_number_has_a_bound_and_every_refusal_is_one_line(argv, message, model_dir, tmp_path, capsys,
                                                                  monkeypatch):
-    monkeypatch.setattr(data, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
+    monkeypatch.setattr(imagefolder, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
     monkeypatch.chdir(tmp_path)
     argv = [str(model_dir) if a == "MODEL" else a for a in argv]
     code = cli.main(argv)
@@ -131,7 +132,7 @@ def test_figures_too_big_to_draw_are_refused_before_sampling(model_dir, tmp_path
 def test_channel_statistics_match_float64_over_the_whole_set():
     images = torch.randint(0, 256, (700, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     x = images.to(torch.float64) / 255.0
-    mean, variance = data.channel_statistics(images)
+    mean, variance = imagefolder.channel_statistics(images)
     assert torch.equal(mean, x.mean(dim=(0, 2, 3)).float())
     assert torch.equal(variance, x.var(dim=(0, 2, 3), unbiased=False).float())
 
@@ -139,15 +140,15 @@ def test_channel_statistics_match_float64_over_the_whole_set():
 # VmHWM: this process's own peak resident memory (ru_maxrss would carry over pytest's)
 PEAK = """
 import torch
-from corolla import data
+from corolla.data import imagefolder
 
 def peak_mib():
     return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) // 1024
 
 images = torch.randint(0, 256, (4000, 3, 64, 64), dtype=torch.uint8)
-data.channel_statistics(images[:2])
+imagefolder.channel_statistics(images[:2])
 before = peak_mib()
-data.channel_statistics(images)
+imagefolder.channel_statistics(images)
 print(peak_mib() - before)
 """
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from corolla import checkpoint, cli, data, limits, trainstate
+from corolla import cli, limits
+from corolla.data import imagefolder
+from corolla.storage import checkpoint, trainstate
 from corolla.config import Config, preset
-from corolla.train import build
+from corolla.training import build
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})
 
@@ -40,7 +42,7 @@ def test_the_largest_config_that_can_be_made_is_saved_and_loaded_back(tmp_path):
 
 def test_a_conditional_run_whose_config_could_not_be_loaded_is_refused_before_its_first_step(
         class_folder, tmp_path, monkeypatch, capsys):
-    images = sorted(p.relative_to(class_folder).as_posix() for p in data.scan(class_folder))
+    images = sorted(p.relative_to(class_folder).as_posix() for p in imagefolder.scan(class_folder))
     (tmp_path / "labels.csv").write_text("image,class_name\n" + "".join(
         f"{name},{i:03d}{'x' * 190}\n" for i, name in enumerate(images)))
     monkeypatch.setattr(limits, "MAX_JSON_BYTES", 6 * 1024)  # 24 classes of 193 characters need 7 KiB

@@ -12,7 +12,7 @@ import pytest
 from corolla import cli, loggers
 from corolla.config import preset
 from corolla.rates import ema_decay
-from corolla.train import train
+from corolla.training import train
 
 # 38 training images x 3 repetitions in batches of 8: 14 steps an epoch, so train losses are
 # logged at steps 10, 14 | 24, 28 | 38, 42 and the epoch ends at 14, 28, 42

@@ -16,10 +16,12 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from corolla import checkpoint, config as configs, data, inception, metrics
+from corolla import config as configs, inception, metrics
+from corolla.data import imagefolder
+from corolla.storage import checkpoint
 from corolla.cli import main
 from corolla.diffusion import DiffusionModel
-from corolla.generate import image_generator
+from corolla.generation import image_generator
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +48,7 @@ def random_images(n, seed, size=16, low=0, high=256):
 
 @pytest.fixture(scope="module")
 def flowers16():
-    images, _ = data.load_folder(data.bundled_dir(), 16, use_cache=False)
+    images, _ = imagefolder.load_folder(imagefolder.bundled_dir(), 16, use_cache=False)
     return images
 
 
@@ -198,7 +200,7 @@ def test_swd_ranks_real_above_blurred_and_noise(flowers16):
 def tiny_model(train):
     torch.manual_seed(0)
     model = DiffusionModel(configs.preset("tiny").unet)
-    model.normalizer.set_statistics(*data.channel_statistics(train))
+    model.normalizer.set_statistics(*imagefolder.channel_statistics(train))
     return model.eval()
 
 
@@ -355,7 +357,7 @@ def test_corolla_evaluate_writes_table_json_and_pairs(tmp_path, capsys, monkeypa
     folder = tmp_path / "images"
     write_folder(folder)
     config = configs.preset("tiny").replace(data={"val_fraction": 0.2})
-    train = data.split(data.load_folder(folder, 16)[0], 0.2).train
+    train = imagefolder.split(imagefolder.load_folder(folder, 16)[0], 0.2).train
     checkpoint.save_pretrained(tmp_path / "ckpt", tiny_model(train), config)
     args = ["evaluate", str(tmp_path / "ckpt"), "--data", str(folder), "--samples", "4", "--steps", "2",
             "--json", str(tmp_path / "out.json"), "--pairs", str(tmp_path / "pairs.png"), "--device", "cpu"]
@@ -367,7 +369,7 @@ def test_corolla_evaluate_writes_table_json_and_pairs(tmp_path, capsys, monkeypa
     assert results["kid"] is None and results["swd"] > 0 and (tmp_path / "pairs.png").is_file()
     # it scores the checkpoint's own samples: the same figures as an Evaluator generating them itself
     model, _ = checkpoint.load_model(tmp_path / "ckpt")
-    direct = metrics.Evaluator(train, data.split(data.load_folder(folder, 16)[0], 0.2).val,
+    direct = metrics.Evaluator(train, imagefolder.split(imagefolder.load_folder(folder, 16)[0], 0.2).val,
                                metrics.EvalSettings(samples=4, steps=2))(model)
     assert results["swd"] == direct["swd"] and results["nn_generated_median"] == direct["nn_generated_median"]
     # the same command gives the same numbers
@@ -384,7 +386,7 @@ def test_corolla_evaluate_with_inception_weights_caches_real_features(tmp_path, 
     folder = tmp_path / "images"
     write_folder(folder, count=6)
     config = configs.preset("tiny").replace(data={"val_fraction": 0.2})
-    checkpoint.save_pretrained(tmp_path / "ckpt", tiny_model(data.load_folder(folder, 16)[0]), config)
+    checkpoint.save_pretrained(tmp_path / "ckpt", tiny_model(imagefolder.load_folder(folder, 16)[0]), config)
     save_file(random_inception_state(), str(tmp_path / "w.safetensors"))
     args = ["evaluate", str(tmp_path / "ckpt"), "--data", str(folder), "--samples", "3", "--steps", "1",
             "--json", str(tmp_path / "out.json"), "--pairs", str(tmp_path / "pairs.png"),

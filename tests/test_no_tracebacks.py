@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from corolla import checkpoint, cli, figures
+from corolla import cli, figures
+from corolla.storage import checkpoint
 from corolla.config import preset
-from corolla.train import build
+from corolla.training import build
 from test_untrusted import run  # noqa: F401 - the fixture: a tiny run folder with one training checkpoint
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})
@@ -42,8 +43,8 @@ def test_optimiser_values_of_state_json_are_checked_before_resuming(key, value, 
     (folder / "config.json").write_text(json.dumps(raw))
     with pytest.raises(checkpoint.CheckpointError, match="state.json: optimizer.param_groups"):
         checkpoint.load_state(run)
-    from corolla import data
-    monkeypatch.setattr(data, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
+    from corolla.data import imagefolder
+    monkeypatch.setattr(imagefolder, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
     _one_line(cli.main(["train", "--preset", "tiny", "--out", str(run), "--resume", "--no-progress"]), capsys, message)
 
 
@@ -59,8 +60,8 @@ def test_a_tracker_folder_that_cannot_be_written_is_refused_before_any_work(make
     pytest.importorskip("tensorboard")
     (tmp_path / "run").mkdir()
     make(tmp_path / "run" / "tensorboard")
-    from corolla import data
-    monkeypatch.setattr(data, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
+    from corolla.data import imagefolder
+    monkeypatch.setattr(imagefolder, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
     code = cli.main(["train", str(make_flowers(16)), "--preset", "tiny", "--out", str(tmp_path / "run"),
                      "--log", "tensorboard", "--no-progress", "--max-steps", "1"])
     _one_line(code, capsys, "--log tensorboard")

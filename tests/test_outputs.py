@@ -1,18 +1,18 @@
 """Where the commands write (issue 14, item 4): every output path is checked before any work, never
 replaced when it is not a regular file, and `corolla sample --each` writes images as they are made."""
-import importlib
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from corolla import checkpoint, cli, figures, grids
+from corolla import cli, figures
+from corolla.storage import checkpoint, grids
 from corolla.config import preset
-from corolla.train import build
+from corolla.training import build
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})
-generate = importlib.import_module("corolla.generate")  # the module: corolla.generate is also the function
+from corolla import generation
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def model_dir(tmp_path_factory) -> Path:
 def no_sampling(monkeypatch):
     def fail(*args, **kwargs):
         pytest.fail("got as far as sampling")
-    for module, name in ((generate, "sample_from_noise"), (figures, "sample_from_noise"), (figures, "ddim_trajectory")):
+    for module, name in ((generation, "sample_from_noise"), (figures, "sample_from_noise"), (figures, "ddim_trajectory")):
         monkeypatch.setattr(module, name, fail)
 
 
@@ -125,12 +125,12 @@ def test_the_library_writers_refuse_a_fifo_too(tmp_path):
 def test_each_image_is_written_as_soon_as_its_batch_is_made_and_no_grid_without_out(
         model_dir, tmp_path, monkeypatch, capsys):
     each, seen = tmp_path / "each", []
-    original = generate.sample_from_noise
+    original = generation.sample_from_noise
 
     def recording(*args, **kwargs):  # what is on disk when each batch starts
         seen.append(sorted(p.name for p in each.iterdir()))
         return original(*args, **kwargs)
-    monkeypatch.setattr(generate, "sample_from_noise", recording)
+    monkeypatch.setattr(generation, "sample_from_noise", recording)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["sample", str(model_dir), "-n", "5", "--batch-size", "2", "--steps", "1", "--each", str(each),
                      "--no-progress"]) == 0

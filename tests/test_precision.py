@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from corolla import checkpoint, cli, precision
+from corolla import cli, precision
+from corolla.storage import checkpoint
 from corolla.config import Config, preset
 from corolla.diffusion import DiffusionModel
 from corolla.rates import adam_epsilon
-from corolla.train import build, slot_generator, train, train_step
+from corolla.training import build, slot_generator, train, train_step
 from corolla.unet import sinusoidal_embedding
 
 

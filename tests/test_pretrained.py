@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import corolla
-from corolla import cli, pretrained
-from corolla.generate import generate
+from corolla import cli
+from corolla.storage import pretrained
+from corolla.generation import generate
 from corolla.unet import count_parameters
 
 SEED, STEPS, IMAGES, POOL = 0, 10, 4, 4

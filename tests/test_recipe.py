@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from corolla import cli, checkpoint
+from corolla import cli
+from corolla.storage import checkpoint
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel, min_snr_weights
 from corolla import schedules
 from corolla.rates import learning_rate
-from corolla.train import random_flips, slot_generator, train, train_step
+from corolla.training import random_flips, slot_generator, train, train_step
 
 
 def test_learning_rate_ramps_up_holds_and_cools_down_to_the_runs_last_step():

@@ -1,7 +1,6 @@
 """Issue 5's promises about training: kill and resume, exact resume, signals, NaN, full disks and
 bad arguments. Subprocess tests run `python -m corolla` as a user would."""
 import errno
-import importlib
 import json
 import os
 import random
@@ -18,12 +17,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from corolla import checkpoint, cli, data, runfolder
+from corolla import cli
+from corolla.data import imagefolder
+from corolla.storage import checkpoint, runfolder
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
-from corolla.train import TrainingError, build, train
+from corolla.training import TrainingError, build, train
 
-training = importlib.import_module("corolla.train")  # the module: corolla.train is also the function
+from corolla import training
 
 # 16 images: 15 train, 1 held out; batch 8 x 3 repetitions -> 5 steps an epoch
 CONFIG = preset("tiny").replace(train={"epochs": 3}, data={"repetitions": 3})
@@ -162,7 +163,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_previous_one(flow
 def _no_decoding(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("images decoded before the output folder was checked")
-    monkeypatch.setattr(data, "load_folder", refuse)
+    monkeypatch.setattr(imagefolder, "load_folder", refuse)
 
 
 def test_an_unwritable_output_folder_fails_before_training(flowers, tmp_path, monkeypatch, capsys):
@@ -297,8 +298,8 @@ def test_sigint_and_sigterm_stop_at_a_step_write_a_checkpoint_and_say_how_to_res
     step = json.loads((checkpoint.resolve(run) / "state.json").read_text())["step"]
     assert cli.main(["train", str(flowers), "--out", str(run), "--resume", "--max-steps", str(step + 1),
                      "--no-progress"]) == 0
-    folders, load_folder = [], data.load_folder
-    monkeypatch.setattr(data, "load_folder", lambda folder, *a, **k: folders.append(folder) or load_folder(folder, *a, **k))
+    folders, load_folder = [], imagefolder.load_folder
+    monkeypatch.setattr(imagefolder, "load_folder", lambda folder, *a, **k: folders.append(folder) or load_folder(folder, *a, **k))
     assert cli.main(["train", "--out", str(run), "--resume", "--max-steps", str(step + 2), "--no-progress"]) == 0
     assert folders == [str(flowers.resolve())]
     assert json.loads((checkpoint.resolve(run) / "state.json").read_text())["step"] == step + 2
@@ -363,7 +364,7 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("argv, allowed", BAD_ARGUMENTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_bad_argument_is_refused_with_what_is_allowed(argv, allowed, tiny_checkpoint, flowers, tmp_path, capsys,
                                                          monkeypatch):
-    monkeypatch.setattr(data, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
+    monkeypatch.setattr(imagefolder, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
     argv = [str(tiny_checkpoint) if a == "CKPT" else a for a in argv]
     extra = ["--out", str(tmp_path / ("run" if argv[0] == "train" else "x.png"))]
     try:
@@ -376,7 +377,7 @@ def test_a_bad_argument_is_refused_with_what_is_allowed(argv, allowed, tiny_chec
 
 
 def test_resume_refuses_options_that_would_change_the_run(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(data, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
+    monkeypatch.setattr(imagefolder, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
     run, config = tmp_path / "run", preset("tiny")
     model, optimizer = build(config, torch.device("cpu"))
     checkpoint.save_training(run, model, config, optimizer, {"step": 1, "epoch": 1, "batch_in_epoch": 0}, {})

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from corolla import cli, runfolder
+from corolla import cli
+from corolla.storage import runfolder
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from corolla import checkpoint, cli, data, runfolder
+from corolla import cli
+from corolla.data import imagefolder
+from corolla.storage import checkpoint, runfolder
 from corolla.config import preset
-from corolla.train import build, train
+from corolla.training import build, train
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -204,13 +206,13 @@ def test_a_run_inside_the_data_folder_is_never_scanned_as_data(make_flowers, tmp
     run = flowers / "runs" / "first"
     assert cli.main(["train", str(flowers), "--preset", "tiny", "--out", str(run), "--no-progress"]) == 0
     assert (run / "grid.png").is_file() and (run / "samples" / "epoch_001.png").is_file()
-    assert len(data.scan(flowers)) == 16  # the run's PNGs are not images to train on
+    assert len(imagefolder.scan(flowers)) == 16  # the run's PNGs are not images to train on
     with warnings.catch_warnings(record=True) as caught:
         assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
     assert not [w for w in caught if "image files" in str(w.message)]  # the same data: not even a warning
 
-    with pytest.raises(data.DataError, match="is a corolla run folder"):
-        data.scan(run)
+    with pytest.raises(imagefolder.DataError, match="is a corolla run folder"):
+        imagefolder.scan(run)
     before = _files(flowers)
     assert cli.main(["train", str(flowers), "--preset", "tiny", "--out", str(flowers), "--no-progress"]) == 2
     assert "is the data folder" in capsys.readouterr().err

@@ -25,15 +25,16 @@ from PIL import Image
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install 'corolla[serve]'")
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'corolla[serve]'")
 
-from corolla import checkpoint, cli, conditioning, editing, figures  # noqa: E402
+from corolla import cli, conditioning, editing, figures
+from corolla.storage import checkpoint  # noqa: E402
 from corolla.config import preset  # noqa: E402
 from corolla.diffusion import DiffusionModel  # noqa: E402
-from corolla.generate import generate  # noqa: E402
-from corolla.grids import grid_array, to_uint8  # noqa: E402
+from corolla.generation import generate  # noqa: E402
+from corolla.storage.grids import grid_array, to_uint8  # noqa: E402
 from corolla.serve.app import create_app  # noqa: E402
 from corolla.serve import photos  # noqa: E402
 from corolla.serve.engine import Engine, Limits  # noqa: E402
-from corolla.train import train  # noqa: E402
+from corolla.training import train  # noqa: E402
 from corolla.unet import UNetConfig  # noqa: E402
 from conftest import CLASSES, make_labels_matter  # noqa: E402
 

@@ -4,10 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from corolla import checkpoint, cli, data
+from corolla import cli
+from corolla.data import imagefolder
+from corolla.storage import checkpoint
 from corolla.config import preset
 from corolla.rates import ema_decay
-from corolla.train import train
+from corolla.training import train
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def test_resume_continues_the_step_count(flowers, tmp_path):
     assert json.loads((first / "state.json").read_text())["step"] == 5
     last = train(config, flowers, run, resume=True, progress=False)
     state = json.loads((last / "state.json").read_text())
-    steps_per_epoch = data.batches_per_epoch(30, 1, 8)  # 32 images, 2 held out, batch 8
+    steps_per_epoch = imagefolder.batches_per_epoch(30, 1, 8)  # 32 images, 2 held out, batch 8
     assert state["step"] == 3 * steps_per_epoch and state["epoch"] == 3
     steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     assert steps == sorted(steps) and steps[-1] == 3 * steps_per_epoch
@@ -57,7 +59,7 @@ def test_normaliser_statistics_come_from_the_training_images(flowers, tmp_path):
     config = preset("tiny").replace(data={"val_fraction": 0.0})
     folder = train(config, flowers, tmp_path / "run", progress=False, max_steps=1)
     model, _ = checkpoint.load_model(folder)
-    images, _ = data.load_folder(flowers, 16)
+    images, _ = imagefolder.load_folder(flowers, 16)
     x = images.double() / 255
     assert torch.allclose(model.normalizer.mean.flatten().double(), x.mean(dim=(0, 2, 3)), atol=1e-6)
     assert torch.allclose(model.normalizer.variance.flatten().double(), x.var(dim=(0, 2, 3), unbiased=False), atol=1e-6)
@@ -102,7 +104,7 @@ def test_keep_best_needs_eval_every(capsys):
 def test_val_data_holds_out_another_folder_and_the_whole_data_folder_trains(make_flowers, tmp_path):
     heldout = tmp_path / "heldout"
     heldout.mkdir()
-    for path in sorted(data.bundled_dir().glob("*.jpg"))[-3:]:
+    for path in sorted(imagefolder.bundled_dir().glob("*.jpg"))[-3:]:
         (heldout / path.name).write_bytes(path.read_bytes())
     args = cli.parser().parse_args(["train", str(make_flowers(16)), "--preset", "tiny", "--val-data", str(heldout)])
     config = cli.train_config(args)
@@ -111,7 +113,7 @@ def test_val_data_holds_out_another_folder_and_the_whole_data_folder_trains(make
     folder = train(config, make_flowers(16), run, progress=False, val_dir=heldout)
     state = json.loads((folder / "state.json").read_text())
     assert state["val_dir"] == str(heldout.resolve())
-    assert state["step"] == data.batches_per_epoch(16, 1, 8)  # all 16 images train, none held out
+    assert state["step"] == imagefolder.batches_per_epoch(16, 1, 8)  # all 16 images train, none held out
     val = [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
            if "val_loss" in line]
     assert len(val) == 1 and 0 < val[0] < 2

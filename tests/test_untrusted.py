@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from corolla import checkpoint, cli, metrics, safefile
+from corolla import cli, metrics
+from corolla.storage import checkpoint, safefile
 from corolla.config import preset
-from corolla.train import build
+from corolla.training import build
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})
 RESERVED = ("format", "version", "sha256")
@@ -250,8 +251,8 @@ def test_state_json_values_of_the_wrong_type_are_refused_before_training(key, va
     _sign(folder)
     with pytest.raises(checkpoint.CheckpointError, match="state.json: " + key):
         checkpoint.load_state(run)
-    from corolla import data
-    monkeypatch.setattr(data, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
+    from corolla.data import imagefolder
+    monkeypatch.setattr(imagefolder, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
     _one_line_refusal(["train", "--preset", "tiny", "--out", str(run), "--resume", "--no-progress"], capsys, message)
 
 

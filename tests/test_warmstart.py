@@ -4,12 +4,13 @@ import json
 import pytest
 import torch
 
-from corolla import checkpoint, cli, pretrained, warmstart
+from corolla import cli, warmstart
+from corolla.storage import checkpoint, pretrained
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 from corolla.config import WARM_START_LR_WARMUP
 from corolla.rates import resolve_lr_warmup
-from corolla.train import train
+from corolla.training import train
 
 from conftest import CLASSES
 

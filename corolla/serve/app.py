@@ -27,9 +27,9 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import runfolder
+from ..storage import runfolder
 from ..limits import MAX_GRID_BYTES
-from ..safefile import FileRefused, read_run_file
+from ..storage.safefile import FileRefused, read_run_file
 from . import guards, photos
 from .engine import BadRequest, Cancelled, Engine, frame_urls, grid_url, run_summary
 

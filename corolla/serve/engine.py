@@ -28,9 +28,9 @@ from PIL import Image
 from .. import editing, figures, limits, samplers
 from ..conditioning import DEFAULT_GUIDANCE
 from ..diffusion import DiffusionModel
-from ..generate import image_generator
-from ..grids import grid_array, to_uint8
-from ..labels import class_number
+from ..generation import image_generator
+from ..storage.grids import grid_array, to_uint8
+from ..data.labels import class_number
 from .guards import Invalid, stops_when
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .diffusion import DiffusionModel
-from .config import Config
-from .limits import MAX_JSON_BYTES
+from ..diffusion import DiffusionModel
+from ..config import Config
+from ..limits import MAX_JSON_BYTES
 from .safefile import read_bounded
 
-MODELS = Path(__file__).parent / "assets" / "models"
+MODELS = Path(__file__).parent.parent / "assets" / "models"
 DEFAULT = "flowers64"
 CONDITIONAL = "species64"  # the default of the commands that draw chosen classes
 CARD_FILE = "card.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .limits import KEEP_BEST_METRICS, boolean, integer, number, optional, sequence, short
+from ..limits import KEEP_BEST_METRICS, boolean, integer, number, optional, sequence, short
 from .safefile import CheckpointError
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from . import atomic
-from .limits import MAX_LOG_BYTES
+from ..limits import MAX_LOG_BYTES
 from .safefile import read_run_file
 
 

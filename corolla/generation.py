@@ -15,7 +15,7 @@ import torch
 from . import samplers
 from .conditioning import DEFAULT_GUIDANCE
 from .diffusion import DiffusionModel
-from .labels import class_number
+from .data.labels import class_number
 
 Classes = int | str | Sequence[int | str] | None  # one class (name or number) for all images, one per image, or none
 

@@ -20,14 +20,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint, conditioning, data, distributed, loggers, rundata, runfolder, runlog, warmstart
+from . import conditioning, distributed, loggers, warmstart
+from .data import imagefolder, rundata
+from .storage import checkpoint, runfolder, runlog
 from . import precision as precisions
 from .devices import resolve_device
 from .config import Config
 from .diffusion import DiffusionModel, compile_for_training
-from .generate import NotFinite, generate
+from .generation import NotFinite, generate
 from .figures import plot_training
-from .grids import save_grid
+from .storage.grids import save_grid
 from .rates import adam_epsilon, ema_decay, learning_rate, resolve_lr_warmup
 
 LOG_EVERY = 10  # steps between loss syncs (each is a host-device sync on a GPU)
@@ -203,7 +205,7 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     images for the validation loss instead of a val_fraction of data_dir. One process trains in
     a run folder at a time, and a fresh run refuses a folder holding another run's files unless
     `overwrite`, which deletes them (runfolder.claim). report_to: trackers of corolla.loggers (rank 0 logs).
-    conditional: learn the classes of the data (sub-folders, or the CSV labels_file; corolla.labels)
+    conditional: learn the classes of the data (sub-folders, or the CSV labels_file; corolla.data.labels)
     with classifier-free guidance (corolla.conditioning); a config with classes is conditional anyway.
     init_from: a new run starts from that model's weights (corolla.warmstart)."""
     loggers.check(report_to)  # before the run folder is made
@@ -296,7 +298,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
     # where the starting weights came from stays in every checkpoint of the run
     init_from = saved.get("init_from") if resuming else loaded
     config = resolve_lr_warmup(config, bool(init_from))
-    steps_per_epoch = data.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
+    steps_per_epoch = imagefolder.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
     last_step = min(tc.epochs * steps_per_epoch, max_steps or math.inf)  # where a cool-down ends
     step, epoch, batch_in_epoch = 0, 0, 0
     # the loss summed since the last log line: saved in checkpoints so a resumed run logs the same means
@@ -359,7 +361,7 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
     with _StopSignals() as stop, reporter:
         while epoch < tc.epochs:
             # -- one epoch of steps -------------------------------------------------------
-            order = data.epoch_order(run.train.shape[0], dc.repetitions, tc.seed, epoch).to(dev)
+            order = imagefolder.epoch_order(run.train.shape[0], dc.repetitions, tc.seed, epoch).to(dev)
             model.train()
             bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                        disable=not (progress and world.is_main), leave=True, dynamic_ncols=True)

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from .limits import short
+from ..limits import short
 
 
 class FileRefused(ValueError):

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors.torch import save as save_safetensors
 
-from . import atomic, safefile
+from ..storage import atomic, safefile
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 # Images declaring more pixels are refused from their header, before decoding: this bounds the
 # memory of one decode (measured: 1.2 GB at the limit, mostly resize()'s float copy).
 MAX_IMAGE_PIXELS = 64_000_000
-BUNDLED = Path(__file__).parent / "assets" / "flowers"
+BUNDLED = Path(__file__).parent.parent / "assets" / "flowers"
 CACHE_VERSION = 2  # bump when decoding changes, so old caches are not served
 
 
@@ -41,7 +41,7 @@ def bundled_dir() -> Path:
 
 
 def is_run_folder(folder: Path) -> bool:
-    """A corolla run folder: a `latest` pointer beside checkpoints/ (see corolla.checkpoint)."""
+    """A corolla run folder: a `latest` pointer beside checkpoints/ (see corolla.storage.checkpoint)."""
     return (folder / "latest").is_file() and (folder / "checkpoints").is_dir()
 
 

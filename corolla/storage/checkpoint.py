@@ -1,6 +1,6 @@
 """Checkpoints: a folder of config.json + model.safetensors (+ training state to resume).
 
-Loading reads JSON and safetensors only, bounded and checked (corolla.safefile), so a checkpoint
+Loading reads JSON and safetensors only, bounded and checked (corolla.storage.safefile), so a checkpoint
 can never execute code. Every other file's SHA-256 is recorded in config.json and the config is
 also stored inside model.safetensors, so a torn, altered or mixed-up file is a clear
 CheckpointError, never wrong weights.
@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as dump_safetensors
 
-from . import precision as precisions
+from .. import precision as precisions
 from .atomic import remove_stale_temporaries
 from .safefile import CheckpointError, HeaderCheck, read_bounded, read_tensors, read_verified
 from .trainstate import parse_state
-from .config import Config
-from .diffusion import DiffusionModel
-from .limits import MAX_ABS_WEIGHT, MAX_JSON_BYTES, MAX_PARAMETERS, json_file, short
+from ..config import Config
+from ..diffusion import DiffusionModel
+from ..limits import MAX_ABS_WEIGHT, MAX_JSON_BYTES, MAX_PARAMETERS, json_file, short
 
 FORMAT = "corolla-checkpoint"
 VERSION = 1

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from .limits import short
+from ..limits import short
 
 
 def refuse_unless_file(path: Path, what: str) -> None:

@@ -30,10 +30,10 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from .checkpoint import ensure_writable, remove_stale_temporaries
-from .data import cache_dir
-from .limits import MAX_JSON_BYTES
-from .safefile import read_bounded
+from ..storage.checkpoint import ensure_writable, remove_stale_temporaries
+from .imagefolder import cache_dir
+from ..limits import MAX_JSON_BYTES
+from ..storage.safefile import read_bounded
 
 OFFICIAL_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 URL_ENV = "COROLLA_FLOWERS102_URL"
@@ -49,7 +49,7 @@ SPLITS = ("train", "valid", "test")
 SPLIT_SOURCES = ("kaggle", "setid")
 SETID_KEYS = {"train": "trnid", "valid": "valid", "test": "tstid"}
 MARKER = ".corolla-download.json"  # written last, inside the folder that is renamed into place
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"
 IMAGE_MEMBER = re.compile(r"^jpg/image_(\d{5})\.jpg$")
 CHUNK = 1 << 20
 TIMEOUT_S = 60
