@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import samplers
 from .data import imagefolder
 from .diffusion import Denoiser, DiffusionModel
-from .generation import image_generator, sample_from_noise
+from .generation import default_grid, image_generator, sample_from_noise
 from .schedules import Schedule
 
 # Fixed-point evaluations that place the last state of an inversion (ddim_invert). On the shipped
@@ -171,11 +171,6 @@ def repaint(denoise: Denoiser, schedule: Schedule, images: torch.Tensor, fill: t
 
 
 # --- on a model: images in [0, 1], per-image seeds ----------------------------------------------
-
-def default_grid(sampler: str) -> str:
-    """The grid `corolla sample` uses for a sampler: the reference's for DDIM, log-SNR otherwise."""
-    return "uniform" if sampler == "ddim" else "logsnr"
-
 
 def _draw(generators: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)

@@ -8,6 +8,7 @@ whatever its class.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,6 +19,28 @@ from .diffusion import DiffusionModel
 from .data.labels import class_number
 
 Classes = int | str | Sequence[int | str] | None  # one class (name or number) for all images, one per image, or none
+
+
+def default_grid(sampler: str) -> str:
+    """The time grid a sampler uses unless one is chosen: the reference's for DDIM, log-SNR for the
+    multistep solvers (whose error terms favour equal steps in log-SNR)."""
+    return "uniform" if sampler == "ddim" else "logsnr"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How images are drawn from a model, with the defaults every command starts from (a command
+    may start from its own, e.g. inpainting's 50 stochastic steps). grid None: default_grid."""
+    steps: int = 20
+    sampler: str = "ddim"
+    grid: str | None = None
+    eta: float = 0.0
+    batch_size: int = 64
+    seed: int = 0
+
+    @property
+    def time_grid(self) -> str:
+        return self.grid or default_grid(self.sampler)
 
 
 class NotFinite(ValueError):

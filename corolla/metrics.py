@@ -33,7 +33,7 @@ from .storage import checkpoint
 from . import inception as inception_module
 from .data.imagefolder import cache_dir
 from .diffusion import DiffusionModel
-from .generation import generate, image_generator
+from .generation import SamplingSettings, generate, image_generator
 from .storage.grids import save_grid
 
 # --- FID ------------------------------------------------------------------------------------
@@ -330,11 +330,12 @@ def closest_pairs(generated: torch.Tensor, train: torch.Tensor, distances: torch
 @dataclass(frozen=True)
 class EvalSettings:
     samples: int = 256            # generated images per evaluation
-    steps: int = 20               # sampler steps (the reference's KID uses 5 during training)
-    sampler: str = "ddim"
-    eta: float = 0.0
-    seed: int = 0                 # generation, held-out noise, SWD and KID subsets all derive from it
-    batch_size: int = 64
+    # sampling as every command samples (the reference's KID uses 5 steps during training)
+    steps: int = SamplingSettings.steps
+    sampler: str = SamplingSettings.sampler
+    eta: float = SamplingSettings.eta
+    seed: int = SamplingSettings.seed  # generation, held-out noise, SWD and KID subsets all derive from it
+    batch_size: int = SamplingSettings.batch_size
     kid_subsets: int = 100
     kid_subset_size: int = 1000   # clipped to the number of images
     train_loss_images: int = 64   # training images scored on the loss grid, beside the held-out ones

@@ -193,6 +193,27 @@ def micro_batch_size(config: Config, world: distributed.World) -> int:
     return config.train.batch_size // slots
 
 
+# what a resumed run may change: its length and how it runs, not what it learns
+RESUMABLE = frozenset({"epochs", "accumulate", "channels_last", "compile", "precision", "sync_bn", "eval_every",
+                       "eval_samples", "eval_steps", "keep_best"})
+
+
+def resumed_config(saved: Config, wanted: Config) -> Config:
+    """The config a resumed run continues with: `wanted`, which may differ from the run's `saved`
+    one only in RESUMABLE fields. What the run derives from its data (class counts) is not compared,
+    and a learning-rate warm-up left unset keeps the saved one."""
+    if wanted.train.lr_warmup is None:
+        wanted = wanted.replace(train={"lr_warmup": saved.train.lr_warmup})
+    new, have = wanted.to_dict(), saved.to_dict()
+    changed = [f"{part}.{key}" for part in ("data", "train") for key, value in new[part].items()
+               if value != have[part][key] and key not in RESUMABLE | {"class_counts"}]
+    if changed:
+        raise ValueError(f"a resumed run continues with its saved config; only "
+                         f"{', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))} may change, "
+                         f"not {', '.join(changed)}")
+    return wanted
+
+
 def train(config: Config, data_dir: str | Path | None = None, out: str | Path = "runs/train",
           device: str = "auto", resume: bool = False, progress: bool = True, max_steps: int | None = None,
           log=print, val_dir: str | Path | None = None, overwrite: bool = False,
@@ -287,6 +308,8 @@ def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: di
     tc, dc = config.train, config.data
     micro = micro_batch_size(config, world)
     resuming = resume and (run_dir / "latest").exists()
+    if resuming:
+        config = resumed_config(checkpoint.load_config(checkpoint.resolve(run_dir)), config)
     saved = checkpoint.load_state(run_dir) if resuming else {}
     # the run's own images unless others are given, and never other images than it trained on
     data_dir, val_dir = data_dir or saved.get("data_dir"), val_dir or saved.get("val_dir")

@@ -195,7 +195,8 @@ def test_compile_ema_runs_the_ema_network_through_the_compiler(traced):
 
 def test_training_and_sampling_default_to_channels_last(tmp_path):
     """The faster layout is the default (README Performance); --no-channels-last trains in NCHW."""
-    from corolla.cli import load_model_for, parser
+    from corolla.cli import parser
+    from corolla.cli.options import load_model_for
     from corolla.training import build
 
     assert _is_channels_last(build(CONFIG, torch.device("cpu"))[0])

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from corolla import cli, cli_classes, conditioning, figures, samplers
+from corolla import cli, conditioning, figures, samplers
+from corolla.cli import classes as cli_classes
 from corolla.data import imagefolder, labels
 from corolla.storage import checkpoint
 from corolla.config import Config, preset

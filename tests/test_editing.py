@@ -322,7 +322,7 @@ def test_interpolate_mixes_seeds_and_photos_in_command_line_order(model, checkpo
 
 def test_interpolate_between_seeds_on_the_new_path_makes_the_old_path_s_frames(model, checkpoint_dir, tmp_path,
                                                                                 capsys):
-    # --each routes seed pairs through cli_edit; the frames must be figures.interpolate's
+    # --each routes seed pairs through corolla.cli.edit; the frames must be figures.interpolate's
     code, _, err = run(["interpolate", checkpoint_dir, "--seeds", "3", "7", "--frames", "3", "--steps", "4",
                         "--precision", "fp32", "--out", tmp_path / "i.png", "--each", tmp_path / "frames"], capsys)
     assert code == 0, err

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from corolla import cli, figures, limits
+from corolla.cli import options
 from corolla.data import imagefolder
 from corolla.config import Config, DataConfig, TrainConfig, preset
 from corolla.unet import UNet, UNetConfig
@@ -165,4 +166,4 @@ def test_a_huge_grid_of_samples_is_bounded_before_work():
     with pytest.raises(ValueError, match="at most 1,398,101 at this size"):
         limits.check_held_images(10 ** 7, 16, "-n")
     limits.check_held_images(1_398_101, 16, "-n")
-    assert cli.whole_number(1, limits.MAX_IMAGES)("10000000") == 10 ** 7
+    assert options.whole_number(1, limits.MAX_IMAGES)("10000000") == 10 ** 7

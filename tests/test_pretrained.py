@@ -16,6 +16,7 @@ from PIL import Image
 
 import corolla
 from corolla import cli
+from corolla.cli import options
 from corolla.storage import pretrained
 from corolla.generation import generate
 from corolla.unet import count_parameters
@@ -94,17 +95,17 @@ def _args(checkpoint=None, model=None):
 
 
 def test_model_option_picks_each_shipped_model_and_refuses_others(tmp_path, capsys, monkeypatch):
-    assert cli.checkpoint_path(_args("runs/x")) == "runs/x"
-    assert cli.checkpoint_path(_args()) == str(pretrained.path(pretrained.DEFAULT))
+    assert options.checkpoint_path(_args("runs/x")) == "runs/x"
+    assert options.checkpoint_path(_args()) == str(pretrained.path(pretrained.DEFAULT))
     for name in SHIPPED:
-        assert cli.checkpoint_path(_args(model=name)) == str(pretrained.MODELS / name)
+        assert options.checkpoint_path(_args(model=name)) == str(pretrained.MODELS / name)
         out = tmp_path / f"{name}.png"
         assert cli.main(["sample", "--model", name, "-n", "1", "--steps", "1", "--out", str(out)]) == 0
         size = corolla.load_pretrained(name)[1].data.image_size
         with Image.open(out) as image:
             assert image.size[1] == size + 2 * 2  # one image and the grid's 2-pixel border
     with pytest.raises(ValueError, match="not both"):
-        cli.checkpoint_path(_args("runs/x", SHIPPED[0]))
+        options.checkpoint_path(_args("runs/x", SHIPPED[0]))
     assert cli.main(["sample", "--model", "roses", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "no shipped model named 'roses'" in err and SHIPPED[0] in err
@@ -116,9 +117,9 @@ def test_model_option_picks_each_shipped_model_and_refuses_others(tmp_path, caps
 def test_class_commands_default_to_the_shipped_conditional_model(tmp_path, capsys):
     conditional = str(pretrained.path(pretrained.CONDITIONAL))
     assert corolla.load_pretrained(pretrained.CONDITIONAL)[1].unet.classes
-    assert cli.checkpoint_path(argparse.Namespace(checkpoint=None, model=None, classes=["rose"])) == conditional
-    assert cli.checkpoint_path(argparse.Namespace(checkpoint=None, model=None, lists_classes=True)) == conditional
-    assert cli.checkpoint_path(argparse.Namespace(checkpoint=None, model=None, classes=None)) == \
+    assert options.checkpoint_path(argparse.Namespace(checkpoint=None, model=None, classes=["rose"])) == conditional
+    assert options.checkpoint_path(argparse.Namespace(checkpoint=None, model=None, lists_classes=True)) == conditional
+    assert options.checkpoint_path(argparse.Namespace(checkpoint=None, model=None, classes=None)) == \
         str(pretrained.path(pretrained.DEFAULT))
     out = tmp_path / "sunflowers.png"
     assert cli.main(["sample", "--class", "sunflower", "-n", "1", "--steps", "1", "--out", str(out)]) == 0

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from corolla import cli
+from corolla.cli import train as cli_train
 from corolla.storage import checkpoint
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel, min_snr_weights
@@ -87,9 +88,9 @@ def test_min_snr_gamma_weights_each_images_error_and_zero_is_the_reference_loss(
 
 def test_the_command_takes_the_recipe_options_and_refuses_bad_values(capsys):
     args = cli.parser().parse_args(["train", "--lr-cooldown", "100", "--hflip", "--min-snr-gamma", "5"])
-    train_config = cli.train_config(args).train
+    train_config = cli_train.train_config(args).train
     assert (train_config.lr_cooldown, train_config.hflip, train_config.min_snr_gamma) == (100, True, 5.0)
-    assert cli.train_config(cli.parser().parse_args(["train"])).train.hflip is False
+    assert cli_train.train_config(cli.parser().parse_args(["train"])).train.hflip is False
     for bad in (["--min-snr-gamma", "-1"], ["--min-snr-gamma", "nan"], ["--lr-cooldown", "-3"]):
         with pytest.raises(SystemExit) as stop:
             cli.parser().parse_args(["train", *bad])

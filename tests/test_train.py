@@ -5,11 +5,12 @@ import torch
 from PIL import Image
 
 from corolla import cli
+from corolla.cli import train as cli_train
 from corolla.data import imagefolder
 from corolla.storage import checkpoint
 from corolla.config import preset
 from corolla.rates import ema_decay
-from corolla.training import train
+from corolla.training import resumed_config, train
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,23 @@ def test_resume_continues_the_step_count(flowers, tmp_path):
     assert state["step"] == 3 * steps_per_epoch and state["epoch"] == 3
     steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     assert steps == sorted(steps) and steps[-1] == 3 * steps_per_epoch
+
+
+def test_a_resumed_run_may_change_how_long_and_how_it_runs_but_not_what_it_learns():
+    saved = preset("tiny").replace(train={"lr_warmup": 0, "precision": "fp32"})
+    longer = saved.replace(train={"epochs": 9, "precision": "auto", "lr_warmup": None})
+    assert resumed_config(saved, longer) == saved.replace(train={"epochs": 9, "precision": "auto"})
+    with pytest.raises(ValueError, match=r"may change, not data.image_size, train.lr$"):
+        resumed_config(saved, saved.replace(train={"lr": 0.5}, data={"image_size": 32}))
+
+
+def test_the_library_refuses_a_resume_that_would_change_the_run(flowers, tmp_path):
+    config = preset("tiny").replace(train={"epochs": 3})
+    run = tmp_path / "run"
+    train(config, flowers, run, progress=False, max_steps=1)
+    with pytest.raises(ValueError, match="not train.batch_size"):
+        train(config.replace(train={"batch_size": 4}), flowers, run, resume=True, progress=False)
+    assert json.loads((checkpoint.resolve(run) / "state.json").read_text())["step"] == 1  # left as it was
 
 
 def test_normaliser_statistics_come_from_the_training_images(flowers, tmp_path):
@@ -107,7 +125,7 @@ def test_val_data_holds_out_another_folder_and_the_whole_data_folder_trains(make
     for path in sorted(imagefolder.bundled_dir().glob("*.jpg"))[-3:]:
         (heldout / path.name).write_bytes(path.read_bytes())
     args = cli.parser().parse_args(["train", str(make_flowers(16)), "--preset", "tiny", "--val-data", str(heldout)])
-    config = cli.train_config(args)
+    config = cli_train.train_config(args)
     assert config.data.val_fraction == 0.0
     run = tmp_path / "run"
     folder = train(config, make_flowers(16), run, progress=False, val_dir=heldout)
@@ -122,4 +140,4 @@ def test_val_data_holds_out_another_folder_and_the_whole_data_folder_trains(make
     assert json.loads((folder / "state.json").read_text())["val_dir"] == str(heldout.resolve())
     bad = cli.parser().parse_args(["train", "--val-data", str(heldout), "--val-fraction", "0.1"])
     with pytest.raises(ValueError, match="give one"):
-        cli.train_config(bad)
+        cli_train.train_config(bad)

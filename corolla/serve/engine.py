@@ -28,7 +28,7 @@ from PIL import Image
 from .. import editing, figures, limits, samplers
 from ..conditioning import DEFAULT_GUIDANCE
 from ..diffusion import DiffusionModel
-from ..generation import image_generator
+from ..generation import default_grid, image_generator
 from ..storage.grids import grid_array, to_uint8
 from ..data.labels import class_number
 from .guards import Invalid, stops_when
@@ -84,7 +84,7 @@ def _sampler(params: dict) -> tuple[str, str, float]:
     """-> (sampler, time grid, eta), with `corolla sample`'s defaults: the uniform grid for DDIM,
     log-SNR for the others, and eta > 0 for DDIM only (the others are deterministic)."""
     sampler = _choice(params, "sampler", samplers.SAMPLERS, "ddim")
-    grid = _choice(params, "grid", samplers.GRIDS, editing.default_grid(sampler))
+    grid = _choice(params, "grid", samplers.GRIDS, default_grid(sampler))
     eta = _number(params, "eta", 0.0, 1.0, 0.0)
     if eta > 0 and sampler != "ddim":
         raise BadRequest(f"eta {eta:g} needs the ddim sampler: {sampler} is deterministic (eta 0)")

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import math
 
-from . import limits, samplers
-from .storage import outputs
-from .storage.atomic import replacing
-from .cli import add_model_options, batch_size, checkpoint_path, eta, path_text, seed, steps, whole_number
-from .inception import weights_help
-from .metrics import EvalSettings, evaluate_checkpoint
+from .. import limits
+from ..storage import outputs
+from ..storage.atomic import replacing
+from .options import add_model_options, add_sampling, checkpoint_path, path_text, whole_number
+from ..inception import weights_help
+from ..metrics import EvalSettings, evaluate_checkpoint
 
 # (key, label, format); None values print as what they need
 ROWS = [
@@ -36,13 +36,8 @@ def register(sub) -> None:
                    help="images the model never saw, for the held-out figures (default: the --data split's held-out share)")
     p.add_argument("--samples", type=whole_number(1, limits.MAX_EVAL_SAMPLES), default=EvalSettings.samples,
                    help="images to generate (default %(default)s)")
-    p.add_argument("--steps", type=steps, default=EvalSettings.steps,
-                   help="sampler steps (default %(default)s)")
-    p.add_argument("--sampler", default=EvalSettings.sampler, choices=sorted(samplers.SAMPLERS))
-    p.add_argument("--eta", type=eta, default=0.0, help="0: deterministic DDIM; 1: DDPM-like noise")
-    p.add_argument("--seed", type=seed, default=EvalSettings.seed,
-                   help="seeds generation, the held-out noise, SWD and KID subsets (default %(default)s)")
-    p.add_argument("--batch-size", type=batch_size, default=EvalSettings.batch_size)
+    add_sampling(p, ("steps", "sampler", "eta", "seed", "batch_size"),
+                 seed="seeds generation, the held-out noise, SWD and KID subsets")
     p.add_argument("--json", type=path_text, default="evaluation.json", metavar="OUT",
                    help="JSON file to write (default %(default)s)")
     p.add_argument("--pairs", type=path_text, default="nearest_pairs.png", metavar="PNG",
@@ -75,7 +70,7 @@ def with_reasons(results: dict) -> dict:
     return {**out, "not_computed": reasons}
 
 
-def format_table(results: dict) -> str:
+def results_table(results: dict) -> str:
     width = max(len(label) for _, label, _ in ROWS)
     lines = [f"{results['checkpoint']}: {results['samples']} images, {results['steps']} {results['sampler']} steps, "
              f"seed {results['seed']}; {results['train_images']} training / {results['heldout_images']} held-out images"]
@@ -101,7 +96,7 @@ def run_evaluate(args) -> int:
     if results is None:  # a torchrun process other than rank 0: its images went to rank 0
         return 0
     results = with_reasons(results)
-    print(format_table(results))
+    print(results_table(results))
     if results["kid"] is None:
         print(f"KID and FID skipped: {weights_help()}")
     text = json.dumps(results, indent=2, allow_nan=False) + "\n"

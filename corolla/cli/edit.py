@@ -11,14 +11,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import editing, figures, limits, samplers
-from .storage import outputs
-from .storage.atomic import replacing
-from .cli import add_model_options, batch_size, eta, load_model_for, path_text, seed, steps, whole_number
-from .generation import initial_noise
-from .storage.grids import save_each, save_grid
+from .. import editing, figures, limits
+from ..storage import outputs
+from ..storage.atomic import replacing
+from ..generation import SamplingSettings, initial_noise
+from .options import (add_model_options, add_out, add_sampling, load_model_for, path_text, sampling_settings, steps,
+                      whole_number)
+from ..storage.grids import save_each, save_grid
 
 HOLE_GREY = 0.5  # how the figure shows the pixels to fill
+# inpainting walks RePaint's stochastic DDPM-like steps on the reference's grid; inversion runs
+# deterministic DDIM backwards, most exactly on the log-SNR grid
+INPAINTING = SamplingSettings(steps=50, eta=1.0, grid="uniform")
+INVERSION = SamplingSettings(steps=50, grid="logsnr")
 
 
 def _load(args):
@@ -93,7 +98,7 @@ def run_edit(args) -> int:
     size = config.data.image_size
     count = len(paths) * args.num_images
     limits.check_held_images(count * (len(levels) + 1), size, "photos x -n x strengths")
-    grid = args.grid or editing.default_grid(args.sampler)
+    grid = sampling_settings(args).time_grid
     rows = [f"{_name(p)} #{v}" if args.num_images > 1 else _name(p) for p in paths for v in range(args.num_images)]
     columns = ["input"] + [f"strength {strength:g}" for strength in levels]
     title = f"SDEdit: {args.sampler}, {args.steps} steps on the {grid} grid, seed {args.seed} ({config.preset})"
@@ -234,12 +239,11 @@ def _add_photos(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
     p.add_argument("images", nargs="*", metavar="IMAGE",
                    help="image files, any size and mode (centre-cropped if not square, resized to the model's size)")
-    p.add_argument("--batch-size", type=batch_size, default=64)
+    add_sampling(p, ("batch_size",))
 
 
 def _add_outputs(p: argparse.ArgumentParser, out: str, figure_help: str) -> None:
-    p.add_argument("--out", type=path_text, help=f"grid PNG of the results (default {out}; none with only "
-                                                 f"--each or --figure)")
+    add_out(p, None, f"grid PNG of the results (default {out}; none with only --each or --figure)")
     p.add_argument("--each", metavar="DIR", type=path_text, help="write one PNG per result into DIR, named by index")
     p.add_argument("--figure", metavar="PATH", type=path_text, help=figure_help)
 
@@ -251,12 +255,8 @@ def register(sub) -> None:
                    help="diffusion time in [0, 1] to noise to (0: the photo, 1: plain sampling), or a list: 0,0.5,1")
     p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_BATCH), default=1,
                    help="seeded variations per photo")
-    p.add_argument("--steps", type=steps, default=20,
-                   help="steps of the whole grid; an edit runs the part below its strength")
-    p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--sampler", default="ddim", choices=sorted(samplers.SAMPLERS))
-    p.add_argument("--grid", choices=sorted(samplers.GRIDS), help="default: uniform for ddim, logsnr otherwise")
-    p.add_argument("--eta", type=eta, default=0.0, help="ddim only: 0 deterministic, 1 DDPM-like noise")
+    add_sampling(p, ("steps", "seed", "sampler", "grid", "eta"),
+                 steps="steps of the whole grid; an edit runs the part below its strength")
     _add_outputs(p, "edits.png", "also draw a labelled figure: each photo, then its edit at each strength")
     p.set_defaults(func=run_edit)
 
@@ -267,24 +267,20 @@ def register(sub) -> None:
     where.add_argument("--box", metavar="X,Y,W,H", type=box, help="fill this rectangle (the photo's pixels, from the top left)")
     p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_BATCH), default=1,
                    help="seeded fills per photo")
-    p.add_argument("--steps", type=steps, default=50)
+    add_sampling(p, ("steps",), INPAINTING)
     p.add_argument("--resample", type=whole_number(1, 100), default=5,
                    help="RePaint's R: times each stretch of the walk is redone (1: plain replacement)")
     p.add_argument("--jump", type=steps, default=5, help="RePaint's J: grid steps of each jump back")
-    p.add_argument("--eta", type=eta, default=1.0, help="noise of the reverse steps (1: DDPM's, as RePaint)")
-    p.add_argument("--grid", choices=sorted(samplers.GRIDS), default="uniform")
-    p.add_argument("--seed", type=seed, default=0)
+    add_sampling(p, ("eta", "grid", "seed"), INPAINTING, eta="noise of the reverse steps (1: DDPM's, as RePaint)")
     _add_outputs(p, "inpainted.png", "also draw a labelled figure: each photo, the region to fill, the fills")
     p.set_defaults(func=run_inpaint)
 
     p = sub.add_parser("invert", help="DDIM inversion: the initial noise from which DDIM gives back the photo")
     _add_photos(p)
-    p.add_argument("--steps", type=steps, default=50)
-    p.add_argument("--grid", choices=sorted(samplers.GRIDS), default="logsnr")
+    add_sampling(p, ("steps", "grid"), INVERSION)
     p.add_argument("--refine", type=whole_number(0, limits.MAX_STEPS), default=editing.INVERT_REFINE,
                    help="evaluations placing the last state (fixed point; default %(default)s)")
-    p.add_argument("--out", type=path_text, default="noise.safetensors",
-                   help="safetensors file of the noises (key 'noise')")
+    add_out(p, "noise.safetensors", "safetensors file of the noises (key 'noise')")
     p.add_argument("--reconstruction", metavar="PNG", type=path_text, help="also write the decoded noises as a grid")
     p.add_argument("--each", metavar="DIR", type=path_text, help="also write each decoded noise as a PNG, named by index")
     p.set_defaults(func=run_invert)

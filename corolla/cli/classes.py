@@ -2,11 +2,11 @@
 `corolla class-grid` draws a figure of them (one labelled row per class)."""
 from __future__ import annotations
 
-from . import conditioning
-from .storage import checkpoint, outputs
-from .cli import (add_model_options, checkpoint_path, guidance, load_model_for, path_text, seed, steps,
-                  whole_number)
-from .config import Config
+from .. import conditioning
+from ..config import Config
+from ..storage import checkpoint, outputs
+from .options import (add_model_options, add_out, add_sampling, checkpoint_path, guidance, load_model_for, path_text,
+                      whole_number)
 
 GRID_CLASSES = 8  # rows of class-grid when no --class is given
 
@@ -26,13 +26,12 @@ def register(sub) -> None:
     p.add_argument("-n", "--num-images", type=whole_number(1, 32), default=8, help="images per row (default 8)")
     p.add_argument("--guidance", type=guidance, default=conditioning.DEFAULT_GUIDANCE,
                    help=f"classifier-free guidance (default {conditioning.DEFAULT_GUIDANCE:g})")
-    p.add_argument("--steps", type=steps, default=20, help="DDIM steps (default 20)")
-    p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--out", type=path_text, default="classes.png", help="PNG to write (default classes.png)")
+    add_sampling(p, ("steps", "seed"), steps="DDIM steps")
+    add_out(p, "classes.png", "PNG to write")
     p.set_defaults(func=run_class_grid, lists_classes=True)
 
 
-def format_table(config: Config) -> str:
+def class_table(config: Config) -> str:
     """One line per class: its number, name and training images, then the totals."""
     classes, counts = config.unet.classes, config.data.class_counts
     rows = [("number", "name", "training images")]
@@ -50,7 +49,7 @@ def run_classes(args) -> int:
     if not config.unet.classes:
         raise ValueError(f"{folder} is not class-conditional (it was trained without --conditional): it has no "
                          f"classes; sample it without --class")
-    print(format_table(config))
+    print(class_table(config))
     return 0
 
 
@@ -61,8 +60,8 @@ def spread(count: int, rows: int = GRID_CLASSES) -> list[int]:
 
 def run_class_grid(args) -> int:
     import torch
-    from .figures import save_labelled_grid
-    from .generation import class_labels, generate
+    from ..figures import save_labelled_grid
+    from ..generation import class_labels, generate
     out = outputs.check_file(args.out, "--out")  # before the sampling it would waste
     model, config, _ = load_model_for(args)
     names = config.unet.classes

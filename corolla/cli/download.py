@@ -1,7 +1,7 @@
 """`corolla download flowers102 DIR`: fetch, verify and lay out a data set as one folder per class."""
 from __future__ import annotations
 
-from .data.download import OFFICIAL_URL, SPLIT_SOURCES, SPLITS, URL_ENV, download_flowers102, downloads_dir
+from ..data.download import OFFICIAL_URL, SPLIT_SOURCES, SPLITS, URL_ENV, download_flowers102, downloads_dir
 
 
 def register(sub) -> None:

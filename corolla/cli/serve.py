@@ -6,8 +6,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import limits
-from .cli import add_model_options, checkpoint_path, load_model_for, path_text, whole_number
+from .. import limits
+from .options import add_model_options, checkpoint_path, load_model_for, path_text, whole_number
 
 INSTALL = "pip install 'corolla[serve]'"
 
@@ -40,9 +40,9 @@ def listen(host: str, port: int) -> socket.socket:
 def run_serve(args) -> int:
     try:
         import uvicorn
-        from .serve import guards
-        from .serve.app import create_app
-        from .serve.engine import Engine, Limits
+        from ..serve import guards
+        from ..serve.app import create_app
+        from ..serve.engine import Engine, Limits
     except ImportError as error:
         raise ValueError(f"corolla serve needs the web app extra ({error.name} is missing): {INSTALL}") from None
     run_dir = Path(args.run) if args.run else None

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import figures, limits
-from .data import imagefolder
-from .storage import outputs
-from .cli import add_model_options, load_model_for, path_text, positive_int, seed, steps, whole_number
-from . import samplers
-from .cli_edit import OrderedEnds, run_interpolate_ends
+from .. import figures, limits
+from ..data import imagefolder
+from ..storage import outputs
+from .options import add_model_options, add_out, add_sampling, load_model_for, path_text, positive_int, seed, whole_number
+from .edit import OrderedEnds, run_interpolate_ends
 
 DEFAULT_NOISING_TIMES = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 
@@ -103,7 +102,7 @@ def run_interpolate(args) -> int:
 
 
 def run_trajectory(args) -> int:
-    from .generation import initial_noise
+    from ..generation import initial_noise
     outputs.check_file(args.out, "--out")
     model, config = _load(args)
     size = config.data.image_size
@@ -116,7 +115,7 @@ def run_trajectory(args) -> int:
 
 
 def run_progress(args) -> int:
-    from .storage.checkpoint import load_config, resolve
+    from ..storage.checkpoint import load_config, resolve
     outputs.check_file(args.out, "--out")
     config = load_config(resolve(args.run))
     images, epochs = figures.learning_progress(args.run, config.data.image_size, config.train.grid_images,
@@ -129,7 +128,7 @@ def run_progress(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("schedules", help="plot signal and noise rates of the linear, cosine and offset cosine schedules")
-    p.add_argument("--out", type=path_text, default="schedules.png")
+    add_out(p, "schedules.png", "PNG to write")
     p.set_defaults(func=run_schedules)
 
     p = sub.add_parser("noising", help="one image noised at a row of times under each schedule")
@@ -137,8 +136,8 @@ def register(sub) -> None:
     p.add_argument("--times", type=time_list, default=time_list(DEFAULT_NOISING_TIMES),
                    help=f"comma-separated diffusion times (default {DEFAULT_NOISING_TIMES})")
     p.add_argument("--size", type=whole_number(1, limits.MAX_IMAGE_SIZE), default=64, help="image side in pixels")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the added noise")
-    p.add_argument("--out", type=path_text, default="noising.png")
+    add_sampling(p, ("seed",), seed="seed of the added noise")
+    add_out(p, "noising.png", "PNG to write")
     p.set_defaults(func=run_noising)
 
     p = sub.add_parser("sweep", help="the same noises sampled with several step counts, timed")
@@ -146,8 +145,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int_list, default=int_list("1,2,3,5,10,20,50"),
                    help="comma-separated DDIM step counts (default 1,2,3,5,10,20,50)")
     p.add_argument("-n", "--num-images", type=positive_int, default=8)
-    p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--out", type=path_text, default="sweep.png")
+    add_sampling(p, ("seed",))
+    add_out(p, "sweep.png", "PNG to write")
     p.set_defaults(func=run_sweep)
 
     p = sub.add_parser("interpolate", help="spherical interpolation between the initial noises of two seeds")
@@ -157,28 +156,27 @@ def register(sub) -> None:
     p.add_argument("--images", nargs="+", metavar="IMAGE", action=OrderedEnds,
                    help="photos as ends, inverted with DDIM; with --seeds, ends pair up in command-line order "
                         "(--seeds 3 --images b.jpg: seed 3 -> b.jpg)")
-    p.add_argument("--grid", choices=sorted(samplers.GRIDS),
-                   help="time grid of the DDIM steps (default: uniform, as corolla sample; logsnr with --images)")
+    add_sampling(p, ("grid",), grid="time grid of the DDIM steps (default: uniform, as corolla sample; logsnr with "
+                                   "--images)")
     p.add_argument("--each", metavar="DIR", help="also write one PNG per frame into DIR")
     p.add_argument("--frames", type=whole_number(2, 1000), default=10, help="images per row, ends included")
-    p.add_argument("--steps", type=steps, default=20, help="DDIM steps, as corolla sample's --steps")
-    p.add_argument("--batch-size", type=whole_number(1, limits.MAX_BATCH), default=64)
+    add_sampling(p, ("steps", "batch_size"), steps="DDIM steps, as corolla sample's --steps")
     p.add_argument("--gif", metavar="PATH", type=path_text, help="also write an animated GIF")
-    p.add_argument("--out", type=path_text, default="interp.png")
+    add_out(p, "interp.png", "PNG to write")
     p.set_defaults(func=run_interpolate)
 
     p = sub.add_parser("trajectory", help="predicted and noisy image after every reverse step")
     add_model_options(p)
-    p.add_argument("--seed", type=seed, default=0)
+    add_sampling(p, ("seed",))
     p.add_argument("--index", type=whole_number(0, limits.MAX_IMAGES), default=0, help="which image of the seed")
-    p.add_argument("--steps", type=steps, default=20, help="DDIM steps")
+    add_sampling(p, ("steps",), steps="DDIM steps")
     p.add_argument("--per-row", type=positive_int, default=10, help="steps per band of the figure")
-    p.add_argument("--out", type=path_text, default="traj.png")
+    add_out(p, "traj.png", "PNG to write")
     p.set_defaults(func=run_trajectory)
 
     p = sub.add_parser("progress", help="a training run's per-epoch sample grids side by side: how it learned")
     p.add_argument("run", type=path_text, help="run folder (holds samples/epoch_NNN.png)")
     p.add_argument("--epochs", type=int_list, help="comma-separated epochs (default: every epoch with a grid)")
     p.add_argument("--images", type=whole_number(1, 64), default=8, help="images of each grid, one row per epoch")
-    p.add_argument("--out", type=path_text, default="progress.png")
+    add_out(p, "progress.png", "PNG to write")
     p.set_defaults(func=run_progress)

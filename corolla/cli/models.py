@@ -1,7 +1,7 @@
 """`corolla models`: the shipped models, chosen elsewhere with --model NAME."""
 from __future__ import annotations
 
-from .storage import pretrained
+from ..storage import pretrained
 
 
 def register(sub) -> None:
@@ -9,7 +9,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_models)
 
 
-def format_table(rows: list[dict]) -> str:
+def models_table(rows: list[dict]) -> str:
     header = ("name", "resolution", "classes", "steps", "images seen", "size", "data")
     lines = [[f"{r['name']}{' (default)' if r['default'] else ''}", f"{r['image_size']}x{r['image_size']}",
               f"{r['classes']}" if r["classes"] else "-",
@@ -22,5 +22,5 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_models(args) -> int:
-    print(format_table([pretrained.describe(name) for name in pretrained.names()]))
+    print(models_table([pretrained.describe(name) for name in pretrained.names()]))
     return 0

@@ -1,0 +1,78 @@
+"""`corolla sample`: images from a model, as one grid, one PNG each, or one row per class."""
+from __future__ import annotations
+
+from .. import conditioning, distributed, limits
+from ..storage import outputs
+from .options import (add_model_options, add_out, add_progress, add_sampling, guidance, load_model_for, path_text,
+                      sampling_settings, whole_number)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sample", help="generate images from a checkpoint")
+    add_model_options(p)
+    p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_IMAGES), default=64,
+                   help="images to make (a grid holds them all in memory; --each alone streams them)")
+    add_sampling(p)
+    add_out(p, None, "grid PNG to write (default samples.png; none with --each alone)")
+    p.add_argument("--each", metavar="DIR", type=path_text,
+                   help="write one PNG per image into DIR, each as soon as its batch is made")
+    p.add_argument("--class", dest="classes", action="append", metavar="CLASS",
+                   help="a class of a conditional model, by name or number (`corolla classes` lists them); "
+                        "repeat for one row of -n images each; none: unconditional. Without a checkpoint or "
+                        "--model: the shipped conditional model")
+    p.add_argument("--guidance", type=guidance,
+                   help="with --class: classifier-free guidance, 0 unconditional, 1 the conditional model, more "
+                        f"follows the class more closely at the cost of variety (default {conditioning.DEFAULT_GUIDANCE:g})")
+    add_progress(p)
+    p.set_defaults(func=run_sample)
+
+
+def run_sample(args) -> int:
+    import torch
+    from tqdm import tqdm
+    from ..devices import resolve_device
+    from ..generation import class_labels
+    from ..storage.grids import save_each, save_grid
+    if args.guidance is not None and not args.classes:
+        raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
+    # every output is checked before any work: an unwritable one must not cost the sampling
+    grid = outputs.check_file(args.out or "samples.png", "--out") if args.out or not args.each else None
+    each = outputs.check_folder(args.each, "--each") if args.each else None
+    settings = sampling_settings(args)
+    world, device = distributed.init(resolve_device(args.device))
+    model, config, _ = load_model_for(args, device)
+    size = config.data.image_size
+    # one row of -n images per --class (image j of every row starts from the same noise); checked now
+    rows = [class_labels(model, name, 1) for name in args.classes] if args.classes else [None]
+    guided = conditioning.DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    stream = each is not None and not world.distributed  # under torchrun, rank 0 writes all once gathered
+    if grid is not None or not stream:
+        limits.check_held_images(args.num_images * len(rows), size, "-n (a grid holds every image; --each DIR "
+                                 "without --out writes them one batch at a time)", model.network.config.channels)
+    share = distributed.shard(args.num_images, world)
+    bar = tqdm(total=len(share) * len(rows), desc="sampling", unit="image", dynamic_ncols=True,
+               disable=args.no_progress or not world.is_main)
+    prefixes = ["" if number is None else f"class{number}-" for number in rows]  # image j of class c: classC-0000j.png
+    kept = []
+    for number, prefix in zip(rows, prefixes):
+        def made(first: int, images, prefix=prefix) -> None:
+            if stream:
+                save_each(images, each, start=first, prefix=prefix)
+            bar.update(len(images))
+        kept.append(distributed.generate_all(model, args.num_images, on_batch=made,
+                                             keep=grid is not None or not stream, steps=settings.steps,
+                                             seed=settings.seed, sampler=settings.sampler, eta=settings.eta,
+                                             batch_size=settings.batch_size, image_size=size, classes=number,
+                                             guidance=guided, grid=settings.time_grid))
+    bar.close()
+    distributed.shutdown(world)
+    if not world.is_main:
+        return 0
+    if grid is not None:
+        print(f"wrote {save_grid(torch.cat(kept), grid, ncol=args.num_images if args.classes else None)}")
+    if each is not None:
+        if not stream:
+            for prefix, images in zip(prefixes, kept):
+                save_each(images, each, prefix=prefix)
+        print(f"wrote {args.num_images * len(rows)} images to {each}")
+    return 0

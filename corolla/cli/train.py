@@ -1,0 +1,153 @@
+"""`corolla train` and `corolla export`: a run from a folder of images, and its release checkpoint."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from .. import config as configs
+from .. import limits, schedules
+from ..storage import checkpoint, runfolder
+from .options import (Given, add_precision, add_progress, batch_size, fraction, image_size, path_text, positive_float,
+                      positive_int, seed, snr_gamma, steps, whole_number)
+
+
+def register(sub) -> None:
+    _add_train(sub)
+    p = sub.add_parser("export", help="write a checkpoint's EMA weights as a small release checkpoint")
+    p.add_argument("checkpoint", type=path_text, help="checkpoint folder or run folder")
+    p.add_argument("--out", required=True, type=path_text,
+                   help="release folder to write (config.json + model.safetensors)")
+    p.add_argument("--float32", action="store_true", help="keep float32 weights (default float16)")
+    p.set_defaults(func=run_export)
+
+
+def _add_train(sub) -> None:
+    """train's options: those named as a config field set that field (train_config)."""
+    p = sub.add_parser("train", help="train a model on a folder of images (default: the bundled flowers)")
+    p.add_argument("data_dir", nargs="?", type=path_text,
+                   help="folder of images, searched recursively (default: bundled flowers)")
+    p.add_argument("--preset", default="seed64", choices=sorted(configs.PRESETS), action=Given,
+                   help="seed64 = the reference exactly; demo = 32x32, fast on a CPU; tiny = for smoke tests")
+    p.add_argument("--epochs", type=whole_number(1, limits.MAX_EPOCHS))
+    p.add_argument("--batch-size", type=batch_size)
+    p.add_argument("--image-size", type=image_size)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--lr-warmup", type=whole_number(0, limits.MAX_LR_RAMP), metavar="STEPS",
+                   help="ramp the learning rate linearly over the first STEPS steps (default "
+                        f"{configs.WARM_START_LR_WARMUP} with --init-from, else 0)")
+    p.add_argument("--lr-cooldown", type=whole_number(0, limits.MAX_LR_RAMP), metavar="STEPS",
+                   help="decay the learning rate linearly to 0 over the run's last STEPS steps (to the end of "
+                        "--epochs, or --max-steps when given; default 0)")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirror each training image left-right with probability 1/2 (default off: the reference)")
+    p.add_argument("--min-snr-gamma", type=snr_gamma, metavar="GAMMA",
+                   help="weight each image's loss by min(SNR, GAMMA) / SNR (Hang et al. 2023); 0: off, the reference")
+    p.add_argument("--repetitions", type=whole_number(1, limits.MAX_REPETITIONS),
+                   help="times the data set is repeated per epoch")
+    p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
+    p.add_argument("--val-data", metavar="DIR", type=path_text,
+                   help="folder of held-out images for the validation loss (then all of DATA_DIR trains)")
+    p.add_argument("--schedule", choices=sorted(schedules.SCHEDULES))
+    p.add_argument("--ema", type=fraction, help="EMA decay (reference 0.999)")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="ramp the EMA decay as min(ema, (1+step)/(10+step))")
+    p.add_argument("--ema-init", choices=["copy", "fresh"],
+                   help="copy: EMA starts as the network; fresh: own random weights (the reference)")
+    p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
+                   help="centre-crop to a square instead of squashing")
+    p.add_argument("--seed", type=seed)
+    p.add_argument("--out", type=path_text, help="run folder (default runs/PRESET)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that holds one, deleting its checkpoints, log and grids")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps in all")
+    add_progress(p)
+    p.add_argument("--accumulate", type=batch_size,
+                   help="micro-batches per optimiser step (gradient accumulation); the batch size stays global")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format for the convolutions (speed only; default on, --no-channels-last for NCHW)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the trained network (speed only; the first steps compile; the EMA network stays eager)")
+    add_precision(p, default=None)
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun on GPUs, BatchNorm statistics over the global batch")
+    p.add_argument("--eval-every", type=whole_number(0, limits.MAX_EPOCHS), metavar="N",
+                   help="every N epochs, score fixed generated images (SWD, held-out loss, memorisation; "
+                        "KID/FID with Inception weights); 0: never")
+    p.add_argument("--eval-samples", type=whole_number(1, limits.MAX_EVAL_SAMPLES),
+                   help="images generated per evaluation (default 128)")
+    p.add_argument("--eval-steps", type=steps, help="sampling steps per evaluation (default 10)")
+    p.add_argument("--keep-best", choices=["swd", "heldout_loss", "kid", "fid"],
+                   help="keep the EMA weights of the best evaluation in RUN/best")
+    p.add_argument("--log", action="append", choices=["tensorboard", "wandb"], default=[],
+                   help="also report to TensorBoard (RUN/tensorboard) or W&B (RUN/wandb); repeat for both")
+    p.add_argument("--conditional", action="store_true",
+                   help="learn the data's classes (one sub-folder per class, or --labels) for sample --class, "
+                        "with classifier-free guidance")
+    p.add_argument("--labels", metavar="FILE", type=path_text,
+                   help="with --conditional: a CSV giving each image's class (columns image, and label "
+                        "and/or class_name) instead of sub-folders")
+    p.add_argument("--label-dropout", type=fraction,
+                   help="with --conditional: share of images trained with the null label, so the model also "
+                        "samples unconditionally (default 0.1)")
+    p.add_argument("--init-from", metavar="MODEL", type=path_text,
+                   help="start from a trained model's weights (a checkpoint, a run folder or a shipped model's "
+                        "name) instead of random ones: the same network, or its unconditional twin for "
+                        "--conditional; the optimiser starts afresh")
+    p.set_defaults(func=run_train)
+
+
+def train_config(args: argparse.Namespace, base: configs.Config | None = None) -> configs.Config:
+    """The config train's arguments choose: every option named as a field of the data or train
+    section sets that field when given; the rest comes from `base` (default: --preset's)."""
+    base = base or configs.preset(args.preset)
+    changes = {section: {f.name: getattr(args, f.name) for f in fields(getattr(base, section))
+                         if getattr(args, f.name, None) is not None} for section in ("data", "train")}
+    if args.val_data and changes["data"].get("val_fraction"):
+        raise ValueError("--val-data and --val-fraction both choose the held-out images; give one")
+    if args.val_data:
+        changes["data"]["val_fraction"] = 0.0  # the whole folder trains
+    if changes["train"].get("keep_best") and not changes["train"].get("eval_every", base.train.eval_every):
+        raise ValueError("--keep-best needs --eval-every N (N >= 1): the best is chosen among evaluations")
+    return base.replace(**changes)
+
+
+def _resumed_config(args: argparse.Namespace, out: Path) -> configs.Config:
+    """train's arguments over the config saved in --out (corolla.training.resumed_config checks
+    that they change only what a resumed run may)."""
+    if not (out / "latest").exists():
+        raise ValueError(f"--resume: {out} holds no checkpoint to resume (no {out / 'latest'})")
+    saved = checkpoint.load_config(checkpoint.resolve(out))
+    if "preset" in getattr(args, "given", ()) and args.preset != saved.preset:  # ignored: the run keeps its config
+        raise ValueError(f"--resume continues {out}, a run of preset {saved.preset}; --preset {args.preset} cannot "
+                         f"change it: leave --preset out, or start a new run")
+    if args.conditional and not saved.unet.classes:
+        raise ValueError(f"--resume continues {out}, which was trained without --conditional; a run cannot "
+                         f"become conditional (start a new one)")
+    return train_config(args, saved)
+
+
+def run_train(args) -> int:
+    from ..training import train
+    out = Path(args.out or f"runs/{args.preset}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite replaces it: give one")
+    if args.resume and args.init_from:
+        raise ValueError("--init-from starts a new run from a model's weights, --resume continues one: give one")
+    if not args.conditional and not args.resume and (args.labels or args.label_dropout is not None):
+        raise ValueError("--labels and --label-dropout are for a class-conditional run: add --conditional")
+    runfolder.check_free(out)  # before reading a run that another process may be writing
+    config = _resumed_config(args, out) if args.resume else train_config(args)
+    folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
+                   max_steps=args.max_steps, val_dir=args.val_data, overwrite=args.overwrite, report_to=args.log,
+                   conditional=args.conditional, labels_file=args.labels, init_from=args.init_from)
+    print(f"checkpoint: {folder}\nsample grid: {out / 'grid.png'}\nmetrics: {out / 'metrics.jsonl'}")
+    return 0
+
+
+def run_export(args) -> int:
+    from ..storage.pretrained import export_release
+    print(f"wrote {export_release(args.checkpoint, args.out, half=not args.float32)}")
+    return 0
