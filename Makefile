@@ -2,7 +2,8 @@
 #   make demo   create .venv, install corolla, generate from the shipped model, train the demo
 #               preset on the bundled flowers and draw the figures under runs/demo/
 #   make test   create .venv, install corolla with its test and docs extras (and Debian's Chromium
-#               for the browser tests), run the test suite, which builds the docs site (strict)
+#               for the browser tests), lint with ruff, run the test suite, which builds the docs
+#               site (strict)
 # and, for the docs:
 #   make docs     build the site from docs/ into site/ (strict: a broken link or a missing page
 #                 fails); open site/index.html from disk
@@ -13,7 +14,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN := runs/demo
 
-.PHONY: install demo test chromium docs figures benchmark clean
+.PHONY: install demo test quick chromium docs figures benchmark clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +36,13 @@ demo: $(BIN)/.installed
 	$(BIN)/corolla evaluate $(RUN) --samples 64 --steps 20 --json $(RUN)/evaluation.json --pairs $(RUN)/nearest_pairs.png
 
 test: $(BIN)/.installed chromium
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# the inner loop: lint and every test but the slow ones (subprocesses, torchrun, Chromium)
+quick: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # the browser tests and make figures drive Debian's Chromium; without it the tests skip, saying so
 chromium:

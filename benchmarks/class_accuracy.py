@@ -35,10 +35,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from corolla import metrics
-from corolla.data import imagefolder, labels
-from corolla.storage import checkpoint
 from corolla import precision as precisions
+from corolla.data import imagefolder, labels
 from corolla.generation import generate
+from corolla.storage import checkpoint
 from corolla.training import resolve_device
 
 WIDTHS = (32, 64, 128, 256)

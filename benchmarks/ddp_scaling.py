@@ -20,7 +20,8 @@ import torch
 def worker(preset: str, steps: int) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
-    from corolla import config as configs, distributed
+    from corolla import config as configs
+    from corolla import distributed
     from corolla.training import build, micro_batch_size, resolve_device, slot_generator, train_step
     world, device = distributed.init(resolve_device("auto"))
     config = configs.preset(preset)

@@ -68,7 +68,8 @@ def main() -> None:
     parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         paths = write_files(Path(folder))
-        print(f"decoding one image of {SIDE} x {SIDE} = {imagefolder.MAX_IMAGE_PIXELS:,} pixels (imagefolder.MAX_IMAGE_PIXELS)")
+        print(f"decoding one image of {SIDE} x {SIDE} = {imagefolder.MAX_IMAGE_PIXELS:,} pixels "
+              f"(imagefolder.MAX_IMAGE_PIXELS)")
         print(f"{'file':<24} {'size on disk':>14} {'peak rise':>12}")
         for name, path in paths.items():
             rise_kib = int(subprocess.run([sys.executable, "-c", MEASURE, str(Path(folder) / "small.png"), str(path)],

@@ -53,7 +53,8 @@ def main() -> None:
     print("| precision | seed | training time (s) | held-out loss | SWD x1e3 |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['precision']} | {r['seed']} | {r['train_seconds']:.0f} | {r['heldout_loss']:.4f} | {r['swd']:.1f} |")
+        print(f"| {r['precision']} | {r['seed']} | {r['train_seconds']:.0f} | {r['heldout_loss']:.4f} "
+              f"| {r['swd']:.1f} |")
     for precision in args.precisions.split(","):
         mine = [r for r in rows if r["precision"] == precision]
         for key in ("heldout_loss", "swd"):

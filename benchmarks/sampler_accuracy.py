@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from corolla import samplers
-from corolla.storage import checkpoint
 from corolla.generation import initial_noise, sample_from_noise
+from corolla.storage import checkpoint
 from corolla.training import resolve_device
 
 GOAL_EVALUATIONS, GOAL_DDIM_STEPS = 10, 20  # issue 9: a new solver with <= 10 evaluations vs DDIM 20

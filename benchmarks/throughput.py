@@ -6,12 +6,12 @@
 
 A variant is `+`-joined options of DiffusionModel.accelerate (channels_last, compile; compile also
 compiles the EMA network for sampling; bf16: bfloat16 autocast, corolla's --precision bf16) with an
-optional `@THREADS` (default: PyTorch's, one per core). Each variant runs in its own process, so its peak resident memory is its own and compiled
-code does not leak between variants: it trains on random images with corolla's own train_step
-(batch and network of the preset), then samples with corolla's own generate(), and checks its
-first loss and first images against the plain eager path. Variants are interleaved across
---repeats so a busy machine affects all alike; the table shows the best repeat (other work
-can only slow a run down) and the largest memory and differences.
+optional `@THREADS` (default: PyTorch's, one per core). Each variant runs in its own process, so
+its peak resident memory is its own and compiled code does not leak between variants: it trains on
+random images with corolla's own train_step (batch and network of the preset), then samples with
+corolla's own generate(), and checks its first loss and first images against the plain eager path.
+Variants are interleaved across --repeats so a busy machine affects all alike; the table shows the
+best repeat (other work can only slow a run down) and the largest memory and differences.
 
 Also printed: the machine, the network's FLOPs per image (torch.utils.flop_counter), the float32
 matrix-product peak per thread count and the throughput those allow, the peak memory of a real
@@ -183,8 +183,8 @@ def categorise(name: str) -> str:
 
 def profile_variant(spec: dict) -> dict:
     """Top operators (self CPU time) of one training step and one sampling forward pass."""
-    from torch.profiler import ProfilerActivity, profile
     import torch._inductor.config as inductor_config
+    from torch.profiler import ProfilerActivity, profile
     inductor_config.cpp.enable_kernel_profile = True  # name each generated kernel in the profile
     config = configs.preset(spec["preset"])
     device = resolve_device(spec["device"])
@@ -263,6 +263,7 @@ def machine() -> str:
 def flops_per_image(config: configs.Config) -> tuple[float, float]:
     """(forward, forward + backward) FLOPs of the U-Net per image, counted by PyTorch."""
     from torch.utils.flop_counter import FlopCounterMode
+
     from corolla.unet import UNet
     network = UNet(config.unet)
     size = config.data.image_size

@@ -1,9 +1,9 @@
 """corolla: train denoising diffusion models on a folder of images and sample from them."""
-from . import schedules, samplers
-from .storage.checkpoint import load_model, save_pretrained
+from . import samplers, schedules
 from .config import Config, DataConfig, TrainConfig, preset
 from .diffusion import DiffusionModel, Normalizer
 from .generation import generate
+from .storage.checkpoint import load_model, save_pretrained
 from .storage.pretrained import load_pretrained
 from .training import train
 from .unet import UNet, UNetConfig

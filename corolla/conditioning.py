@@ -23,7 +23,8 @@ DEFAULT_GUIDANCE = 3.0  # the issue's example; benchmarks/class_accuracy.py meas
 
 # (noisy images, noise rates, signal rates, labels (B,)) -> (pred_noises, pred_images), as
 # DiffusionModel.denoise; without labels it is a diffusion.Denoiser
-LabelledDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+LabelledDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                            "tuple[torch.Tensor, torch.Tensor]"]
 
 
 class ClassEmbedding(nn.Module):

@@ -22,8 +22,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Ten
 KERAS_NORMALIZATION_EPS = 1e-7
 # Fraction of the forward activations a compiled network may keep for its backward pass. Below 1,
 # AOTAutograd's partitioner recomputes the cheap BatchNorm and swish outputs in the backward
-# instead of storing them: a seed64 training process at batch 64 then peaks at 1.5-1.6 GiB on the
-# CPU instead of 1.9 (2.0 eager), and measured no slower (the convolutions are never recomputed).
+# instead of storing them, which lowers the peak memory of training at no measured cost in speed
+# (the convolutions are never recomputed; figures in benchmarks/README.md).
 ACTIVATION_MEMORY_BUDGET = 0.7
 
 
@@ -93,10 +93,10 @@ class DiffusionModel(nn.Module):
         only by float rounding and checkpoints load either way (benchmarks/README.md has figures).
 
         channels_last: NHWC memory for both networks and their inputs, the layout oneDNN's and
-          cuDNN's convolutions run in without reordering (CPU: 1.3x training, 1.4x sampling).
+          cuDNN's convolutions run in without reordering (faster on CPU and GPU).
         compile: torch.compile the trained network (compile_for_training); the generated kernels
           fuse its BatchNorm, swish, additions and concatenations, forward and backward, and keep
-          fewer activations for the backward pass (CPU: 1.2x more, peak memory 2.0 -> 1.6 GiB).
+          fewer activations for the backward pass (faster, and less peak memory).
         compile_ema: torch.compile the EMA network too. On the CPU sampling is convolution-bound
           and gained nothing, while every batch size and train/eval mode costs a compilation, so
           it is separate; on GPUs, where the small kernels count, it can pay.
@@ -140,7 +140,7 @@ class DiffusionModel(nn.Module):
         towards those classes (conditioning.guided_denoiser)."""
         if labels is None:
             return lambda x, n, s: self.denoise(x, n, s, ema=True)
-        return conditioning.guided_denoiser(lambda x, n, s, l: self.denoise(x, n, s, ema=True, labels=l),
+        return conditioning.guided_denoiser(lambda x, n, s, y: self.denoise(x, n, s, ema=True, labels=y),
                                             labels, guidance, len(self.network.config.classes))
 
     def noise_loss(self, images: torch.Tensor, noises: torch.Tensor, diffusion_times: torch.Tensor,

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import samplers
 from .data import imagefolder
 from .diffusion import Denoiser, DiffusionModel
-from .generation import default_grid, image_generator, sample_from_noise
+from .generation import default_grid, draw_noise, image_generator, sample_from_noise
 from .schedules import Schedule
 
 # Fixed-point evaluations that place the last state of an inversion (ddim_invert). On the shipped
@@ -172,10 +172,6 @@ def repaint(denoise: Denoiser, schedule: Schedule, images: torch.Tensor, fill: t
 
 # --- on a model: images in [0, 1], per-image seeds ----------------------------------------------
 
-def _draw(generators: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-
-
 Work = Callable[[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor], slice], torch.Tensor]
 
 
@@ -195,9 +191,9 @@ def _per_image(model: DiffusionModel, images: torch.Tensor, seed: int, indices: 
     for first in range(0, images.shape[0], batch_size):
         rows = slice(first, min(first + batch_size, images.shape[0]))
         generators = [image_generator(seed, i) for i in indices[rows]]
-        noise = _draw(generators, shape, device)
+        noise = draw_noise(generators, shape, device)
         x0 = model.normalizer.normalize(images[rows].to(device=device, dtype=torch.float32))
-        result = work(x0, noise, lambda: _draw(generators, shape, device), rows)
+        result = work(x0, noise, lambda generators=generators: draw_noise(generators, shape, device), rows)
         out.append(model.normalizer.denormalize(result).float().cpu())
     return torch.cat(out)
 
@@ -291,7 +287,8 @@ def _decode(path: str | os.PathLike, what: str) -> np.ndarray:
     try:
         return imagefolder.decode_image(path)
     except Exception as error:  # any decoder failure means: not a usable image
-        raise ValueError(f"{what} {str(path)!r} is not an image corolla can read ({error})".replace("\n", " ")) from None
+        message = f"{what} {str(path)!r} is not an image corolla can read ({error})"
+        raise ValueError(message.replace("\n", " ")) from None
 
 
 def _square(array: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@ latent interpolation, a reverse-diffusion trajectory, and training curves.
 
 Each figure is a data function (tensors and numbers, tested against the library) and a plot
 function that writes a PNG. Plots draw on matplotlib's Agg canvas directly, without pyplot: no
-global backend or figure state, so they are safe to call from a training loop or a notebook. Image grids are placed pixel for pixel
+global backend or figure state, so they are safe to call from a training loop or a notebook. Image
+grids are placed pixel for pixel
 with `figimage` and labelled with figure text, so every PNG has a size known in advance.
 """
 from __future__ import annotations
@@ -26,11 +27,11 @@ from matplotlib.font_manager import FontProperties
 from PIL import Image
 
 from . import samplers, schedules
-from .storage.atomic import replacing
 from .diffusion import DiffusionModel
 from .generation import initial_noise, sample_from_noise
-from .storage.grids import split_grid, to_uint8
 from .limits import FIGURE_BYTES_PER_PIXEL, MAX_FIGURE_PIXELS, MAX_GRID_BYTES, MAX_LOG_BYTES
+from .storage.atomic import replacing
+from .storage.grids import split_grid, to_uint8
 from .storage.outputs import refuse_unless_file
 from .storage.safefile import read_run_file
 
@@ -99,8 +100,9 @@ def check_grid_size(rows: int, cols: int, image_side: int, col_labels: Sequence[
         geometry = grid_geometry(rows, cols, image_side, col_labels, row_labels, title)
         width, height = geometry.width, geometry.height
     if width * height > MAX_FIGURE_PIXELS:
-        raise ValueError(f"the figure would have {rows:,} x {cols:,} images of {cell} px, {width:,} x {height:,} pixels "
-                         f"with its labels (about {width * height * FIGURE_BYTES_PER_PIXEL / 2 ** 30:.1f} GiB to draw); "
+        gib = width * height * FIGURE_BYTES_PER_PIXEL / 2 ** 30
+        raise ValueError(f"the figure would have {rows:,} x {cols:,} images of {cell} px, {width:,} x {height:,} "
+                         f"pixels with its labels (about {gib:.1f} GiB to draw); "
                          f"at most {MAX_FIGURE_PIXELS / 1e6:,.0f} million pixels: ask for fewer images or steps")
 
 
@@ -333,23 +335,17 @@ class Trajectory:
 
 @torch.inference_mode()
 def ddim_trajectory(model: DiffusionModel, noise: torch.Tensor, steps: int) -> Trajectory:
-    """samplers.ddim at eta = 0 for one image (noise: (C, H, W)), keeping every step's state.
-
-    Each step separates x_t into the predicted image and noise, then remixes them at t_next:
-    x_next = signal(t_next) * pred_image + noise(t_next) * pred_noise (DDIM eq. 12, sigma = 0)."""
+    """samplers.ddim at eta = 0 for one image (noise: (C, H, W)), keeping every step's state:
+    each samplers.ddim_step separates x_t into the predicted image and noise, then remixes them
+    at t_next (DDIM eq. 12, sigma = 0)."""
     model.eval()
     device = next(model.parameters()).device
     times = samplers.uniform_times(steps).tolist()
+    denoise = model.ema_denoiser()
     x = noise.unsqueeze(0).to(device)
     preds, xs = [], [x]
-
-    def rates(t: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return model.schedule(torch.full((1, 1, 1, 1), t, dtype=x.dtype, device=device))
-
     for t, t_next in zip(times[:-1], times[1:]):
-        pred_noises, pred_images = model.denoise(x, *rates(t))
-        next_noise_rates, next_signal_rates = rates(t_next)
-        x = next_signal_rates * pred_images + next_noise_rates * pred_noises
+        x, pred_images = samplers.ddim_step(denoise, model.schedule, x, t, t_next)
         preds.append(pred_images)
         xs.append(x)
     return Trajectory(times[:-1], torch.cat(preds).cpu(), torch.cat(xs).cpu())
@@ -384,7 +380,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     records = []
     path = Path(path)
     try:
-        lines = read_run_file(path.parent, path.name, MAX_LOG_BYTES, "a run's log").decode(errors="replace").splitlines()
+        text = read_run_file(path.parent, path.name, MAX_LOG_BYTES, "a run's log").decode(errors="replace")
+        lines = text.splitlines()
     except OSError:
         return records
     for line in lines:

@@ -7,7 +7,8 @@ whatever its class.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,10 +16,13 @@ import torch
 
 from . import samplers
 from .conditioning import DEFAULT_GUIDANCE
-from .diffusion import DiffusionModel
 from .data.labels import class_number
+from .diffusion import Denoiser, DiffusionModel
 
 Classes = int | str | Sequence[int | str] | None  # one class (name or number) for all images, one per image, or none
+# called after each network evaluation with (evaluations so far, the predicted images in [0, 1] on
+# the CPU), as k-diffusion's samplers call theirs: previews, progress and a server's cancellation
+Callback = Callable[[int, torch.Tensor], None]
 
 
 def default_grid(sampler: str) -> str:
@@ -54,13 +58,16 @@ def image_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & (2 ** 63 - 1))
 
 
-def _draw(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...],
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """The next unit Gaussian draw of each image's stream, stacked -> (len(generators), *shape);
+    drawn on the CPU, so an image's noise is the same on every device."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
 
 def initial_noise(seed: int, indices: range | list[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """(len(indices), C, H, W) unit Gaussian noise: the starting point of images `indices`."""
-    return _draw([image_generator(seed, i) for i in indices], shape)
+    return draw_noise([image_generator(seed, i) for i in indices], shape)
 
 
 def class_labels(model: DiffusionModel, classes: Classes, count: int) -> int | torch.Tensor | None:
@@ -83,21 +90,26 @@ def class_labels(model: DiffusionModel, classes: Classes, count: int) -> int | t
 def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sampler: str = "ddim",
                       eta: float = 0.0, generators: list[torch.Generator] | None = None,
                       grid: str = "uniform", labels: torch.Tensor | None = None,
-                      guidance: float = DEFAULT_GUIDANCE) -> torch.Tensor:
+                      guidance: float = DEFAULT_GUIDANCE, callback: Callback | None = None,
+                      guard: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
     """Decode a batch of initial noises with the EMA network -> images in [0, 1], (B,C,H,W).
 
     `steps` network evaluations on the named time grid (samplers.GRIDS; "uniform" is the
     reference's). `generators` (one per image, already past its initial noise) feed stochastic steps.
     labels (B,): the class of each image of a conditional model, at classifier-free `guidance`
-    (corolla.conditioning); None samples it unconditionally."""
+    (corolla.conditioning); None samples it unconditionally. callback: see Callback; an exception
+    it raises stops the sampling. guard: a reusable context manager held around each network
+    evaluation (a server's lock, so that jobs share the model one evaluation at a time)."""
     model.eval()
     device = next(model.parameters()).device
     times = samplers.get_grid(grid, steps, model.schedule)
     noise_fn = None
     if generators is not None:
-        noise_fn = lambda: _draw(generators, tuple(noise.shape[1:])).to(device)
+        noise_fn = lambda: draw_noise(generators, tuple(noise.shape[1:]), device)
     run = samplers.get(sampler)
     denoise = model.ema_denoiser(None if labels is None else labels.to(device), guidance)
+    if callback is not None or guard is not None:
+        denoise = _watched(denoise, model, callback, guard)
     pred_images = run(denoise, model.schedule, noise.to(device), times, eta=eta, noise_fn=noise_fn)
     if not torch.isfinite(pred_images).all():  # the clamp of denormalize would hide an infinity
         raise NotFinite("the network's predictions hold NaN or infinite values: this model's weights do not "
@@ -105,32 +117,54 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
     return model.normalizer.denormalize(pred_images).float().cpu()
 
 
+def _watched(denoise: Denoiser, model: DiffusionModel, callback: Callback | None,
+             guard: contextlib.AbstractContextManager | None) -> Denoiser:
+    """`denoise` under `guard`, followed by callback(evaluations so far, predictions in [0, 1])."""
+    guard = guard or contextlib.nullcontext()
+    done = 0
+
+    def watched(x: torch.Tensor, noise_rates: torch.Tensor, signal_rates: torch.Tensor):
+        nonlocal done
+        with guard:
+            pred_noises, pred_images = denoise(x, noise_rates, signal_rates)
+        done += 1
+        if callback is not None:
+            callback(done, model.normalizer.denormalize(pred_images).float().cpu())
+        return pred_noises, pred_images
+    return watched
+
+
 def generate_batches(model: DiffusionModel, num_images: int, steps: int = 20, seed: int = 0, sampler: str = "ddim",
                      eta: float = 0.0, batch_size: int = 64, image_size: int = 64, start: int = 0,
-                     grid: str = "uniform", classes: Classes = None,
-                     guidance: float = DEFAULT_GUIDANCE) -> Iterator[tuple[int, torch.Tensor]]:
+                     grid: str = "uniform", classes: Classes = None, guidance: float = DEFAULT_GUIDANCE,
+                     callback: Callback | None = None, guard: contextlib.AbstractContextManager | None = None
+                     ) -> Iterator[tuple[int, torch.Tensor]]:
     """generate() one batch at a time -> (index of the batch's first image, its images), so that
-    any number of images can be written as they are made."""
+    any number of images can be written as they are made. callback and guard: sample_from_noise's,
+    for every batch (the callback's count starts again with each batch)."""
     shape = (model.network.config.channels, image_size, image_size)
     wanted = class_labels(model, classes, num_images)  # checked before any work
     for first in range(start, start + num_images, batch_size):
         indices = range(first, min(first + batch_size, start + num_images))
         generators = [image_generator(seed, i) for i in indices]
-        noise = _draw(generators, shape)
+        noise = draw_noise(generators, shape)
         labels = (None if wanted is None else torch.full((len(indices),), wanted) if isinstance(wanted, int)
                   else wanted[first - start:first - start + len(indices)])
         yield first, sample_from_noise(model, noise, steps, sampler, eta, generators if eta > 0 else None, grid,
-                                       labels, guidance)
+                                       labels, guidance, callback, guard)
 
 
 def generate(model: DiffusionModel, num_images: int, steps: int = 20, seed: int = 0, sampler: str = "ddim",
              eta: float = 0.0, batch_size: int = 64, image_size: int = 64, start: int = 0,
-             grid: str = "uniform", classes: Classes = None, guidance: float = DEFAULT_GUIDANCE) -> torch.Tensor:
+             grid: str = "uniform", classes: Classes = None, guidance: float = DEFAULT_GUIDANCE,
+             callback: Callback | None = None, guard: contextlib.AbstractContextManager | None = None
+             ) -> torch.Tensor:
     """Images start..start+num_images-1 of `seed` -> (num_images, C, H, W) in [0, 1].
 
     classes (a conditional model): one class for every image or one per image, each a name or a
     number (labels.class_number), drawn at classifier-free `guidance` (corolla.conditioning: 0 is
-    unconditional, 1 conditional, more is more of the class); None samples unconditionally."""
+    unconditional, 1 conditional, more is more of the class); None samples unconditionally.
+    callback and guard: sample_from_noise's, for every batch."""
     return torch.cat([images for _, images in generate_batches(model, num_images, steps, seed, sampler, eta,
                                                                batch_size, image_size, start, grid, classes,
-                                                               guidance)])
+                                                               guidance, callback, guard)])

@@ -197,7 +197,8 @@ def check_held_images(count: int, size: int, what: str, channels: int = 3) -> No
     if held_bytes(count, channels, size) > MAX_HELD_BYTES:
         most = MAX_HELD_BYTES // held_bytes(1, channels, size)
         raise ValueError(f"{what}: {count:,} images of {size}x{size} would take "
-                         f"{held_bytes(count, channels, size) / 2 ** 30:.1f} GiB at once; at most {most:,} at this size")
+                         f"{held_bytes(count, channels, size) / 2 ** 30:.1f} GiB at once; "
+                         f"at most {most:,} at this size")
 
 
 def json_file(obj) -> bytes:

@@ -148,7 +148,7 @@ class Reporter:
             try:
                 call(tracker)
             except Exception as error:  # a dashboard must not stop training
-                warnings.warn(f"{type(tracker).__name__} logging failed and is turned off: {error}")
+                warnings.warn(f"{type(tracker).__name__} logging failed and is turned off: {error}", stacklevel=2)
                 self.trackers.remove(tracker)
 
     def record(self, record: dict, lr: float, ema_decay: float) -> None:

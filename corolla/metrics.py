@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed, limits
-from .data import imagefolder
-from .storage import checkpoint
 from . import inception as inception_module
+from .data import imagefolder
 from .data.imagefolder import cache_dir
 from .diffusion import DiffusionModel
 from .generation import SamplingSettings, generate, image_generator
+from .storage import checkpoint
 from .storage.grids import save_grid
 
 # --- FID ------------------------------------------------------------------------------------
@@ -384,7 +384,8 @@ class Evaluator:
         swd = sliced_wasserstein(self.train, generated, s.seed)
         results["swd"] = sum(swd.values()) / len(swd)
         results.update({f"swd_{resolution}": value for resolution, value in swd.items()})
-        by_time = denoising_loss(model, self.heldout, s.seed, batch_size=s.batch_size) if self.heldout.shape[0] else None
+        by_time = (denoising_loss(model, self.heldout, s.seed, batch_size=s.batch_size) if self.heldout.shape[0]
+                   else None)
         results["heldout_loss"] = sum(by_time) / len(by_time) if by_time else None
         results["heldout_loss_by_time"] = by_time
         train_by_time = denoising_loss(model, self.train[:s.train_loss_images], s.seed, batch_size=s.batch_size)
@@ -428,8 +429,9 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     """`corolla evaluate` from Python: load a checkpoint and the data folder it was trained on
     (default: the bundled flowers), split it as training did, and score the checkpoint ->
     the metrics with what they were measured on (None on ranks other than 0). heldout_dir: real
-    images the model never saw, scored against instead of the split's held-out share. KID and FID need Inception weights (the
-    argument, $COROLLA_INCEPTION_WEIGHTS or the cache copy); without them they are None."""
+    images the model never saw, scored against instead of the split's held-out share. KID and FID
+    need Inception weights (the argument, $COROLLA_INCEPTION_WEIGHTS or the cache copy); without
+    them they are None."""
     from .devices import resolve_device
     started = time.perf_counter()
     world, dev = distributed.init(resolve_device(device))

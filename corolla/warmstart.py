@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from .storage import checkpoint, pretrained
 from .config import Config
 from .diffusion import DiffusionModel
+from .storage import checkpoint, pretrained
 
 
 def source_path(source: str | os.PathLike):

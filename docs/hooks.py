@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -53,3 +53,10 @@ def class_folder(tmp_path_factory):
         (root / CLASSES[i % 3]).mkdir(exist_ok=True)
         shutil.copy(path, root / CLASSES[i % 3] / path.name)
     return root
+
+
+def pytest_collection_modifyitems(items):
+    """A test that drives Chromium (the `browser` fixture) is slow, as the subprocess ones are."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -3,9 +3,9 @@ names of the weights (checkpoints written with or without them load either way).
 import pytest
 import torch
 
-from corolla.storage import checkpoint
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
+from corolla.storage import checkpoint
 
 CONFIG = preset("tiny")
 TOL = 5e-5  # float32 rounding: channels-last convolutions and BatchNorm sum in other orders

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from corolla import cli, figures
+from corolla.config import preset
 from corolla.data import imagefolder
 from corolla.storage import atomic, checkpoint, grids
-from corolla.config import preset
 from corolla.storage.grids import save_grid
 from corolla.training import build, train
 
@@ -77,6 +77,7 @@ def test_export_never_replaces_a_folder_it_did_not_write_nor_its_source(run, tmp
     checkpoint.load_model(tmp_path / "empty")
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_export_over_its_own_run_from_the_shell_is_refused(run, tmp_path):
     before = _files(run)
     done = subprocess.run([sys.executable, "-m", "corolla", "export", str(run), "--out", str(run)],
@@ -148,6 +149,7 @@ def test_sigterm_during_a_command_s_write_removes_its_temporary(tmp_path, monkey
     assert not (tmp_path / "x.png").exists() and _temporaries(tmp_path) == []
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_killed_writer_s_temporary_is_removed_by_the_next_write_of_that_name(make_flowers, tmp_path):
     dead, alive = _dead_pid(), 1
     for name in (f".grid.png.tmp-{dead}", f".grid.png.tmp-{alive}", f".other.png.tmp-{dead}"):
@@ -164,6 +166,7 @@ def test_a_killed_writer_s_temporary_is_removed_by_the_next_write_of_that_name(m
     assert len(list(cache.glob("*.safetensors"))) == 1
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_writing_many_images_scans_their_folder_once(tmp_path, monkeypatch):
     """Looking for stale temporaries lists the folder: once per --each batch, not once per image
     (10,000 images into one folder would otherwise take minutes)."""
@@ -176,6 +179,7 @@ def test_writing_many_images_scans_their_folder_once(tmp_path, monkeypatch):
     assert len(scans) == 1 and _temporaries(tmp_path) == []
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_resumed_run_removes_what_killed_writes_left_in_its_folder(make_flowers, tmp_path):
     """What made test_sigkill_at_random_moments... fail now and then: a kill inside a figure or
     grid write left .loss.png.tmp-PID, which nothing removed."""
@@ -200,6 +204,7 @@ def _files_under_300k():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of a kill
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_cache_folder_that_cannot_be_written_costs_one_warning_not_the_command(make_flowers, tmp_path):
     flowers = make_flowers(32)
     commands = [["train", flowers, "--preset", "tiny", "--image-size", "64", "--out", tmp_path / "run",

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from corolla import cli
-from corolla.storage import checkpoint
 from corolla.config import preset
+from corolla.storage import checkpoint
 from corolla.training import build
 
 ROOT = Path(__file__).resolve().parents[1]

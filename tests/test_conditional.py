@@ -6,21 +6,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES, make_labels_matter
 from PIL import Image
 
 from corolla import cli, conditioning, figures, samplers
 from corolla.cli import classes as cli_classes
-from corolla.data import imagefolder, labels
-from corolla.storage import checkpoint
 from corolla.config import Config, preset
+from corolla.data import imagefolder, labels
 from corolla.diffusion import DiffusionModel
 from corolla.generation import generate, initial_noise
+from corolla.storage import checkpoint
 from corolla.storage.grids import to_uint8
 from corolla.storage.pretrained import export_release
 from corolla.training import train
 from corolla.unet import ResidualBlock, UNet, UNetConfig, count_parameters
-
-from conftest import CLASSES, make_labels_matter
 
 TINY = preset("tiny").unet
 SIZE = 16
@@ -227,7 +226,8 @@ def test_images_outside_class_folders_and_unknown_classes_are_refused(class_fold
     with pytest.raises(imagefolder.DataError, match=r"16 image\(s\) lie directly in .*outside any class sub-folder"):
         labels.from_folders(imagefolder.load_folder(make_flowers(16), SIZE)[1], make_flowers(16))
     _, names = imagefolder.load_folder(class_folder, SIZE)
-    with pytest.raises(imagefolder.DataError, match=r"1 class\(es\) of these images are not the model's \('sunflower'\)"):
+    not_the_models = r"1 class\(es\) of these images are not the model's \('sunflower'\)"
+    with pytest.raises(imagefolder.DataError, match=not_the_models):
         labels.from_folders(names, class_folder, ("daisy", "rose"))
 
 

@@ -3,15 +3,14 @@ import shutil
 import threading
 import warnings
 
+import hostile
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import hostile
 from corolla import cli
 from corolla.data import imagefolder
-
 
 
 def _load(folder, size=hostile.SIZE):

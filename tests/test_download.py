@@ -232,7 +232,8 @@ def test_a_part_that_is_already_whole_is_checked_not_fetched_again(server, tmp_p
     assert run(server, tmp_path / "flowers") == 0
     tries = [r for r in server.requests if r[0] == "102flowers.tgz"]
     # the server answers 416 (nothing after the last byte); a wrong .part is then fetched whole
-    assert tries == [("102flowers.tgz", f"bytes={len(archive)}-")] + ([("102flowers.tgz", None)] if content == "wrong" else [])
+    again = [("102flowers.tgz", None)] if content == "wrong" else []
+    assert tries == [("102flowers.tgz", f"bytes={len(archive)}-")] + again
     assert (tmp_path / "downloads" / "102flowers.tgz").read_bytes() == archive
     assert tree(tmp_path / "flowers") == expected_tree(range(1, IMAGES + 1))
 
@@ -364,6 +365,7 @@ def test_ctrl_c_while_extracting_leaves_nothing(server, tmp_path, capsys, monkey
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_killed_extraction_is_cleaned_up_by_the_next_run(server, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()  # its pid names no running process any more

@@ -14,11 +14,11 @@ from PIL import Image
 from safetensors import safe_open
 
 from corolla import cli, editing, figures, samplers, schedules
-from corolla.data import imagefolder
-from corolla.storage import checkpoint
 from corolla.config import preset
+from corolla.data import imagefolder
 from corolla.diffusion import DiffusionModel
 from corolla.generation import generate
+from corolla.storage import checkpoint
 from corolla.storage.grids import to_uint8
 
 SIZE = 16  # the tiny preset's

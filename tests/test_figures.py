@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from corolla import cli, figures, samplers, schedules
-from corolla.data import imagefolder
-from corolla.storage import checkpoint
 from corolla.config import preset
+from corolla.data import imagefolder
 from corolla.generation import generate, initial_noise
+from corolla.storage import checkpoint
 from corolla.storage.grids import to_uint8
 from corolla.training import train
 
@@ -331,6 +331,7 @@ def test_split_grid_returns_the_tiles_grid_array_drew():
 
 def test_progress_command_stacks_the_same_tiles_of_every_epoch(run_dir, tmp_path, capsys):
     import shutil
+
     from corolla.storage.grids import save_grid
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, symlinks=True)

@@ -75,3 +75,44 @@ def test_bad_choices_are_clear_errors(model):
         _generate(model, grid="cosine")
     with pytest.raises(ValueError, match="deterministic"):
         _generate(model, sampler="dpmpp_2m", eta=0.5)
+
+
+class _Counting:
+    """A reusable context manager that counts how often it is held (sample_from_noise's guard)."""
+
+    def __init__(self):
+        self.entered = 0
+        self.held = False
+
+    def __enter__(self):
+        assert not self.held  # never entered twice at once
+        self.entered, self.held = self.entered + 1, True
+
+    def __exit__(self, *exc):
+        self.held = False
+
+
+@pytest.mark.parametrize("sampler,eta,grid", CASES)
+def test_the_callback_sees_each_evaluation_inside_the_guard_and_changes_nothing(model, sampler, eta, grid):
+    seen, guard = [], _Counting()
+    watched = _generate(model, sampler=sampler, eta=eta, grid=grid, batch_size=5,
+                        callback=lambda done, preview: seen.append((done, preview)), guard=guard)
+    assert torch.equal(watched, _generate(model, sampler=sampler, eta=eta, grid=grid, batch_size=5))
+    assert [done for done, _ in seen] == [1, 2, 3, 4] * 2 and guard.entered == 8  # 4 steps, batches of 5 and 3
+    assert [preview.shape[0] for _, preview in seen] == [5] * 4 + [3] * 4
+    assert all(0 <= preview.min() and preview.max() <= 1 for _, preview in seen)
+    # the result is the last evaluation's prediction (the reference's rule), as its preview showed it
+    assert torch.equal(torch.cat([seen[3][1], seen[7][1]]), watched)
+
+
+def test_an_exception_from_the_callback_stops_the_sampling_at_that_evaluation(model):
+    calls = []
+
+    def stop_at_two(done, preview):
+        calls.append(done)
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _generate(model, steps=10, callback=stop_at_two)
+    assert calls == [1, 2]

@@ -7,7 +7,6 @@ import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +45,7 @@ def trained_run(make_flowers, tmp_path_factory):
     return flowers, run
 
 
+@pytest.mark.slow  # starts a subprocess
 @pytest.mark.parametrize("kind", HOSTILE)
 def test_a_run_s_log_that_is_not_a_regular_file_is_refused_on_resume(kind, trained_run, tmp_path):
     flowers, original = trained_run
@@ -58,6 +58,7 @@ def test_a_run_s_log_that_is_not_a_regular_file_is_refused_on_resume(kind, train
     _assert_refused(process, f"metrics.jsonl {IN_A_RUN[kind]}")
 
 
+@pytest.mark.slow  # starts a subprocess
 @pytest.mark.parametrize("kind", HOSTILE)
 def test_a_labels_file_that_is_not_a_regular_file_is_refused(kind, class_folder, tmp_path):
     HOSTILE[kind](tmp_path / "labels.csv")
@@ -133,6 +134,7 @@ READERS = {  # every other reader of a file corolla did not just write, given wh
 }
 
 
+@pytest.mark.slow  # starts a subprocess
 @pytest.mark.parametrize("reader", READERS)
 def test_every_other_reader_is_bounded_and_refuses_a_fifo(reader, tmp_path):
     code, message = READERS[reader]

@@ -10,8 +10,8 @@ import torch
 
 from corolla import cli, figures, limits
 from corolla.cli import options
-from corolla.data import imagefolder
 from corolla.config import Config, DataConfig, TrainConfig, preset
+from corolla.data import imagefolder
 from corolla.unet import UNet, UNetConfig
 
 HUGE = "99999999999999999999999"
@@ -30,7 +30,8 @@ def test_every_config_field_has_a_rule_and_every_preset_follows_them():
 @pytest.mark.parametrize("changes, message", [
     ({"data": {"image_size": 0}}, "data.image_size = 0 is not allowed: must be a whole number from 8 to 1,024"),
     ({"data": {"image_size": 36}}, "must be a multiple of 8"),
-    ({"data": {"repetitions": 10 ** 8}}, "data.repetitions = 100000000 is not allowed: must be a whole number from 1 to 1,000"),
+    ({"data": {"repetitions": 10 ** 8}},
+     "data.repetitions = 100000000 is not allowed: must be a whole number from 1 to 1,000"),
     ({"train": {"eval_samples": 10 ** 7}}, "train.eval_samples = 10000000 is not allowed"),
     ({"train": {"lr": float("inf")}}, "train.lr = inf is not allowed: must be a finite number above 0"),
     ({"train": {"epochs": True}}, "train.epochs = True is not allowed"),
@@ -101,7 +102,8 @@ def model_dir(tmp_path_factory):
     return checkpoint.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model", model, config)
 
 
-@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS, ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else None)
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS,
+                         ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else None)
 def test_every_number_has_a_bound_and_every_refusal_is_one_line(argv, message, model_dir, tmp_path, capsys,
                                                                  monkeypatch):
     monkeypatch.setattr(imagefolder, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
@@ -113,6 +115,7 @@ def test_every_number_has_a_bound_and_every_refusal_is_one_line(argv, message, m
     assert len(err) < 700 and not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_an_argparse_refusal_from_the_shell_is_one_line():
     process = subprocess.run([sys.executable, "-m", "corolla", "sample", "-n", HUGE], capture_output=True, text=True,
                              timeout=120)
@@ -123,7 +126,8 @@ def test_an_argparse_refusal_from_the_shell_is_one_line():
 
 def test_figures_too_big_to_draw_are_refused_before_sampling(model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(figures, "ddim_trajectory", lambda *a, **k: pytest.fail("got as far as sampling"))
-    code = cli.main(["trajectory", str(model_dir), "--steps", "10000", "--per-row", "1", "--out", str(tmp_path / "t.png")])
+    code = cli.main(["trajectory", str(model_dir), "--steps", "10000", "--per-row", "1",
+                     "--out", str(tmp_path / "t.png")])
     err = capsys.readouterr().err
     assert code == 2 and "the figure would have 20,000 x 1 images of 64 px" in err and err.count("\n") == 1, err
 
@@ -154,6 +158,7 @@ print(peak_mib() - before)
 """
 
 
+@pytest.mark.slow  # starts a subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_channel_statistics_never_hold_a_float_copy_of_the_data_set():
     # 4,000 images of 64x64 are 47 MiB as uint8 and 375 MiB as float64: the peak grew by 750 MiB

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from corolla import cli, limits
+from corolla.config import Config, preset
 from corolla.data import imagefolder
 from corolla.storage import checkpoint, trainstate
-from corolla.config import Config, preset
 from corolla.training import build
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})

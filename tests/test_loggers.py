@@ -168,6 +168,7 @@ def _wandb_records(run_file):
     return rows, finished
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_wandb_logs_offline_without_a_key_and_a_resumed_run_keeps_its_id(flowers, tmp_path, monkeypatch, capsys):
     pytest.importorskip("wandb")
     for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_DIR"):

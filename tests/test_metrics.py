@@ -16,12 +16,13 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from corolla import config as configs, inception, metrics
-from corolla.data import imagefolder
-from corolla.storage import checkpoint
+from corolla import config as configs
+from corolla import inception, metrics
 from corolla.cli import main
+from corolla.data import imagefolder
 from corolla.diffusion import DiffusionModel
 from corolla.generation import image_generator
+from corolla.storage import checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +44,8 @@ class SmallFeatures(nn.Module):
 
 
 def random_images(n, seed, size=16, low=0, high=256):
-    return torch.randint(low, high, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high, (n, 3, size, size), generator=generator, dtype=torch.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,8 @@ def test_frechet_distance_closed_forms():
     cov1, cov2 = x @ x.T + 0.1 * torch.eye(6, dtype=torch.float64), y @ y.T
     sqrt_product = scipy.linalg.sqrtm(cov1.numpy() @ cov2.numpy()).real
     expected = float(np.trace(cov1.numpy() + cov2.numpy() - 2 * sqrt_product))
-    assert metrics.frechet_distance(mean1[:1].repeat(6), cov1, mean1[:1].repeat(6), cov2) == pytest.approx(expected, rel=1e-9)
+    same_mean = mean1[:1].repeat(6)
+    assert metrics.frechet_distance(same_mean, cov1, same_mean, cov2) == pytest.approx(expected, rel=1e-9)
 
 
 def test_fid_of_a_set_with_itself_is_zero_even_when_rank_deficient():

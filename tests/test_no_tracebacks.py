@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_untrusted import run  # noqa: F401 - the fixture: a tiny run folder with one training checkpoint
 
 from corolla import cli, figures
-from corolla.storage import checkpoint
 from corolla.config import preset
+from corolla.storage import checkpoint
 from corolla.training import build
-from test_untrusted import run  # noqa: F401 - the fixture: a tiny run folder with one training checkpoint
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})
 
@@ -79,10 +79,12 @@ def test_edit_with_a_figure_too_big_to_draw_is_refused_before_sampling(tmp_path,
     from corolla import editing
     monkeypatch.setattr(editing, "edit", lambda *a, **k: pytest.fail("got as far as sampling"))
     photo = str(next(Path(__file__).parent.parent.glob("corolla/assets/flowers/*.jpg")))
-    code = cli.main(["edit", photo, "-n", "4000", "--figure", str(tmp_path / "f.png"), "--out", str(tmp_path / "x.png")])
+    code = cli.main(["edit", photo, "-n", "4000", "--figure", str(tmp_path / "f.png"),
+                     "--out", str(tmp_path / "x.png")])
     _one_line(code, capsys, "with its labels")
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_running_out_of_memory_is_one_line_saying_what_to_lower(tmp_path):
     config = TINY.replace(data={"image_size": 1024})
     model, _ = build(config, torch.device("cpu"))

@@ -6,13 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from corolla import cli, figures
-from corolla.storage import checkpoint, grids
+from corolla import cli, figures, generation
 from corolla.config import preset
+from corolla.storage import checkpoint, grids
 from corolla.training import build
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})
-from corolla import generation
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,8 @@ def model_dir(tmp_path_factory) -> Path:
 def no_sampling(monkeypatch):
     def fail(*args, **kwargs):
         pytest.fail("got as far as sampling")
-    for module, name in ((generation, "sample_from_noise"), (figures, "sample_from_noise"), (figures, "ddim_trajectory")):
+    stages = ((generation, "sample_from_noise"), (figures, "sample_from_noise"), (figures, "ddim_trajectory"))
+    for module, name in stages:
         monkeypatch.setattr(module, name, fail)
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from corolla import cli, precision
-from corolla.storage import checkpoint
 from corolla.config import Config, preset
 from corolla.diffusion import DiffusionModel
 from corolla.rates import adam_epsilon
+from corolla.storage import checkpoint
 from corolla.training import build, slot_generator, train, train_step
 from corolla.unet import sinusoidal_embedding
 

@@ -17,8 +17,8 @@ from PIL import Image
 import corolla
 from corolla import cli
 from corolla.cli import options
-from corolla.storage import pretrained
 from corolla.generation import generate
+from corolla.storage import pretrained
 from corolla.unet import count_parameters
 
 SEED, STEPS, IMAGES, POOL = 0, 10, 4, 4

@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 
-from corolla import cli
+from corolla import cli, schedules
 from corolla.cli import train as cli_train
-from corolla.storage import checkpoint
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel, min_snr_weights
-from corolla import schedules
 from corolla.rates import learning_rate
+from corolla.storage import checkpoint
 from corolla.training import random_flips, slot_generator, train, train_step
 
 

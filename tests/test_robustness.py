@@ -17,14 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from corolla import cli
-from corolla.data import imagefolder
-from corolla.storage import checkpoint, runfolder
+from corolla import cli, training
 from corolla.config import preset
+from corolla.data import imagefolder
 from corolla.diffusion import DiffusionModel
+from corolla.storage import checkpoint, runfolder
 from corolla.training import TrainingError, build, train
-
-from corolla import training
 
 # 16 images: 15 train, 1 held out; batch 8 x 3 repetitions -> 5 steps an epoch
 CONFIG = preset("tiny").replace(train={"epochs": 3}, data={"repetitions": 3})
@@ -233,6 +231,7 @@ def _printed(process: subprocess.Popen, text: str):
     return condition
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_sigkill_at_random_moments_always_leaves_a_resumable_checkpoint(flowers, tmp_path):
     """One step an epoch (repetitions 1), so a checkpoint is written after every step and many
     kills land inside a save; two kills wait for a save to be in progress, one for a figure.
@@ -275,6 +274,7 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_checkpoint(flowers,
     assert [r["step"] for r in records if "train_loss" in r] == list(range(1, final + 1))
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_sigint_and_sigterm_stop_at_a_step_write_a_checkpoint_and_say_how_to_resume(flowers, tmp_path, monkeypatch):
     runs = {sig: tmp_path / sig.name for sig in (signal.SIGINT, signal.SIGTERM)}
     processes = {sig: _start(_command(flowers, run, "--epochs", "1000", "--repetitions", "3"), tmp_path)
@@ -299,7 +299,8 @@ def test_sigint_and_sigterm_stop_at_a_step_write_a_checkpoint_and_say_how_to_res
     assert cli.main(["train", str(flowers), "--out", str(run), "--resume", "--max-steps", str(step + 1),
                      "--no-progress"]) == 0
     folders, load_folder = [], imagefolder.load_folder
-    monkeypatch.setattr(imagefolder, "load_folder", lambda folder, *a, **k: folders.append(folder) or load_folder(folder, *a, **k))
+    monkeypatch.setattr(imagefolder, "load_folder",
+                        lambda folder, *a, **k: folders.append(folder) or load_folder(folder, *a, **k))
     assert cli.main(["train", "--out", str(run), "--resume", "--max-steps", str(step + 2), "--no-progress"]) == 0
     assert folders == [str(flowers.resolve())]
     assert json.loads((checkpoint.resolve(run) / "state.json").read_text())["step"] == step + 2
@@ -388,9 +389,11 @@ def test_resume_refuses_options_that_would_change_the_run(tmp_path, capsys, monk
     assert "holds no checkpoint to resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_bad_argument_from_the_shell_prints_no_traceback(tmp_path):
     process = _start([sys.executable, "-m", "corolla", "train", "--device", "nonsense", "--out",
                       str(tmp_path / "run")], tmp_path)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 2 and "Traceback" not in err
-    assert err.strip().splitlines() == ["corolla: error: unknown device 'nonsense'; choose auto, cpu, cuda, cuda:N or mps"]
+    assert err.strip().splitlines() == [
+        "corolla: error: unknown device 'nonsense'; choose auto, cpu, cuda, cuda:N or mps"]

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from corolla import cli
+from corolla.config import preset
 from corolla.data import imagefolder
 from corolla.storage import checkpoint, runfolder
-from corolla.config import preset
 from corolla.training import build, train
 
 
@@ -48,6 +48,7 @@ def _fake_run(run: Path) -> None:
 
 # -- 2. a fresh run in a folder holding a run --------------------------------------------
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_fresh_train_refuses_a_folder_holding_a_run_and_deletes_nothing(make_flowers, tmp_path):
     flowers, run = make_flowers(16), tmp_path / "run"
     _fake_run(run)
@@ -104,6 +105,7 @@ def test_overwrite_replaces_a_run_but_keeps_other_files(make_flowers, tmp_path, 
 
 # -- 3. one writer per run folder ----------------------------------------------------------
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_second_writer_is_refused_while_a_run_trains_and_allowed_once_it_is_killed(make_flowers, tmp_path):
     """Two real processes: the first trains (holding the lock); a --resume and a fresh --overwrite
     of the same folder are refused and change nothing; after a SIGKILL the kernel has released

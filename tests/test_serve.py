@@ -25,18 +25,19 @@ from PIL import Image
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install 'corolla[serve]'")
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'corolla[serve]'")
 
+from conftest import CLASSES, make_labels_matter  # noqa: E402
+
 from corolla import cli, conditioning, editing, figures
-from corolla.storage import checkpoint  # noqa: E402
 from corolla.config import preset  # noqa: E402
 from corolla.diffusion import DiffusionModel  # noqa: E402
 from corolla.generation import generate  # noqa: E402
-from corolla.storage.grids import grid_array, to_uint8  # noqa: E402
-from corolla.serve.app import create_app  # noqa: E402
 from corolla.serve import photos  # noqa: E402
+from corolla.serve.app import create_app  # noqa: E402
 from corolla.serve.engine import Engine, Limits  # noqa: E402
+from corolla.storage import checkpoint  # noqa: E402
+from corolla.storage.grids import grid_array, to_uint8  # noqa: E402
 from corolla.training import train  # noqa: E402
 from corolla.unet import UNetConfig  # noqa: E402
-from conftest import CLASSES, make_labels_matter  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -445,6 +446,7 @@ def test_a_busy_port_is_a_one_line_error(capsys):
     assert err.startswith(f"corolla: error: cannot listen on 127.0.0.1:{port} (") and err.count("\n") == 1
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_corolla_serve_command_warns_off_loopback_and_stops_on_ctrl_c(run_dir, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "corolla", "serve", str(run_dir), "--host", "0.0.0.0",
                                 "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -12,7 +12,8 @@ import threading
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install 'corolla[serve]'")
 from starlette.testclient import TestClient  # noqa: E402
@@ -146,6 +147,7 @@ def test_a_client_that_never_reads_its_stream_gives_its_job_slot_back(tmp_path):
     """Four such clients held all four slots for ever; each now loses its job after stall_s."""
     import socket
     import time
+
     import uvicorn
     torch.manual_seed(0)
     big = Engine(DiffusionModel(CONFIG.unet, CONFIG.train.schedule), 64, "tiny at 64", Limits(max_jobs=1))

@@ -6,10 +6,10 @@ from PIL import Image
 
 from corolla import cli
 from corolla.cli import train as cli_train
-from corolla.data import imagefolder
-from corolla.storage import checkpoint
 from corolla.config import preset
+from corolla.data import imagefolder
 from corolla.rates import ema_decay
+from corolla.storage import checkpoint
 from corolla.training import resumed_config, train
 
 

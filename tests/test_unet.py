@@ -24,7 +24,8 @@ def test_sinusoidal_embedding_formula():
     assert emb.shape == (3, 32, 1, 1)
     freqs = [math.exp(math.log(1000.0) * i / 15) for i in range(16)]
     for b, value in enumerate([0.0, 0.3, 1.0]):
-        expected = [math.sin(2 * math.pi * f * value) for f in freqs] + [math.cos(2 * math.pi * f * value) for f in freqs]
+        angles = [2 * math.pi * f * value for f in freqs]
+        expected = [math.sin(a) for a in angles] + [math.cos(a) for a in angles]
         assert emb[b, :, 0, 0].tolist() == pytest.approx(expected, abs=1e-9)
 
 

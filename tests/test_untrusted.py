@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from corolla import cli, metrics
-from corolla.storage import checkpoint, safefile
 from corolla.config import preset
+from corolla.storage import checkpoint, safefile
 from corolla.training import build
 
 TINY = preset("tiny").replace(train={"precision": "fp32"})
@@ -151,6 +151,7 @@ def test_oversized_or_deeply_nested_files_are_one_line(name, content, message, r
     _one_line_refusal(["sample", str(release), "-n", "1", "--out", str(tmp_path / "x.png")], capsys, message)
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_refused_config_is_one_line_from_the_shell(release, tmp_path):
     _forge_config(release, "data", "image_size", 0)
     process = _command("sample", str(release), "-n", "1", "--out", str(tmp_path / "x.png"))
@@ -165,12 +166,14 @@ def _replace_latest(run: Path, make) -> None:
     make(run / "latest")
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_a_fifo_as_latest_does_not_hang_the_command(run, tmp_path):
     _replace_latest(run, os.mkfifo)  # opening it for reading used to block forever
     process = _command("sample", str(run), "-n", "1", "--out", str(tmp_path / "x.png"), timeout=120)
     _assert_refused(process, "latest is not a regular file")
 
 
+@pytest.mark.slow  # starts a subprocess
 def test_latest_linked_to_dev_zero_is_refused_without_reading_it(run, tmp_path):
     _replace_latest(run, lambda p: p.symlink_to("/dev/zero"))  # used to read until memory ran out
     process = _command("sample", str(run), "-n", "1", "--out", str(tmp_path / "x.png"), limit_memory=True)

@@ -3,16 +3,14 @@ import json
 
 import pytest
 import torch
+from conftest import CLASSES
 
 from corolla import cli, warmstart
-from corolla.storage import checkpoint, pretrained
-from corolla.config import preset
+from corolla.config import WARM_START_LR_WARMUP, preset
 from corolla.diffusion import DiffusionModel
-from corolla.config import WARM_START_LR_WARMUP
 from corolla.rates import resolve_lr_warmup
+from corolla.storage import checkpoint, pretrained
 from corolla.training import train
-
-from conftest import CLASSES
 
 
 @pytest.fixture(scope="module")

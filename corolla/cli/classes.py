@@ -5,8 +5,16 @@ from __future__ import annotations
 from .. import conditioning
 from ..config import Config
 from ..storage import checkpoint, outputs
-from .options import (add_model_options, add_out, add_sampling, checkpoint_path, guidance, load_model_for, path_text,
-                      whole_number)
+from .options import (
+    add_model_options,
+    add_out,
+    add_sampling,
+    checkpoint_path,
+    guidance,
+    load_model_for,
+    path_text,
+    whole_number,
+)
 
 GRID_CLASSES = 8  # rows of class-grid when no --class is given
 
@@ -60,6 +68,7 @@ def spread(count: int, rows: int = GRID_CLASSES) -> list[int]:
 
 def run_class_grid(args) -> int:
     import torch
+
     from ..figures import save_labelled_grid
     from ..generation import class_labels, generate
     out = outputs.check_file(args.out, "--out")  # before the sampling it would waste

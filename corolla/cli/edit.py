@@ -12,12 +12,20 @@ import torch
 from safetensors.torch import save_file
 
 from .. import editing, figures, limits
+from ..generation import SamplingSettings, initial_noise
 from ..storage import outputs
 from ..storage.atomic import replacing
-from ..generation import SamplingSettings, initial_noise
-from .options import (add_model_options, add_out, add_sampling, load_model_for, path_text, sampling_settings, steps,
-                      whole_number)
 from ..storage.grids import save_each, save_grid
+from .options import (
+    add_model_options,
+    add_out,
+    add_sampling,
+    load_model_for,
+    path_text,
+    sampling_settings,
+    steps,
+    whole_number,
+)
 
 HOLE_GREY = 0.5  # how the figure shows the pixels to fill
 # inpainting walks RePaint's stochastic DDPM-like steps on the reference's grid; inversion runs
@@ -144,7 +152,8 @@ def run_inpaint(args) -> int:
         print(f"wrote {len(save_each(filled, out.each))} images to {out.each}")
     if out.figure is not None:
         masked = torch.where(fill, torch.full_like(photos, HOLE_GREY), photos)
-        table = torch.cat([photos[:, None], masked[:, None], filled.view(len(paths), args.num_images, *photos.shape[1:])], 1)
+        fills = filled.view(len(paths), args.num_images, *photos.shape[1:])
+        table = torch.cat([photos[:, None], masked[:, None], fills], 1)
         columns = ["input", "to fill"] + [f"seed {args.seed} #{v}" for v in range(args.num_images)]
         title = f"inpainting: {method}, {args.steps} steps ({config.preset})"
         print(f"wrote {figures.save_labelled_grid(table, out.figure, columns, [_name(p) for p in paths], title)}")
@@ -263,8 +272,10 @@ def register(sub) -> None:
     p = sub.add_parser("inpaint", help="fill a masked region of a photo (RePaint; --resample 1: plain replacement)")
     _add_photos(p)
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--mask", metavar="MASK", type=path_text, help="image of the photo's size: white = fill, black = keep")
-    where.add_argument("--box", metavar="X,Y,W,H", type=box, help="fill this rectangle (the photo's pixels, from the top left)")
+    where.add_argument("--mask", metavar="MASK", type=path_text,
+                       help="image of the photo's size: white = fill, black = keep")
+    where.add_argument("--box", metavar="X,Y,W,H", type=box,
+                       help="fill this rectangle (the photo's pixels, from the top left)")
     p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_BATCH), default=1,
                    help="seeded fills per photo")
     add_sampling(p, ("steps",), INPAINTING)
@@ -282,5 +293,6 @@ def register(sub) -> None:
                    help="evaluations placing the last state (fixed point; default %(default)s)")
     add_out(p, "noise.safetensors", "safetensors file of the noises (key 'noise')")
     p.add_argument("--reconstruction", metavar="PNG", type=path_text, help="also write the decoded noises as a grid")
-    p.add_argument("--each", metavar="DIR", type=path_text, help="also write each decoded noise as a PNG, named by index")
+    p.add_argument("--each", metavar="DIR", type=path_text,
+                   help="also write each decoded noise as a PNG, named by index")
     p.set_defaults(func=run_invert)

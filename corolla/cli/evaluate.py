@@ -5,11 +5,11 @@ import json
 import math
 
 from .. import limits
+from ..inception import weights_help
+from ..metrics import EvalSettings, evaluate_checkpoint
 from ..storage import outputs
 from ..storage.atomic import replacing
 from .options import add_model_options, add_sampling, checkpoint_path, path_text, whole_number
-from ..inception import weights_help
-from ..metrics import EvalSettings, evaluate_checkpoint
 
 # (key, label, format); None values print as what they need
 ROWS = [
@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--data", metavar="DIR", type=path_text,
                    help="the folder the model was trained on (default: bundled flowers)")
     p.add_argument("--heldout", metavar="DIR", type=path_text,
-                   help="images the model never saw, for the held-out figures (default: the --data split's held-out share)")
+                   help="images the model never saw, for the held-out figures (default: the --data split's "
+                        "held-out share)")
     p.add_argument("--samples", type=whole_number(1, limits.MAX_EVAL_SAMPLES), default=EvalSettings.samples,
                    help="images to generate (default %(default)s)")
     add_sampling(p, ("steps", "sampler", "eta", "seed", "batch_size"),
@@ -73,7 +74,8 @@ def with_reasons(results: dict) -> dict:
 def results_table(results: dict) -> str:
     width = max(len(label) for _, label, _ in ROWS)
     lines = [f"{results['checkpoint']}: {results['samples']} images, {results['steps']} {results['sampler']} steps, "
-             f"seed {results['seed']}; {results['train_images']} training / {results['heldout_images']} held-out images"]
+             f"seed {results['seed']}; {results['train_images']} training / {results['heldout_images']} "
+             f"held-out images"]
     for key, label, form in ROWS:
         value = results.get(key)
         if value is None:

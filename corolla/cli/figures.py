@@ -8,8 +8,17 @@ from pathlib import Path
 from .. import figures, limits
 from ..data import imagefolder
 from ..storage import outputs
-from .options import add_model_options, add_out, add_sampling, load_model_for, path_text, positive_int, seed, whole_number
 from .edit import OrderedEnds, run_interpolate_ends
+from .options import (
+    add_model_options,
+    add_out,
+    add_sampling,
+    load_model_for,
+    path_text,
+    positive_int,
+    seed,
+    whole_number,
+)
 
 DEFAULT_NOISING_TIMES = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 
@@ -19,7 +28,8 @@ def int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not a comma-separated list of whole numbers") from None
+        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not a comma-separated list of whole numbers") \
+            from None
     if not values or min(values) < 1 or max(values) > limits.MAX_STEPS:
         raise argparse.ArgumentTypeError(f"{limits.short(text)} is not allowed: give whole numbers from 1 to "
                                          f"{limits.MAX_STEPS:,}, e.g. 1,2,5,20")
@@ -127,7 +137,8 @@ def run_progress(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("schedules", help="plot signal and noise rates of the linear, cosine and offset cosine schedules")
+    p = sub.add_parser("schedules",
+                       help="plot signal and noise rates of the linear, cosine and offset cosine schedules")
     add_out(p, "schedules.png", "PNG to write")
     p.set_defaults(func=run_schedules)
 

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 from .. import conditioning, distributed, limits
 from ..storage import outputs
-from .options import (add_model_options, add_out, add_progress, add_sampling, guidance, load_model_for, path_text,
-                      sampling_settings, whole_number)
+from .options import (
+    add_model_options,
+    add_out,
+    add_progress,
+    add_sampling,
+    guidance,
+    load_model_for,
+    path_text,
+    sampling_settings,
+    whole_number,
+)
 
 
 def register(sub) -> None:
@@ -22,7 +31,8 @@ def register(sub) -> None:
                         "--model: the shipped conditional model")
     p.add_argument("--guidance", type=guidance,
                    help="with --class: classifier-free guidance, 0 unconditional, 1 the conditional model, more "
-                        f"follows the class more closely at the cost of variety (default {conditioning.DEFAULT_GUIDANCE:g})")
+                        f"follows the class more closely at the cost of variety "
+                        f"(default {conditioning.DEFAULT_GUIDANCE:g})")
     add_progress(p)
     p.set_defaults(func=run_sample)
 
@@ -30,6 +40,7 @@ def register(sub) -> None:
 def run_sample(args) -> int:
     import torch
     from tqdm import tqdm
+
     from ..devices import resolve_device
     from ..generation import class_labels
     from ..storage.grids import save_each, save_grid

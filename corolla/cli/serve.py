@@ -40,6 +40,7 @@ def listen(host: str, port: int) -> socket.socket:
 def run_serve(args) -> int:
     try:
         import uvicorn
+
         from ..serve import guards
         from ..serve.app import create_app
         from ..serve.engine import Engine, Limits
@@ -57,7 +58,8 @@ def run_serve(args) -> int:
         loopback = guards.is_loopback_host(args.host)
         if not loopback:
             warnings.warn(f"--host {args.host}: anyone who can reach this port can use this machine's "
-                          f"{'GPU' if device.type == 'cuda' else 'CPU'} through the page; there is no login")
+                          f"{'GPU' if device.type == 'cuda' else 'CPU'} through the page; there is no login",
+                          stacklevel=2)
         host, port = server_socket.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"corolla: serving {name} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)

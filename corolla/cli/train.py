@@ -8,8 +8,21 @@ from pathlib import Path
 from .. import config as configs
 from .. import limits, schedules
 from ..storage import checkpoint, runfolder
-from .options import (Given, add_precision, add_progress, batch_size, fraction, image_size, path_text, positive_float,
-                      positive_int, seed, snr_gamma, steps, whole_number)
+from .options import (
+    Given,
+    add_precision,
+    add_progress,
+    batch_size,
+    fraction,
+    image_size,
+    path_text,
+    positive_float,
+    positive_int,
+    seed,
+    snr_gamma,
+    steps,
+    whole_number,
+)
 
 
 def register(sub) -> None:
@@ -69,7 +82,8 @@ def _add_train(sub) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format for the convolutions (speed only; default on, --no-channels-last for NCHW)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the trained network (speed only; the first steps compile; the EMA network stays eager)")
+                   help="torch.compile the trained network (speed only; the first steps compile; the EMA network "
+                        "stays eager)")
     add_precision(p, default=None)
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun on GPUs, BatchNorm statistics over the global batch")

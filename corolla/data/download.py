@@ -30,10 +30,10 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from ..storage.checkpoint import ensure_writable, remove_stale_temporaries
-from .imagefolder import cache_dir
 from ..limits import MAX_JSON_BYTES
+from ..storage.checkpoint import ensure_writable, remove_stale_temporaries
 from ..storage.safefile import read_bounded
+from .imagefolder import cache_dir
 
 OFFICIAL_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 URL_ENV = "COROLLA_FLOWERS102_URL"

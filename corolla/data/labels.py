@@ -26,9 +26,9 @@ from pathlib import Path, PurePath
 
 import torch
 
-from .imagefolder import DataError
 from ..limits import MAX_CLASS_NAME, MAX_CLASSES, MAX_LABELS_BYTES, is_class_name, short
 from ..storage.safefile import read_bounded
+from .imagefolder import DataError
 
 IMAGE_COLUMN, NUMBER_COLUMN, NAME_COLUMN = "image", "label", "class_name"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from . import imagefolder, labels
 from ..config import Config
+from . import imagefolder, labels
 
 
 @dataclass

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..storage import runfolder
 from ..limits import MAX_GRID_BYTES
+from ..storage import runfolder
 from ..storage.safefile import FileRefused, read_run_file
 from . import guards, photos
 from .engine import BadRequest, Cancelled, Engine, frame_urls, grid_url, run_summary

@@ -27,12 +27,11 @@ from PIL import Image
 
 from .. import editing, figures, limits, samplers
 from ..conditioning import DEFAULT_GUIDANCE
-from ..diffusion import DiffusionModel
-from ..generation import default_grid, image_generator
-from ..storage.grids import grid_array, to_uint8
 from ..data.labels import class_number
+from ..diffusion import DiffusionModel
+from ..generation import Callback, default_grid, generate, sample_from_noise
+from ..storage.grids import grid_array, to_uint8
 from .guards import Invalid, stops_when
-
 
 BadRequest = Invalid  # a request the server refuses; its message is shown in the page
 WHOLE_NUMBER = re.compile(r"-?[0-9]{1,20}")  # ASCII digits: "²".isdigit() is true, and int() refuses it
@@ -144,11 +143,6 @@ class InpaintRequest:
 INPAINT_EVALUATIONS = 5  # RePaint's resampling may take this many times --max-steps evaluations
 
 
-def _draw(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
-    """The next standard normal draw of each image's stream, as generate draws them."""
-    return torch.stack([torch.randn(shape, generator=g) for g in generators])
-
-
 def png_data_url(pixels) -> str:
     """(H, W, 3) uint8 -> a data: URL the page shows as it is (nothing is stored on the server)."""
     buffer = io.BytesIO()
@@ -247,35 +241,18 @@ class Engine:
 
     # -- sampling -----------------------------------------------------------------------------
 
-    def _sample(self, noise: torch.Tensor, steps: int, sampler: str, grid: str, eta: float,
-                generators: list[torch.Generator] | None, on_step: Callable[[int, torch.Tensor], None],
-                cancelled: threading.Event, labels: torch.Tensor | None = None,
-                guidance: float = DEFAULT_GUIDANCE) -> torch.Tensor:
-        """generate.sample_from_noise with the model's lock around each evaluation and
-        on_step(evaluation number, predicted images in [0, 1]) after it -> images in [0, 1]."""
-        model, done = self.model, 0
-        denoise = model.ema_denoiser(labels, guidance)
+    @staticmethod
+    def _watch(on_step: Callable[[int, torch.Tensor], None], cancelled: threading.Event) -> Callback:
+        """generation's callback for a job: on_step, and the job ends at the evaluation after the
+        page has gone."""
+        if cancelled.is_set():
+            raise Cancelled
 
-        def watched(x, noise_rates, signal_rates):
-            nonlocal done
+        def callback(done: int, preview: torch.Tensor) -> None:
             if cancelled.is_set():
                 raise Cancelled
-            with self.lock:
-                pred_noises, pred_images = denoise(x, noise_rates, signal_rates)
-            done += 1
-            on_step(done, model.normalizer.denormalize(pred_images).float().cpu())
-            return pred_noises, pred_images
-
-        noise_fn = None
-        if generators is not None:  # eta > 0: each image's own stream goes on after its initial noise
-            noise_fn = lambda: _draw(generators, tuple(noise.shape[1:])).to(self.device)
-        with torch.inference_mode():
-            pred_images = samplers.get(sampler)(watched, model.schedule, noise.to(self.device),
-                                                samplers.get_grid(grid, steps, model.schedule), eta=eta,
-                                                noise_fn=noise_fn)
-        if not torch.isfinite(pred_images).all():
-            raise ValueError("the network's predictions hold NaN or infinite values: this model does not make images")
-        return model.normalizer.denormalize(pred_images).float().cpu()
+            on_step(done, preview)
+        return callback
 
     def sample(self, request: SampleRequest, on_step: Callable[[int, torch.Tensor], None],
                cancelled: threading.Event) -> torch.Tensor:
@@ -283,20 +260,16 @@ class Engine:
         classes, one such row per class, each sampled as `corolla sample --class C` samples it (its
         own batch, so its pixels do not depend on the other rows), row after row. on_step gets the
         rows done so far and the current row's predictions."""
-        shape = (self.channels, self.image_size, self.image_size)
         rows, evaluations = [], 0
 
         def step(_, preview):
             nonlocal evaluations
             evaluations += 1
             on_step(evaluations, torch.cat([*rows, preview]))
-        for number in request.classes or (None,):
-            generators = [image_generator(request.seed, i) for i in range(request.count)]  # the same noise each row
-            noise = _draw(generators, shape)
-            labels = None if number is None else torch.full((request.count,), number, device=self.device)
-            rows.append(self._sample(noise, request.steps, request.sampler, request.grid, request.eta,
-                                     generators if request.eta > 0 else None, step, cancelled, labels,
-                                     request.guidance))
+        for number in request.classes or (None,):  # images 0..count-1 of the seed in every row
+            rows.append(generate(self.model, request.count, request.steps, request.seed, request.sampler,
+                                 request.eta, request.count, self.image_size, grid=request.grid, classes=number,
+                                 guidance=request.guidance, callback=self._watch(step, cancelled), guard=self.lock))
         return torch.cat(rows)
 
     def interpolate(self, request: InterpolationRequest, on_step: Callable[[int, torch.Tensor], None],
@@ -304,7 +277,8 @@ class Engine:
         """The frames of `corolla interpolate --seeds FIRST SECOND` (deterministic DDIM)."""
         noise = figures.interpolation_noises(request.first, request.second, request.frames,
                                              (self.channels, self.image_size, self.image_size))
-        return self._sample(noise, request.steps, "ddim", "uniform", 0.0, None, on_step, cancelled)
+        return sample_from_noise(self.model, noise, request.steps, grid="uniform",
+                                 callback=self._watch(on_step, cancelled), guard=self.lock)
 
 
     # -- photos: editing's functions, called whole under the lock (they evaluate the network

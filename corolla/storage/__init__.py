@@ -1,1 +1,2 @@
-"""What corolla writes and reads back: atomic files, checkpoints, training state, run folders, grids, shipped models, and the guarded reader every file goes through."""
+"""What corolla writes and reads back: atomic files, checkpoints, training state, run folders,
+grids, shipped models, and the guarded reader every file goes through."""

@@ -32,12 +32,12 @@ import torch
 from safetensors.torch import save as dump_safetensors
 
 from .. import precision as precisions
-from .atomic import remove_stale_temporaries
-from .safefile import CheckpointError, HeaderCheck, read_bounded, read_tensors, read_verified
-from .trainstate import parse_state
 from ..config import Config
 from ..diffusion import DiffusionModel
 from ..limits import MAX_ABS_WEIGHT, MAX_JSON_BYTES, MAX_PARAMETERS, json_file, short
+from .atomic import remove_stale_temporaries
+from .safefile import CheckpointError, HeaderCheck, read_bounded, read_tensors, read_verified
+from .trainstate import parse_state
 
 FORMAT = "corolla-checkpoint"
 VERSION = 1
@@ -271,8 +271,9 @@ def resolve(path: str | os.PathLike) -> Path:
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         return path
     name = read_latest(path) if path.is_dir() else None
-    if name and (path / "checkpoints" / name / CONFIG_FILE).is_file() and not (path / "checkpoints" / name).is_symlink():
-        return path / "checkpoints" / name
+    named = path / "checkpoints" / name if name else None
+    if named and (named / CONFIG_FILE).is_file() and not named.is_symlink():
+        return named
     if name:
         raise CheckpointError(f"{path / 'latest'} names {name!r}, which is not a complete checkpoint in "
                               f"{path / 'checkpoints'}")
@@ -395,7 +396,8 @@ def _check_same_config(config: Config, metadata: dict[str, str], where: Path) ->
     differences = [f"{key}: {stored.get(key)!r} in the weights, {value!r} in {CONFIG_FILE}"
                    for key, value in _flat(current).items() if stored.get(key) != value]
     if differences:
-        raise CheckpointError(f"{where.parent / CONFIG_FILE} does not describe these weights ({'; '.join(differences[:3])})")
+        raise CheckpointError(f"{where.parent / CONFIG_FILE} does not describe these weights "
+                              f"({'; '.join(differences[:3])})")
 
 
 def _model_for(config: Config, where: Path) -> DiffusionModel:

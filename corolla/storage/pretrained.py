@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
-from ..diffusion import DiffusionModel
 from ..config import Config
+from ..diffusion import DiffusionModel
 from ..limits import MAX_JSON_BYTES
+from . import checkpoint
 from .safefile import read_bounded
 
 MODELS = Path(__file__).parent.parent / "assets" / "models"
@@ -54,7 +54,8 @@ def describe(name: str) -> dict:
     config = checkpoint.load_config(folder)
     card = json.loads(read_bounded(folder / CARD_FILE, MAX_JSON_BYTES)) if (folder / CARD_FILE).is_file() else {}
     return {"name": name, "default": name == DEFAULT, "image_size": config.data.image_size,
-            "classes": len(config.unet.classes), "preset": config.preset, "data": card.get("data"), "steps": card.get("steps"),
+            "classes": len(config.unet.classes), "preset": config.preset, "data": card.get("data"),
+            "steps": card.get("steps"),
             "images_seen": card.get("images_seen"),
             "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file())}
 
@@ -68,7 +69,8 @@ def export_release(source: str | os.PathLike, out: str | os.PathLike, half: bool
         raise checkpoint.OutputError(f"--out {str(out)!r} is the checkpoint being exported or a folder holding it; "
                                      f"choose a folder outside {source_folder}")
     if (target / checkpoint.TRAINING_FILE).exists():  # corolla wrote it, but its run could no longer resume
-        raise checkpoint.OutputError(f"--out {str(out)!r} is a training checkpoint (it holds {checkpoint.TRAINING_FILE}); "
+        raise checkpoint.OutputError(f"--out {str(out)!r} is a training checkpoint "
+                                     f"(it holds {checkpoint.TRAINING_FILE}); "
                                      f"a release over it would end its run's --resume: choose another folder")
     model, config = checkpoint.load_model(source)
     return checkpoint.save_pretrained(out, model, config, ema_only=True,

@@ -13,9 +13,9 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import atomic
 from ..limits import MAX_LOG_BYTES
+from . import atomic
 from .safefile import read_run_file
 
 
