@@ -7,13 +7,15 @@ and a line in metrics.jsonl.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import shlex
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,16 +23,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import conditioning, distributed, loggers, warmstart
-from .data import imagefolder, rundata
-from .storage import checkpoint, runfolder, runlog
 from . import precision as precisions
-from .devices import resolve_device
 from .config import Config
+from .data import imagefolder, rundata
+from .devices import resolve_device
 from .diffusion import DiffusionModel, compile_for_training
-from .generation import NotFinite, generate
 from .figures import plot_training
-from .storage.grids import save_grid
+from .generation import NotFinite, generate
 from .rates import adam_epsilon, ema_decay, learning_rate, resolve_lr_warmup
+from .storage import checkpoint, runfolder, runlog
+from .storage.grids import save_grid
+from .storage.trainstate import Progress, Sources
 
 LOG_EVERY = 10  # steps between loss syncs (each is a host-device sync on a GPU)
 
@@ -239,8 +242,8 @@ def train(config: Config, data_dir: str | Path | None = None, out: str | Path = 
     if config.train.keep_best:
         checkpoint.check_replaceable(run_dir / "best")  # now, not at the first evaluation
     with runfolder.claim(run_dir, resume, overwrite) if world.is_main else contextlib.nullcontext():
-        return _train(config, data_dir, run_dir, world, dev, resume, progress, max_steps, log, val_dir, report_to,
-                      conditional, labels_file, init_from)
+        return _train(config, Sources(data_dir, val_dir, labels_file, init_from), run_dir, world, dev, resume,
+                      progress, max_steps, log, report_to, conditional)
 
 
 def _epoch_grid(model: DiffusionModel, config: Config, run_dir: Path, epoch: int) -> torch.Tensor | None:
@@ -297,156 +300,179 @@ def _keep_best(scores: dict, best: dict | None, model: DiffusionModel, config: C
     return best
 
 
-def _train(config: Config, data_dir: str | Path | None, run_dir: Path, world: distributed.World, dev: torch.device,
-           resume: bool, progress: bool, max_steps: int | None, log, val_dir: str | Path | None,
-           report_to: Sequence[str] = (), conditional: bool = False, labels_file: str | Path | None = None,
-           init_from: str | Path | None = None) -> Path:
-    """`train` in a run folder it holds."""
-    # -- set up ---------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """A run being trained: its config, images and model, where it stands, and the work between
+    steps (checkpoint, log line, end of epoch) that the loop calls."""
+    config: Config
+    run_dir: Path
+    world: distributed.World
+    dev: torch.device
+    data: rundata.RunData
+    sources: Sources
+    data_identity: dict
+    model: DiffusionModel
+    optimizer: torch.optim.Optimizer
+    progress: Progress
+    say: Callable[[str], None]
+    running: torch.Tensor  # the loss summed since the last log line, on the device (no sync per step)
+    resumed: bool
+    reporter: loggers.Reporter | None = None
+
+    def save(self, reason: str) -> Path:
+        """A checkpoint of the run as it stands (rank 0 writes; every rank keeps the same partial sum)."""
+        p = self.progress
+        self.running = distributed.mean(self.running, self.world)
+        if not self.world.is_main:
+            return self.run_dir
+        _check_finite(self.model, self.running, p.step, self.run_dir)
+        p.running_loss = self.running.item()
+        state = {**dataclasses.asdict(p), "reason": reason, **self.sources.to_state(),
+                 "world_size": self.world.size, "data_identity": self.data_identity}
+        try:
+            return checkpoint.save_training(self.run_dir, self.model, self.config, self.optimizer, state, {})
+        except OSError as error:
+            raise TrainingError(f"could not write the checkpoint of step {p.step} ({error.strerror or error}); "
+                                f"the previous checkpoint in {self.run_dir} is kept") from None
+
+    def log(self, record: dict) -> None:
+        """A line of metrics.jsonl and the trackers (rank 0); every rank counts it."""
+        if self.world.is_main:
+            runlog.append(self.run_dir / "metrics.jsonl", record)
+            self.reporter.record(record, self.optimizer.param_groups[0]["lr"],
+                                 ema_decay(self.config, self.progress.step - 1))
+        self.progress.log_lines += 1
+
+    def log_loss(self) -> float:
+        """Log the mean loss since the last line and start the next sum -> the mean."""
+        p = self.progress
+        mean_loss = (distributed.mean(self.running, self.world) / p.losses_since_log).item()
+        if not math.isfinite(mean_loss):
+            raise TrainingError(f"loss became {mean_loss} by step {p.step}; stopped without saving, "
+                                f"the last good checkpoint in {self.run_dir} is kept")
+        self.log({"step": p.step, "epoch": p.epoch + 1, "train_loss": mean_loss})
+        self.running, p.losses_since_log = torch.zeros((), device=self.dev), 0
+        return mean_loss
+
+    def end_epoch(self, images_per_s: float, evaluator) -> tuple[Path, str]:
+        """Validation loss, the sample grid, the log line, an evaluation when due and a checkpoint
+        -> (its folder, the epoch's summary line)."""
+        p, tc = self.progress, self.config.train
+        p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+        val = float("nan")
+        if self.world.is_main:
+            val = validation_loss(self.model, self.data.val, tc.batch_size, tc.seed, self.dev, self.data.val_labels)
+            grid = _epoch_grid(self.model, self.config, self.run_dir, p.epoch)
+            if grid is None:
+                self.say(f"epoch {p.epoch}: the EMA network's samples are not finite; no sample grid written")
+            else:
+                self.reporter.grid(grid, p.step)
+        # logged before the checkpoint, so the checkpoint's log_lines count it
+        self.log({"step": p.step, "epoch": p.epoch, "val_loss": val if math.isfinite(val) else None,
+                  "images_per_s": images_per_s})
+        if evaluator is not None and p.epoch % tc.eval_every == 0:
+            scores = {k: v for k, v in evaluator(self.model).items() if not isinstance(v, list)}
+            self.log({"step": p.step, "epoch": p.epoch, **{f"eval_{k}": v for k, v in scores.items()}})
+            p.best = _keep_best(scores, p.best, self.model, self.config, self.run_dir, p.step, p.epoch, self.say)
+        folder = self.save("epoch")
+        if self.world.is_main:
+            plot_training(self.run_dir)
+        return folder, f"epoch {p.epoch}/{tc.epochs}: step {p.step}, val loss {val:.4f}, {images_per_s:.1f} images/s"
+
+    def interrupted(self, folder: Path, signum: int | None) -> Interrupted:
+        data = [str(self.sources.data_dir)] if self.sources.data_dir else []
+        command = shlex.join(["corolla", "train", *data, "--out", str(self.run_dir)])
+        name = signal.Signals(signum).name if signum else "a signal"
+        return Interrupted(f"stopped by {name} at step {self.progress.step}; checkpoint {folder}. "
+                           f"Resume with: {command} --resume")
+
+
+def _set_up(config: Config, sources: Sources, run_dir: Path, world: distributed.World, dev: torch.device,
+            resume: bool, conditional: bool, log) -> _Run:
+    """The run's config, images and model: a new run's, or a resumed one's as its checkpoint left it."""
     # the checkpoints record the precision used, never "auto"
     config = config.replace(train={"precision": precisions.resolve(config.train.precision, dev)})
-    tc, dc = config.train, config.data
-    micro = micro_batch_size(config, world)
     resuming = resume and (run_dir / "latest").exists()
     if resuming:
         config = resumed_config(checkpoint.load_config(checkpoint.resolve(run_dir)), config)
     saved = checkpoint.load_state(run_dir) if resuming else {}
     # the run's own images unless others are given, and never other images than it trained on
-    data_dir, val_dir = data_dir or saved.get("data_dir"), val_dir or saved.get("val_dir")
-    labels_file = labels_file or saved.get("labels_file")
-    config, run, data_identity = rundata.load(config, data_dir, val_dir, conditional, labels_file, saved)
-    train_images = run.train.to(dev)  # uint8 on the device: no host copies in the loop
-    train_labels = None if run.train_labels is None else run.train_labels.to(dev)
-    model, optimizer, loaded = _start_model(config, run, run_dir, dev, None if resuming else init_from)
-    # where the starting weights came from stays in every checkpoint of the run
-    init_from = saved.get("init_from") if resuming else loaded
-    config = resolve_lr_warmup(config, bool(init_from))
-    steps_per_epoch = imagefolder.batches_per_epoch(run.train.shape[0], dc.repetitions, tc.batch_size)
-    last_step = min(tc.epochs * steps_per_epoch, max_steps or math.inf)  # where a cool-down ends
-    step, epoch, batch_in_epoch = 0, 0, 0
-    # the loss summed since the last log line: saved in checkpoints so a resumed run logs the same means
-    running, losses_since_log = torch.zeros((), device=dev), 0
-    log_path, log_lines = run_dir / "metrics.jsonl", 0
+    sources = sources.resumed(saved) if resuming else sources
+    config, data, identity = rundata.load(config, sources.data_dir, sources.val_dir, conditional,
+                                          sources.labels_file, saved)
+    model, optimizer, loaded = _start_model(config, data, run_dir, dev, None if resuming else sources.init_from)
+    sources = sources if resuming else dataclasses.replace(sources, init_from=loaded)
+    config = resolve_lr_warmup(config, bool(sources.init_from))
     say = log if world.is_main else (lambda *_: None)
-
-    # -- resume ---------------------------------------------------------------------------
-    state: dict = {}
+    progress = Progress()
     if resuming:
         state, _ = checkpoint.load_training(run_dir, model, optimizer)
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        running.fill_(state.get("running_loss", 0.0))
-        losses_since_log, log_lines = state.get("losses_since_log", 0), state.get("log_lines", 0)
+        progress = Progress.from_state(state)
         if world.is_main:
-            runlog.truncate(log_path, log_lines)
-        say(f"resuming {run_dir} at step {step} (epoch {epoch + 1}, batch {batch_in_epoch})")
+            runlog.truncate(run_dir / "metrics.jsonl", progress.log_lines)
+        say(f"resuming {run_dir} at step {progress.step} (epoch {progress.epoch + 1}, "
+            f"batch {progress.batch_in_epoch})")
+    running = torch.full((), float(progress.running_loss), device=dev)
+    return _Run(config, run_dir, world, dev, data, sources, identity, model, optimizer, progress, say, running,
+                resuming)
 
-    evaluator = make_evaluator(config, run, dev) if tc.eval_every and world.is_main else None
-    best = state.get("best")  # {} unless resuming
 
-    ddp = _distribute(model, world, dev, tc.compile) if world.distributed else None
-
-    def save(reason: str) -> Path:
-        nonlocal running
-        running = distributed.mean(running, world)  # every rank resumes with the same partial sum
-        if not world.is_main:
-            return run_dir
-        _check_finite(model, running, step, run_dir)
-        state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "reason": reason,
-                 "running_loss": running.item(), "losses_since_log": losses_since_log, "log_lines": log_lines,
-                 "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-                 "val_dir": str(Path(val_dir).resolve()) if val_dir else None, "world_size": world.size,
-                 "labels_file": str(Path(labels_file).resolve()) if labels_file else None,
-                 "best": best, "data_identity": data_identity, "init_from": init_from}
-        try:
-            return checkpoint.save_training(run_dir, model, config, optimizer, state, {})
-        except OSError as error:
-            raise TrainingError(f"could not write the checkpoint of step {step} ({error.strerror or error}); "
-                                f"the previous checkpoint in {run_dir} is kept") from None
-
-    def log_record(record: dict) -> None:
-        nonlocal log_lines
-        if world.is_main:
-            runlog.append(log_path, record)
-            reporter.record(record, optimizer.param_groups[0]["lr"], ema_decay(config, step - 1))
-        log_lines += 1
-
-    def interrupted(folder: Path) -> Interrupted:
-        command = shlex.join(["corolla", "train", *([str(data_dir)] if data_dir else []), "--out", str(run_dir)])
-        name = signal.Signals(stop.received).name if stop.received else "a signal"
-        return Interrupted(f"stopped by {name} at step {step}; checkpoint {folder}. Resume with: {command} --resume")
-
-    if max_steps is not None and step >= max_steps:
-        return checkpoint.resolve(run_dir)  # a resumed run already there
-
-    folder = None
+def _train(config: Config, sources: Sources, run_dir: Path, world: distributed.World, dev: torch.device,
+           resume: bool, progress: bool, max_steps: int | None, log, report_to: Sequence[str] = (),
+           conditional: bool = False) -> Path:
+    """`train` in a run folder it holds: set up, then each epoch's steps and the work after them."""
+    micro = micro_batch_size(config, world)  # checked before any work
+    run = _set_up(config, sources, run_dir, world, dev, resume, conditional, log)
+    config, tc, p, model = run.config, run.config.train, run.progress, run.model
+    steps_per_epoch = imagefolder.batches_per_epoch(run.data.train.shape[0], config.data.repetitions, tc.batch_size)
+    last_step = min(tc.epochs * steps_per_epoch, max_steps or math.inf)  # where a cool-down ends
     slots = range(world.rank * tc.accumulate, (world.rank + 1) * tc.accumulate)  # this rank's micro-batches
-    reporter = loggers.start(report_to if world.is_main else (), run_dir, config, step if state else None)
-    with _StopSignals() as stop, reporter:
-        while epoch < tc.epochs:
-            # -- one epoch of steps -------------------------------------------------------
-            order = imagefolder.epoch_order(run.train.shape[0], dc.repetitions, tc.seed, epoch).to(dev)
+    train_images = run.data.train.to(dev)  # uint8 on the device: no host copies in the loop
+    train_labels = None if run.data.train_labels is None else run.data.train_labels.to(dev)
+    evaluator = make_evaluator(config, run.data, dev) if tc.eval_every and world.is_main else None
+    ddp = _distribute(model, world, dev, tc.compile) if world.distributed else None
+    if max_steps is not None and p.step >= max_steps:
+        return checkpoint.resolve(run_dir)  # a resumed run already there
+    folder = None
+    run.reporter = loggers.start(report_to if world.is_main else (), run_dir, config,
+                                 p.step if run.resumed else None)
+    with _StopSignals() as stop, run.reporter:
+        while p.epoch < tc.epochs:
+            order = imagefolder.epoch_order(run.data.train.shape[0], config.data.repetitions, tc.seed, p.epoch).to(dev)
             model.train()
-            bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+            bar = tqdm(total=steps_per_epoch, initial=p.batch_in_epoch, desc=f"epoch {p.epoch + 1}/{tc.epochs}",
                        disable=not (progress and world.is_main), leave=True, dynamic_ncols=True)
-            started, seen = time.perf_counter(), 0
-            stopping = False
-            while batch_in_epoch < steps_per_epoch:
-                index = order[batch_in_epoch * tc.batch_size:(batch_in_epoch + 1) * tc.batch_size]
+            started, seen, stopping = time.perf_counter(), 0, False
+            while p.batch_in_epoch < steps_per_epoch:
+                index = order[p.batch_in_epoch * tc.batch_size:(p.batch_in_epoch + 1) * tc.batch_size]
                 micro_batches = [_as_float(train_images[index[j * micro:(j + 1) * micro]], dev) for j in slots]
                 micro_labels = None if train_labels is None else [train_labels[index[j * micro:(j + 1) * micro]]
                                                                   for j in slots]
-                generators = [slot_generator(tc.seed, step, j, dev) for j in slots]
-                _set_rates(optimizer, config, step, last_step)
-                loss = train_step(model, optimizer, micro_batches, generators, ema_decay(config, step), ddp, world,
-                                  micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma)
-                step += 1
-                batch_in_epoch += 1
+                generators = [slot_generator(tc.seed, p.step, j, dev) for j in slots]
+                _set_rates(run.optimizer, config, p.step, last_step)
+                loss = train_step(model, run.optimizer, micro_batches, generators, ema_decay(config, p.step), ddp,
+                                  world, micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma)
+                p.step, p.batch_in_epoch, p.losses_since_log = p.step + 1, p.batch_in_epoch + 1, p.losses_since_log + 1
                 seen += tc.batch_size
-                running += loss
-                losses_since_log += 1
-                if losses_since_log == LOG_EVERY or batch_in_epoch == steps_per_epoch:
-                    mean_loss = (distributed.mean(running, world) / losses_since_log).item()
-                    if not math.isfinite(mean_loss):
-                        raise TrainingError(f"loss became {mean_loss} by step {step}; stopped without saving, "
-                                            f"the last good checkpoint in {run_dir} is kept")
-                    log_record({"step": step, "epoch": epoch + 1, "train_loss": mean_loss})
+                run.running += loss
+                if p.losses_since_log == LOG_EVERY or p.batch_in_epoch == steps_per_epoch:
+                    mean_loss = run.log_loss()
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
-                    running, losses_since_log = torch.zeros((), device=dev), 0
                 bar.update(1)
                 stopping = distributed.any_rank(stop.received is not None, dev, world)
-                if stopping or (max_steps is not None and step >= max_steps):
+                if stopping or (max_steps is not None and p.step >= max_steps):
                     break
             bar.close()
             if stopping:
-                raise interrupted(save("interrupted"))
-            if batch_in_epoch < steps_per_epoch:  # max_steps reached mid-epoch
-                folder = save("max_steps")
+                raise run.interrupted(run.save("interrupted"), stop.received)
+            if p.batch_in_epoch < steps_per_epoch:  # max_steps reached mid-epoch
+                folder = run.save("max_steps")
                 break
-            # -- end of epoch: validation, sample grid, log, checkpoint (rank 0) -------------
-            images_per_s = seen / max(time.perf_counter() - started, 1e-9)
-            epoch, batch_in_epoch = epoch + 1, 0
-            val = float("nan")
-            if world.is_main:
-                val = validation_loss(model, run.val, tc.batch_size, tc.seed, dev, run.val_labels)
-                grid = _epoch_grid(model, config, run_dir, epoch)
-                if grid is None:
-                    say(f"epoch {epoch}: the EMA network's samples are not finite; no sample grid written")
-                else:
-                    reporter.grid(grid, step)
-            # logged before the checkpoint, so the checkpoint's log_lines count it
-            log_record({"step": step, "epoch": epoch, "val_loss": val if math.isfinite(val) else None,
-                        "images_per_s": images_per_s})
-            if evaluator is not None and epoch % tc.eval_every == 0:
-                scores = {k: v for k, v in evaluator(model).items() if not isinstance(v, list)}
-                log_record({"step": step, "epoch": epoch, **{f"eval_{k}": v for k, v in scores.items()}})
-                best = _keep_best(scores, best, model, config, run_dir, step, epoch, say)
-            folder = save("epoch")
-            if world.is_main:
-                plot_training(run_dir)
+            folder, summary = run.end_epoch(seen / max(time.perf_counter() - started, 1e-9), evaluator)
             if distributed.any_rank(stop.received is not None, dev, world):  # a signal during validation
-                raise interrupted(folder)
-            say(f"epoch {epoch}/{tc.epochs}: step {step}, val loss {val:.4f}, {images_per_s:.1f} images/s")
-            if max_steps is not None and step >= max_steps:
+                raise run.interrupted(folder, stop.received)
+            run.say(summary)
+            if max_steps is not None and p.step >= max_steps:
                 break
     distributed.barrier(world)  # rank 0's last checkpoint is on disk before any rank returns
     return folder if folder is not None and world.is_main else checkpoint.resolve(run_dir)

@@ -3,6 +3,7 @@ A user's file, so every value a resumed run reads is checked for its type and ra
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..limits import KEEP_BEST_METRICS, boolean, integer, number, optional, sequence, short
@@ -14,9 +15,10 @@ def _path_or_null(value) -> str | None:
 
 
 def _best(value) -> str | None:
+    count = integer(0, 2 ** 62)
     ok = value is None or (isinstance(value, dict) and set(value) == {"metric", "value", "step", "epoch"}
                            and value["metric"] in KEEP_BEST_METRICS and number(-1e300)(value["value"]) is None
-                           and integer(0, 2 ** 62)(value["step"]) is None and integer(0, 2 ** 62)(value["epoch"]) is None)
+                           and count(value["step"]) is None and count(value["epoch"]) is None)
     return None if ok else "null or {\"metric\", \"value\", \"step\", \"epoch\"} of an evaluation"
 
 
@@ -46,7 +48,8 @@ STATE_RULES = {
     "labels_file": _path_or_null, "init_from": _path_or_null,
     "reason": lambda v: None if isinstance(v, str) else "text", "best": _best,
     "optimizer": lambda v: None if isinstance(v, dict) and isinstance(v.get("param_groups"), list) \
-        and isinstance(v.get("scalars"), dict) else "the optimiser's settings (a JSON object of param_groups and scalars)",
+        and isinstance(v.get("scalars"), dict) else "the optimiser's settings (a JSON object of param_groups and "
+                                                    "scalars)",
 }
 
 
@@ -69,3 +72,42 @@ def parse_state(payload: bytes, where: Path, required: tuple[str, ...] = ()) -> 
         if allowed is not None:
             raise CheckpointError(f"{where}: {key} = {short(value)} is not allowed: must be {allowed}")
     return state
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the counters a checkpoint's state.json keeps, so that a resumed run goes
+    on exactly (the same data order and noise, the same log lines and loss means)."""
+    step: int = 0
+    epoch: int = 0                # epochs finished
+    batch_in_epoch: int = 0
+    running_loss: float = 0.0     # the loss summed since the last log line, and how many losses
+    losses_since_log: int = 0
+    log_lines: int = 0            # the lines of metrics.jsonl this state accounts for
+    best: dict | None = None      # --keep-best's best evaluation so far
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Progress":
+        """From a state parse_state checked (a missing counter: an older checkpoint's, its default)."""
+        return cls(**{f.name: state.get(f.name, f.default) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where a run's images and starting weights come from. A resumed run keeps its recorded ones
+    unless others are given; every checkpoint records them."""
+    data_dir: str | Path | None = None
+    val_dir: str | Path | None = None
+    labels_file: str | Path | None = None
+    init_from: str | Path | None = None   # a model's weights a new run started from
+
+    def resumed(self, state: dict) -> "Sources":
+        """The folders given, else those the run recorded; the starting weights are the run's own."""
+        return Sources(self.data_dir or state.get("data_dir"), self.val_dir or state.get("val_dir"),
+                       self.labels_file or state.get("labels_file"), state.get("init_from"))
+
+    def to_state(self) -> dict:
+        def absolute(path):
+            return str(Path(path).resolve()) if path else None
+        return {"data_dir": absolute(self.data_dir), "val_dir": absolute(self.val_dir),
+                "labels_file": absolute(self.labels_file), "init_from": self.init_from}
