@@ -330,7 +330,7 @@ class _Run:
         state = {**dataclasses.asdict(p), "reason": reason, **self.sources.to_state(),
                  "world_size": self.world.size, "data_identity": self.data_identity}
         try:
-            return checkpoint.save_training(self.run_dir, self.model, self.config, self.optimizer, state, {})
+            return checkpoint.save_training(self.run_dir, self.model, self.config, self.optimizer, state)
         except OSError as error:
             raise TrainingError(f"could not write the checkpoint of step {p.step} ({error.strerror or error}); "
                                 f"the previous checkpoint in {self.run_dir} is kept") from None
@@ -406,7 +406,7 @@ def _set_up(config: Config, sources: Sources, run_dir: Path, world: distributed.
     say = log if world.is_main else (lambda *_: None)
     progress = Progress()
     if resuming:
-        state, _ = checkpoint.load_training(run_dir, model, optimizer)
+        state = checkpoint.load_training(run_dir, model, optimizer)
         progress = Progress.from_state(state)
         if world.is_main:
             runlog.truncate(run_dir / "metrics.jsonl", progress.log_lines)

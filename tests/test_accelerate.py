@@ -134,7 +134,7 @@ def test_channels_last_training_resumes_like_an_unbroken_run(tmp_path):
     opt = _optimizer(fast)
     _train_step(fast, opt, 0)
     run = tmp_path / "run"
-    checkpoint.save_training(run, fast, CONFIG, opt, {"step": 1, "epoch": 0, "batch_in_epoch": 1}, {})
+    checkpoint.save_training(run, fast, CONFIG, opt, {"step": 1, "epoch": 0, "batch_in_epoch": 1})
     _, resumed = _pair(channels_last=True)
     opt_resumed = _optimizer(resumed)
     checkpoint.load_training(run, resumed, opt_resumed)

@@ -41,7 +41,7 @@ def run(tmp_path):
     """A run folder with one checkpoint, made without training."""
     config, folder = preset("tiny"), tmp_path / "run"
     model, optimizer = build(config, torch.device("cpu"))
-    checkpoint.save_training(folder, model, config, optimizer, {"step": 3, "epoch": 1, "batch_in_epoch": 1}, {})
+    checkpoint.save_training(folder, model, config, optimizer, {"step": 3, "epoch": 1, "batch_in_epoch": 1})
     return folder
 
 

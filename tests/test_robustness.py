@@ -120,7 +120,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     assert all(r.get("train_loss", 0) == r.get("train_loss", 0) for r in _records(run))  # no NaN logged
     assert len(_records(run)) >= len(log_before)
     model, optimizer = build(CONFIG, torch.device("cpu"))
-    assert checkpoint.load_training(run, model, optimizer)[0]["step"] == 6
+    assert checkpoint.load_training(run, model, optimizer)["step"] == 6
 
 
 def test_a_diverging_run_from_the_command_line_is_one_line_exit_1(flowers, tmp_path, capsys):
@@ -258,7 +258,7 @@ def test_sigkill_at_random_moments_always_leaves_a_resumable_checkpoint(flowers,
         process.communicate(timeout=60)
 
         model, optimizer = build(preset("tiny"), torch.device("cpu"))
-        state, _ = checkpoint.load_training(run, model, optimizer)  # complete, whatever the moment
+        state = checkpoint.load_training(run, model, optimizer)  # complete, whatever the moment
         assert not steps_seen or state["step"] >= steps_seen[-1]
         steps_seen.append(state["step"])
 
@@ -381,7 +381,7 @@ def test_resume_refuses_options_that_would_change_the_run(tmp_path, capsys, monk
     monkeypatch.setattr(imagefolder, "load_folder", lambda *a, **k: pytest.fail("got as far as loading images"))
     run, config = tmp_path / "run", preset("tiny")
     model, optimizer = build(config, torch.device("cpu"))
-    checkpoint.save_training(run, model, config, optimizer, {"step": 1, "epoch": 1, "batch_in_epoch": 0}, {})
+    checkpoint.save_training(run, model, config, optimizer, {"step": 1, "epoch": 1, "batch_in_epoch": 0})
     code = cli.main(["train", "--out", str(run), "--resume", "--image-size", "32", "--lr", "0.01"])
     err = capsys.readouterr().err
     assert code == 2 and "may change, not data.image_size, train.lr" in err, err

@@ -39,7 +39,7 @@ def _fake_run(run: Path) -> None:
     """A run folder as training leaves it (a checkpoint, the log, the grids), made without training."""
     config = preset("tiny")
     model, optimizer = build(config, torch.device("cpu"))
-    checkpoint.save_training(run, model, config, optimizer, {"step": 3, "epoch": 1, "batch_in_epoch": 1}, {})
+    checkpoint.save_training(run, model, config, optimizer, {"step": 3, "epoch": 1, "batch_in_epoch": 1})
     (run / "metrics.jsonl").write_text('{"step": 1, "epoch": 1, "train_loss": 0.5}\n')
     (run / "samples").mkdir()
     for name in ("grid.png", "loss.png", "samples/epoch_001.png"):

@@ -37,7 +37,7 @@ def run(tmp_path) -> Path:
     model, optimizer = build(TINY, torch.device("cpu"))
     state = {"step": 1, "epoch": 0, "batch_in_epoch": 1, "running_loss": 0.5, "losses_since_log": 1,
              "log_lines": 0, "data_dir": None, "val_dir": None, "world_size": 1, "best": None, "reason": "epoch"}
-    checkpoint.save_training(tmp_path / "run", model, TINY, optimizer, state, {})
+    checkpoint.save_training(tmp_path / "run", model, TINY, optimizer, state)
     return tmp_path / "run"
 
 

@@ -49,7 +49,6 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
 
 
 positive_int = whole_number(1, 10 ** 9)         # counts without a sharper bound
-non_negative_int = whole_number(0, 10 ** 9)
 seed = whole_number(0, limits.MAX_SEED)
 steps = whole_number(1, limits.MAX_STEPS)
 batch_size = whole_number(1, limits.MAX_BATCH)

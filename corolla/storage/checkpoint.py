@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -175,7 +174,7 @@ def save_pretrained(folder: str | os.PathLike, model: DiffusionModel, config: Co
 
 
 def save_training(run_dir: str | os.PathLike, model: DiffusionModel, config: Config,
-                  optimizer: torch.optim.Optimizer, state: dict, rng_states: dict[str, torch.Tensor]) -> Path:
+                  optimizer: torch.optim.Optimizer, state: dict) -> Path:
     """A resumable checkpoint under run_dir/checkpoints, then `latest` points at it; the older
     ones are removed only after the pointer moved. The folder `latest` names is never written
     to: a second save at the same step gets the name step-N-1."""
@@ -190,7 +189,7 @@ def save_training(run_dir: str | os.PathLike, model: DiffusionModel, config: Con
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     folder = save_pretrained(run_dir / "checkpoints" / name, model, config,
                              extra_state={**state, "optimizer": opt_meta},
-                             extra_tensors={**opt_tensors, **{f"rng.{k}": v for k, v in rng_states.items()}})
+                             extra_tensors=opt_tensors)
     remove_stale_temporaries(folder.parent)
     remove_stale_temporaries(run_dir, {"latest", "write-test"})
     tmp = run_dir / f".latest.tmp-{os.getpid()}"
@@ -357,17 +356,14 @@ def _model_check(config: Config, where: Path) -> HeaderCheck:
 
 def _training_check(optimizer: torch.optim.Optimizer, where: Path) -> HeaderCheck:
     """The HeaderCheck of training.safetensors: optimizer.I.NAME is a scalar or the shape of
-    parameter I; rng.NAME a generator state of at most 1 MiB."""
+    parameter I (nothing else: a run's randomness is a function of its seed and step)."""
     shapes = [tuple(p.shape) for group in optimizer.param_groups for p in group["params"]]
 
     def check(header, metadata) -> None:
         for name, (_, shape) in header.items():
             parts = name.split(".")
-            if parts[0] == "optimizer" and len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < len(shapes):
-                ok = shape in ((), shapes[int(parts[1])])
-            else:
-                ok = parts[0] == "rng" and math.prod(shape) <= 2 ** 20
-            if not ok:
+            ok = parts[0] == "optimizer" and len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < len(shapes)
+            if not ok or shape not in ((), shapes[int(parts[1])]):
                 raise CheckpointError(f"{where}: {short(name)} of shape {short(shape)} is not part of the training "
                                       f"state of this network")
     return check
@@ -470,9 +466,8 @@ def load_state(path: str | os.PathLike) -> dict:
     return parse_state(payload, folder / STATE_FILE)
 
 
-def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: torch.optim.Optimizer
-                  ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Restore weights and optimiser in place -> (state dict from state.json, RNG states)."""
+def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore weights and optimiser in place -> the training state (state.json)."""
     folder = resolve(path)
     raw = _read_config_json(folder)
     sha256 = _checksums(raw)
@@ -490,5 +485,4 @@ def load_training(path: str | os.PathLike, model: DiffusionModel, optimizer: tor
         _restore_optimizer(optimizer, training, state.pop("optimizer"))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
         raise CheckpointError(f"{folder}: training state not usable to resume ({str(error)[:200]})") from None
-    rng = {k[len("rng."):]: v for k, v in training.items() if k.startswith("rng.")}
-    return state, rng
+    return state
