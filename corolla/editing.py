@@ -27,6 +27,7 @@ from . import samplers
 from .data import imagefolder
 from .diffusion import Denoiser, DiffusionModel
 from .generation import default_grid, draw_noise, image_generator, sample_from_noise
+from .limits import check_evaluation_memory
 from .schedules import Schedule
 
 # Fixed-point evaluations that place the last state of an inversion (ddim_invert). On the shipped
@@ -187,6 +188,8 @@ def _per_image(model: DiffusionModel, images: torch.Tensor, seed: int, indices: 
     if len(indices) != images.shape[0]:
         raise ValueError(f"{len(indices)} indices for {images.shape[0]} images")
     shape = tuple(images.shape[1:])
+    unet = model.network.config
+    check_evaluation_memory(unet.widths, unet.bottom_width, min(batch_size, images.shape[0]), shape[-1], device)
     out = []
     for first in range(0, images.shape[0], batch_size):
         rows = slice(first, min(first + batch_size, images.shape[0]))

@@ -18,6 +18,7 @@ from . import samplers
 from .conditioning import DEFAULT_GUIDANCE
 from .data.labels import class_number
 from .diffusion import Denoiser, DiffusionModel
+from .limits import check_evaluation_memory
 
 Classes = int | str | Sequence[int | str] | None  # one class (name or number) for all images, one per image, or none
 # called after each network evaluation with (evaluations so far, the predicted images in [0, 1] on
@@ -102,6 +103,10 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
     evaluation (a server's lock, so that jobs share the model one evaluation at a time)."""
     model.eval()
     device = next(model.parameters()).device
+    unet = model.network.config
+    guided = labels is not None and guidance not in (0, 1)  # both predictions in one batch of 2B
+    check_evaluation_memory(unet.widths, unet.bottom_width, noise.shape[0] * (2 if guided else 1),
+                            noise.shape[-1], device)
     times = samplers.get_grid(grid, steps, model.schedule)
     noise_fn = None
     if generators is not None:

@@ -201,6 +201,51 @@ def check_held_images(count: int, size: int, what: str, channels: int = 3) -> No
                          f"at most {most:,} at this size")
 
 
+# Peak memory of one network evaluation, per image pixel, of the reference U-Net (widths 32/64/96,
+# bottom 128) on the commands' sampling path (channels-last, float32, CPU): 2,020-2,380 bytes at
+# batch 8-32 and 64-128 px (benchmarks/sampling_memory.py), with a margin; other widths scale it
+# by their sum.
+EVALUATION_BYTES_PER_PIXEL = 2_600
+REFERENCE_WIDTH_SUM = 32 + 64 + 96 + 128
+
+
+def evaluation_bytes(widths: tuple[int, ...], bottom_width: int, batch: int, size: int) -> int:
+    """About how much memory one network evaluation of `batch` images of size x size takes."""
+    scale = (sum(widths) + bottom_width) / REFERENCE_WIDTH_SUM
+    return math.ceil(EVALUATION_BYTES_PER_PIXEL * scale * batch * size * size)
+
+
+def available_bytes(device) -> int | None:
+    """Memory free for a new allocation on `device` (Linux's MemAvailable on a CPU), None when
+    unknown (another system, or a device that does not say)."""
+    if device.type == "cuda":
+        import torch
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            line = next((entry for entry in meminfo if entry.startswith("MemAvailable:")), None)
+    except OSError:
+        return None
+    return None if line is None else int(line.split()[1]) * 1024
+
+
+def check_evaluation_memory(widths: tuple[int, ...], bottom_width: int, batch: int, size: int, device) -> None:
+    """Refuse, before allocating, a batch whose network evaluations cannot fit in the free memory
+    (a guided batch is evaluated twice over: give it as such)."""
+    free = available_bytes(device)
+    needed = evaluation_bytes(widths, bottom_width, batch, size)
+    if free is None or needed <= free:
+        return
+    most = free // evaluation_bytes(widths, bottom_width, 1, size)
+    fits = (f"at most {most:,} images at once at this size" if most else
+            "not even one image fits at this size")
+    raise ValueError(f"{batch:,} images of {size}x{size} at once need about {needed / 2 ** 30:.1f} GiB for the "
+                     f"network, more than the {free / 2 ** 30:.1f} GiB free on {device}: lower --batch-size "
+                     f"({fits})")
+
+
 def json_file(obj) -> bytes:
     """A JSON file as corolla writes it (config.json, state.json): check_config measures the
     config with the same encoding, so what training saves, loading reads."""

@@ -2,6 +2,7 @@
 saying what is allowed."""
 import hashlib
 import json
+import math
 import os
 import resource
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import torch
 from test_untrusted import run  # noqa: F401 - the fixture: a tiny run folder with one training checkpoint
 
-from corolla import cli, figures
+from corolla import cli, figures, generation, limits
 from corolla.config import preset
 from corolla.storage import checkpoint
 from corolla.training import build
@@ -86,16 +87,34 @@ def test_edit_with_a_figure_too_big_to_draw_is_refused_before_sampling(tmp_path,
 
 @pytest.mark.slow  # starts a subprocess
 def test_running_out_of_memory_is_one_line_saying_what_to_lower(tmp_path):
-    config = TINY.replace(data={"image_size": 1024})
+    config = TINY.replace(data={"image_size": 512})
     model, _ = build(config, torch.device("cpu"))
     checkpoint.save_pretrained(tmp_path / "big", model, config, ema_only=True)
 
-    def cap():  # 2 GiB: a batch of 64 images of 1024x1024 cannot be sampled, and the machine is not put at risk
+    # 2 GiB: a batch of 64 images of 512x512 (about 5.5 GiB for this network) cannot be sampled,
+    # and the machine is not put at risk; the free memory (more than that) lets the allocator fail
+    def cap():
         resource.setrlimit(resource.RLIMIT_AS, (2 * 2 ** 30, 2 * 2 ** 30))
     process = subprocess.run([sys.executable, "-m", "corolla", "sample", str(tmp_path / "big"), "-n", "64",
                               "--steps", "1", "--out", str(tmp_path / "x.png"), "--no-progress"],
                              capture_output=True, text=True, timeout=300, preexec_fn=cap)
     lines = process.stderr.strip().splitlines()
     assert process.returncode == 2 and "Traceback" not in process.stderr, process.stderr
-    assert lines[-1].startswith("corolla: error: out of memory") and "--batch-size" in lines[-1], process.stderr
+    assert lines[-1].startswith("corolla: error: ") and "--batch-size" in lines[-1], process.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_sampling(tmp_path, monkeypatch, capsys):
+    config = TINY.replace(data={"image_size": 64})  # widths 8/16, bottom 16: 1/8 of the reference's per pixel
+    model, _ = build(config, torch.device("cpu"))
+    checkpoint.save_pretrained(tmp_path / "model", model, config, ema_only=True)
+    per_pixel = limits.EVALUATION_BYTES_PER_PIXEL
+    assert limits.evaluation_bytes((32, 64, 96), 128, 1, 64) == per_pixel * 64 * 64
+    one = limits.evaluation_bytes(config.unet.widths, config.unet.bottom_width, 1, 64)
+    assert one == math.ceil(per_pixel / 8 * 64 * 64)
+    monkeypatch.setattr(limits, "available_bytes", lambda device: 10 * one + 1)
+    monkeypatch.setattr(generation.samplers, "get_grid", lambda *a: pytest.fail("got as far as sampling"))
+    code = cli.main(["sample", str(tmp_path / "model"), "-n", "16", "--batch-size", "16", "--steps", "1",
+                     "--out", str(tmp_path / "x.png"), "--no-progress"])
+    _one_line(code, capsys, "at most 10 images at once at this size")
     assert not (tmp_path / "x.png").exists()
