@@ -266,17 +266,28 @@ def decode(model: DiffusionModel, noise: torch.Tensor, steps: int = 50, grid: st
                       for i in range(0, noise.shape[0], batch_size)])
 
 
+def interpolation_weights(frames: int) -> list[float]:
+    """The slerp weight of each frame, 0 (the first end) to 1 (the second), ends included."""
+    if frames < 2:
+        raise ValueError(f"frames must be at least 2 (the two end images), got {frames}")
+    return [i / (frames - 1) for i in range(frames)]
+
+
+def interpolation_noises(first: torch.Tensor, second: torch.Tensor, frames: int) -> torch.Tensor:
+    """Two initial noises (C, H, W) -> (frames, C, H, W) from `first` to `second`: the reference's
+    slerp a sin(pi/2 w) + b cos(pi/2 w) (samplers.slerp gives b at w = 0, so b is `first`), in
+    float64: there sin(pi/2) = 1 and cos(pi/2) = 6e-17, so the end frames round back to the ends'
+    float32 noises bit for bit and decode to their images."""
+    return samplers.slerp(second.double(), first.double(), interpolation_weights(frames)).float()
+
+
 def interpolate(model: DiffusionModel, ends: Sequence[torch.Tensor], frames: int, steps: int,
                 grid: str = "uniform", batch_size: int = 64) -> torch.Tensor:
     """Pairs of initial noises (ends[0] -> ends[1], ends[2] -> ends[3], ...; each (C, H, W)) ->
-    (pairs, frames, C, H, W) in [0, 1]: the reference's slerp a sin(pi/2 w) + b cos(pi/2 w), w from
-    0 (the first end) to 1, in float64 so that the end frames are the ends' noises exactly."""
+    (pairs, frames, C, H, W) in [0, 1], each pair's interpolation_noises decoded with DDIM."""
     if len(ends) < 2 or len(ends) % 2:
         raise ValueError(f"interpolation takes pairs of ends, got {len(ends)}")
-    if frames < 2:
-        raise ValueError(f"frames must be at least 2 (the two end images), got {frames}")
-    weights = [i / (frames - 1) for i in range(frames)]
-    noise = torch.cat([samplers.slerp(b.double(), a.double(), weights).float() for a, b in zip(ends[::2], ends[1::2])])
+    noise = torch.cat([interpolation_noises(a, b, frames) for a, b in zip(ends[::2], ends[1::2])])
     images = decode(model, noise, steps, grid, batch_size)
     return images.view(len(ends) // 2, frames, *images.shape[1:])
 

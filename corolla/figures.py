@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from PIL import Image
 
-from . import samplers, schedules
+from . import editing, samplers, schedules
 from .diffusion import DiffusionModel
 from .generation import initial_noise, sample_from_noise
 from .limits import FIGURE_BYTES_PER_PIXEL, MAX_FIGURE_PIXELS, MAX_GRID_BYTES, MAX_LOG_BYTES
@@ -266,36 +266,24 @@ def sweep_labels(results: Sequence[SweepResult]) -> list[str]:
 
 # -- 3. interpolation -----------------------------------------------------------------------------
 
-def interpolation_weights(frames: int) -> list[float]:
-    if frames < 2:
-        raise ValueError(f"frames must be at least 2 (the two end images), got {frames}")
-    return [i / (frames - 1) for i in range(frames)]
-
-
 def interpolation_noises(first: int, second: int, frames: int, shape: tuple[int, int, int]) -> torch.Tensor:
-    """(frames, C, H, W): image 0's initial noise of seed `first` turning into that of `second`.
-
-    samplers.slerp(a, b, w) = a sin(pi/2 w) + b cos(pi/2 w) gives b at w = 0, so b is the first
-    seed. It runs in float64: there sin(pi/2) = 1 and cos(pi/2) = 6e-17, so both end frames round
-    back to the seeds' float32 noises bit for bit and decode to `corolla sample`'s images."""
-    b = initial_noise(first, [0], shape)[0].double()
-    a = initial_noise(second, [0], shape)[0].double()
-    return samplers.slerp(a, b, interpolation_weights(frames)).float()
+    """(frames, C, H, W): image 0's initial noise of seed `first` turning into that of `second`
+    (editing.interpolation_noises: the end frames are the seeds' noises bit for bit)."""
+    return editing.interpolation_noises(initial_noise(first, [0], shape)[0], initial_noise(second, [0], shape)[0],
+                                        frames)
 
 
 def interpolate(model: DiffusionModel, pairs: Sequence[tuple[int, int]], frames: int, steps: int,
                 image_size: int, batch_size: int = 64) -> torch.Tensor:
     """-> (len(pairs), frames, 3, H, W) in [0, 1], decoded with deterministic DDIM."""
     shape = (model.network.config.channels, image_size, image_size)
-    noise = torch.cat([interpolation_noises(a, b, frames, shape) for a, b in pairs])
-    images = torch.cat([sample_from_noise(model, noise[i:i + batch_size], steps)
-                        for i in range(0, noise.shape[0], batch_size)])
-    return images.view(len(pairs), frames, *images.shape[1:])
+    ends = [initial_noise(seed, [0], shape)[0] for pair in pairs for seed in pair]
+    return editing.interpolate(model, ends, frames, steps, "uniform", batch_size)
 
 
 def plot_interpolation(images: torch.Tensor, pairs: Sequence[tuple[int, int]], out: str | os.PathLike,
                        title: str | None = None) -> Path:
-    weights = interpolation_weights(images.shape[1])
+    weights = editing.interpolation_weights(images.shape[1])
     return save_labelled_grid(images, out, col_labels=[f"w = {w:.2f}" for w in weights],
                               row_labels=[f"seed {a} -> {b}" for a, b in pairs],
                               title=title or "spherical interpolation of initial noise")

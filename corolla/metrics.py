@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import distributed, limits
 from . import inception as inception_module
-from .data import imagefolder
+from .data import imagefolder, rundata
 from .data.imagefolder import cache_dir
 from .diffusion import DiffusionModel
 from .generation import SamplingSettings, generate, image_generator
@@ -446,9 +446,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
         return None
     folder = Path(data_dir) if data_dir else imagefolder.bundled_dir()
     images, _ = imagefolder.load_folder(folder, config.data.image_size, config.data.crop)
-    parts = imagefolder.split(images, 0.0 if heldout_dir else config.data.val_fraction, config.data.shuffle_seed)
-    if heldout_dir:
-        parts.val, _ = imagefolder.load_folder(heldout_dir, config.data.image_size, config.data.crop)
+    parts, _ = rundata.split_images(config, images, heldout_dir)
     network, weights = inception_module.load_available(inception_weights, dev)
     real_features = None if network is None else cached_real_features(network, parts.train, weights,
                                                                       settings.batch_size)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corolla import cli, figures, samplers, schedules
+from corolla import cli, editing, figures, samplers, schedules
 from corolla.config import preset
 from corolla.data import imagefolder
 from corolla.generation import generate, initial_noise
@@ -214,7 +214,7 @@ def test_interpolation_ends_are_the_seeds_noises():
     assert torch.equal(frames[-1], initial_noise(7, [0], shape)[0])
     assert not torch.equal(frames[2], frames[0]) and not torch.equal(frames[2], frames[-1])
     with pytest.raises(ValueError, match="at least 2"):
-        figures.interpolation_weights(1)
+        editing.interpolation_weights(1)
 
 
 def test_interpolation_end_frames_equal_plain_samples(model, run_dir, tmp_path):
@@ -231,7 +231,7 @@ def test_interpolation_end_frames_equal_plain_samples(model, run_dir, tmp_path):
                      "--out", str(tmp_path / "s.png"), "--each", str(tmp_path / "each")]) == 0
     sampled = np.asarray(Image.open(tmp_path / "each" / "00000.png").convert("RGB"))
     path = figures.plot_interpolation(one_by_one, [(3, 7)], tmp_path / "interp.png", title="i")
-    geo = figures.grid_geometry(1, 4, 16, [f"w = {w:.2f}" for w in figures.interpolation_weights(4)],
+    geo = figures.grid_geometry(1, 4, 16, [f"w = {w:.2f}" for w in editing.interpolation_weights(4)],
                                 ["seed 3 -> 7"], "i")
     image = png(path)
     assert image.size == (geo.width, geo.height)
@@ -242,7 +242,7 @@ def test_interpolate_command_rows_and_gif(run_dir, tmp_path):
     out, gif = tmp_path / "interp.png", tmp_path / "interp.gif"
     assert cli.main(["interpolate", str(run_dir), "--seeds", "3", "7", "11", "12", "--frames", "10",
                      "--steps", "3", "--out", str(out), "--gif", str(gif)]) == 0
-    geo = figures.grid_geometry(2, 10, 16, [f"w = {w:.2f}" for w in figures.interpolation_weights(10)],
+    geo = figures.grid_geometry(2, 10, 16, [f"w = {w:.2f}" for w in editing.interpolation_weights(10)],
                                 ["seed 11 -> 12"], "t")
     assert png(out).size == (geo.width, geo.height)
     with Image.open(gif) as animation:

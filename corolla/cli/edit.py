@@ -230,7 +230,7 @@ def run_interpolate_ends(args) -> int:
     frames = editing.interpolate(model, noises, args.frames, args.steps, grid, args.batch_size)
     labels = [_name(value) if kind == "images" else f"seed {value}" for kind, value in ends]
     rows = [f"{a} -> {b}" for a, b in zip(labels[::2], labels[1::2])]
-    weights = [i / (args.frames - 1) for i in range(args.frames)]
+    weights = editing.interpolation_weights(args.frames)
     title = f"spherical interpolation of initial noise, {args.steps} DDIM steps, {grid} grid ({config.preset})"
     print(f"wrote {figures.save_labelled_grid(frames, figure, [f'w = {w:.2f}' for w in weights], rows, title)}")
     if gif is not None:

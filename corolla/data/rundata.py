@@ -22,6 +22,17 @@ class RunData:
     val_labels: torch.Tensor | None = None    # (N_val,)
 
 
+def split_images(config: Config, images: torch.Tensor, val_dir: str | Path | None,
+                 labels: torch.Tensor | None = None) -> tuple[imagefolder.Split, list[str]]:
+    """A folder's images as a run splits them -> (training and held-out images, the held-out
+    files' names): a val_fraction of `images` with the config's seed, or all of val_dir."""
+    parts = imagefolder.split(images, 0.0 if val_dir else config.data.val_fraction, config.data.shuffle_seed, labels)
+    val_names: list[str] = []
+    if val_dir:
+        parts.val, val_names = imagefolder.load_folder(val_dir, config.data.image_size, config.data.crop)
+    return parts, val_names
+
+
 def prepare_data(config: Config, data_dir: str | Path | None, val_dir: str | Path | None = None,
                  conditional: bool = False, labels_file: str | Path | None = None) -> RunData:
     """The training images and the held-out ones: a val_fraction of the folder, or all of val_dir.
@@ -31,15 +42,13 @@ def prepare_data(config: Config, data_dir: str | Path | None, val_dir: str | Pat
     images, names = imagefolder.load_folder(root, config.data.image_size, config.data.crop)
     known = config.unet.classes or None
     found = labels.read(names, root, labels_file, known) if conditional or known else None
-    parts = imagefolder.split(images, 0.0 if val_dir else config.data.val_fraction, config.data.shuffle_seed,
-                       None if found is None else found.numbers)
-    if val_dir:
-        parts.val, val_names = imagefolder.load_folder(val_dir, config.data.image_size, config.data.crop)
-        if found is not None:
-            parts.val_labels = labels.read(val_names, val_dir, labels_file, found.classes).numbers
+    parts, val_names = split_images(config, images, val_dir, None if found is None else found.numbers)
+    if val_dir and found is not None:
+        parts.val_labels = labels.read(val_names, val_dir, labels_file, found.classes).numbers
     if imagefolder.batches_per_epoch(parts.train.shape[0], config.data.repetitions, config.train.batch_size) == 0:
-        raise imagefolder.DataError(f"{parts.train.shape[0]} training image(s) x {config.data.repetitions} repetitions "
-                             f"do not fill one batch of {config.train.batch_size}; lower --batch-size")
+        raise imagefolder.DataError(f"{parts.train.shape[0]} training image(s) x {config.data.repetitions} "
+                                    f"repetitions do not fill one batch of {config.train.batch_size}; "
+                                    f"lower --batch-size")
     mean, variance = imagefolder.channel_statistics(parts.train)
     return RunData(parts.train, parts.val, mean, variance, found, parts.train_labels, parts.val_labels)
 
