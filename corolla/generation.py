@@ -19,17 +19,12 @@ from .conditioning import DEFAULT_GUIDANCE
 from .data.labels import class_number
 from .diffusion import Denoiser, DiffusionModel
 from .limits import check_evaluation_memory
+from .samplers import default_grid
 
 Classes = int | str | Sequence[int | str] | None  # one class (name or number) for all images, one per image, or none
 # called after each network evaluation with (evaluations so far, the predicted images in [0, 1] on
 # the CPU), as k-diffusion's samplers call theirs: previews, progress and a server's cancellation
 Callback = Callable[[int, torch.Tensor], None]
-
-
-def default_grid(sampler: str) -> str:
-    """The time grid a sampler uses unless one is chosen: the reference's for DDIM, log-SNR for the
-    multistep solvers (whose error terms favour equal steps in log-SNR)."""
-    return "uniform" if sampler == "ddim" else "logsnr"
 
 
 @dataclass(frozen=True)

@@ -14,53 +14,67 @@ The higher-order solvers work in lambda = log(signal / noise), where the probabi
 for data prediction D has the exact solution (Lu et al. 2022, DPM-Solver++, eq. 9)
     x_t = (n_t / n_s) x_s + n_t * integral_{lambda_s}^{lambda_t} e^lambda D(x_lambda) dlambda,
 and differ only in how they approximate D over a step from the predictions already made.
+
+Arrays: the samplers run on torch tensors or on numpy arrays, whichever the initial noise is, and
+the grids are torch tensors unless asked for with backend="numpy" (corolla.portable.arrays). The
+numpy path never imports torch: corolla.portable.sampling runs these same functions on an ONNX
+network with onnxruntime.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
-
-from .diffusion import Denoiser
+from .portable import arrays
 from .schedules import Schedule
 
-NoiseFn = Callable[[], torch.Tensor]
-Sampler = Callable[..., torch.Tensor]
-Grid = Callable[[int, Schedule, float], torch.Tensor]
+if TYPE_CHECKING:
+    from .portable.arrays import Array
+
+# (x, noise_rates, signal_rates) -> (pred_noises, pred_images), as corolla.diffusion.Denoiser
+Denoiser = Callable[["Array", "Array", "Array"], "tuple[Array, Array]"]
+NoiseFn = Callable[[], "Array"]
+Sampler = Callable[..., "Array"]
+Grid = Callable[..., "Array"]  # (steps, schedule, end=0.0, backend="torch") -> (steps + 1,) float64 times
 
 
-def uniform_times(steps: int, end: float = 0.0) -> torch.Tensor:
+def default_grid(sampler: str) -> str:
+    """The time grid a sampler uses unless one is chosen: the reference's for DDIM, log-SNR for the
+    multistep solvers (whose error terms favour equal steps in log-SNR)."""
+    return "uniform" if sampler == "ddim" else "logsnr"
+
+
+def uniform_times(steps: int, end: float = 0.0, backend: str = "torch") -> Array:
     """The reference grid: t_s = 1 - s / steps for s = 0..steps (from 1 down to `end`)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    return torch.linspace(1.0, end, steps + 1, dtype=torch.float64)
+    return arrays.backend(backend).linspace(1.0, end, steps + 1)
 
 
-def _rates(schedule: Schedule, t: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    noise_rate, signal_rate = schedule(torch.full((like.shape[0], 1, 1, 1), float(t), dtype=like.dtype,
-                                                  device=like.device))
+def _rates(schedule: Schedule, t: float, like: Array) -> tuple[Array, Array]:
+    noise_rate, signal_rate = schedule(arrays.of(like).full((like.shape[0], 1, 1, 1), float(t), like))
     return noise_rate, signal_rate
 
 
-def ddim_step(denoise: Denoiser, schedule: Schedule, x: torch.Tensor, t: float, t_next: float,
-              eta: float = 0.0, noise_fn: NoiseFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def ddim_step(denoise: Denoiser, schedule: Schedule, x: Array, t: float, t_next: float,
+              eta: float = 0.0, noise_fn: NoiseFn | None = None) -> tuple[Array, Array]:
     """One DDIM step from time t to t_next -> (x at t_next, predicted image at t). With eta = 0
     it also runs backwards in time (t_next > t), which is DDIM inversion (corolla.editing)."""
     noise_rates, signal_rates = _rates(schedule, t, x)
     pred_noises, pred_images = denoise(x, noise_rates, signal_rates)
     next_noise_rates, next_signal_rates = _rates(schedule, t_next, x)
     if eta > 0:
-        sigma = eta * (next_noise_rates / noise_rates) * torch.sqrt(
-            (1 - (signal_rates / next_signal_rates) ** 2).clamp_min(0))
-        sigma = torch.minimum(sigma, next_noise_rates)
-        direction = torch.sqrt(next_noise_rates ** 2 - sigma ** 2)
+        xp = arrays.of(x)
+        sigma = eta * (next_noise_rates / noise_rates) * xp.sqrt(
+            xp.clamp_min(1 - (signal_rates / next_signal_rates) ** 2, 0))
+        sigma = xp.minimum(sigma, next_noise_rates)
+        direction = xp.sqrt(next_noise_rates ** 2 - sigma ** 2)
         return next_signal_rates * pred_images + direction * pred_noises + sigma * noise_fn(), pred_images
     return next_signal_rates * pred_images + next_noise_rates * pred_noises, pred_images
 
 
-def ddim(denoise: Denoiser, schedule: Schedule, initial_noise: torch.Tensor, times: torch.Tensor,
-         eta: float = 0.0, noise_fn: NoiseFn | None = None) -> torch.Tensor:
+def ddim(denoise: Denoiser, schedule: Schedule, initial_noise: Array, times: Array,
+         eta: float = 0.0, noise_fn: NoiseFn | None = None) -> Array:
     """DDIM (Song et al. 2021, eq. 12): separate the noisy image into predicted image and noise,
     then remix them at the next time. eta = 0 is deterministic (the reference); eta = 1 adds the
     DDPM posterior's variance, sigma_t^2 = eta^2 (n_next^2 / n^2) (1 - s^2 / s_next^2)."""
@@ -73,13 +87,14 @@ def ddim(denoise: Denoiser, schedule: Schedule, initial_noise: torch.Tensor, tim
     return pred_images
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+def slerp(a: Array, b: Array, weights: Sequence[float]) -> Array:
     """The reference's spherical interpolation of two noises, a sin(pi/2 w) + b cos(pi/2 w).
 
     Since sin^2 + cos^2 = 1, the mix of two independent unit Gaussians is a unit Gaussian for
     every w. Returns (len(weights), *a.shape): w = 0 gives b, w = 1 gives a."""
-    w = torch.tensor(list(weights), dtype=a.dtype, device=a.device).view(-1, *([1] * a.dim()))
-    return a.unsqueeze(0) * torch.sin(math.pi / 2 * w) + b.unsqueeze(0) * torch.cos(math.pi / 2 * w)
+    xp = arrays.of(a)
+    w = xp.like(weights, a).reshape(-1, *([1] * a.ndim))
+    return a[None] * xp.sin(math.pi / 2 * w) + b[None] * xp.cos(math.pi / 2 * w)
 
 
 
@@ -92,37 +107,46 @@ LOG_SNR_LIMIT = 5.0
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
 
 
-def log_snr(schedule: Schedule, times: torch.Tensor | float) -> torch.Tensor:
-    """lambda = log(signal_rate / noise_rate) at `times`, in float64; it falls as t grows."""
-    noise_rates, signal_rates = schedule(torch.as_tensor(times, dtype=torch.float64))
-    return torch.log(signal_rates) - torch.log(noise_rates)
+def log_snr(schedule: Schedule, times: Array | float) -> Array:
+    """lambda = log(signal_rate / noise_rate) at `times`, in float64; it falls as t grows. A
+    numpy array gives a numpy array, anything else a torch tensor."""
+    xp = arrays.of(times)
+    noise_rates, signal_rates = schedule(xp.float64(times))
+    return xp.log(signal_rates) - xp.log(noise_rates)
 
 
-def times_at_log_snr(schedule: Schedule, lambdas: torch.Tensor) -> torch.Tensor:
+def times_at_log_snr(schedule: Schedule, lambdas: Array) -> Array:
     """The times in [0, 1] where the schedule's log-SNR equals `lambdas`, by bisection (works for
     any schedule whose log-SNR falls with t; none here needs its own inverse)."""
-    lo = torch.zeros_like(lambdas, dtype=torch.float64)
-    hi = torch.ones_like(lo)
+    xp = arrays.of(lambdas)
+    lo = xp.zeros64(lambdas)
+    hi = xp.ones_like(lo)
     for _ in range(60):  # 2^-60: below float64 resolution near 1
         mid = (lo + hi) / 2
         early = log_snr(schedule, mid) > lambdas  # still less noise than wanted: t lies later
-        lo, hi = torch.where(early, mid, lo), torch.where(early, hi, mid)
+        lo, hi = xp.where(early, mid, lo), xp.where(early, hi, mid)
     return (lo + hi) / 2
 
 
-def _grid_from_log_snrs(schedule: Schedule, lambdas: torch.Tensor, end: float) -> torch.Tensor:
+def _log_snr_at(schedule: Schedule, t: float, xp: arrays.Ops) -> float:
+    return log_snr(schedule, xp.float64(t)).item()
+
+
+def _grid_from_log_snrs(schedule: Schedule, lambdas: Array, end: float) -> Array:
     """Evaluation times at `lambdas` (first and last snapped to 1 and `end` unless clipped), with
     `end` repeated as the discarded final remix point (module docstring)."""
+    xp = arrays.of(lambdas)
     times = times_at_log_snr(schedule, lambdas)
-    if abs(log_snr(schedule, 1.0).item()) <= LOG_SNR_LIMIT:
+    if abs(_log_snr_at(schedule, 1.0, xp)) <= LOG_SNR_LIMIT:
         times[0] = 1.0
-    if len(times) > 1 and abs(log_snr(schedule, end).item()) <= LOG_SNR_LIMIT:
+    if len(times) > 1 and abs(_log_snr_at(schedule, end, xp)) <= LOG_SNR_LIMIT:
         times[-1] = end
-    return torch.cat([times, times[-1:]])
+    return xp.concat([times, times[-1:]])
 
 
-def _log_snr_span(schedule: Schedule, end: float) -> tuple[float, float]:
-    first, last = log_snr(schedule, torch.tensor([1.0, end])).clamp(-LOG_SNR_LIMIT, LOG_SNR_LIMIT).tolist()
+def _log_snr_span(schedule: Schedule, end: float, xp: arrays.Ops) -> tuple[float, float]:
+    # the ends pass through float32, as they always have (exact for the ends 0 and 1)
+    first, last = xp.clip(log_snr(schedule, xp.float32([1.0, end])), -LOG_SNR_LIMIT, LOG_SNR_LIMIT).tolist()
     return first, last
 
 
@@ -131,7 +155,7 @@ def _check_steps(steps: int) -> None:
         raise ValueError(f"steps must be at least 1, got {steps}")
 
 
-def uniform_grid(steps: int, schedule: Schedule, end: float = 0.0) -> torch.Tensor:
+def uniform_grid(steps: int, schedule: Schedule, end: float = 0.0, backend: str = "torch") -> Array:
     """The reference's grid (uniform_times); its last evaluation is at t = 1/steps.
 
     It starts where the log-SNR and Karras grids start: at t = 1 unless the log-SNR there is below
@@ -140,30 +164,34 @@ def uniform_grid(steps: int, schedule: Schedule, end: float = 0.0) -> torch.Tens
     network's error 10**7 times; it starts at t = 0.9957. The offset cosine (lambda = -3.9 at t = 1)
     keeps the reference's grid exactly."""
     _check_steps(steps)
-    if log_snr(schedule, 1.0).item() >= -LOG_SNR_LIMIT:
-        return uniform_times(steps, end)
-    start = times_at_log_snr(schedule, torch.tensor(-LOG_SNR_LIMIT, dtype=torch.float64)).item()
-    return torch.linspace(start, end, steps + 1, dtype=torch.float64)
+    xp = arrays.backend(backend)
+    if _log_snr_at(schedule, 1.0, xp) >= -LOG_SNR_LIMIT:
+        return uniform_times(steps, end, backend)
+    start = times_at_log_snr(schedule, xp.float64(-LOG_SNR_LIMIT)).item()
+    return xp.linspace(start, end, steps + 1)
 
 
-def log_snr_grid(steps: int, schedule: Schedule, end: float = 0.0) -> torch.Tensor:
+def log_snr_grid(steps: int, schedule: Schedule, end: float = 0.0, backend: str = "torch") -> Array:
     """`steps` evaluations equally spaced in lambda from t = 1 to t = end, the last one at end.
     Equal steps in lambda are what the exponential integrators' error terms (powers of h) favour
     (one of the step spacings of Lu et al. 2022, DPM-Solver)."""
     _check_steps(steps)
-    first, last = _log_snr_span(schedule, end)
-    return _grid_from_log_snrs(schedule, torch.linspace(first, last, steps, dtype=torch.float64), end)
+    xp = arrays.backend(backend)
+    first, last = _log_snr_span(schedule, end, xp)
+    return _grid_from_log_snrs(schedule, xp.linspace(first, last, steps), end)
 
 
-def karras_grid(steps: int, schedule: Schedule, end: float = 0.0) -> torch.Tensor:
+def karras_grid(steps: int, schedule: Schedule, end: float = 0.0, backend: str = "torch") -> Array:
     """Karras et al. 2022 (eq. 5) on sigma = noise / signal = e^-lambda: sigma^(1/rho) equally
     spaced from t = 1 to t = end, which crowds the evaluations at low noise."""
     _check_steps(steps)
-    first, last = _log_snr_span(schedule, end)
-    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+    xp = arrays.backend(backend)
+    first, last = _log_snr_span(schedule, end, xp)
+    ramp = xp.linspace(0.0, 1.0, steps)
     inv_rho = 1.0 / KARRAS_RHO
-    sigmas = (math.exp(-first * inv_rho) + ramp * (math.exp(-last * inv_rho) - math.exp(-first * inv_rho))) ** KARRAS_RHO
-    lambdas = -torch.log(sigmas)
+    sigma_first, sigma_last = math.exp(-first * inv_rho), math.exp(-last * inv_rho)  # sigma^(1/rho)
+    sigmas = (sigma_first + ramp * (sigma_last - sigma_first)) ** KARRAS_RHO
+    lambdas = -xp.log(sigmas)
     lambdas[0], lambdas[-1] = first, last  # exact ends despite rounding of the power
     return _grid_from_log_snrs(schedule, lambdas, end)
 
@@ -171,21 +199,23 @@ def karras_grid(steps: int, schedule: Schedule, end: float = 0.0) -> torch.Tenso
 GRIDS: dict[str, Grid] = {"uniform": uniform_grid, "logsnr": log_snr_grid, "karras": karras_grid}
 
 
-def get_grid(name: str, steps: int, schedule: Schedule, end: float = 0.0) -> torch.Tensor:
-    """The named grid of `steps` network evaluations for `schedule` -> (steps + 1,) float64 times."""
+def get_grid(name: str, steps: int, schedule: Schedule, end: float = 0.0, backend: str = "torch") -> Array:
+    """The named grid of `steps` network evaluations for `schedule` -> (steps + 1,) float64 times,
+    a torch tensor or (backend="numpy") a numpy array."""
     try:
         grid = GRIDS[name]
     except KeyError:
         raise ValueError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)}") from None
-    return grid(steps, schedule, end)
+    return grid(steps, schedule, end, backend=backend)
 
 
 # --- multistep solvers in lambda ---------------------------------------------------------------
 
 # A weight rule turns the log-SNRs of the predictions a step may use (newest first; the first is
 # lambda_s when predicting, lambda_t when correcting) and the step's (lambda_s, lambda_t) into
-# weights w_j: x_t = (n_t / n_s) x_s + a_t * sum_j w_j D_j.
-WeightRule = Callable[[list[float], float, float], list[float]]
+# weights w_j: x_t = (n_t / n_s) x_s + a_t * sum_j w_j D_j. Keyword backend: the array backend
+# of the sampling, for a rule that solves with arrays (so that torch's weights are torch's).
+WeightRule = Callable[..., list[float]]
 
 # Below this many evaluations the last steps use no more predictions than steps remain, as
 # DPM-Solver++ does ("lower order final", Lu et al. 2022): with few, long steps the highest-order
@@ -204,19 +234,19 @@ def _phi(k: int, h: float) -> float:
     return phi
 
 
-def exact_weights(nodes: list[float], lambda_s: float, lambda_t: float) -> list[float]:
+def exact_weights(nodes: list[float], lambda_s: float, lambda_t: float, backend: str = "torch") -> list[float]:
     """Integrate exactly the polynomial through the predictions at `nodes`: in u = (lambda -
     lambda_s) / h, P(u) = sum_i c_i u^i and the step's integral is a_t * sum_i c_i i! h phi_(i+1)(-h);
     with c = V^-1 D (V_ji = u_j^i) the weights are w = V^-T m. Order len(nodes) per step."""
+    xp = arrays.backend(backend)
     h = lambda_t - lambda_s
-    u = torch.tensor([(node - lambda_s) / h for node in nodes], dtype=torch.float64)
-    vandermonde = u[:, None] ** torch.arange(len(nodes), dtype=torch.float64)[None, :]
-    moments = torch.tensor([math.factorial(i) * h * _phi(i + 1, h) for i in range(len(nodes))],
-                           dtype=torch.float64)
-    return torch.linalg.solve(vandermonde.T, moments).tolist()
+    u = xp.float64([(node - lambda_s) / h for node in nodes])
+    vandermonde = u[:, None] ** xp.arange(len(nodes))[None, :]
+    moments = xp.float64([math.factorial(i) * h * _phi(i + 1, h) for i in range(len(nodes))])
+    return xp.solve(vandermonde.T, moments).tolist()
 
 
-def dpmpp_2m_weights(nodes: list[float], lambda_s: float, lambda_t: float) -> list[float]:
+def dpmpp_2m_weights(nodes: list[float], lambda_s: float, lambda_t: float, backend: str = "torch") -> list[float]:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): D held at (1 + 1/2r) D_i - (1/2r) D_(i-1),
     r = h_(i-1) / h_i, over the step; the first step (one prediction) is DDIM's."""
     h = lambda_t - lambda_s
@@ -234,24 +264,25 @@ def _require_deterministic(name: str, eta: float) -> None:
 
 
 def _multistep(rule: WeightRule, order: int, correct: bool, denoise: Denoiser, schedule: Schedule,
-               initial_noise: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+               initial_noise: Array, times: Array) -> Array:
     """Evaluate at times[:-1]; between evaluations step with the last `order` predictions
     (fewer at the start, and at the end below LOWER_ORDER_FINAL_BELOW evaluations); with
     `correct`, redo each step once its end's prediction is known (UniC: one order more at no
     extra evaluation). Returns the last prediction."""
+    xp = arrays.of(initial_noise)
     evaluation_times = times[:-1].tolist()
     last = len(evaluation_times) - 1
-    noise64, signal64 = schedule(times[:-1].to(torch.float64))
+    noise64, signal64 = schedule(xp.float64(times[:-1]))
     noise, signal = noise64.tolist(), signal64.tolist()
-    lambdas = (torch.log(signal64) - torch.log(noise64)).tolist()
+    lambdas = (xp.log(signal64) - xp.log(noise64)).tolist()
 
-    def step(x: torch.Tensor, s: int, t: int, nodes: list[int], preds: list[torch.Tensor]) -> torch.Tensor:
-        weights = rule([lambdas[j] for j in nodes], lambdas[s], lambdas[t])
+    def step(x: Array, s: int, t: int, nodes: list[int], preds: list[Array]) -> Array:
+        weights = rule([lambdas[j] for j in nodes], lambdas[s], lambdas[t], backend=xp.name)
         return (noise[t] / noise[s]) * x + signal[t] * sum(w * d for w, d in zip(weights, preds))
 
     x = initial_noise
     start = x  # where the step that led to x began (for the corrector)
-    preds: list[torch.Tensor] = []  # predicted images, newest first
+    preds: list[Array] = []  # predicted images, newest first
     used = 0  # predictions the last step used
     for i, t in enumerate(evaluation_times):
         noise_rates, signal_rates = _rates(schedule, t, x)
@@ -270,23 +301,23 @@ def _multistep(rule: WeightRule, order: int, correct: bool, denoise: Denoiser, s
     return x  # an empty evaluation grid: nothing was denoised
 
 
-def dpmpp_2m(denoise: Denoiser, schedule: Schedule, initial_noise: torch.Tensor, times: torch.Tensor,
-             eta: float = 0.0, noise_fn: NoiseFn | None = None) -> torch.Tensor:
+def dpmpp_2m(denoise: Denoiser, schedule: Schedule, initial_noise: Array, times: Array,
+             eta: float = 0.0, noise_fn: NoiseFn | None = None) -> Array:
     """DPM-Solver++(2M), Lu et al. 2022: second order, one evaluation per step."""
     _require_deterministic("dpmpp_2m", eta)
     return _multistep(dpmpp_2m_weights, 2, False, denoise, schedule, initial_noise, times)
 
 
-def dpmpp_3m(denoise: Denoiser, schedule: Schedule, initial_noise: torch.Tensor, times: torch.Tensor,
-             eta: float = 0.0, noise_fn: NoiseFn | None = None) -> torch.Tensor:
+def dpmpp_3m(denoise: Denoiser, schedule: Schedule, initial_noise: Array, times: Array,
+             eta: float = 0.0, noise_fn: NoiseFn | None = None) -> Array:
     """Third-order multistep in the manner of DPM-Solver++(3M): the quadratic through the last
     three predictions, integrated exactly (exponential Adams-Bashforth in lambda)."""
     _require_deterministic("dpmpp_3m", eta)
     return _multistep(exact_weights, 3, False, denoise, schedule, initial_noise, times)
 
 
-def unipc(denoise: Denoiser, schedule: Schedule, initial_noise: torch.Tensor, times: torch.Tensor,
-          eta: float = 0.0, noise_fn: NoiseFn | None = None) -> torch.Tensor:
+def unipc(denoise: Denoiser, schedule: Schedule, initial_noise: Array, times: Array,
+          eta: float = 0.0, noise_fn: NoiseFn | None = None) -> Array:
     """UniPC (Zhao et al. 2023) with varying coefficients: the second-order predictor UniP-2,
     then the corrector UniC, which reuses the prediction at the new point to redo the step with
     one more node: third order, one evaluation per step (the last step is not corrected)."""

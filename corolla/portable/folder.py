@@ -1,0 +1,142 @@
+"""The exported folder: denoiser.onnx beside sampler.json, which says what a sampler needs.
+
+sampler.json (format "corolla-onnx", version 1):
+    model_sha256      SHA-256 of the EMA weights and normaliser as safetensors bytes (what the
+                      export was made from; corolla.portable.export.model_sha256)
+    onnx_sha256       SHA-256 of denoiser.onnx: a torn or mismatched pair is refused on loading
+    opset             the ONNX opset the exporter wrote
+    schedule          the schedule's name (corolla.schedules.SCHEDULES)
+    image_size, channels
+    normalizer        {"mean": [C floats], "variance": [C floats]}: images = clip(mean + x sqrt(variance), 0, 1)
+    classes           the class names of a conditional model ([] for an unconditional one); the
+                      network's input `labels` takes their numbers, and len(classes) is the null label
+    guidance          the default classifier-free guidance of a conditional model
+    noise_kernel      the torch.randn kernel of the exporting machine (corolla.portable.noise), so
+                      that a sampler elsewhere starts from the noise PyTorch drew there
+    check             {"max_abs_error", "tolerance", "batch"}: onnxruntime against PyTorch at export
+    exporter          versions of torch and corolla that wrote it
+The network: inputs noisy_images (B, C, H, W) float32, noise_variances (B, 1, 1, 1) float32 (the
+noise rate squared) and, for a conditional model, labels (B,) int64; output pred_noises
+(B, C, H, W) float32. B is free.
+
+Reading needs neither torch nor onnxruntime.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .. import schedules
+from .noise import KERNELS
+
+FORMAT, VERSION = "corolla-onnx", 1
+ONNX_FILE, SAMPLER_FILE = "denoiser.onnx", "sampler.json"
+INPUTS = ("noisy_images", "noise_variances", "labels")
+OUTPUT = "pred_noises"
+MAX_SAMPLER_BYTES = 2 ** 20  # sampler.json: a few hundred bytes plus the class names
+MAX_IMAGE_SIZE = 4096
+
+
+class FolderError(ValueError):
+    """A folder that is not a complete, consistent export (missing, torn, altered or mismatched files)."""
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """What sampler.json holds (module docstring)."""
+    schedule: str
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    variance: tuple[float, ...]
+    classes: tuple[str, ...]
+    guidance: float
+    noise_kernel: str
+    model_sha256: str
+    onnx_sha256: str
+    opset: int
+    check: dict
+    exporter: dict
+
+    @property
+    def null_label(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> bytes:
+        fields = asdict(self)
+        fields["normalizer"] = {"mean": list(fields.pop("mean")), "variance": list(fields.pop("variance"))}
+        fields["classes"] = list(self.classes)
+        return (json.dumps({"format": FORMAT, "version": VERSION, **fields}, indent=2) + "\n").encode()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2 ** 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read(folder: str | os.PathLike) -> SamplerSpec:
+    """sampler.json of `folder`, checked, and checked against denoiser.onnx -> SamplerSpec."""
+    folder = Path(folder)
+    path = folder / SAMPLER_FILE
+    try:
+        with open(path, "rb") as f:
+            payload = f.read(MAX_SAMPLER_BYTES + 1)
+    except OSError as error:
+        raise FolderError(f"{str(folder)!r} is not an exported corolla model: cannot read {SAMPLER_FILE} "
+                          f"({error.strerror or error})") from None
+    if len(payload) > MAX_SAMPLER_BYTES:
+        raise FolderError(f"{path} is larger than {MAX_SAMPLER_BYTES} bytes: not a corolla {SAMPLER_FILE}")
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FolderError(f"{path} is not valid JSON ({error})") from None
+    spec = _spec(raw, path)
+    onnx_path = folder / ONNX_FILE
+    if not onnx_path.is_file():
+        raise FolderError(f"{str(folder)!r} has {SAMPLER_FILE} but no {ONNX_FILE}")
+    if sha256_file(onnx_path) != spec.onnx_sha256:
+        raise FolderError(f"{onnx_path} is not the network {SAMPLER_FILE} was written for (its SHA-256 differs): "
+                          f"the folder is torn or altered; export the model again")
+    return spec
+
+
+def _spec(raw, path: Path) -> SamplerSpec:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise FolderError(f"{path} is not a corolla {SAMPLER_FILE} (format {FORMAT!r} expected)")
+    if raw.get("version") != VERSION:
+        raise FolderError(f"{path} has version {raw.get('version')!r}; this corolla reads version {VERSION}")
+
+    def field(name: str, kind: type | tuple[type, ...], ok=lambda value: True):
+        value = raw.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or not ok(value):
+            raise FolderError(f"{path}: {name} is missing or invalid ({str(value)[:80]!r})")
+        return value
+
+    channels = field("channels", int, lambda c: 1 <= c <= 64)
+    normalizer = field("normalizer", dict)
+
+    def statistics(name: str, positive: bool) -> tuple[float, ...]:
+        values = normalizer.get(name)
+        if (not isinstance(values, list) or len(values) != channels
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                           and (v >= 0 or not positive) for v in values)):
+            raise FolderError(f"{path}: normalizer {name} must be {channels} finite numbers")
+        return tuple(float(v) for v in values)
+
+    classes = field("classes", list, lambda names: all(isinstance(n, str) for n in names))
+    return SamplerSpec(
+        schedule=field("schedule", str, lambda name: name in schedules.SCHEDULES),
+        image_size=field("image_size", int, lambda size: 1 <= size <= MAX_IMAGE_SIZE),
+        channels=channels, mean=statistics("mean", False), variance=statistics("variance", True),
+        classes=tuple(classes),
+        guidance=float(field("guidance", (int, float), math.isfinite)),
+        noise_kernel=field("noise_kernel", str, lambda kernel: kernel in KERNELS),
+        model_sha256=field("model_sha256", str), onnx_sha256=field("onnx_sha256", str),
+        opset=field("opset", int), check=field("check", dict), exporter=field("exporter", dict))

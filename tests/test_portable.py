@@ -1,0 +1,236 @@
+"""ONNX export and sampling without PyTorch (corolla.portable).
+
+The exported network computes PyTorch's predictions at any batch size, the export refuses to
+write one that does not, a torn folder is refused on loading, and onnxruntime with corolla's own
+samplers on numpy arrays gives PyTorch's float32 images for the same seed to within 1/255, in a
+process where torch cannot be imported.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="corolla.portable needs onnxruntime (pip install onnxruntime)")
+pytest.importorskip("onnxscript", reason="torch.onnx's exporter needs onnxscript (pip install onnx onnxscript)")
+import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
+from conftest import CLASSES, make_labels_matter  # noqa: E402
+
+import corolla  # noqa: E402
+from corolla import generation, samplers  # noqa: E402
+from corolla.diffusion import DiffusionModel  # noqa: E402
+from corolla.portable import export, folder, noise, sampling  # noqa: E402
+from corolla.unet import UNetConfig  # noqa: E402
+
+SIZE = 16
+SMALL = dict(widths=(8, 16), bottom_width=16, block_depth=1, embedding_size=8)
+CASES = [("ddim", 0.0, "uniform"), ("ddim", 1.0, "uniform"), ("ddim", 0.5, "karras"), ("dpmpp_2m", 0.0, "logsnr"),
+         ("dpmpp_3m", 0.0, "karras"), ("unipc", 0.0, "logsnr"), ("dpmpp_2m", 0.0, "uniform")]
+
+
+def _tiny(classes: tuple[str, ...] = (), seed: int = 0) -> DiffusionModel:
+    """A tiny model whose output matters: random head (and class shifts), BatchNorm statistics
+    away from 0 and 1 (so that folding them is tested), images around 0.5."""
+    torch.manual_seed(seed)
+    model = DiffusionModel(UNetConfig(**SMALL, classes=classes))
+    g = torch.Generator().manual_seed(seed + 1)
+    make_labels_matter(model.ema_network, g)
+    with torch.no_grad():
+        for norm in model.ema_network.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                norm.running_mean.normal_(0.0, 0.5, generator=g)
+                norm.running_var.uniform_(0.5, 2.0, generator=g)
+    model.normalizer.set_statistics(torch.tensor([0.45, 0.5, 0.4]), torch.tensor([0.02, 0.03, 0.01]))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> DiffusionModel:
+    return _tiny()
+
+
+@pytest.fixture(scope="module")
+def conditional() -> DiffusionModel:
+    return _tiny(CLASSES, seed=5)
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory) -> Path:
+    return export.export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny", SIZE)
+
+
+@pytest.fixture(scope="module")
+def exported_conditional(conditional, tmp_path_factory) -> Path:
+    return export.export_onnx(conditional, tmp_path_factory.mktemp("onnx") / "conditional", SIZE)
+
+
+def _spec(path: Path) -> dict:
+    return json.loads((path / folder.SAMPLER_FILE).read_text())
+
+
+def test_the_folder_says_what_a_sampler_needs(model, exported):
+    spec = _spec(exported)
+    assert sorted(p.name for p in exported.iterdir()) == [folder.ONNX_FILE, folder.SAMPLER_FILE]
+    assert (spec["format"], spec["version"]) == (folder.FORMAT, folder.VERSION)
+    assert (spec["schedule"], spec["image_size"], spec["channels"], spec["classes"]) == ("offset_cosine", SIZE, 3, [])
+    # the normaliser's float32 statistics survive JSON exactly
+    assert np.array_equal(np.float32(spec["normalizer"]["mean"]), model.normalizer.mean.flatten().numpy())
+    assert np.array_equal(np.float32(spec["normalizer"]["variance"]), model.normalizer.variance.flatten().numpy())
+    assert spec["model_sha256"] == export.model_sha256(model) != export.model_sha256(_tiny(seed=9))
+    assert spec["onnx_sha256"] == folder.sha256_file(exported / folder.ONNX_FILE)
+    written = onnx.load(str(exported / folder.ONNX_FILE))
+    assert spec["opset"] == {o.domain: o.version for o in written.opset_import}[""] >= 18
+    # float32 rounding; the noise embedding's sin(2 pi 1000 v) makes it 1e-5 rather than 1e-7
+    assert spec["check"]["max_abs_error"] <= 5e-5 and spec["check"]["tolerance"] == export.DEFAULT_TOLERANCE
+    assert spec["noise_kernel"] == noise.kernel_for_capability(torch.backends.cpu.get_cpu_capability())
+
+
+def test_batchnorm_is_folded_away_and_the_batch_is_free(exported, exported_conditional):
+    for path, inputs in ((exported, 2), (exported_conditional, 3)):
+        graph = onnx.load(str(path / folder.ONNX_FILE)).graph
+        assert not [node for node in graph.node if node.op_type == "BatchNormalization"]
+        assert sum(node.op_type == "Conv" for node in graph.node) >= 10
+        session = onnxruntime.InferenceSession(str(path / folder.ONNX_FILE), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == list(folder.INPUTS[:inputs])
+        assert all(isinstance(i.shape[0], str) for i in session.get_inputs())  # a named, free dimension
+    assert session.get_inputs()[2].type == "tensor(int64)"
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_the_onnx_network_predicts_what_pytorch_does(conditional, exported_conditional, batch):
+    session = onnxruntime.InferenceSession(str(exported_conditional / folder.ONNX_FILE),
+                                           providers=["CPUExecutionProvider"])
+    inputs = export.random_inputs(conditional.ema_network, batch, SIZE, seed=7)
+    got = session.run(None, {name: x.numpy() for name, x in zip(folder.INPUTS, inputs)})[0]
+    with torch.no_grad():
+        expected = conditional.ema_network(*inputs).numpy()
+    assert np.abs(expected).max() > 0.1  # not a zero network
+    assert np.abs(got - expected).max() <= 5e-5 * max(1.0, np.abs(expected).max())
+
+
+def test_the_export_refuses_a_network_that_differs_and_writes_nothing(model, exported, monkeypatch, tmp_path):
+    # an exporter that writes a wrong network: the tiny model's, for a model with other weights
+    wrong = (exported / folder.ONNX_FILE).read_bytes()
+    monkeypatch.setattr(export, "to_onnx", lambda network, size: (wrong, 20))
+    other = _tiny(seed=3)
+    with pytest.raises(ValueError, match="differ from PyTorch's .* nothing was written"):
+        export.export_onnx(other, tmp_path / "new", SIZE)
+    assert not (tmp_path / "new").exists()
+    # an earlier export in the folder is left as it was
+    shutil.copytree(exported, tmp_path / "earlier")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()}
+    with pytest.raises(ValueError, match="nothing was written"):
+        export.export_onnx(other, tmp_path / "earlier", SIZE)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()} == before
+
+
+def test_a_torn_or_altered_folder_is_refused(exported, tmp_path):
+    copy = shutil.copytree(exported, tmp_path / "copy")
+    with open(copy / folder.ONNX_FILE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(folder.FolderError, match="SHA-256 differs"):
+        sampling.load(copy)
+    (copy / folder.SAMPLER_FILE).write_text(json.dumps({**_spec(exported), "schedule": "quadratic"}))
+    with pytest.raises(folder.FolderError, match="schedule"):
+        sampling.load(copy)
+    with pytest.raises(folder.FolderError, match="not an exported corolla model"):
+        sampling.load(tmp_path)
+
+
+@pytest.mark.parametrize("sampler,eta,grid", CASES)
+def test_onnxruntime_gives_pytorchs_images(model, exported, sampler, eta, grid):
+    options = dict(steps=5, seed=3, sampler=sampler, eta=eta, grid=grid, batch_size=3)
+    expected = generation.generate(model, 4, image_size=SIZE, **options).numpy()
+    got = sampling.load(exported, threads=1).generate(4, **options)
+    assert got.dtype == np.float32 and got.shape == expected.shape == (4, 3, SIZE, SIZE)
+    assert np.abs(got - expected).max() <= 1 / 255
+    assert np.abs(expected[0] - expected[1]).mean() > 0.01  # images that differ, not a constant
+
+
+@pytest.mark.parametrize("sampler,guidance", [("ddim", 3.0), ("dpmpp_2m", 3.0), ("unipc", 1.0), ("ddim", 0.0)])
+def test_onnxruntime_gives_pytorchs_images_of_the_classes_asked(conditional, exported_conditional, sampler, guidance):
+    classes = ["daisy", 1, "Sunflower", 0]
+    options = dict(steps=4, seed=1, sampler=sampler, classes=classes, guidance=guidance, batch_size=3,
+                   grid=generation.default_grid(sampler))
+    expected = generation.generate(conditional, 4, image_size=SIZE, **options).numpy()
+    portable = sampling.load(exported_conditional, threads=1)
+    got = portable.generate(4, **options)
+    assert np.abs(got - expected).max() <= 1 / 255
+    if guidance:  # the class changes the image
+        unconditional = portable.generate(4, **{**options, "classes": None})
+        assert np.abs(got - unconditional).mean() > 0.005
+
+
+def test_classes_are_checked_before_any_work(exported, exported_conditional):
+    with pytest.raises(ValueError, match="not class-conditional"):
+        sampling.load(exported).generate(2, classes="daisy")
+    portable = sampling.load(exported_conditional)
+    with pytest.raises(ValueError, match="closest: 'daisy'"):
+        portable.generate(2, classes="daisi")
+    with pytest.raises(ValueError, match="0 to 2"):
+        portable.generate(2, classes=3)
+    with pytest.raises(ValueError, match="3 classes for 2 images"):
+        portable.generate(2, classes=[0, 1, 2])
+
+
+def test_the_default_grid_is_generations():
+    for name in samplers.SAMPLERS:
+        assert samplers.default_grid(name) == generation.default_grid(name)
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys, types
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError("torch is blocked in this test")
+
+sys.meta_path.insert(0, NoTorch())
+"""
+# corolla/__init__.py imports torch; a package module that imports nothing stands in for it
+STUB_PACKAGE = """
+sys.modules["corolla"] = package = types.ModuleType("corolla")
+package.__path__ = [{root!r}]
+"""
+SAMPLE = """
+import numpy as np
+from corolla.portable import sampling
+model = sampling.load({folder!r}, threads=1)
+images = [model.generate(3, steps=4, seed=3, sampler=s, eta=e, grid=g, batch_size=2) for s, e, g in {cases!r}]
+np.save({out!r}, np.stack(images))
+assert not [name for name in sys.modules if name.split(".")[0] == "torch"]
+"""
+
+
+def _run_without_torch(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(Path(corolla.__file__).parents[1])})
+
+
+@pytest.mark.slow  # starts a subprocess
+def test_sampling_runs_without_torch_and_gives_pytorchs_images(model, exported, tmp_path):
+    out = tmp_path / "images.npy"
+    root = str(Path(corolla.__file__).parent)
+    done = _run_without_torch(BLOCK_TORCH + STUB_PACKAGE.format(root=root)
+                              + SAMPLE.format(folder=str(exported), cases=CASES, out=str(out)))
+    assert done.returncode == 0, done.stderr
+    for got, (sampler, eta, grid) in zip(np.load(out), CASES):
+        expected = generation.generate(model, 3, steps=4, seed=3, sampler=sampler, eta=eta, grid=grid,
+                                    image_size=SIZE).numpy()
+        assert np.abs(got - expected).max() <= 1 / 255
+
+
+@pytest.mark.slow  # starts a subprocess
+@pytest.mark.xfail(strict=True, reason="corolla/__init__.py imports torch at once: make its imports lazy (PEP 562 "
+                                       "__getattr__), then drop this mark")
+def test_importing_corolla_portable_sampling_needs_no_torch():
+    done = _run_without_torch(BLOCK_TORCH + "from corolla.portable import sampling\n")
+    assert done.returncode == 0, done.stderr
