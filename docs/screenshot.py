@@ -1,11 +1,12 @@
-"""The screenshot of the web page for the docs, taken from the real page (`make figures` runs it).
+"""The screenshots of the web page for the docs, taken from the real page (`make figures` runs it).
 
     python docs/screenshot.py docs/figures/serve.png [--model flowers64]
 
 Starts `corolla serve` with a shipped model on a free loopback port, as a user would, opens the
-page in Debian's Chromium (Playwright), asks for a grid of 16 images, an interpolation and an
-inpainting of a painted stroke, waits for each to finish and writes a full-page PNG. The training
-panel shows the recorded loss curves of the run that made flowers64 (docs/flowers64/metrics.jsonl).
+page in Debian's Chromium (Playwright), asks for 16 images of seed 0 in 20 steps, waits for them,
+opens the first and writes a PNG of the page; then the same page at a phone's width (390 px) as
+OUT-phone.png. The training tab shows the recorded loss curves of the run that made flowers64
+(docs/flowers64/metrics.jsonl).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-PHOTO = ROOT / "corolla" / "assets" / "flowers" / "image_02209.jpg"
 WAIT_MS = 300_000  # a generous bound on each step of the page on a busy CPU; each ends far sooner
 
 
@@ -38,31 +38,23 @@ def start_server(model: str, run: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"corolla serve stopped before serving (exit status {process.returncode})")
 
 
+def fill(page, selector: str, value) -> None:
+    field = page.locator(f"{selector} input").first
+    field.fill(str(value))
+    field.press("Enter")
+
+
 def take(page, url: str, out: Path) -> None:
     page.set_default_timeout(WAIT_MS)
     page.goto(url)
-    page.wait_for_selector("body[data-ready=true]")
-    page.fill("#seed", "0")
-    page.fill("#count", "16")
-    page.fill("#steps", "20")
+    page.wait_for_selector("#generate-button")
+    fill(page, "#seed", 0)
+    fill(page, "#count", 16)
+    fill(page, "#steps", 20)
     page.click("#generate-button")
     page.wait_for_selector("#generate-status:has-text('done')")
-    page.click("#interp-button")
-    page.wait_for_selector("#interp-status:has-text('done')")
-    for _ in range(4):
-        page.press("#interp-slider", "ArrowRight")
-    page.set_input_files("#photo-file", str(PHOTO))
-    page.wait_for_selector("#photo-stage", state="visible")
-    canvas = page.locator("#mask-canvas")
-    canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.4)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.65, box["y"] + box["height"] * 0.6, steps=5)
-    page.mouse.up()
-    page.fill("#inpaint-resample", "2")
-    page.click("#inpaint-button")
-    page.wait_for_selector("#photo-status:has-text('done')")
+    page.locator("#results img").first.click()  # enlarged, with its recipe
+    page.wait_for_selector("#chosen-recipe:has-text('seed 0')")
     page.screenshot(path=str(out), full_page=True)
 
 
@@ -85,6 +77,8 @@ def main() -> int:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 try:
                     take(browser.new_page(viewport={"width": 1100, "height": 800}), url, args.out)
+                    phone = args.out.with_name(f"{args.out.stem}-phone{args.out.suffix}")
+                    take(browser.new_page(viewport={"width": 390, "height": 844}), url, phone)
                 finally:
                     browser.close()
         finally:
@@ -93,7 +87,7 @@ def main() -> int:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and its phone-width twin")
     return 0
 
 

@@ -14,12 +14,14 @@ from safetensors.torch import save_file
 from .. import editing, figures, limits
 from ..generation import SamplingSettings, initial_noise
 from ..storage import outputs
+from ..storage import recipe as recipes
 from ..storage.atomic import replacing
 from ..storage.grids import save_each, save_grid
 from .options import (
     add_model_options,
     add_out,
     add_sampling,
+    checkpoint_path,
     load_model_for,
     path_text,
     sampling_settings,
@@ -112,15 +114,19 @@ def run_edit(args) -> int:
     title = f"SDEdit: {args.sampler}, {args.steps} steps on the {grid} grid, seed {args.seed} ({config.preset})"
     out = Outputs(args, "edits.png", count, len(levels) + 1, size, (columns, rows, title))
     photos, _ = load_photos(paths, size)
+    made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, sampling_settings(args),
+                                  kind="edit", count=count,
+                                  details={"strength": levels, "photos": recipes.photos(paths),
+                                           "variations": args.num_images})
     inputs = photos.repeat_interleave(args.num_images, 0)  # output k: photo k // n, variation k % n
     results = torch.stack([editing.edit(model, inputs, strength, args.steps, args.seed, args.sampler, grid,
                                         args.eta, args.batch_size) for strength in levels], dim=1)
     if out.grid is not None:
-        print(f"wrote {save_grid(results.flatten(0, 1), out.grid, len(levels) if len(levels) > 1 else None)}")
+        print(f"wrote {save_grid(results.flatten(0, 1), out.grid, len(levels) if len(levels) > 1 else None, made)}")
     if out.each is not None:
         for column, strength in enumerate(levels):
             prefix = f"strength{strength:g}_" if len(levels) > 1 else ""
-            save_each(results[:, column], out.each, prefix=prefix)
+            save_each(results[:, column], out.each, prefix=prefix, recipe=made.adding(strength=strength))
         print(f"wrote {results.shape[0] * len(levels)} images to {out.each}")
     if out.figure is not None:
         table = torch.cat([inputs[:, None], results], 1)
@@ -146,10 +152,15 @@ def run_inpaint(args) -> int:
     print(f"inpainting {len(paths)} image(s) x {args.num_images}: {method}, {evaluations} evaluations each")
     filled = editing.inpaint(model, inputs, fill.repeat_interleave(args.num_images, 0), args.steps, args.seed,
                              args.resample, args.jump, args.eta, args.grid, args.batch_size)
+    made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, sampling_settings(args),
+                                  kind="inpaint", count=len(inputs),
+                                  details={"resample": args.resample, "jump": args.jump,
+                                           "photos": recipes.photos(paths),
+                                           "mask": recipes.photos([args.mask]) if hole is None else list(hole)})
     if out.grid is not None:
-        print(f"wrote {save_grid(filled, out.grid)}")
+        print(f"wrote {save_grid(filled, out.grid, recipe=made)}")
     if out.each is not None:
-        print(f"wrote {len(save_each(filled, out.each))} images to {out.each}")
+        print(f"wrote {len(save_each(filled, out.each, recipe=made))} images to {out.each}")
     if out.figure is not None:
         masked = torch.where(fill, torch.full_like(photos, HOLE_GREY), photos)
         fills = filled.view(len(paths), args.num_images, *photos.shape[1:])

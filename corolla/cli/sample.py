@@ -8,6 +8,7 @@ from .options import (
     add_out,
     add_progress,
     add_sampling,
+    checkpoint_path,
     guidance,
     load_model_for,
     path_text,
@@ -43,6 +44,7 @@ def run_sample(args) -> int:
 
     from ..devices import resolve_device
     from ..generation import class_labels
+    from ..storage import recipe as recipes
     from ..storage.grids import save_each, save_grid
     if args.guidance is not None and not args.classes:
         raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
@@ -56,6 +58,10 @@ def run_sample(args) -> int:
     # one row of -n images per --class (image j of every row starts from the same noise); checked now
     rows = [class_labels(model, name, 1) for name in args.classes] if args.classes else [None]
     guided = conditioning.DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    names = model.network.config.classes  # the recipe names each row's class as the model does
+    made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, settings, count=args.num_images,
+                                  classes=tuple(names[n] for n in rows) if args.classes else (),
+                                  guidance=guided if args.classes else None)
     stream = each is not None and not world.distributed  # under torchrun, rank 0 writes all once gathered
     if grid is not None or not stream:
         limits.check_held_images(args.num_images * len(rows), size, "-n (a grid holds every image; --each DIR "
@@ -65,12 +71,12 @@ def run_sample(args) -> int:
                disable=args.no_progress or not world.is_main)
     prefixes = ["" if number is None else f"class{number}-" for number in rows]  # image j of class c: classC-0000j.png
     kept = []
-    for number, prefix in zip(rows, prefixes):
-        def made(first: int, images, prefix=prefix) -> None:
+    for row, (number, prefix) in enumerate(zip(rows, prefixes)):
+        def batch_made(first: int, images, prefix=prefix, row=row) -> None:
             if stream:
-                save_each(images, each, start=first, prefix=prefix)
+                save_each(images, each, start=first, prefix=prefix, recipe=made.image(0, row))
             bar.update(len(images))
-        kept.append(distributed.generate_all(model, args.num_images, on_batch=made,
+        kept.append(distributed.generate_all(model, args.num_images, on_batch=batch_made,
                                              keep=grid is not None or not stream, steps=settings.steps,
                                              seed=settings.seed, sampler=settings.sampler, eta=settings.eta,
                                              batch_size=settings.batch_size, image_size=size, classes=number,
@@ -80,10 +86,10 @@ def run_sample(args) -> int:
     if not world.is_main:
         return 0
     if grid is not None:
-        print(f"wrote {save_grid(torch.cat(kept), grid, ncol=args.num_images if args.classes else None)}")
+        print(f"wrote {save_grid(torch.cat(kept), grid, recipes.columns(made), made)}")
     if each is not None:
         if not stream:
-            for prefix, images in zip(prefixes, kept):
-                save_each(images, each, prefix=prefix)
+            for row, (prefix, images) in enumerate(zip(prefixes, kept)):
+                save_each(images, each, prefix=prefix, recipe=made.image(0, row))
         print(f"wrote {args.num_images * len(rows)} images to {each}")
     return 0

@@ -1,11 +1,12 @@
-"""What the web app computes, without the web: requests checked against bounds, then sampling with
-a preview after every network evaluation, interpolation, editing (corolla.editing's SDEdit,
-inpainting and inversion, as the commands call them), and the training run's files.
+"""What the page computes, without the web: requests checked against bounds (the refusals name
+what is allowed), then sampling with a preview after every network evaluation, interpolation,
+editing (corolla.editing's SDEdit, inpainting and inversion, as the commands call them), and the
+training run's files.
 
-Any number of requests may sample at once (up to `max_jobs`; more are refused, not queued): each
-runs in its own thread and takes the model's lock for one network evaluation at a time, so
-concurrent requests advance step by step side by side and each gets its own images. A request
-whose browser went away stops at its next evaluation.
+Jobs run in threads of their own and share the model one network evaluation at a time (the
+server's Turns, serve/guards.py): a generation and an inpainting advance side by side, each with
+its own images. A job whose page stopped it, or whose server is stopping, ends at its next
+evaluation.
 
 A class-conditional model's generation takes classes and a guidance, as `corolla sample --class
 ... --guidance` does; interpolation and editing use it unconditionally (the null label), as the
@@ -13,8 +14,6 @@ commands do.
 """
 from __future__ import annotations
 
-import base64
-import io
 import math
 import re
 import threading
@@ -23,22 +22,22 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image
 
 from .. import editing, figures, limits, samplers
 from ..conditioning import DEFAULT_GUIDANCE
 from ..data.labels import class_number
 from ..diffusion import DiffusionModel
 from ..generation import Callback, default_grid, generate, sample_from_noise
-from ..storage.grids import grid_array, to_uint8
-from .guards import Invalid, stops_when
+from ..storage.recipe import Recipe
+from .guards import Invalid, Turns
 
 BadRequest = Invalid  # a request the server refuses; its message is shown in the page
+OnStep = Callable[[int, "torch.Tensor | None"], None]  # (evaluations so far, a preview or None)
 WHOLE_NUMBER = re.compile(r"-?[0-9]{1,20}")  # ASCII digits: "²".isdigit() is true, and int() refuses it
 
 
 class Cancelled(Exception):
-    """The browser went away: the sampling stops at its next evaluation."""
+    """The page stopped the job, or the server is stopping: it ends at its next evaluation."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,6 @@ class Limits:
     max_images: int = 64        # per request, and at most MAX_PIXELS of them together
     max_steps: int = 200        # network evaluations per image
     max_frames: int = 32        # interpolation frames
-    max_jobs: int = 4           # requests sampling at once
     MAX_PIXELS = 64 * 64 * 64   # 64 images of 64x64: one request's images at the model's size
 
 
@@ -102,6 +100,7 @@ class SampleRequest:
     # of the unconditional model; () is one unconditional grid
     classes: tuple[int | None, ...] = ()
     guidance: float = DEFAULT_GUIDANCE
+    first: int = 0  # images first..first+count-1 of the seed (a result's own image: its index)
 
     @property
     def columns(self) -> int | None:
@@ -143,26 +142,24 @@ class InpaintRequest:
 INPAINT_EVALUATIONS = 5  # RePaint's resampling may take this many times --max-steps evaluations
 
 
-def png_data_url(pixels) -> str:
-    """(H, W, 3) uint8 -> a data: URL the page shows as it is (nothing is stored on the server)."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 class Engine:
-    """One loaded model, shared by every request."""
+    """One loaded model, shared by every request. turns: the server's (shared by its models: one
+    network evaluation at a time on the device); sha256: the weights' (storage/recipe.py), which
+    every result's recipe names."""
 
-    def __init__(self, model: DiffusionModel, image_size: int, name: str, limits: Limits = Limits()):
+    def __init__(self, model: DiffusionModel, image_size: int, name: str, limits: Limits = Limits(),
+                 turns: Turns | None = None, sha256: str = "0" * 64):
         self.model = model.eval()
         self.image_size = image_size
         self.name = name
         self.limits = limits
+        self.sha256 = sha256
         self.channels = model.network.config.channels
         self.classes = model.network.config.classes  # () for an unconditional model
         self.device = next(model.parameters()).device
-        self.lock = threading.Lock()  # one network evaluation at a time
-        self.slots = threading.BoundedSemaphore(limits.max_jobs)
+        self.turns = turns or Turns()
+        self.turns.watch(model.ema_network)
+        self.lock = self.turns.lock  # one network evaluation at a time
 
     @property
     def max_images(self) -> int:
@@ -185,8 +182,16 @@ class Engine:
                        f" (this server's --max-images at {self.image_size}x{self.image_size}"
                        f"{f', in {rows} rows' if rows > 1 else ''})")
         seed = _whole(params, "seed", 0, limits.MAX_SEED, 0)
+        first = _whole(params, "first", 0, limits.MAX_IMAGES, 0)
         sampler, grid, eta = _sampler(params)
-        return SampleRequest(seed, count, steps, sampler, grid, eta, classes, guidance)
+        return SampleRequest(seed, count, steps, sampler, grid, eta, classes, guidance, first)
+
+    def recipe(self, request: SampleRequest) -> Recipe:
+        """The recipe of a request's grid (Recipe.image: each image's)."""
+        return Recipe(self.name, self.sha256, self.image_size, self.model.precision, request.seed, request.steps,
+                      request.sampler, request.grid, request.eta, request.first, request.count,
+                      tuple(None if c is None else self.classes[c] for c in request.classes),
+                      request.guidance if request.classes else None)
 
     def _classes(self, params: dict) -> tuple[tuple[int | None, ...], float]:
         """`classes` (a list of names, numbers or null for "any") and `guidance` -> (class numbers,
@@ -241,22 +246,21 @@ class Engine:
 
     # -- sampling -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _watch(on_step: Callable[[int, torch.Tensor], None], cancelled: threading.Event) -> Callback:
-        """generation's callback for a job: on_step, and the job ends at the evaluation after the
-        page has gone."""
-        if cancelled.is_set():
-            raise Cancelled
+    def _watch(self, on_step: OnStep, cancelled: threading.Event) -> Callback:
+        """generation's callback for a job: on_step, and the job ends at the evaluation after it
+        was stopped or the server began to stop."""
+        def check() -> None:
+            if cancelled.is_set() or self.turns.stopping.is_set():
+                raise Cancelled
+        check()
 
         def callback(done: int, preview: torch.Tensor) -> None:
-            if cancelled.is_set():
-                raise Cancelled
+            check()
             on_step(done, preview)
         return callback
 
-    def sample(self, request: SampleRequest, on_step: Callable[[int, torch.Tensor], None],
-               cancelled: threading.Event) -> torch.Tensor:
-        """Images 0..count-1 of the seed, the same as `corolla sample` (one batch) gives; with
+    def sample(self, request: SampleRequest, on_step: OnStep, cancelled: threading.Event) -> torch.Tensor:
+        """Images first..first+count-1 of the seed, the same as `corolla sample` gives; with
         classes, one such row per class, each sampled as `corolla sample --class C` samples it (its
         own batch, so its pixels do not depend on the other rows), row after row. on_step gets the
         rows done so far and the current row's predictions."""
@@ -266,60 +270,62 @@ class Engine:
             nonlocal evaluations
             evaluations += 1
             on_step(evaluations, torch.cat([*rows, preview]))
-        for number in request.classes or (None,):  # images 0..count-1 of the seed in every row
+        for number in request.classes or (None,):  # the same images of the seed in every row
             rows.append(generate(self.model, request.count, request.steps, request.seed, request.sampler,
-                                 request.eta, request.count, self.image_size, grid=request.grid, classes=number,
-                                 guidance=request.guidance, callback=self._watch(step, cancelled), guard=self.lock))
+                                 request.eta, request.count, self.image_size, request.first, request.grid,
+                                 classes=number, guidance=request.guidance, callback=self._watch(step, cancelled),
+                                 guard=self.lock))
         return torch.cat(rows)
 
-    def interpolate(self, request: InterpolationRequest, on_step: Callable[[int, torch.Tensor], None],
-                    cancelled: threading.Event) -> torch.Tensor:
+    def interpolate(self, request: InterpolationRequest, on_step: OnStep, cancelled: threading.Event) -> torch.Tensor:
         """The frames of `corolla interpolate --seeds FIRST SECOND` (deterministic DDIM)."""
         noise = figures.interpolation_noises(request.first, request.second, request.frames,
                                              (self.channels, self.image_size, self.image_size))
         return sample_from_noise(self.model, noise, request.steps, grid="uniform",
                                  callback=self._watch(on_step, cancelled), guard=self.lock)
 
+    # -- photos: editing's functions evaluate the network inside; the turns take the lock for each
+    # of those evaluations and stop the job between two of them ---------------------------------
 
-    # -- photos: editing's functions, called whole under the lock (they evaluate the network
-    # inside; one photo at a time keeps that short) ------------------------------------------------
-
-    def _whole_call(self, cancelled: threading.Event, call):
-        """call() under the lock, stopped at its next network evaluation once the page has gone."""
-        if cancelled.is_set():
-            raise Cancelled
-        with self.lock, torch.inference_mode(), stops_when(self.model.ema_network, cancelled, Cancelled):
+    def _photo_call(self, call, on_step: OnStep, cancelled: threading.Event):
+        with torch.inference_mode(), self.turns.job(cancelled, Cancelled, lambda done: on_step(done, None)):
             return call()
 
-    def edit(self, request: EditRequest, photo: torch.Tensor, cancelled: threading.Event) -> torch.Tensor:
-        """What `corolla edit PHOTO` makes with the same options -> (1, C, H, W) in [0, 1]."""
-        return self._whole_call(cancelled, lambda: editing.edit(
-            self.model, photo[None], request.strength, request.steps, request.seed, request.sampler, request.grid,
-            request.eta))
+    @staticmethod
+    def edit_evaluations(request: EditRequest, schedule) -> int:
+        """The network evaluations of an SDEdit: those of its grid below the strength."""
+        if request.strength == 0:
+            return 0
+        times = samplers.get_grid(request.grid, request.steps, schedule)
+        return len(editing.edit_times(times, request.strength)) - 1
 
-    def inpaint(self, request: InpaintRequest, photo: torch.Tensor, fill: torch.Tensor,
+    def edit(self, request: EditRequest, photo: torch.Tensor, on_step: OnStep,
+             cancelled: threading.Event) -> torch.Tensor:
+        """What `corolla edit PHOTO` makes with the same options -> (1, C, H, W) in [0, 1]."""
+        return self._photo_call(lambda: editing.edit(
+            self.model, photo[None], request.strength, request.steps, request.seed, request.sampler, request.grid,
+            request.eta), on_step, cancelled)
+
+    def inpaint(self, request: InpaintRequest, photo: torch.Tensor, fill: torch.Tensor, on_step: OnStep,
                 cancelled: threading.Event) -> torch.Tensor:
         """What `corolla inpaint PHOTO --mask MASK` makes with the same options -> (1, C, H, W)."""
-        return self._whole_call(cancelled, lambda: editing.inpaint(
-            self.model, photo[None], fill[None], request.steps, request.seed, request.resample, request.jump))
+        return self._photo_call(lambda: editing.inpaint(
+            self.model, photo[None], fill[None], request.steps, request.seed, request.resample, request.jump),
+            on_step, cancelled)
 
-    def interpolate_photos(self, request: InterpolationRequest, photos: torch.Tensor,
+    @staticmethod
+    def photo_interpolation_evaluations(request: InterpolationRequest) -> int:
+        """The inversion of both photos (refinement, then up the grid), then the frames' decoding."""
+        return editing.INVERT_REFINE + request.steps - 1 + request.steps
+
+    def interpolate_photos(self, request: InterpolationRequest, photos: torch.Tensor, on_step: OnStep,
                            cancelled: threading.Event) -> torch.Tensor:
         """The frames of `corolla interpolate --images A B`: both photos DDIM-inverted on the log-SNR
         grid, their noises slerped and decoded -> (frames, C, H, W)."""
         def call():
             noise = editing.invert(self.model, photos, request.steps, "logsnr")
             return editing.interpolate(self.model, [noise[0], noise[1]], request.frames, request.steps, "logsnr")[0]
-        return self._whole_call(cancelled, call)
-
-
-def grid_url(images: torch.Tensor, columns: int | None = None) -> str:
-    """A batch of images in [0, 1] -> one PNG grid, laid out as `corolla sample`'s grid."""
-    return png_data_url(grid_array(images, columns))
-
-
-def frame_urls(images: torch.Tensor) -> list[str]:
-    return [png_data_url(pixels) for pixels in to_uint8(images)]
+        return self._photo_call(call, on_step, cancelled)
 
 
 # -- the training run -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Image tensors -> PNG files: grids and one file per image (Pillow, no torchvision)."""
+"""Image tensors -> PNG files: grids and one file per image (Pillow, no torchvision), each
+carrying its recipe when one is given (storage/recipe.py)."""
 from __future__ import annotations
 
 import math
@@ -11,6 +12,7 @@ from PIL import Image
 
 from .atomic import remove_stale_temporaries, replacing
 from .outputs import refuse_unless_file
+from .recipe import Recipe
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -48,27 +50,38 @@ def split_grid(array: np.ndarray, count: int, side: int, ncol: int | None = None
                      for r, q in (divmod(i, ncol) for i in range(count))])
 
 
-def _save_png(array: np.ndarray, path: Path, clean: bool = True) -> None:
+def _save_png(array: np.ndarray, path: Path, clean: bool = True, recipe: Recipe | None = None) -> None:
     """Write via a temporary file and rename, so an existing PNG is never left half-written."""
     refuse_unless_file(path, "image")
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path, clean) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+        Image.fromarray(array).save(tmp, format="PNG", pnginfo=recipe.pnginfo() if recipe else None)
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, ncol: int | None = None) -> Path:
+def save_grid(images: torch.Tensor, path: str | os.PathLike, ncol: int | None = None,
+              recipe: Recipe | None = None) -> Path:
+    """recipe: the grid's (every image of it), written into the PNG."""
     path = Path(path)
-    _save_png(grid_array(images, ncol), path)
+    _save_png(grid_array(images, ncol), path, recipe=recipe)
     return path
 
 
-def save_each(images: torch.Tensor, folder: str | os.PathLike, start: int = 0, prefix: str = "") -> list[Path]:
-    """One PNG per image, named by the image's index (so images from -n 8 and -n 64 line up)."""
+def save_image(image: torch.Tensor, path: str | os.PathLike, recipe: Recipe | None = None) -> Path:
+    """One image (C, H, W) in [0, 1] as a PNG of its own size (no grid's border)."""
+    path = Path(path)
+    _save_png(to_uint8(image[None])[0], path, recipe=recipe)
+    return path
+
+
+def save_each(images: torch.Tensor, folder: str | os.PathLike, start: int = 0, prefix: str = "",
+              recipe: Recipe | None = None) -> list[Path]:
+    """One PNG per image, named by the image's index (so images from -n 8 and -n 64 line up).
+    recipe: the batch's, from its image 0; image i's PNG gets recipe.image(start + i)."""
     folder = Path(folder)
     remove_stale_temporaries(folder, lambda name: name.startswith(prefix) and name.endswith(".png"))  # once
     paths = []
     for i, pixels in enumerate(to_uint8(images)):
         path = folder / f"{prefix}{start + i:05d}.png"
-        _save_png(pixels, path, clean=False)
+        _save_png(pixels, path, clean=False, recipe=recipe.image(start + i) if recipe else None)
         paths.append(path)
     return paths

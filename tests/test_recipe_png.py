@@ -1,0 +1,100 @@
+"""Every PNG corolla writes carries its recipe (storage/recipe.py): `corolla sample`'s grid and
+--each files, `corolla edit`'s and `corolla inpaint`'s; a sampled image's recipe makes it again
+bit for bit; a PNG with no recipe, or a recipe out of its bounds, is refused with a line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, make_labels_matter
+from PIL import Image, PngImagePlugin
+
+from corolla import cli
+from corolla.config import preset
+from corolla.diffusion import DiffusionModel
+from corolla.storage import checkpoint
+from corolla.storage import recipe as recipes
+from corolla.storage.grids import save_image, to_uint8
+from corolla.unet import UNetConfig
+
+CONFIG = preset("tiny")
+CPU = ["--device", "cpu", "--precision", "fp32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory):
+    torch.manual_seed(0)
+    model = DiffusionModel(UNetConfig(**{**CONFIG.unet.__dict__, "classes": CLASSES}))
+    make_labels_matter(model.ema_network, torch.Generator().manual_seed(1))
+    model.normalizer.set_statistics(torch.full((3,), 0.5), torch.full((3,), 0.05))
+    return str(checkpoint.save_pretrained(tmp_path_factory.mktemp("model") / "model", model,
+                                          CONFIG.replace(unet={"classes": CLASSES})))
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_corolla_sample_s_pngs_carry_recipes_that_make_them_again(conditional, tmp_path):
+    assert cli.main(["sample", conditional, "--class", "rose", "--class", "daisy", "--guidance", "2", "-n", "3",
+                     "--steps", "3", "--seed", "4", "--sampler", "unipc", *CPU, "--out", str(tmp_path / "grid.png"),
+                     "--each", str(tmp_path / "each")]) == 0
+    grid = recipes.read(tmp_path / "grid.png")
+    assert (grid.model, grid.seed, grid.index, grid.count, grid.classes, grid.guidance, grid.sampler, grid.grid,
+            grid.precision) == (conditional, 4, 0, 3, ("rose", "daisy"), 2.0, "unipc", "logsnr", "fp32")
+    assert grid.model_sha256 == recipes.model_sha256(conditional)
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.text["parameters"].startswith(f"sample, model {conditional} (sha256 ")
+    model, _ = recipes.load_model(grid)  # the recipe's own model, its weights checked
+    again = recipes.remake(grid, model)
+    assert np.array_equal(pixels(tmp_path / "grid.png")[2:18, 2:18], to_uint8(again)[0])  # the grid's first cell
+    for path in sorted((tmp_path / "each").glob("*.png")):  # class1-00002.png: daisy's image 2
+        made = recipes.read(path)
+        assert (made.index, made.count) == (int(path.stem[-5:]), 1)
+        assert made.classes == ((CLASSES[int(path.name[5])],))
+        assert np.array_equal(pixels(path), to_uint8(recipes.remake(made, model))[0])
+    again = save_image(recipes.remake(made, model)[0], tmp_path / "again.png", made)  # the file, made again
+    assert (tmp_path / "again.png").read_bytes() == path.read_bytes() and again.name == "again.png"
+
+
+def test_edit_and_inpaint_pngs_carry_what_was_done(conditional, tmp_path):
+    photo = next(p for p in sorted(cli.edit.editing.imagefolder.bundled_dir().glob("*.jpg")) if p.stat().st_size)
+    assert cli.main(["edit", conditional, str(photo), "--strength", "0.5", "--steps", "4", "--device", "cpu",
+                     "--out", str(tmp_path / "edit.png"), "--each", str(tmp_path / "edits")]) == 0
+    made = recipes.read(tmp_path / "edits" / "00000.png")
+    assert (made.kind, made.details["strength"], made.details["photos"]) == (
+        "edit", 0.5, {photo.name: recipes.file_sha256(photo)})
+    with pytest.raises(ValueError, match="the recipe of an edit needs its photo"):
+        recipes.remake(made, checkpoint.load_model(conditional)[0])
+    assert cli.main(["inpaint", conditional, str(photo), "--box", "8,8,16,16", "--steps", "4", "--resample", "1",
+                     "--device", "cpu", "--out", str(tmp_path / "inpainted.png")]) == 0
+    made = recipes.read(tmp_path / "inpainted.png")
+    assert (made.kind, made.details["mask"], made.details["resample"]) == ("inpaint", [8, 8, 16, 16], 1)
+
+
+def test_a_png_without_a_good_recipe_is_refused_with_a_line(conditional, tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "photo.jpg")
+    (tmp_path / "text.png").write_text("not an image")
+    for name, message in (("plain.png", "carries no corolla recipe"), ("photo.jpg", "is a JPEG file, not a PNG"),
+                          ("text.png", "is not a PNG corolla can read")):
+        with pytest.raises(ValueError, match=message):
+            recipes.read(tmp_path / name)
+    good = recipes.Recipe("flowers64", "a" * 64, 64, "fp32", 0, 20, "ddim", "uniform")
+    for field, value, message in (("seed", -1, "the recipe's seed -1 is not allowed: it must be a whole number"),
+                                  ("steps", 10 ** 9, "the recipe's steps 1000000000 is not allowed"),
+                                  ("sampler", "euler", "the recipe's sampler 'euler' is not allowed: it must be one "
+                                                       "of ddim, dpmpp_2m, dpmpp_3m, unipc"),
+                                  ("model_sha256", "x", "it must be 64 hexadecimal digits")):
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(recipes.KEY, json.dumps({**json.loads(good.to_json()), field: value}))
+        Image.new("RGB", (4, 4)).save(tmp_path / "bad.png", pnginfo=info)
+        with pytest.raises(ValueError, match=message):
+            recipes.read(tmp_path / "bad.png")
+    other = dataclasses.replace(good, model_sha256="b" * 64)
+    with pytest.raises(ValueError, match="not these"):
+        recipes.check_model(other, "a" * 64, 64)
