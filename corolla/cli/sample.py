@@ -1,7 +1,10 @@
 """`corolla sample`: images from a model, as one grid, one PNG each, or one row per class."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .. import conditioning, distributed, limits
+from ..portable import folder
 from ..storage import outputs
 from .options import (
     add_model_options,
@@ -39,6 +42,8 @@ def register(sub) -> None:
 
 
 def run_sample(args) -> int:
+    if args.checkpoint is not None and (Path(args.checkpoint) / folder.SAMPLER_FILE).is_file():
+        return _sample_exported(args)
     import torch
     from tqdm import tqdm
 
@@ -91,5 +96,55 @@ def run_sample(args) -> int:
         if not stream:
             for row, (prefix, images) in enumerate(zip(prefixes, kept)):
                 save_each(images, each, prefix=prefix, recipe=made.image(0, row))
+        print(f"wrote {args.num_images * len(rows)} images to {each}")
+    return 0
+
+
+def _sample_exported(args) -> int:
+    """`corolla sample DIR` of a `corolla export --onnx` folder: the same images, on onnxruntime
+    (corolla.portable.sampling) instead of PyTorch; its PNGs carry no recipe."""
+    import torch
+    from tqdm import tqdm
+
+    from ..storage.grids import save_each, save_grid
+    for name, default in (("model", None), ("precision", "auto"), ("device", "auto")):
+        if getattr(args, name) != default:
+            raise ValueError(f"--{name} is for PyTorch checkpoints: {args.checkpoint} is an ONNX export, which "
+                             f"runs on onnxruntime in float32")
+    try:
+        from ..portable import sampling
+        model = sampling.load(args.checkpoint)
+    except ImportError as error:
+        raise ValueError(f"an ONNX export needs onnxruntime ({error.name} is missing): pip install 'corolla[onnx]'") \
+            from None
+    if args.guidance is not None and not args.classes:
+        raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
+    grid = outputs.check_file(args.out or "samples.png", "--out") if args.out or not args.each else None
+    each = outputs.check_folder(args.each, "--each") if args.each else None
+    settings = sampling_settings(args)
+    rows = [model.class_labels(name, 1)[0] for name in args.classes] if args.classes else [None]
+    if grid is not None:
+        limits.check_held_images(args.num_images * len(rows), model.spec.image_size,
+                                 "-n (a grid holds every image; --each DIR without --out writes them one batch at a "
+                                 "time)", model.spec.channels)
+    bar = tqdm(total=args.num_images * len(rows), desc="sampling", unit="image", dynamic_ncols=True,
+               disable=args.no_progress)
+    kept = []
+    for number in rows:
+        prefix = "" if number is None else f"class{number}-"
+        for first, images in model.generate_batches(args.num_images, settings.steps, settings.seed, settings.sampler,
+                                                    settings.eta, settings.batch_size, grid=settings.time_grid,
+                                                    classes=None if number is None else int(number),
+                                                    guidance=args.guidance):
+            images = torch.from_numpy(images)
+            if each is not None:
+                save_each(images, each, start=first, prefix=prefix)
+            if grid is not None:
+                kept.append(images)
+            bar.update(len(images))
+    bar.close()
+    if grid is not None:
+        print(f"wrote {save_grid(torch.cat(kept), grid, args.num_images if args.classes else None)}")
+    if each is not None:
         print(f"wrote {args.num_images * len(rows)} images to {each}")
     return 0

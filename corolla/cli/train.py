@@ -1,4 +1,5 @@
-"""`corolla train` and `corolla export`: a run from a folder of images, and its release checkpoint."""
+"""`corolla train` and `corolla export`: a run from a folder of images, and its release checkpoint or
+ONNX export."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from .. import config as configs
 from .. import limits, schedules
-from ..storage import checkpoint, runfolder
+from ..storage import checkpoint, outputs, runfolder
 from .options import (
     Given,
     add_precision,
@@ -27,11 +28,17 @@ from .options import (
 
 def register(sub) -> None:
     _add_train(sub)
-    p = sub.add_parser("export", help="write a checkpoint's EMA weights as a small release checkpoint")
-    p.add_argument("checkpoint", type=path_text, help="checkpoint folder or run folder")
+    p = sub.add_parser("export", help="write a checkpoint's EMA weights as a small release checkpoint, or as "
+                                      "ONNX to sample without PyTorch")
+    p.add_argument("checkpoint", type=path_text, help="checkpoint folder or run folder (with --onnx also a shipped "
+                                                      "model's name)")
     p.add_argument("--out", required=True, type=path_text,
-                   help="release folder to write (config.json + model.safetensors)")
+                   help="folder to write: a release checkpoint (config.json + model.safetensors), or with --onnx "
+                        "denoiser.onnx + sampler.json")
     p.add_argument("--float32", action="store_true", help="keep float32 weights (default float16)")
+    p.add_argument("--onnx", action="store_true",
+                   help="write the EMA network as ONNX (float32) and what a sampler needs, for `corolla sample "
+                        "OUT` and corolla.portable.sampling (numpy and onnxruntime; pip install 'corolla[onnx]')")
     p.set_defaults(func=run_export)
 
 
@@ -162,6 +169,25 @@ def run_train(args) -> int:
 
 
 def run_export(args) -> int:
+    if args.onnx:
+        return _export_onnx(args)
     from ..storage.pretrained import export_release
     print(f"wrote {export_release(args.checkpoint, args.out, half=not args.float32)}")
+    return 0
+
+
+def _export_onnx(args) -> int:
+    if args.float32:
+        raise ValueError("--float32 is for release checkpoints: an ONNX export is always float32")
+    out = outputs.check_folder(args.out, "--out")
+    try:
+        import onnxruntime  # noqa: F401 (export_onnx checks its output with it)
+
+        from ..portable.export import export_onnx
+    except ImportError as error:
+        raise ValueError(f"--onnx needs the onnx extra ({error.name} is missing): pip install 'corolla[onnx]'") \
+            from None
+    from ..warmstart import source_path
+    model, config = checkpoint.load_model(source_path(args.checkpoint))
+    print(f"wrote {export_onnx(model, out, config.data.image_size)}")
     return 0

@@ -9,6 +9,7 @@ import warnings
 
 from .. import limits
 from ..training import Interrupted, TrainingError
+from . import EXIT_INTERRUPTED, INTERRUPTED
 from .options import EXIT_BAD_INPUT, Parser
 
 # The command families: each module's register(subparsers) adds its commands, whose parsers
@@ -21,8 +22,8 @@ EXIT_STATUS: tuple[tuple[tuple[type[BaseException], ...], int, str], ...] = (
     ((ValueError,), EXIT_BAD_INPUT, "error: "),
     ((TrainingError,), 1, "error: "),
     ((OSError,), 1, "error: "),  # a full disk, a vanished folder
-    ((Interrupted,), 130, ""),
-    ((KeyboardInterrupt,), 130, ""),
+    ((Interrupted,), EXIT_INTERRUPTED, ""),
+    ((KeyboardInterrupt,), EXIT_INTERRUPTED, ""),
 )
 
 
@@ -42,8 +43,7 @@ def _failure(error: BaseException) -> tuple[int, str] | None:
     """(exit status, the line to print) for an error the command reports, else None (a bug: raise)."""
     for types, status, prefix in EXIT_STATUS:
         if isinstance(error, types):
-            text = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
-            return status, f"corolla: {prefix}{text}"
+            return status, INTERRUPTED if isinstance(error, KeyboardInterrupt) else f"corolla: {prefix}{error}"
     message = limits.out_of_memory(error) if isinstance(error, (MemoryError, RuntimeError)) else None
     return None if message is None else (EXIT_BAD_INPUT, f"corolla: error: {message}")
 
