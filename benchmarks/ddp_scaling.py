@@ -22,7 +22,8 @@ def worker(preset: str, steps: int) -> None:
 
     from corolla import config as configs
     from corolla import distributed
-    from corolla.training import build, micro_batch_size, resolve_device, slot_generator, train_step
+    from corolla.generation import seeded_generator
+    from corolla.training import build, micro_batch_size, resolve_device, train_step
     world, device = distributed.init(resolve_device("auto"))
     config = configs.preset(preset)
     micro = micro_batch_size(config, world)
@@ -40,7 +41,8 @@ def worker(preset: str, steps: int) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-        train_step(model, optimizer, [images], [slot_generator(0, step, world.rank, device)], 0.999, ddp, world)
+        generators = [seeded_generator(0, step, world.rank, device=device)]
+        train_step(model, optimizer, [images], generators, 0.999, ddp, world)
     if device.type == "cuda":
         torch.cuda.synchronize()
     distributed.barrier(world)

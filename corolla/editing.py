@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import samplers
 from .data import imagefolder
 from .diffusion import Denoiser, DiffusionModel
-from .generation import default_grid, draw_noise, image_generator, sample_from_noise
+from .generation import default_grid, draw_noise, sample_from_noise, seeded_generator
 from .limits import check_evaluation_memory
 from .schedules import Schedule
 
@@ -180,7 +180,7 @@ Work = Callable[[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor], slice],
 def _per_image(model: DiffusionModel, images: torch.Tensor, seed: int, indices: Sequence[int] | None,
                batch_size: int, work: Work) -> torch.Tensor:
     """Run work(normalised images, initial noise, noise_fn, rows) batch by batch -> denormalised
-    [0, 1] images on the CPU. Row r draws from image_generator(seed, indices[r]): first its initial
+    [0, 1] images on the CPU. Row r draws from seeded_generator(seed, indices[r]): first its initial
     noise (the one `corolla sample` starts image indices[r] from), then whatever work asks for."""
     model.eval()
     device = next(model.parameters()).device
@@ -193,7 +193,7 @@ def _per_image(model: DiffusionModel, images: torch.Tensor, seed: int, indices: 
     out = []
     for first in range(0, images.shape[0], batch_size):
         rows = slice(first, min(first + batch_size, images.shape[0]))
-        generators = [image_generator(seed, i) for i in indices[rows]]
+        generators = [seeded_generator(seed, i) for i in indices[rows]]
         noise = draw_noise(generators, shape, device)
         x0 = model.normalizer.normalize(images[rows].to(device=device, dtype=torch.float32))
         result = work(x0, noise, lambda generators=generators: draw_noise(generators, shape, device), rows)

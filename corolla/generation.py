@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from . import samplers
@@ -19,6 +18,7 @@ from .conditioning import DEFAULT_GUIDANCE
 from .data.labels import class_number
 from .diffusion import Denoiser, DiffusionModel
 from .limits import check_evaluation_memory
+from .portable.noise import stream_seed
 from .samplers import default_grid
 
 Classes = int | str | Sequence[int | str] | None  # one class (name or number) for all images, one per image, or none
@@ -47,11 +47,10 @@ class NotFinite(ValueError):
     """Generated images with NaN or infinite values: the network diverges (they would be written black)."""
 
 
-def image_generator(seed: int, index: int) -> torch.Generator:
-    """An independent stream per (seed, index), mixed by numpy's SeedSequence (no collisions
-    between nearby seeds and indices, unlike seed + index)."""
-    state = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2 ** 63 - 1))
+def seeded_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The random stream of `keys` (portable.noise.stream_seed): image i of a seed draws from
+    (seed, i), whatever the batch; a training step's micro-batch from (seed, step, slot)."""
+    return torch.Generator(device=device).manual_seed(stream_seed(*keys))
 
 
 def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...],
@@ -63,7 +62,7 @@ def draw_noise(generators: list[torch.Generator], shape: tuple[int, ...],
 
 def initial_noise(seed: int, indices: range | list[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """(len(indices), C, H, W) unit Gaussian noise: the starting point of images `indices`."""
-    return draw_noise([image_generator(seed, i) for i in indices], shape)
+    return draw_noise([seeded_generator(seed, i) for i in indices], shape)
 
 
 def class_labels(model: DiffusionModel, classes: Classes, count: int) -> int | torch.Tensor | None:
@@ -146,7 +145,7 @@ def generate_batches(model: DiffusionModel, num_images: int, steps: int = 20, se
     wanted = class_labels(model, classes, num_images)  # checked before any work
     for first in range(start, start + num_images, batch_size):
         indices = range(first, min(first + batch_size, start + num_images))
-        generators = [image_generator(seed, i) for i in indices]
+        generators = [seeded_generator(seed, i) for i in indices]
         noise = draw_noise(generators, shape)
         labels = (None if wanted is None else torch.full((len(indices),), wanted) if isinstance(wanted, int)
                   else wanted[first - start:first - start + len(indices)])

@@ -32,7 +32,7 @@ from . import inception as inception_module
 from .data import imagefolder, rundata
 from .data.imagefolder import cache_dir
 from .diffusion import DiffusionModel
-from .generation import SamplingSettings, generate, image_generator
+from .generation import SamplingSettings, generate, seeded_generator
 from .storage import checkpoint
 from .storage.grids import save_grid
 
@@ -256,7 +256,7 @@ def denoising_loss(model: DiffusionModel, images: torch.Tensor, seed: int = 0, t
     totals = torch.zeros(times, dtype=torch.float64)
     for first in range(0, images.shape[0], batch_size):
         batch = images[first:first + batch_size].to(device).float() / 255.0
-        noises = torch.stack([torch.randn((times, *batch.shape[1:]), generator=image_generator(seed, i))
+        noises = torch.stack([torch.randn((times, *batch.shape[1:]), generator=seeded_generator(seed, i))
                               for i in range(first, first + batch.shape[0])]).to(device)  # (B, T, C, H, W)
         for k in range(times):
             t = torch.full((batch.shape[0], 1, 1, 1), float(grid[k]), device=device)

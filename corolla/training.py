@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -29,7 +28,7 @@ from .data import imagefolder, rundata
 from .devices import resolve_device
 from .diffusion import DiffusionModel, compile_for_training
 from .figures import plot_training
-from .generation import NotFinite, generate
+from .generation import NotFinite, generate, seeded_generator
 from .rates import adam_epsilon, ema_decay, learning_rate, resolve_lr_warmup
 from .storage import checkpoint, runfolder, runlog
 from .storage.grids import save_grid
@@ -65,14 +64,6 @@ def build(config: Config, device: torch.device) -> tuple[DiffusionModel, torch.o
 
 def _as_float(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images_uint8.to(device).float().div_(255.0)
-
-
-def slot_generator(seed: int, step: int, slot: int, device: torch.device) -> torch.Generator:
-    """The noise and times of micro-batch `slot` of optimiser step `step`: a stream of its own, so
-    any split of a global batch over processes and accumulation draws the same noise, and a
-    resumed run needs no saved random state."""
-    state = np.random.SeedSequence([seed, step, slot]).generate_state(1, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state) & (2 ** 63 - 1))
 
 
 def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -448,7 +439,9 @@ def _train(config: Config, sources: Sources, run_dir: Path, world: distributed.W
                 micro_batches = [_as_float(train_images[index[j * micro:(j + 1) * micro]], dev) for j in slots]
                 micro_labels = None if train_labels is None else [train_labels[index[j * micro:(j + 1) * micro]]
                                                                   for j in slots]
-                generators = [slot_generator(tc.seed, p.step, j, dev) for j in slots]
+                # micro-batch j's own stream: any split over processes and accumulation draws the
+                # same noise, and a resumed run needs no saved random state
+                generators = [seeded_generator(tc.seed, p.step, j, device=dev) for j in slots]
                 _set_rates(run.optimizer, config, p.step, last_step)
                 loss = train_step(model, run.optimizer, micro_batches, generators, ema_decay(config, p.step), ddp,
                                   world, micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma)

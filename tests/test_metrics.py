@@ -21,7 +21,7 @@ from corolla import inception, metrics
 from corolla.cli import main
 from corolla.data import imagefolder
 from corolla.diffusion import DiffusionModel
-from corolla.generation import image_generator
+from corolla.generation import seeded_generator
 from corolla.storage import checkpoint
 
 
@@ -211,7 +211,7 @@ def test_denoising_loss_of_a_zero_predictor_is_the_mean_absolute_noise(flowers16
     model = tiny_model(flowers16)  # the U-Net's last conv starts at zero: it predicts zero noise
     images = flowers16[:5]
     losses = metrics.denoising_loss(model, images, seed=3, times=4, batch_size=2)
-    noises = torch.stack([torch.randn((4, 3, 16, 16), generator=image_generator(3, i)) for i in range(5)])
+    noises = torch.stack([torch.randn((4, 3, 16, 16), generator=seeded_generator(3, i)) for i in range(5)])
     expected = noises.abs().mean(dim=(0, 2, 3, 4))
     assert torch.allclose(torch.tensor(losses, dtype=torch.float64), expected.double(), atol=1e-6)
     assert metrics.loss_times(4).tolist() == [0.125, 0.375, 0.625, 0.875]

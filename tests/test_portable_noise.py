@@ -43,12 +43,12 @@ def test_continued_draws_and_the_cached_value_follow_torch():
 
 def test_image_streams_are_generations():
     for seed, index in [(0, 0), (0, 1), (1, 0), (123, 45), (2 ** 40, 7)]:
-        assert noise.image_seed(seed, index) == generation.image_generator(seed, index).initial_seed()
+        assert noise.stream_seed(seed, index) == generation.seeded_generator(seed, index).initial_seed()
     shape = (3, 16, 16)
     expected = generation.initial_noise(4, range(3, 9), shape).numpy()
     assert np.array_equal(_bits(noise.initial_noise(4, range(3, 9), shape, KERNEL)), _bits(expected))
     # stochastic steps continue each image's stream past its initial noise
-    torch_streams = [generation.image_generator(4, i) for i in range(2)]
+    torch_streams = [generation.seeded_generator(4, i) for i in range(2)]
     streams = [noise.image_generator(4, i, KERNEL) for i in range(2)]
     for _ in range(3):
         assert np.array_equal(_bits(noise.draw_noise(streams, shape)),

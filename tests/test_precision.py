@@ -9,9 +9,10 @@ import torch
 from corolla import cli, precision
 from corolla.config import Config, preset
 from corolla.diffusion import DiffusionModel
+from corolla.generation import seeded_generator
 from corolla.rates import adam_epsilon
 from corolla.storage import checkpoint
-from corolla.training import build, slot_generator, train, train_step
+from corolla.training import build, train, train_step
 from corolla.unet import sinusoidal_embedding
 
 
@@ -104,7 +105,7 @@ def test_seed64_takes_the_references_adamw_step():
     before = {n: p.detach().clone() for n, p in model.network.named_parameters()}
 
     # the reference: gradient of the summed per-pixel loss, then Keras' AdamW (epsilon on the raw sqrt(v))
-    generator = slot_generator(0, 0, 0, torch.device("cpu"))
+    generator = seeded_generator(0, 0, 0)
     noises = torch.randn(images.shape, generator=generator)  # drawn as train_step draws them
     times = torch.rand((4, 1, 1, 1), generator=generator)
     reference = DiffusionModel(config.unet).double()
@@ -128,7 +129,7 @@ def test_seed64_takes_the_references_adamw_step():
         optimizer.state.clear()
         for group in optimizer.param_groups:
             group["eps"] = eps
-        train_step(model, optimizer, [images], [slot_generator(0, 0, 0, torch.device("cpu"))], 0.999)
+        train_step(model, optimizer, [images], [seeded_generator(0, 0, 0)], 0.999)
         moved = torch.cat([(p.detach() - before[n]).flatten() for n, p in model.network.named_parameters()])
         wanted = torch.cat([(expected[n] - before[n]).flatten() for n, p in model.network.named_parameters()])
         return ((moved - wanted).norm() / wanted.norm()).item()

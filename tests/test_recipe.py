@@ -9,9 +9,10 @@ from corolla import cli, schedules
 from corolla.cli import train as cli_train
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel, min_snr_weights
+from corolla.generation import seeded_generator
 from corolla.rates import learning_rate
 from corolla.storage import checkpoint
-from corolla.training import random_flips, slot_generator, train, train_step
+from corolla.training import random_flips, train, train_step
 
 
 def test_learning_rate_ramps_up_holds_and_cools_down_to_the_runs_last_step():
@@ -50,7 +51,7 @@ def test_a_step_with_flips_draws_the_same_noise_and_times_as_one_without():
         torch.manual_seed(0)
         model = DiffusionModel(config.unet)
         optimizer = torch.optim.AdamW(model.network.parameters())
-        losses[hflip] = train_step(model, optimizer, [images], [slot_generator(0, 0, 0, torch.device("cpu"))],
+        losses[hflip] = train_step(model, optimizer, [images], [seeded_generator(0, 0, 0)],
                                    0.9, hflip=hflip).item()
     # a fresh network outputs zeros (zero-initialised last layer): the L1 loss is the mean |noise|,
     # which the flips leave alone only when the noise is the same draw

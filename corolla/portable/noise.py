@@ -1,7 +1,7 @@
 """torch's CPU random numbers in numpy, so that sampling without PyTorch starts from the same noise.
 
 corolla draws image i of a seed from torch.randn(shape, generator=g), g a CPU torch.Generator
-seeded from (seed, i) (corolla.generation.image_generator). TorchGenerator reproduces that
+seeded from (seed, i) (corolla.generation.seeded_generator). TorchGenerator reproduces that
 generator and its draws:
 
 - the engine: torch's CPU generator is the 32-bit Mersenne Twister (mt19937) seeded with the low
@@ -43,10 +43,11 @@ def kernel_for_capability(capability: str) -> str:
     return "avx2" if capability.upper() in ("AVX2", "AVX512") else "default"
 
 
-def image_seed(seed: int, index: int) -> int:
-    """The seed of image `index`'s generator (corolla.generation.image_generator): numpy's
-    SeedSequence mixes (seed, index), so nearby seeds and indices do not collide."""
-    state = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]
+def stream_seed(*keys: int) -> int:
+    """The seed of the random stream of `keys` (image i of a seed: (seed, i); a training step's
+    micro-batch: (seed, step, slot)): numpy's SeedSequence mixes them, so that nearby seeds and
+    indices do not collide as seed + index would. corolla.generation.seeded_generator's too."""
+    state = np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0]
     return int(state) & (2 ** 63 - 1)
 
 
@@ -94,8 +95,9 @@ class TorchGenerator:
 
 
 def image_generator(seed: int, index: int, kernel: str = "avx2") -> TorchGenerator:
-    """corolla.generation.image_generator without torch: image `index`'s stream of `seed`."""
-    return TorchGenerator(image_seed(seed, index), kernel)
+    """corolla.generation.seeded_generator(seed, index) without torch: image `index`'s stream of
+    `seed`."""
+    return TorchGenerator(stream_seed(seed, index), kernel)
 
 
 def draw_noise(generators: list[TorchGenerator], shape: tuple[int, ...]) -> np.ndarray:
