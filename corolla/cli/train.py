@@ -33,12 +33,18 @@ def register(sub) -> None:
     p.add_argument("checkpoint", type=path_text, help="checkpoint folder or run folder (with --onnx also a shipped "
                                                       "model's name)")
     p.add_argument("--out", required=True, type=path_text,
-                   help="folder to write: a release checkpoint (config.json + model.safetensors), or with --onnx "
-                        "denoiser.onnx + sampler.json")
+                   help="folder to write: a release checkpoint (config.json + model.safetensors), with --onnx "
+                        "denoiser.onnx + sampler.json, with --web a static page beside them")
     p.add_argument("--float32", action="store_true", help="keep float32 weights (default float16)")
     p.add_argument("--onnx", action="store_true",
                    help="write the EMA network as ONNX (float32) and what a sampler needs, for `corolla sample "
                         "OUT` and corolla.portable.sampling (numpy and onnxruntime; pip install 'corolla[onnx]')")
+    p.add_argument("--web", action="store_true",
+                   help="write a static folder (index.html, the ONNX export, onnxruntime-web) that generates "
+                        "images in the browser; serve it with any static file server")
+    p.add_argument("--ort", metavar="PATH", type=path_text,
+                   help="with --web: onnxruntime-web's npm tarball (.tgz) or unpacked package, instead of "
+                        "downloading it from the npm registry")
     p.set_defaults(func=run_export)
 
 
@@ -169,6 +175,10 @@ def run_train(args) -> int:
 
 
 def run_export(args) -> int:
+    if args.ort and not args.web:
+        raise ValueError("--ort is for --web: it gives the page's onnxruntime-web")
+    if args.web:
+        return _export_web(args)
     if args.onnx:
         return _export_onnx(args)
     from ..storage.pretrained import export_release
@@ -190,4 +200,23 @@ def _export_onnx(args) -> int:
     from ..warmstart import source_path
     model, config = checkpoint.load_model(source_path(args.checkpoint))
     print(f"wrote {export_onnx(model, out, config.data.image_size)}")
+    return 0
+
+
+def _export_web(args) -> int:
+    if args.onnx or args.float32:
+        given = "--onnx" if args.onnx else "--float32"
+        raise ValueError(f"--web writes its own float32 ONNX export: leave out {given}")
+    out = outputs.check_folder(args.out, "--out")
+    try:
+        import onnxruntime  # noqa: F401 (the export checks its output with it)
+
+        from ..portable import web
+    except ImportError as error:
+        raise ValueError(f"--web needs the onnx extra ({error.name} is missing): pip install 'corolla[onnx]'") \
+            from None
+    from ..warmstart import source_path
+    model, config = checkpoint.load_model(source_path(args.checkpoint))
+    folder = web.build(model, out, config.data.image_size, args.ort)
+    print(f"wrote {folder}: serve it with any static file server, e.g. python -m http.server -d {folder}")
     return 0

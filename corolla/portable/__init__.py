@@ -7,6 +7,8 @@
   BatchNorm folded into the convolution that follows it.
 - corolla.portable.sampling (numpy and onnxruntime only): load such a folder and generate with
   corolla's samplers and grids; the same seed gives the PyTorch float32 images to within 1/255.
+- corolla.portable.web (needs torch): build writes that folder with a static page beside it, and
+  onnxruntime-web's WASM files, so that a browser generates images with no server of its own.
 - corolla.portable.folder (no torch): the folder's files, and reading and checking sampler.json.
 - corolla.portable.noise (numpy only): torch's CPU generator (mt19937 and torch.randn) in numpy,
   so that image i of a seed starts from the noise PyTorch gives it.

@@ -1,0 +1,255 @@
+// The page: loads sampler.json and denoiser.onnx (onnxruntime-web, WASM on the CPU), reads the form,
+// samples with sampler.js and draws the predicted images after every step.
+// A query ?seed=S&n=N&steps=K[&sampler=NAME][&class=NAME][&guidance=G][&noise=FILE] generates at
+// load; noise=FILE (float32 little-endian, N x C x H x W, on this server) replaces the page's own
+// initial noise, so that a test can start from the noise corolla's Python sampler starts from.
+// body[data-state] tells a test where the page is: loading, ready, running, done or error; when
+// done, window.corollaImages holds the images (Float32Array, N x C x H x W, in [0, 1]).
+import {DEFAULT_GRID, GRIDS, SAMPLERS, SCHEDULES, imageNoise} from "./sampler.js";
+
+const BATCH = 8;  // images sampled together: previews of a batch at once, bounded memory
+const LIMITS = {seed: [0, 4294967295], count: [1, 64], steps: [1, 1000]};
+const MAX_GUIDANCE = 100;  // corolla.limits.MAX_GUIDANCE
+const $ = (id) => document.getElementById(id);
+
+let spec, session;
+
+function say(text, isError = false) {
+  $("message").textContent = text;
+  $("message").classList.toggle("error", isError);
+}
+
+function setState(state) {
+  document.body.dataset.state = state;
+  $("generate").disabled = !session || state === "running";  // no model: nothing to run
+}
+
+async function load() {
+  const response = await fetch("sampler.json");
+  if (!response.ok) throw new Error(`sampler.json: HTTP ${response.status}`);
+  spec = await response.json();
+  if (!SCHEDULES[spec.schedule]) throw new Error(`unknown schedule ${spec.schedule}`);
+  // threads need a cross-origin isolated page (COOP/COEP headers), which a plain static host is not
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  ort.env.wasm.wasmPaths = {mjs: new URL("ort-wasm-simd-threaded.js", location.href).href,
+                            wasm: new URL("ort-wasm-simd-threaded.wasm", location.href).href};
+  session = await ort.InferenceSession.create("denoiser.onnx", {executionProviders: ["wasm"]});
+  if (spec.classes.length) {
+    $("class").append(new Option("(none: unconditional)", ""),
+                      ...spec.classes.map((name, number) => new Option(name, String(number))));
+    $("class").value = "0";
+    $("guidance").value = String(spec.guidance);
+    $("class-field").hidden = $("guidance-field").hidden = false;
+  }
+}
+
+function wholeNumber(text, name) {
+  const [low, high] = LIMITS[name];
+  const value = Number(text);
+  if (text.trim() === "" || !Number.isInteger(value) || value < low || value > high) {
+    throw new RangeError(`${name} must be a whole number from ${low} to ${high}`);
+  }
+  return value;
+}
+
+// the form (or the query) -> the run's settings; RangeError with what is allowed
+function settings(fields) {
+  const run = {seed: wholeNumber(fields.seed, "seed"), count: wholeNumber(fields.count, "count"),
+               steps: wholeNumber(fields.steps, "steps"), sampler: fields.sampler, label: null,
+               guidance: spec.guidance, noise: fields.noise || null};
+  if (!SAMPLERS[run.sampler]) throw new RangeError(`sampler must be one of ${Object.keys(SAMPLERS).join(", ")}`);
+  if (fields.label) {
+    if (!spec.classes.length) throw new RangeError("this model is not class-conditional: it takes no species");
+    const byName = spec.classes.indexOf(fields.label);
+    run.label = byName >= 0 ? byName : Number(fields.label);
+    if (!Number.isInteger(run.label) || run.label < 0 || run.label >= spec.classes.length) {
+      throw new RangeError(`unknown species ${fields.label}`);
+    }
+    if (fields.guidance !== undefined && fields.guidance !== "") run.guidance = Number(fields.guidance);
+    if (!(run.guidance >= 0 && run.guidance <= MAX_GUIDANCE)) {
+      throw new RangeError(`guidance must be a number from 0 to ${MAX_GUIDANCE}; 1 is the conditional model alone`);
+    }
+  }
+  return run;
+}
+
+function formFields() {
+  return {seed: $("seed").value, count: $("count").value, steps: $("steps").value, sampler: $("sampler").value,
+          label: $("class-field").hidden ? "" : $("class").value, guidance: $("guidance").value};
+}
+
+// the network on a batch; labels (BigInt64Array) for a conditional model
+async function predictNoise(x, noiseRate, labels) {
+  const [channels, size] = [spec.channels, spec.image_size], batch = x.length / (channels * size * size);
+  const feeds = {
+    noisy_images: new ort.Tensor("float32", x, [batch, channels, size, size]),
+    noise_variances: new ort.Tensor("float32", new Float32Array(batch).fill(noiseRate * noiseRate),
+                                    [batch, 1, 1, 1]),
+  };
+  if (spec.classes.length) feeds.labels = new ort.Tensor("int64", labels, [batch]);
+  const output = await session.run(feeds);
+  return output.pred_noises.data;
+}
+
+// the denoiser a sampler calls, guided as corolla.portable.sampling.PortableModel.denoiser guides
+function denoiser(batch, label, guidance) {
+  const nulls = new BigInt64Array(batch).fill(BigInt(spec.classes.length));
+  const labels = label === null ? nulls : new BigInt64Array(batch).fill(BigInt(label));
+  const mixing = label !== null && guidance !== 0 && guidance !== 1;
+  return async (x, noiseRate, signalRate) => {
+    let predNoises;
+    if (mixing) {
+      const twice = new Float32Array(2 * x.length);
+      twice.set(x);
+      twice.set(x, x.length);
+      const both = new BigInt64Array(2 * batch);
+      both.set(labels);
+      both.set(nulls, batch);
+      const pair = await predictNoise(twice, noiseRate, both);
+      predNoises = new Float32Array(x.length);
+      for (let j = 0; j < x.length; j++) {
+        const uncond = pair[x.length + j];
+        predNoises[j] = uncond + guidance * (pair[j] - uncond);
+      }
+    } else {
+      predNoises = await predictNoise(x, noiseRate, guidance === 0 ? nulls : labels);
+    }
+    const predImages = new Float32Array(x.length);
+    for (let j = 0; j < x.length; j++) predImages[j] = (x[j] - noiseRate * predNoises[j]) / signalRate;
+    return [predNoises, predImages];
+  };
+}
+
+function denormalize(images) {  // clip(mean + x sqrt(variance), 0, 1), per channel
+  const plane = spec.image_size * spec.image_size, out = new Float32Array(images.length);
+  for (let j = 0; j < images.length; j++) {
+    const c = Math.floor(j / plane) % spec.channels;
+    const value = spec.normalizer.mean[c] + images[j] * Math.sqrt(spec.normalizer.variance[c]);
+    out[j] = Math.min(Math.max(value, 0), 1);
+  }
+  return out;
+}
+
+function draw(canvas, image) {  // one denormalised image (C, H, W) onto its canvas
+  const size = spec.image_size, plane = size * size, pixels = new ImageData(size, size);
+  for (let p = 0; p < plane; p++) {
+    for (let k = 0; k < 3; k++) {
+      const channel = spec.channels === 3 ? k : 0;
+      pixels.data[4 * p + k] = Math.round(image[channel * plane + p] * 255);
+    }
+    pixels.data[4 * p + 3] = 255;
+  }
+  canvas.getContext("2d").putImageData(pixels, 0, 0);
+}
+
+async function initialNoise(run) {
+  const imageSize = spec.channels * spec.image_size * spec.image_size;
+  if (!run.noise) {
+    const noise = new Float32Array(run.count * imageSize);
+    for (let i = 0; i < run.count; i++) noise.set(imageNoise(run.seed, i, imageSize), i * imageSize);
+    return noise;
+  }
+  const url = new URL(run.noise, location.href);
+  if (url.origin !== location.origin) throw new RangeError("noise must be a file on this server");
+  const response = await fetch(url);
+  if (!response.ok) throw new RangeError(`noise ${run.noise}: HTTP ${response.status}`);
+  const bytes = await response.arrayBuffer();
+  if (bytes.byteLength !== 4 * run.count * imageSize) {
+    throw new RangeError(`noise ${run.noise} holds ${bytes.byteLength} bytes, not ${run.count} images of ` +
+                         `${spec.channels}x${spec.image_size}x${spec.image_size} float32`);
+  }
+  const view = new DataView(bytes), noise = new Float32Array(run.count * imageSize);
+  for (let j = 0; j < noise.length; j++) noise[j] = view.getFloat32(4 * j, true);  // little-endian on any CPU
+  return noise;
+}
+
+const nextFrame = () => new Promise((resolve) => setTimeout(resolve, 0));  // lets the browser paint
+
+async function generate(run) {
+  setState("running");
+  $("download").hidden = true;
+  const imageSize = spec.channels * spec.image_size * spec.image_size;
+  const noise = await initialNoise(run);
+  const canvases = Array.from({length: run.count}, () => {
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = spec.image_size;
+    return canvas;
+  });
+  $("images").replaceChildren(...canvases);
+  const schedule = SCHEDULES[spec.schedule];
+  const times = GRIDS[DEFAULT_GRID[run.sampler]](run.steps, schedule);
+  const result = new Float32Array(run.count * imageSize);
+  for (let first = 0; first < run.count; first += BATCH) {
+    const batch = Math.min(BATCH, run.count - first);
+    const show = async (step, predImages) => {
+      const images = denormalize(predImages);
+      for (let i = 0; i < batch; i++) draw(canvases[first + i], images.subarray(i * imageSize, (i + 1) * imageSize));
+      say(`image ${first + 1}-${first + batch} of ${run.count}: step ${step + 1} of ${run.steps}`);
+      await nextFrame();
+    };
+    const x = noise.slice(first * imageSize, (first + batch) * imageSize);
+    const images = await SAMPLERS[run.sampler](denoiser(batch, run.label, run.guidance), schedule, x, times, show);
+    result.set(denormalize(images), first * imageSize);
+  }
+  window.corollaImages = result;
+  await offerDownload(canvases, run);
+  say(`done: ${run.count} images, seed ${run.seed}, ${run.steps} steps, ${run.sampler}` +
+      (run.label === null ? "" : `, ${spec.classes[run.label]} at guidance ${run.guidance}`));
+  setState("done");
+}
+
+async function offerDownload(canvases, run) {  // the images side by side in rows of up to 8, as one PNG
+  const size = spec.image_size, gap = 2, columns = Math.min(8, canvases.length);
+  const grid = document.createElement("canvas");
+  grid.width = columns * (size + gap) + gap;
+  grid.height = Math.ceil(canvases.length / columns) * (size + gap) + gap;
+  const context = grid.getContext("2d");
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, grid.width, grid.height);
+  canvases.forEach((canvas, i) => {
+    context.drawImage(canvas, gap + (i % columns) * (size + gap), gap + Math.floor(i / columns) * (size + gap));
+  });
+  const blob = await new Promise((resolve) => grid.toBlob(resolve, "image/png"));
+  const link = $("download");
+  if (link.href) URL.revokeObjectURL(link.href);
+  link.href = URL.createObjectURL(blob);
+  link.download = `corolla-seed${run.seed}-${run.sampler}-${run.steps}steps.png`;
+  link.hidden = false;
+}
+
+async function attempt(work) {
+  try {
+    await work();
+  } catch (error) {
+    say(error instanceof RangeError ? error.message : `error: ${error.message || error}`, true);
+    setState("error");
+    return false;
+  }
+  return true;
+}
+
+function fromQuery(query) {  // the query's fields, shown in the form too
+  const fields = {seed: query.get("seed") ?? "0", count: query.get("n") ?? "4", steps: query.get("steps") ?? "20",
+                  sampler: query.get("sampler") ?? "ddim", label: query.get("class") ?? "",
+                  guidance: query.get("guidance") ?? "", noise: query.get("noise")};
+  $("seed").value = fields.seed;
+  $("count").value = fields.count;
+  $("steps").value = fields.steps;
+  if (SAMPLERS[fields.sampler]) $("sampler").value = fields.sampler;
+  if (spec.classes.includes(fields.label)) $("class").value = String(spec.classes.indexOf(fields.label));
+  if (fields.guidance) $("guidance").value = fields.guidance;
+  return fields;
+}
+
+$("form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  attempt(() => generate(settings(formFields())));
+});
+
+const loaded = await attempt(load);
+if (loaded) {
+  setState("ready");
+  say("Ready.");
+  const query = new URLSearchParams(location.search);
+  if (query.has("seed") || query.has("n")) await attempt(() => generate(settings(fromQuery(query))));
+}
