@@ -31,6 +31,7 @@ from corolla.config import preset  # noqa: E402
 from corolla.diffusion import DiffusionModel  # noqa: E402
 from corolla.portable import export, folder, noise, sampling  # noqa: E402
 from corolla.storage import checkpoint  # noqa: E402
+from corolla.storage.digest import file_sha256  # noqa: E402
 from corolla.unet import UNetConfig  # noqa: E402
 
 SIZE = 16
@@ -88,7 +89,7 @@ def test_the_folder_says_what_a_sampler_needs(model, exported):
     assert np.array_equal(np.float32(spec["normalizer"]["mean"]), model.normalizer.mean.flatten().numpy())
     assert np.array_equal(np.float32(spec["normalizer"]["variance"]), model.normalizer.variance.flatten().numpy())
     assert spec["model_sha256"] == export.model_sha256(model) != export.model_sha256(_tiny(seed=9))
-    assert spec["onnx_sha256"] == folder.sha256_file(exported / folder.ONNX_FILE)
+    assert spec["onnx_sha256"] == file_sha256(exported / folder.ONNX_FILE)
     written = onnx.load(str(exported / folder.ONNX_FILE))
     assert spec["opset"] == {o.domain: o.version for o in written.opset_import}[""] >= 18
     # float32 rounding; the noise embedding's sin(2 pi 1000 v) makes it 1e-5 rather than 1e-7

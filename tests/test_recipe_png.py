@@ -17,6 +17,7 @@ from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 from corolla.storage import checkpoint
 from corolla.storage import recipe as recipes
+from corolla.storage.digest import file_sha256
 from corolla.storage.grids import save_image, to_uint8
 from corolla.unet import UNetConfig
 
@@ -67,7 +68,7 @@ def test_edit_and_inpaint_pngs_carry_what_was_done(conditional, tmp_path):
                      "--out", str(tmp_path / "edit.png"), "--each", str(tmp_path / "edits")]) == 0
     made = recipes.read(tmp_path / "edits" / "00000.png")
     assert (made.kind, made.details["strength"], made.details["photos"]) == (
-        "edit", 0.5, {photo.name: recipes.file_sha256(photo)})
+        "edit", 0.5, {photo.name: file_sha256(photo)})
     with pytest.raises(ValueError, match="the recipe of an edit needs its photo"):
         recipes.remake(made, checkpoint.load_model(conditional)[0])
     assert cli.main(["inpaint", conditional, str(photo), "--box", "8,8,16,16", "--steps", "4", "--resample", "1",

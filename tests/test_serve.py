@@ -40,9 +40,6 @@ from corolla.storage import recipe as recipes
 from corolla.storage.grids import save_grid, to_uint8
 from corolla.unet import UNetConfig
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 CONFIG = preset("tiny")
 WAIT_S = 60  # the longest any condition is waited for (each holds within a second or two when all is well)
 CPU = ["--device", "cpu", "--precision", "fp32", "--no-progress"]
@@ -403,19 +400,6 @@ def test_ctrl_c_mid_job_exits_0_without_a_traceback(tiny, tmp_path):
 
 
 # -- the page in a browser -------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
-    sync_api.expect.set_options(timeout=WAIT_S * 1000)
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install -y chromium); "
-                    f"the browser tests need it")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
 
 def open_page(browser, server, width: int = 1280):
     """A fresh page (its own storage), with every request it makes recorded."""

@@ -32,9 +32,6 @@ from corolla import samplers, schedules  # noqa: E402
 from corolla.cli import main  # noqa: E402
 from corolla.portable import folder, noise, sampling, web  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 WAIT_S = 180  # the longest a page may take to finish (a few seconds on an idle machine)
 COUNT, STEPS, SEED = 3, 4, 3
 TOLERANCE = 2 / 255  # onnxruntime-web's float32 kernels against onnxruntime's
@@ -90,19 +87,6 @@ def server(sites):
     served = StaticServer(sites)
     yield served
     served.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
-    sync_api.expect.set_options(timeout=WAIT_S * 1000)
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install -y chromium); "
-                    f"the browser tests need it")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def open_page(browser, url: str, until: str = "done, error"):

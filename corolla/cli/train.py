@@ -186,17 +186,22 @@ def run_export(args) -> int:
     return 0
 
 
+def _needs_onnx_extra(option: str) -> None:
+    """The exports check their ONNX network with onnxruntime, and torch's exporter needs onnxscript."""
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ValueError(f"{option} needs the onnx extra ({error.name} is missing): pip install 'corolla[onnx]'") \
+            from None
+
+
 def _export_onnx(args) -> int:
     if args.float32:
         raise ValueError("--float32 is for release checkpoints: an ONNX export is always float32")
     out = outputs.check_folder(args.out, "--out")
-    try:
-        import onnxruntime  # noqa: F401 (export_onnx checks its output with it)
-
-        from ..portable.export import export_onnx
-    except ImportError as error:
-        raise ValueError(f"--onnx needs the onnx extra ({error.name} is missing): pip install 'corolla[onnx]'") \
-            from None
+    _needs_onnx_extra("--onnx")
+    from ..portable.export import export_onnx
     from ..warmstart import source_path
     model, config = checkpoint.load_model(source_path(args.checkpoint))
     print(f"wrote {export_onnx(model, out, config.data.image_size)}")
@@ -208,13 +213,8 @@ def _export_web(args) -> int:
         given = "--onnx" if args.onnx else "--float32"
         raise ValueError(f"--web writes its own float32 ONNX export: leave out {given}")
     out = outputs.check_folder(args.out, "--out")
-    try:
-        import onnxruntime  # noqa: F401 (the export checks its output with it)
-
-        from ..portable import web
-    except ImportError as error:
-        raise ValueError(f"--web needs the onnx extra ({error.name} is missing): pip install 'corolla[onnx]'") \
-            from None
+    _needs_onnx_extra("--web")
+    from ..portable import web
     from ..warmstart import source_path
     model, config = checkpoint.load_model(source_path(args.checkpoint))
     folder = web.build(model, out, config.data.image_size, args.ort)

@@ -23,7 +23,6 @@ Reading needs neither torch nor onnxruntime.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .. import schedules
+from ..storage.digest import file_sha256
 from .noise import KERNELS
 
 FORMAT, VERSION = "corolla-onnx", 1
@@ -73,14 +73,6 @@ class SamplerSpec:
         return (json.dumps({"format": FORMAT, "version": VERSION, **fields}, indent=2) + "\n").encode()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2 ** 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read(folder: str | os.PathLike) -> SamplerSpec:
     """sampler.json of `folder`, checked, and checked against denoiser.onnx -> SamplerSpec."""
     folder = Path(folder)
@@ -101,7 +93,7 @@ def read(folder: str | os.PathLike) -> SamplerSpec:
     onnx_path = folder / ONNX_FILE
     if not onnx_path.is_file():
         raise FolderError(f"{str(folder)!r} has {SAMPLER_FILE} but no {ONNX_FILE}")
-    if sha256_file(onnx_path) != spec.onnx_sha256:
+    if file_sha256(onnx_path) != spec.onnx_sha256:
         raise FolderError(f"{onnx_path} is not the network {SAMPLER_FILE} was written for (its SHA-256 differs): "
                           f"the folder is torn or altered; export the model again")
     return spec

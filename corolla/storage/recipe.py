@@ -11,7 +11,6 @@ to be re-made.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from .. import limits, samplers
+from .digest import file_sha256
 
 KEY = "corolla"          # the JSON chunk
 HUMAN_KEY = "parameters"  # the one-line chunk Stable Diffusion UIs use
@@ -89,14 +89,6 @@ def for_checkpoint(checkpoint: str | os.PathLike, given: str | None, model, imag
     return Recipe(model=given or Path(checkpoint).name, model_sha256=model_sha256(resolve(checkpoint)),
                   image_size=image_size, precision=model.precision, seed=settings.seed, steps=settings.steps,
                   sampler=settings.sampler, grid=settings.time_grid, eta=settings.eta, **fields)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(2 ** 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_sha256(checkpoint_folder: str | os.PathLike) -> str:
