@@ -3,6 +3,7 @@
     python benchmarks/model_history.py add MODEL_DIR --date 2026-12-04 --machine "2-core AMD EPYC (AVX2)" \
         --precision fp32 --recipe "seed64, --init-from flowers64, ..." --steps 1500 --wall-min 120 \
         --scores model_card.json [--scores-key flowers64] [--images-per-step 64]
+        [--restarted-from STEPS]
     python benchmarks/model_history.py show MODEL_DIR      # the Markdown table; draws MODEL_DIR/history.png
 
 `add` appends a stint: its own steps and images, the running totals, and the held-out figures of
@@ -25,12 +26,18 @@ def read_card(folder: Path) -> dict:
     return json.loads((folder / "card.json").read_text())
 
 
+def base_of(row: dict, previous: dict | None) -> dict:
+    """The totals a stint adds to: its own `restarted_from` (a stint that started again from
+    another model counts that model's steps), else the previous stint's, else none."""
+    return row.get("restarted_from") or previous or {"cumulative_steps": 0, "cumulative_images": 0}
+
+
 def add_stint(card: dict, row: dict) -> dict:
-    """card with row appended: cumulative steps and images carried on from the last stint."""
+    """card with row appended: cumulative steps and images carried on from base_of(row)."""
     history = card.get("history", [])
-    last = history[-1] if history else {"cumulative_steps": 0, "cumulative_images": 0}
-    row = {**row, "cumulative_steps": last["cumulative_steps"] + row["steps"],
-           "cumulative_images": last["cumulative_images"] + row["images"]}
+    base = base_of(row, history[-1] if history else None)
+    row = {**row, "cumulative_steps": base["cumulative_steps"] + row["steps"],
+           "cumulative_images": base["cumulative_images"] + row["images"]}
     return {**card, "history": history + [row], "steps": row["cumulative_steps"],
             "images_seen": row["cumulative_images"]}
 
@@ -95,6 +102,9 @@ def main() -> None:
     add.add_argument("--wall-min", type=int, required=True)
     add.add_argument("--scores", type=Path, help="benchmarks/model_card.py --json output for the stint's weights")
     add.add_argument("--scores-key", help="the model's key in it (default: the first)")
+    add.add_argument("--restarted-from", type=int, metavar="STEPS",
+                     help="the stint started again from another model (named in --recipe) that had had STEPS "
+                          "steps: the totals count those instead of the previous stint's")
     show = sub.add_parser("show")
     show.add_argument("model", type=Path)
     args = p.parse_args()
@@ -103,6 +113,9 @@ def main() -> None:
         row = {"date": args.date, "machine": args.machine, "precision": args.precision, "recipe": args.recipe,
                "steps": args.steps, "images": args.steps * args.images_per_step, "wall_min": args.wall_min,
                **(scores_from(args.scores, args.scores_key) if args.scores else {})}
+        if args.restarted_from is not None:
+            row["restarted_from"] = {"cumulative_steps": args.restarted_from,
+                                     "cumulative_images": args.restarted_from * args.images_per_step}
         card = add_stint(card, row)
         (args.model / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     history = card.get("history", [])
