@@ -41,6 +41,19 @@ def register(sub) -> None:
     p.set_defaults(func=run_sample)
 
 
+HELD_WHY = "-n (a grid holds every image; --each DIR without --out writes them one batch at a time)"
+
+
+def _checked_request(args):
+    """-> (grid file or None, --each folder or None), every output checked before any work (an
+    unwritable one must not cost the sampling), and --guidance only with --class."""
+    if args.guidance is not None and not args.classes:
+        raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
+    grid = outputs.check_file(args.out or "samples.png", "--out") if args.out or not args.each else None
+    each = outputs.check_folder(args.each, "--each") if args.each else None
+    return grid, each
+
+
 def run_sample(args) -> int:
     if args.checkpoint is not None and (Path(args.checkpoint) / folder.SAMPLER_FILE).is_file():
         return _sample_exported(args)
@@ -51,11 +64,7 @@ def run_sample(args) -> int:
     from ..generation import class_labels
     from ..storage import recipe as recipes
     from ..storage.grids import save_each, save_grid
-    if args.guidance is not None and not args.classes:
-        raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
-    # every output is checked before any work: an unwritable one must not cost the sampling
-    grid = outputs.check_file(args.out or "samples.png", "--out") if args.out or not args.each else None
-    each = outputs.check_folder(args.each, "--each") if args.each else None
+    grid, each = _checked_request(args)
     settings = sampling_settings(args)
     world, device = distributed.init(resolve_device(args.device))
     model, config, _ = load_model_for(args, device)
@@ -69,8 +78,7 @@ def run_sample(args) -> int:
                                   guidance=guided if args.classes else None)
     stream = each is not None and not world.distributed  # under torchrun, rank 0 writes all once gathered
     if grid is not None or not stream:
-        limits.check_held_images(args.num_images * len(rows), size, "-n (a grid holds every image; --each DIR "
-                                 "without --out writes them one batch at a time)", model.network.config.channels)
+        limits.check_held_images(args.num_images * len(rows), size, HELD_WHY, model.network.config.channels)
     share = distributed.shard(args.num_images, world)
     bar = tqdm(total=len(share) * len(rows), desc="sampling", unit="image", dynamic_ncols=True,
                disable=args.no_progress or not world.is_main)
@@ -117,16 +125,12 @@ def _sample_exported(args) -> int:
     except ImportError as error:
         raise ValueError(f"an ONNX export needs onnxruntime ({error.name} is missing): pip install 'corolla[onnx]'") \
             from None
-    if args.guidance is not None and not args.classes:
-        raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
-    grid = outputs.check_file(args.out or "samples.png", "--out") if args.out or not args.each else None
-    each = outputs.check_folder(args.each, "--each") if args.each else None
+    grid, each = _checked_request(args)
     settings = sampling_settings(args)
     rows = [model.class_labels(name, 1)[0] for name in args.classes] if args.classes else [None]
     if grid is not None:
         limits.check_held_images(args.num_images * len(rows), model.spec.image_size,
-                                 "-n (a grid holds every image; --each DIR without --out writes them one batch at a "
-                                 "time)", model.spec.channels)
+                                 HELD_WHY, model.spec.channels)
     bar = tqdm(total=args.num_images * len(rows), desc="sampling", unit="image", dynamic_ncols=True,
                disable=args.no_progress)
     kept = []
