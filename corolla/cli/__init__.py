@@ -3,9 +3,11 @@ figures, evaluate, models, download, serve), the options they share in options, 
 the table from errors to exit statuses in command.
 
 main and parser import the command line (and with it torch) only when called, so that Ctrl-C
-while it loads ends as any Ctrl-C does: one line and exit status 130, no traceback."""
+while it loads ends as any Ctrl-C does: one line and exit status 130, no traceback. console is the
+installed `corolla` command and `python -m corolla`."""
 from __future__ import annotations
 
+import os
 import sys
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, or SIGTERM (the shell's 128 + SIGINT)
@@ -21,10 +23,23 @@ def main(argv: list[str] | None = None) -> int:
     return run(argv)
 
 
+def console() -> None:
+    """main, then exit with its status. Interrupted, the process ends at once: every `finally` of the
+    command has run by then (temporaries removed, checkpoints closed), but threads a library left
+    working (torch.compile's pool of compiler threads, waiting on g++) would keep the interpreter
+    alive, silently, until their work ends."""
+    status = main()
+    if status == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 def parser():
     """The argparse parser of every command (command.parser)."""
     from .command import parser as make
     return make()
 
 
-__all__ = ["main", "parser"]
+__all__ = ["console", "main", "parser"]
