@@ -107,6 +107,14 @@ def test_model_option_picks_each_shipped_model_and_refuses_others(tmp_path, caps
             assert image.size[1] == size + 2 * 2  # one image and the grid's 2-pixel border
     with pytest.raises(ValueError, match="not both"):
         options.checkpoint_path(_args("runs/x", SHIPPED[0]))
+    # a shipped model's name where a folder goes: the option that takes names, unless such a folder exists
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["interpolate", SHIPPED[0], "--out", str(tmp_path / "i.png")]) == 2
+    assert capsys.readouterr().err == (f"corolla: error: no checkpoint folder {SHIPPED[0]!r} here; for the shipped "
+                                       f"model of that name give --model {SHIPPED[0]}\n")
+    (tmp_path / SHIPPED[0]).mkdir()
+    assert options.checkpoint_path(_args(SHIPPED[0])) == SHIPPED[0]
     assert cli.main(["sample", "--model", "roses", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "no shipped model named 'roses'" in err and SHIPPED[0] in err

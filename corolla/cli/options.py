@@ -3,6 +3,7 @@ bounds, and the option groups (model, sampling, outputs, progress) declared once
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields, replace
 from typing import Callable
 
@@ -140,6 +141,9 @@ def checkpoint_path(args) -> str:
     if args.checkpoint is not None and args.model is not None:
         raise ValueError(f"give a checkpoint ({args.checkpoint}) or --model {args.model}, not both")
     if args.checkpoint is not None:
+        if args.checkpoint in pretrained.names() and not os.path.exists(args.checkpoint):
+            raise ValueError(f"no checkpoint folder {args.checkpoint!r} here; for the shipped model of that name "
+                             f"give --model {args.checkpoint}")
         return args.checkpoint
     wants_classes = getattr(args, "classes", None) or getattr(args, "lists_classes", False)
     return str(pretrained.path(args.model or (pretrained.CONDITIONAL if wants_classes else None)))
