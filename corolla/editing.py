@@ -40,6 +40,7 @@ INVERT_REFINE = 6
 # run deterministic DDIM, most exactly on the log-SNR grid.
 INPAINTING = SamplingSettings(steps=50, eta=1.0, grid="uniform")
 INVERSION = SamplingSettings(steps=50, grid="logsnr")
+RESAMPLE, JUMP = 5, 5  # RePaint's R and J (repaint_walk): about 5 times the evaluations of plain replacement
 
 
 _rates = samplers._rates  # (B, 1, 1, 1) noise and signal rates at one time
@@ -242,7 +243,7 @@ def edit(model: DiffusionModel, images: torch.Tensor, strength: float, settings:
 
 
 def inpaint(model: DiffusionModel, images: torch.Tensor, fill: torch.Tensor, settings: SamplingSettings = INPAINTING,
-            *, resample: int = 5, jump: int = 5, indices: Sequence[int] | None = None) -> torch.Tensor:
+            *, resample: int = RESAMPLE, jump: int = JUMP, indices: Sequence[int] | None = None) -> torch.Tensor:
     """Fill the pixels of images (N, C, H, W) in [0, 1] where fill (N, 1, H, W) is True ->
     (N, C, H, W) in [0, 1], equal to the input wherever fill is False. resample 1: the plain
     replacement method; resample R > 1 with jump J: RePaint (about R times the evaluations).

@@ -289,9 +289,9 @@ def register(sub) -> None:
     p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_BATCH), default=1,
                    help="seeded fills per photo")
     add_sampling(p, ("steps",), editing.INPAINTING)
-    p.add_argument("--resample", type=whole_number(1, 100), default=5,
+    p.add_argument("--resample", type=whole_number(1, 100), default=editing.RESAMPLE,
                    help="RePaint's R: times each stretch of the walk is redone (1: plain replacement)")
-    p.add_argument("--jump", type=steps, default=5, help="RePaint's J: grid steps of each jump back")
+    p.add_argument("--jump", type=steps, default=editing.JUMP, help="RePaint's J: grid steps of each jump back")
     add_sampling(p, ("eta", "grid", "seed"), editing.INPAINTING,
                  eta="noise of the reverse steps (1: DDPM's, as RePaint)")
     _add_outputs(p, "inpainted.png", "also draw a labelled figure: each photo, the region to fill, the fills")

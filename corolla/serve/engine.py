@@ -256,8 +256,8 @@ class Engine:
     def inpaint_request(self, params: dict) -> InpaintRequest:
         """`corolla inpaint`'s options and defaults, its evaluations bounded."""
         steps = self._steps(params, editing.INPAINTING)
-        request = InpaintRequest(steps, _whole(params, "resample", 1, 100, 5),
-                                 _whole(params, "jump", 1, steps, min(5, steps)),
+        request = InpaintRequest(steps, _whole(params, "resample", 1, 100, editing.RESAMPLE),
+                                 _whole(params, "jump", 1, steps, min(editing.JUMP, steps)),
                                  _whole(params, "seed", 0, limits.MAX_SEED, SamplingSettings.seed))
         evaluations = editing.repaint_evaluations(request.steps, request.resample, request.jump)
         if evaluations > INPAINT_EVALUATIONS * self.limits.max_steps:
