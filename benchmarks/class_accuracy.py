@@ -37,7 +37,7 @@ from torch import nn
 from corolla import metrics
 from corolla import precision as precisions
 from corolla.data import imagefolder, labels
-from corolla.generation import generate
+from corolla.generation import SamplingSettings, generate
 from corolla.storage import checkpoint
 from corolla.training import resolve_device
 
@@ -167,8 +167,9 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
                "heldout_images": held.shape[0], "by_guidance": []}
     for guidance in guidances:
         started = time.perf_counter()
-        images = metrics.quantise(generate(model, len(asked), steps, seed, sampler, batch_size=batch_size,
-                                           image_size=size, classes=asked.tolist(), guidance=guidance))
+        settings = SamplingSettings(steps=steps, sampler=sampler, batch_size=batch_size, seed=seed)
+        images = metrics.quantise(generate(model, len(asked), settings, image_size=size, classes=asked.tolist(),
+                                           guidance=guidance))
         seconds = time.perf_counter() - started
         logits = predict(classifier, images, dev)
         targets = to_classifier[asked]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 
@@ -74,10 +75,10 @@ def main() -> None:
     p.add_argument("--model", help="a shipped model by name")
     p.add_argument("--count", type=int, default=16, help="photos per set")
     p.add_argument("--invert-steps", type=int_list, default=int_list("10,20,50"))
-    p.add_argument("--invert-grid", default="logsnr")
+    p.add_argument("--invert-grid", default=editing.INVERSION.grid)
     p.add_argument("--refine", type=int, default=editing.INVERT_REFINE)
-    p.add_argument("--inpaint-steps", type=int, default=50)
-    p.add_argument("--inpaint-grid", default="uniform")
+    p.add_argument("--inpaint-steps", type=int, default=editing.INPAINTING.steps)
+    p.add_argument("--inpaint-grid", default=editing.INPAINTING.grid)
     p.add_argument("--repaint", type=repaint_list, default=repaint_list("5x5"), help="RxJ list, e.g. 5x5,10x1")
     p.add_argument("--hole", type=float, default=0.5, help="side of the centred hole, as a fraction of the image")
     p.add_argument("--seed", type=int, default=0)
@@ -98,8 +99,9 @@ def main() -> None:
     print("| ---: | ---: | ---: | ---: |")
     for steps in args.invert_steps:
         start = time.perf_counter()
-        noise = editing.invert(model, images, steps, args.invert_grid, args.refine, args.batch_size)
-        again = editing.decode(model, noise, steps, args.invert_grid, args.batch_size)
+        settings = replace(editing.INVERSION, steps=steps, grid=args.invert_grid, batch_size=args.batch_size)
+        noise = editing.invert(model, images, settings, refine=args.refine)
+        again = editing.decode(model, noise, settings)
         seconds = (time.perf_counter() - start) / args.count
         print(f"| {steps} | {args.refine + steps - 1} + {steps} | {editing.rmse_255(again, images):.2f} | "
               f"{seconds:.2f} |", flush=True)
@@ -113,10 +115,11 @@ def main() -> None:
     print(f"| the photos themselves (a perfect fill) | | 0 | {swd(others, images):.1f} | |")
     meaned = mean_colour_fill(images, fill)
     print(f"| mean-colour fill | 0 | {editing.rmse_255(meaned, images, fill):.2f} | {swd(others, meaned):.1f} | |")
+    settings = replace(editing.INPAINTING, steps=args.inpaint_steps, grid=args.inpaint_grid, seed=args.seed,
+                       batch_size=args.batch_size)
     for resample, jump in [(1, 1), *args.repaint]:
         start = time.perf_counter()
-        filled = editing.inpaint(model, images, fill, args.inpaint_steps, args.seed, resample, jump,
-                                 grid=args.inpaint_grid, batch_size=args.batch_size)
+        filled = editing.inpaint(model, images, fill, settings, resample=resample, jump=jump)
         seconds = (time.perf_counter() - start) / args.count
         name = "replacement (resample 1)" if resample == 1 else f"RePaint, resample {resample}, jump {jump}"
         evaluations = editing.repaint_evaluations(args.inpaint_steps, resample, jump)

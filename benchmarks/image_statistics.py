@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from corolla.data import imagefolder
-from corolla.generation import generate
+from corolla.generation import SamplingSettings, generate
 from corolla.storage import checkpoint, pretrained
 
 
@@ -43,7 +43,8 @@ def main() -> None:
     rows = {"held-out photos": statistics(real[:args.images].float() / 255)}
     for name in args.models:
         model, config = checkpoint.load_model(pretrained.path(name) if name in pretrained.names() else name)
-        images = generate(model, args.images, args.steps, args.seed, eta=args.eta, image_size=config.data.image_size)
+        images = generate(model, args.images, SamplingSettings(steps=args.steps, eta=args.eta, seed=args.seed),
+                          image_size=config.data.image_size)
         rows[name] = statistics(images)
     print(f"{args.images} images each; samples: DDIM {args.steps} steps, eta {args.eta:g}, seed {args.seed}, float32")
     print("| images | mean R / G / B | std R / G / B | fine detail |\n| --- | --- | --- | --- |")

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from corolla import config as configs
-from corolla.generation import generate
+from corolla.generation import SamplingSettings, generate
 from corolla.training import build, resolve_device, train_step
 
 DEFAULT_VARIANTS = "eager,channels_last,channels_last+compile,channels_last+compile@1"
@@ -129,12 +129,14 @@ def measure_variant(spec: dict) -> dict:
         model.ema_network.load_state_dict(model.network.state_dict())
         model.eval()
         sample_batch = min(spec["sample_batch"], spec["sample_images"])
-        one_step = generate(model, sample_batch, 1, image_size=size, batch_size=sample_batch)
+        one_step_settings = SamplingSettings(steps=1, batch_size=sample_batch)
+        one_step = generate(model, sample_batch, one_step_settings, image_size=size)
         result["sample_s"] = {}
         for sampler, steps in spec["sampling"]:
             sync(device)
             start = time.perf_counter()
-            generate(model, spec["sample_images"], steps, sampler=sampler, image_size=size, batch_size=sample_batch)
+            generate(model, spec["sample_images"], SamplingSettings(steps, sampler, batch_size=sample_batch),
+                     image_size=size)
             sync(device)
             result["sample_s"][f"{sampler}:{steps}"] = time.perf_counter() - start
     result["peak_rss_gib"] = peak_rss_gib()
@@ -146,7 +148,7 @@ def measure_variant(spec: dict) -> dict:
                                   - first_loss)
         eager.load_state_dict(model.state_dict())
         eager.eval()
-        result["pixel_diff"] = (generate(eager, sample_batch, 1, image_size=size, batch_size=sample_batch)
+        result["pixel_diff"] = (generate(eager, sample_batch, one_step_settings, image_size=size)
                                 - one_step).abs().max().item()
     return result
 

@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and the AP
     from .config import Config, DataConfig, TrainConfig, preset  # noqa: F401
     from .diffusion import DiffusionModel, Normalizer  # noqa: F401
     from .generation import generate  # noqa: F401
+    from .samplers import SamplingSettings  # noqa: F401
     from .storage.checkpoint import load_model, save_pretrained  # noqa: F401
     from .storage.pretrained import load_pretrained  # noqa: F401
     from .training import train  # noqa: F401
@@ -22,7 +23,7 @@ _PUBLIC = {
     "schedules": ".schedules", "samplers": ".samplers",
     "Config": ".config", "DataConfig": ".config", "TrainConfig": ".config", "preset": ".config",
     "DiffusionModel": ".diffusion", "Normalizer": ".diffusion",
-    "generate": ".generation",
+    "generate": ".generation", "SamplingSettings": ".samplers",
     "load_model": ".storage.checkpoint", "save_pretrained": ".storage.checkpoint",
     "load_pretrained": ".storage.pretrained",
     "train": ".training",

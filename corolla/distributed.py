@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .samplers import SamplingSettings
+
 
 @dataclass(frozen=True)
 class World:
@@ -111,10 +113,12 @@ def gather(images: torch.Tensor, count: int, world: World) -> torch.Tensor | Non
     return torch.cat(parts)[:count].cpu() if world.is_main else None
 
 
-def generate_all(model, num_images: int, on_batch=None, keep: bool = True, **kwargs) -> torch.Tensor | None:
-    """corolla.generation over every process: each makes its contiguous share of the image
-    indices, rank 0 gets all of them in order (None elsewhere). Image i depends only on the
-    seed and i, so the result is the same whatever the number of processes.
+def generate_all(model, num_images: int, settings: SamplingSettings, on_batch=None, keep: bool = True,
+                 **kwargs) -> torch.Tensor | None:
+    """corolla.generation.generate_batches(model, ..., settings, **kwargs) over every process: each
+    makes its contiguous share of the image indices, rank 0 gets all of them in order (None
+    elsewhere). Image i depends only on the seed and i, so the result is the same whatever the
+    number of processes.
 
     on_batch(first index, images) sees each batch as it is made; keep=False keeps none of them
     (and returns None), so that any number of images fits in memory."""
@@ -122,7 +126,7 @@ def generate_all(model, num_images: int, on_batch=None, keep: bool = True, **kwa
     world = from_environment()
     share = shard(num_images, world)
     kept = []
-    for first, images in generate_batches(model, len(share), start=share.start, **kwargs):
+    for first, images in generate_batches(model, len(share), settings, start=share.start, **kwargs):
         if on_batch is not None:
             on_batch(first, images)
         if keep:

@@ -26,14 +26,21 @@ import torch.nn.functional as F
 from . import samplers
 from .data import imagefolder
 from .diffusion import Denoiser, DiffusionModel
-from .generation import default_grid, draw_noise, sample_from_noise, seeded_generator
+from .generation import draw_noise, sample_from_noise, seeded_generator
 from .limits import check_evaluation_memory
+from .samplers import SamplingSettings
 from .schedules import Schedule
 
 # Fixed-point evaluations that place the last state of an inversion (ddim_invert). On the shipped
 # 32x32 model (8 held-out photos, 50 log-SNR steps) the round trip's RMSE was 12.6 / 6.2 / 3.2 /
 # 2.5 / 2.3 / 2.3 (0-255) after 0 / 1 / 3 / 6 / 10 / 20: 6 is within a tenth of the limit.
 INVERT_REFINE = 6
+# The defaults of the operations that step with DDIM themselves (_check_ddim): inpainting walks
+# RePaint's stochastic DDPM-like steps (eta 1) on the reference's grid; inversion and its decoding
+# run deterministic DDIM, most exactly on the log-SNR grid.
+INPAINTING = SamplingSettings(steps=50, eta=1.0, grid="uniform")
+INVERSION = SamplingSettings(steps=50, grid="logsnr")
+RESAMPLE, JUMP = 5, 5  # RePaint's R and J (repaint_walk): about 5 times the evaluations of plain replacement
 
 
 _rates = samplers._rates  # (B, 1, 1, 1) noise and signal rates at one time
@@ -201,69 +208,85 @@ def _per_image(model: DiffusionModel, images: torch.Tensor, seed: int, indices: 
     return torch.cat(out)
 
 
-def edit(model: DiffusionModel, images: torch.Tensor, strength: float, steps: int = 20, seed: int = 0,
-         sampler: str = "ddim", grid: str | None = None, eta: float = 0.0, batch_size: int = 64,
-         indices: Sequence[int] | None = None) -> torch.Tensor:
-    """SDEdit of images (N, C, H, W) in [0, 1] at the model's size -> (N, C, H, W) in [0, 1].
-
-    `steps` counts the whole grid (`grid`, default as `corolla sample`); an edit evaluates at
-    t = strength and at the grid's times below it. Output r uses the stream of image indices[r]
-    (default r) of `seed`, so at strength 1 it is `generate`'s image indices[r], bit for bit."""
-    check_strength(strength)
+def _check_eta(eta: float) -> None:
     if eta < 0:
         raise ValueError(f"eta {eta} is not allowed: must be 0 (deterministic) or more")
-    times = samplers.get_grid(grid or default_grid(sampler), steps, model.schedule)
-    samplers.get(sampler)  # an unknown name fails before any work
+
+
+def _check_ddim(settings: SamplingSettings, what: str, deterministic: bool = False) -> None:
+    """Inpainting, inversion and interpolation step with DDIM themselves: a sampler they would
+    ignore is refused, and so is an eta where they are deterministic."""
+    if settings.sampler != "ddim":
+        raise ValueError(f"{what} steps with DDIM itself: sampler {settings.sampler!r} cannot be used (leave it ddim)")
+    if deterministic and settings.eta != 0:
+        raise ValueError(f"{what} is deterministic DDIM: eta must be 0, got {settings.eta:g}")
+    _check_eta(settings.eta)
+
+
+def edit(model: DiffusionModel, images: torch.Tensor, strength: float, settings: SamplingSettings = SamplingSettings(),
+         *, indices: Sequence[int] | None = None) -> torch.Tensor:
+    """SDEdit of images (N, C, H, W) in [0, 1] at the model's size -> (N, C, H, W) in [0, 1].
+
+    settings.steps counts the whole grid (settings.time_grid, as `corolla sample`'s); an edit
+    evaluates at t = strength and at the grid's times below it. Output r uses the stream of image
+    indices[r] (default r) of settings.seed, so at strength 1 it is `generate`'s image indices[r]
+    with the same settings, bit for bit."""
+    check_strength(strength)
+    _check_eta(settings.eta)
+    times = samplers.get_grid(settings.time_grid, settings.steps, model.schedule)
+    samplers.get(settings.sampler)  # an unknown name fails before any work
 
     def work(x0, noise, noise_fn, rows):
-        return sdedit(model.ema_denoiser(), model.schedule, x0, noise, times, strength, sampler, eta,
-                      noise_fn if eta > 0 else None)
-    return _per_image(model, images, seed, indices, batch_size, work)
+        return sdedit(model.ema_denoiser(), model.schedule, x0, noise, times, strength, settings.sampler,
+                      settings.eta, noise_fn if settings.eta > 0 else None)
+    return _per_image(model, images, settings.seed, indices, settings.batch_size, work)
 
 
-def inpaint(model: DiffusionModel, images: torch.Tensor, fill: torch.Tensor, steps: int = 50, seed: int = 0,
-            resample: int = 5, jump: int = 5, eta: float = 1.0, grid: str = "uniform", batch_size: int = 64,
-            indices: Sequence[int] | None = None) -> torch.Tensor:
+def inpaint(model: DiffusionModel, images: torch.Tensor, fill: torch.Tensor, settings: SamplingSettings = INPAINTING,
+            *, resample: int = RESAMPLE, jump: int = JUMP, indices: Sequence[int] | None = None) -> torch.Tensor:
     """Fill the pixels of images (N, C, H, W) in [0, 1] where fill (N, 1, H, W) is True ->
     (N, C, H, W) in [0, 1], equal to the input wherever fill is False. resample 1: the plain
-    replacement method; resample R > 1 with jump J: RePaint (about R times the evaluations)."""
+    replacement method; resample R > 1 with jump J: RePaint (about R times the evaluations).
+    settings: steps, time_grid, eta, seed and batch_size; the steps are DDIM's, so the sampler is ddim."""
     if fill.dtype != torch.bool or fill.shape != (images.shape[0], 1, *images.shape[2:]):
         raise ValueError(f"fill must be a bool mask of shape {(images.shape[0], 1, *images.shape[2:])}, "
                          f"got {fill.dtype} {tuple(fill.shape)}")
-    if eta < 0:
-        raise ValueError(f"eta {eta} is not allowed: must be 0 or more")
-    times = samplers.get_grid(grid, steps, model.schedule)
-    repaint_walk(steps, resample, jump)  # bad counts fail before any work
+    _check_ddim(settings, "inpainting")
+    times = samplers.get_grid(settings.time_grid, settings.steps, model.schedule)
+    repaint_walk(settings.steps, resample, jump)  # bad counts fail before any work
     device = next(model.parameters()).device
 
     def work(x0, noise, noise_fn, rows):
         return repaint(model.ema_denoiser(), model.schedule, x0, fill[rows].to(device), noise, times, noise_fn,
-                       resample, jump, eta)
-    filled = _per_image(model, images, seed, indices, batch_size, work)
+                       resample, jump, settings.eta)
+    filled = _per_image(model, images, settings.seed, indices, settings.batch_size, work)
     return torch.where(fill, filled, images.float())  # known pixels exactly, not through the normaliser
 
 
 @torch.inference_mode()
-def invert(model: DiffusionModel, images: torch.Tensor, steps: int = 50, grid: str = "logsnr",
-           refine: int = INVERT_REFINE, batch_size: int = 64) -> torch.Tensor:
-    """The initial noises (N, C, H, W) from which `decode` (deterministic DDIM, same steps and
-    grid) gives back images (N, C, H, W) in [0, 1]."""
+def invert(model: DiffusionModel, images: torch.Tensor, settings: SamplingSettings = INVERSION, *,
+           refine: int = INVERT_REFINE) -> torch.Tensor:
+    """The initial noises (N, C, H, W) from which `decode` (deterministic DDIM, the same settings)
+    gives back images (N, C, H, W) in [0, 1]. settings: steps, time_grid and batch_size."""
+    _check_ddim(settings, "inversion", deterministic=True)
     model.eval()
     device = next(model.parameters()).device
-    times = samplers.get_grid(grid, steps, model.schedule)
+    times = samplers.get_grid(settings.time_grid, settings.steps, model.schedule)
     out = []
-    for first in range(0, images.shape[0], batch_size):
-        x0 = model.normalizer.normalize(images[first:first + batch_size].to(device=device, dtype=torch.float32))
+    for first in range(0, images.shape[0], settings.batch_size):
+        batch = images[first:first + settings.batch_size]
+        x0 = model.normalizer.normalize(batch.to(device=device, dtype=torch.float32))
         out.append(ddim_invert(model.ema_denoiser(), model.schedule, x0, times, refine).float().cpu())
     return torch.cat(out)
 
 
-def decode(model: DiffusionModel, noise: torch.Tensor, steps: int = 50, grid: str = "logsnr",
-           batch_size: int = 64) -> torch.Tensor:
+def decode(model: DiffusionModel, noise: torch.Tensor, settings: SamplingSettings = INVERSION) -> torch.Tensor:
     """Deterministic DDIM from initial noises (N, C, H, W) -> images in [0, 1] (what `corolla
-    sample` does with its seeded noise)."""
-    return torch.cat([sample_from_noise(model, noise[i:i + batch_size], steps, grid=grid)
-                      for i in range(0, noise.shape[0], batch_size)])
+    sample` does with its seeded noise). settings: steps, time_grid and batch_size."""
+    _check_ddim(settings, "decoding", deterministic=True)
+    s = settings
+    return torch.cat([sample_from_noise(model, noise[i:i + s.batch_size], s.steps, grid=s.time_grid)
+                      for i in range(0, noise.shape[0], s.batch_size)])
 
 
 def interpolation_weights(frames: int) -> list[float]:
@@ -281,14 +304,16 @@ def interpolation_noises(first: torch.Tensor, second: torch.Tensor, frames: int)
     return samplers.slerp(second.double(), first.double(), interpolation_weights(frames)).float()
 
 
-def interpolate(model: DiffusionModel, ends: Sequence[torch.Tensor], frames: int, steps: int,
-                grid: str = "uniform", batch_size: int = 64) -> torch.Tensor:
+def interpolate(model: DiffusionModel, ends: Sequence[torch.Tensor], frames: int,
+                settings: SamplingSettings = SamplingSettings()) -> torch.Tensor:
     """Pairs of initial noises (ends[0] -> ends[1], ends[2] -> ends[3], ...; each (C, H, W)) ->
-    (pairs, frames, C, H, W) in [0, 1], each pair's interpolation_noises decoded with DDIM."""
+    (pairs, frames, C, H, W) in [0, 1], each pair's interpolation_noises decoded with
+    deterministic DDIM (decode: settings' steps, time_grid and batch_size)."""
     if len(ends) < 2 or len(ends) % 2:
         raise ValueError(f"interpolation takes pairs of ends, got {len(ends)}")
+    _check_ddim(settings, "interpolation", deterministic=True)
     noise = torch.cat([interpolation_noises(a, b, frames) for a, b in zip(ends[::2], ends[1::2])])
-    images = decode(model, noise, steps, grid, batch_size)
+    images = decode(model, noise, settings)
     return images.view(len(ends) // 2, frames, *images.shape[1:])
 
 

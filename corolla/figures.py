@@ -30,6 +30,7 @@ from . import editing, samplers, schedules
 from .diffusion import DiffusionModel
 from .generation import initial_noise, sample_from_noise
 from .limits import FIGURE_BYTES_PER_PIXEL, MAX_FIGURE_PIXELS, MAX_GRID_BYTES, MAX_LOG_BYTES
+from .samplers import SamplingSettings
 from .storage.atomic import replacing
 from .storage.grids import split_grid, to_uint8
 from .storage.outputs import refuse_unless_file
@@ -273,12 +274,13 @@ def interpolation_noises(first: int, second: int, frames: int, shape: tuple[int,
                                         frames)
 
 
-def interpolate(model: DiffusionModel, pairs: Sequence[tuple[int, int]], frames: int, steps: int,
-                image_size: int, batch_size: int = 64) -> torch.Tensor:
-    """-> (len(pairs), frames, 3, H, W) in [0, 1], decoded with deterministic DDIM."""
+def interpolate(model: DiffusionModel, pairs: Sequence[tuple[int, int]], frames: int,
+                settings: SamplingSettings = SamplingSettings(), *, image_size: int = 64) -> torch.Tensor:
+    """-> (len(pairs), frames, 3, H, W) in [0, 1], decoded with deterministic DDIM
+    (editing.interpolate: settings' steps, time_grid and batch_size)."""
     shape = (model.network.config.channels, image_size, image_size)
     ends = [initial_noise(seed, [0], shape)[0] for pair in pairs for seed in pair]
-    return editing.interpolate(model, ends, frames, steps, "uniform", batch_size)
+    return editing.interpolate(model, ends, frames, settings)
 
 
 def plot_interpolation(images: torch.Tensor, pairs: Sequence[tuple[int, int]], out: str | os.PathLike,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -19,28 +18,12 @@ from .data.labels import class_number
 from .diffusion import Denoiser, DiffusionModel
 from .limits import check_evaluation_memory
 from .portable.noise import stream_seed
-from .samplers import default_grid
+from .samplers import SamplingSettings
 
 Classes = int | str | Sequence[int | str] | None  # one class (name or number) for all images, one per image, or none
 # called after each network evaluation with (evaluations so far, the predicted images in [0, 1] on
 # the CPU), as k-diffusion's samplers call theirs: previews, progress and a server's cancellation
 Callback = Callable[[int, torch.Tensor], None]
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How images are drawn from a model, with the defaults every command starts from (a command
-    may start from its own, e.g. inpainting's 50 stochastic steps). grid None: default_grid."""
-    steps: int = 20
-    sampler: str = "ddim"
-    grid: str | None = None
-    eta: float = 0.0
-    batch_size: int = 64
-    seed: int = 0
-
-    @property
-    def time_grid(self) -> str:
-        return self.grid or default_grid(self.sampler)
 
 
 class NotFinite(ValueError):
@@ -133,37 +116,38 @@ def _watched(denoise: Denoiser, model: DiffusionModel, callback: Callback | None
     return watched
 
 
-def generate_batches(model: DiffusionModel, num_images: int, steps: int = 20, seed: int = 0, sampler: str = "ddim",
-                     eta: float = 0.0, batch_size: int = 64, image_size: int = 64, start: int = 0,
-                     grid: str = "uniform", classes: Classes = None, guidance: float = DEFAULT_GUIDANCE,
-                     callback: Callback | None = None, guard: contextlib.AbstractContextManager | None = None
-                     ) -> Iterator[tuple[int, torch.Tensor]]:
+def generate_batches(model: DiffusionModel, num_images: int, settings: SamplingSettings = SamplingSettings(), *,
+                     image_size: int = 64, start: int = 0, classes: Classes = None,
+                     guidance: float = DEFAULT_GUIDANCE, callback: Callback | None = None,
+                     guard: contextlib.AbstractContextManager | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """generate() one batch at a time -> (index of the batch's first image, its images), so that
     any number of images can be written as they are made. callback and guard: sample_from_noise's,
     for every batch (the callback's count starts again with each batch)."""
+    s = settings
     shape = (model.network.config.channels, image_size, image_size)
     wanted = class_labels(model, classes, num_images)  # checked before any work
-    for first in range(start, start + num_images, batch_size):
-        indices = range(first, min(first + batch_size, start + num_images))
-        generators = [seeded_generator(seed, i) for i in indices]
+    for first in range(start, start + num_images, s.batch_size):
+        indices = range(first, min(first + s.batch_size, start + num_images))
+        generators = [seeded_generator(s.seed, i) for i in indices]
         noise = draw_noise(generators, shape)
         labels = (None if wanted is None else torch.full((len(indices),), wanted) if isinstance(wanted, int)
                   else wanted[first - start:first - start + len(indices)])
-        yield first, sample_from_noise(model, noise, steps, sampler, eta, generators if eta > 0 else None, grid,
-                                       labels, guidance, callback, guard)
+        yield first, sample_from_noise(model, noise, s.steps, s.sampler, s.eta, generators if s.eta > 0 else None,
+                                       s.time_grid, labels, guidance, callback, guard)
 
 
-def generate(model: DiffusionModel, num_images: int, steps: int = 20, seed: int = 0, sampler: str = "ddim",
-             eta: float = 0.0, batch_size: int = 64, image_size: int = 64, start: int = 0,
-             grid: str = "uniform", classes: Classes = None, guidance: float = DEFAULT_GUIDANCE,
+def generate(model: DiffusionModel, num_images: int, settings: SamplingSettings = SamplingSettings(), *,
+             image_size: int = 64, start: int = 0, classes: Classes = None, guidance: float = DEFAULT_GUIDANCE,
              callback: Callback | None = None, guard: contextlib.AbstractContextManager | None = None
              ) -> torch.Tensor:
-    """Images start..start+num_images-1 of `seed` -> (num_images, C, H, W) in [0, 1].
+    """Images start..start+num_images-1 of settings.seed -> (num_images, C, H, W) in [0, 1].
 
-    classes (a conditional model): one class for every image or one per image, each a name or a
-    number (labels.class_number), drawn at classifier-free `guidance` (corolla.conditioning: 0 is
+    The time grid is settings.time_grid, as `corolla sample` draws: the reference's uniform one for
+    DDIM, log-SNR for the multistep samplers, unless settings.grid names one. classes (a conditional
+    model): one class for every image or one per image, each a name or a number
+    (labels.class_number), drawn at classifier-free `guidance` (corolla.conditioning: 0 is
     unconditional, 1 conditional, more is more of the class); None samples unconditionally.
     callback and guard: sample_from_noise's, for every batch."""
-    return torch.cat([images for _, images in generate_batches(model, num_images, steps, seed, sampler, eta,
-                                                               batch_size, image_size, start, grid, classes,
-                                                               guidance, callback, guard)])
+    return torch.cat([images for _, images in generate_batches(
+        model, num_images, settings, image_size=image_size, start=start, classes=classes, guidance=guidance,
+        callback=callback, guard=guard)])

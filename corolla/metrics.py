@@ -340,6 +340,12 @@ class EvalSettings:
     kid_subset_size: int = 1000   # clipped to the number of images
     train_loss_images: int = 64   # training images scored on the loss grid, beside the held-out ones
 
+    @property
+    def sampling(self) -> SamplingSettings:
+        """How the images are drawn: on the sampler's default grid, as `corolla sample` draws them."""
+        return SamplingSettings(steps=self.steps, sampler=self.sampler, eta=self.eta, batch_size=self.batch_size,
+                                seed=self.seed)
+
 
 PAIRS_MIN_SIZE = 64  # images in the nearest-pairs PNG are shown at least this big
 
@@ -368,7 +374,7 @@ class Evaluator:
 
     def generate(self, model: DiffusionModel) -> torch.Tensor:
         s = self.settings
-        images = generate(model, s.samples, s.steps, s.seed, s.sampler, s.eta, s.batch_size, self.train.shape[-1])
+        images = generate(model, s.samples, s.sampling, image_size=self.train.shape[-1])
         return quantise(images)
 
     def __call__(self, model: DiffusionModel, pairs_png: str | Path | None = None,
@@ -439,8 +445,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     s = settings
     limits.check_held_images(s.samples, config.data.image_size, "--samples", model.network.config.channels)
     # under torchrun every process makes its share of the images; rank 0 scores them all
-    generated = distributed.generate_all(model, s.samples, steps=s.steps, seed=s.seed, sampler=s.sampler, eta=s.eta,
-                                         batch_size=s.batch_size, image_size=config.data.image_size)
+    generated = distributed.generate_all(model, s.samples, s.sampling, image_size=config.data.image_size)
     distributed.shutdown(world)
     if not world.is_main:
         return None

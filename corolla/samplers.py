@@ -23,6 +23,7 @@ network with onnxruntime.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from .portable import arrays
@@ -42,6 +43,23 @@ def default_grid(sampler: str) -> str:
     """The time grid a sampler uses unless one is chosen: the reference's for DDIM, log-SNR for the
     multistep solvers (whose error terms favour equal steps in log-SNR)."""
     return "uniform" if sampler == "ddim" else "logsnr"
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How images are drawn from a model, with the defaults every command and library function
+    starts from (an operation may start from its own, e.g. corolla.editing.INPAINTING). It lives
+    here, free of torch, so that corolla.portable.sampling takes it too. grid None: default_grid."""
+    steps: int = 20
+    sampler: str = "ddim"
+    grid: str | None = None
+    eta: float = 0.0
+    batch_size: int = 64
+    seed: int = 0
+
+    @property
+    def time_grid(self) -> str:
+        return self.grid or default_grid(self.sampler)
 
 
 def uniform_times(steps: int, end: float = 0.0, backend: str = "torch") -> Array:

@@ -28,7 +28,7 @@ from .data import imagefolder, rundata
 from .devices import resolve_device
 from .diffusion import DiffusionModel, compile_for_training
 from .figures import plot_training
-from .generation import NotFinite, generate, seeded_generator
+from .generation import NotFinite, SamplingSettings, generate, seeded_generator
 from .rates import adam_epsilon, ema_decay, learning_rate, resolve_lr_warmup
 from .storage import checkpoint, runfolder, runlog
 from .storage.grids import save_grid
@@ -243,7 +243,8 @@ def _epoch_grid(model: DiffusionModel, config: Config, run_dir: Path, epoch: int
     stops it at its next log line). A conditional run's image i shows class i mod classes."""
     tc, classes = config.train, config.unet.classes
     try:
-        grid = generate(model, tc.grid_images, tc.sample_steps, seed=tc.seed, image_size=config.data.image_size,
+        grid = generate(model, tc.grid_images, SamplingSettings(steps=tc.sample_steps, seed=tc.seed),
+                        image_size=config.data.image_size,
                         classes=[i % len(classes) for i in range(tc.grid_images)] if classes else None)
     except NotFinite:
         return None

@@ -14,7 +14,7 @@ from corolla.cli import classes as cli_classes
 from corolla.config import Config, preset
 from corolla.data import imagefolder, labels
 from corolla.diffusion import DiffusionModel
-from corolla.generation import generate, initial_noise
+from corolla.generation import SamplingSettings, generate, initial_noise
 from corolla.storage import checkpoint
 from corolla.storage.grids import to_uint8
 from corolla.storage.pretrained import export_release
@@ -120,7 +120,7 @@ def _by_hand(model, labels, count=4, steps=4, seed=3):
 
 def test_guidance_0_is_the_unconditional_output_and_1_the_conditional_output_exactly(model):
     asked = torch.tensor([0, 1, 2, 1])
-    options = dict(num_images=4, steps=4, seed=3, image_size=SIZE)
+    options = dict(num_images=4, settings=SamplingSettings(steps=4, seed=3), image_size=SIZE)
     unconditional = generate(model, **options)
     assert torch.equal(generate(model, **options, classes=asked.tolist(), guidance=0.0), unconditional)
     assert torch.equal(unconditional, _by_hand(model, None))
@@ -150,10 +150,12 @@ def test_guidance_mixes_both_halves_of_one_network_call(model):
 
 def test_guided_generation_is_deterministic_and_image_i_does_not_depend_on_the_batch(model):
     asked = [0, 1, 2, 0, 1, 2, 0, 1]
-    options = dict(num_images=8, steps=4, seed=3, image_size=SIZE, classes=asked, guidance=2.0)
-    whole = generate(model, **options, batch_size=8)
-    assert torch.equal(whole, generate(model, **options, batch_size=8))
-    assert (whole - generate(model, **options, batch_size=3)).abs().max() <= 1 / 255
+    options = dict(num_images=8, image_size=SIZE, classes=asked, guidance=2.0)
+    batches_of = lambda size: SamplingSettings(steps=4, seed=3, batch_size=size)
+    whole = generate(model, **options, settings=batches_of(8))
+    assert torch.equal(whole, generate(model, **options, settings=batches_of(8)))
+    assert (whole - generate(model, **options, settings=batches_of(3))).abs().max() <= 1 / 255
+    options["settings"] = batches_of(8)
     # images 5..7 alone, and image i's class asked for every image: still the same images
     tail = generate(model, **{**options, "num_images": 3, "classes": asked[5:]}, start=5)
     assert (whole[5:] - tail).abs().max() <= 1 / 255
@@ -174,7 +176,7 @@ def test_classes_are_asked_by_name_or_number_and_an_unknown_name_suggests_the_cl
     with pytest.raises(ValueError, match="0 to 2"):
         labels.class_number(CLASSES, 3)
     with pytest.raises(ValueError, match="not class-conditional"):
-        generate(_model(()), 1, 1, image_size=SIZE, classes="rose")
+        generate(_model(()), 1, SamplingSettings(steps=1), image_size=SIZE, classes="rose")
 
 
 # -- labels ---------------------------------------------------------------------------------
@@ -274,7 +276,8 @@ def test_sample_draws_one_row_per_class_and_names_files_by_class(run, tmp_path, 
     assert sorted(p.name for p in each.iterdir()) == [f"class{c}-0000{j}.png" for c in (0, 2) for j in range(3)]
     model, _ = checkpoint.load_model(run)
     # file j of a class is image j of the seed for that class
-    expected = to_uint8(generate(model, 3, 2, image_size=SIZE, classes="sunflower", guidance=2.0))[1]
+    expected = to_uint8(generate(model, 3, SamplingSettings(steps=2), image_size=SIZE, classes="sunflower",
+                                 guidance=2.0))[1]
     with Image.open(each / "class2-00001.png") as image:
         assert np.array_equal(np.asarray(image), expected)
 
@@ -290,7 +293,8 @@ def test_class_grid_draws_one_named_row_per_class_from_the_same_seeds(run, tmp_p
     assert pixels.shape == (geometry.height, geometry.width, 3)
     model, _ = checkpoint.load_model(run)
     for row, name in enumerate(["sunflower", "daisy"]):  # the images of sample --class NAME, enlarged
-        expected = to_uint8(generate(model, 3, 2, image_size=SIZE, classes=name, guidance=2.0))
+        expected = to_uint8(generate(model, 3, SamplingSettings(steps=2), image_size=SIZE, classes=name,
+                                     guidance=2.0))
         for col in range(3):
             x, y = geometry.cell_origin(row, col)
             cell = pixels[y:y + geometry.cell, x:x + geometry.cell]

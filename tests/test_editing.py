@@ -6,6 +6,7 @@ Exact properties on a tiny network, and on Gaussian data whose denoiser is known
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from corolla import cli, editing, figures, samplers, schedules
 from corolla.config import preset
 from corolla.data import imagefolder
 from corolla.diffusion import DiffusionModel
-from corolla.generation import generate
+from corolla.generation import SamplingSettings, generate
 from corolla.storage import checkpoint
 from corolla.storage.grids import to_uint8
 
@@ -75,7 +76,7 @@ def png(path) -> np.ndarray:
 
 def test_strength_0_returns_the_input_within_quantisation(model, checkpoint_dir, tmp_path, capsys):
     images = photos(3)
-    assert np.array_equal(to_uint8(editing.edit(model, images, 0.0, steps=5)), to_uint8(images))
+    assert np.array_equal(to_uint8(editing.edit(model, images, 0.0, SamplingSettings(steps=5))), to_uint8(images))
     source = photo(tmp_path / "a.png", 16, 16)
     code, _, err = run(["edit", checkpoint_dir, source, "--strength", "0", "--precision", "fp32",
                         "--out", tmp_path / "g.png", "--each", tmp_path / "each"], capsys)
@@ -86,9 +87,18 @@ def test_strength_0_returns_the_input_within_quantisation(model, checkpoint_dir,
 @pytest.mark.parametrize("sampler,grid,eta", [("ddim", "uniform", 0.0), ("ddim", "uniform", 1.0),
                                               ("dpmpp_2m", "logsnr", 0.0), ("unipc", "karras", 0.0)])
 def test_strength_1_is_plain_sampling_from_the_same_noise_bit_for_bit(model, sampler, grid, eta):
-    edited = editing.edit(model, photos(4), 1.0, steps=4, seed=5, sampler=sampler, grid=grid, eta=eta)
-    sampled = generate(model, 4, steps=4, seed=5, sampler=sampler, eta=eta, image_size=SIZE, grid=grid)
-    assert torch.equal(edited, sampled)
+    settings = SamplingSettings(steps=4, seed=5, sampler=sampler, grid=grid, eta=eta)
+    assert torch.equal(editing.edit(model, photos(4), 1.0, settings), generate(model, 4, settings, image_size=SIZE))
+
+
+def test_operations_that_step_with_ddim_refuse_another_sampler_and_inversion_an_eta(model):
+    images, fill = photos(1), torch.ones(1, 1, SIZE, SIZE, dtype=torch.bool)
+    with pytest.raises(ValueError, match="inpainting steps with DDIM itself: sampler 'unipc' cannot be used"):
+        editing.inpaint(model, images, fill, SamplingSettings(steps=2, sampler="unipc"))
+    with pytest.raises(ValueError, match="inversion is deterministic DDIM: eta must be 0, got 1"):
+        editing.invert(model, images, SamplingSettings(steps=2, eta=1.0))
+    with pytest.raises(ValueError, match="interpolation steps with DDIM itself"):
+        editing.interpolate(model, [images[0], images[0]], 3, SamplingSettings(steps=2, sampler="dpmpp_2m"))
 
 
 def test_an_edit_runs_the_part_of_the_grid_below_its_strength():
@@ -156,7 +166,7 @@ def test_repaint_walks_back_and_forth_and_resample_1_is_plain_replacement():
 def test_inpainting_never_changes_a_known_pixel(model):
     images = photos(3)
     fill = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(2)) < 0.3
-    filled = editing.inpaint(model, images, fill, steps=6, resample=2, jump=2)
+    filled = editing.inpaint(model, images, fill, replace(editing.INPAINTING, steps=6), resample=2, jump=2)
     known = (~fill).expand_as(images)
     assert torch.equal(filled[known], images[known])
     assert not torch.allclose(filled[~known], images[~known], atol=0.05)  # the hole was filled
@@ -224,12 +234,13 @@ def test_inversion_then_sampling_reconstructs_the_input_at_first_order_on_gaussi
 
 def test_inversion_and_decoding_are_batch_independent_and_deterministic(model):
     images = photos(5)
-    noise = editing.invert(model, images, steps=4, refine=2, batch_size=5)
-    torch.testing.assert_close(editing.invert(model, images, steps=4, refine=2, batch_size=2), noise,
+    settings = replace(editing.INVERSION, steps=4, batch_size=5)
+    noise = editing.invert(model, images, settings, refine=2)
+    torch.testing.assert_close(editing.invert(model, images, replace(settings, batch_size=2), refine=2), noise,
                                rtol=0, atol=1e-5)
-    assert torch.equal(editing.invert(model, images, steps=4, refine=2, batch_size=5), noise)
-    torch.testing.assert_close(editing.decode(model, noise, 4, batch_size=5),
-                               editing.decode(model, noise, 4, batch_size=1), rtol=0, atol=1e-5)
+    assert torch.equal(editing.invert(model, images, settings, refine=2), noise)
+    torch.testing.assert_close(editing.decode(model, noise, settings),
+                               editing.decode(model, noise, replace(settings, batch_size=1)), rtol=0, atol=1e-5)
 
 
 # -- seeds and batches ----------------------------------------------------------------------------
@@ -238,15 +249,17 @@ def test_same_seed_same_edits_whatever_the_batch(model):
     images = photos(5)
     fill = torch.zeros(5, 1, SIZE, SIZE, dtype=torch.bool)
     fill[..., 4:12, 4:12] = True
-    for make in (lambda **k: editing.edit(model, images, 0.7, steps=5, seed=3, eta=1.0, **k),
-                 lambda **k: editing.inpaint(model, images, fill, steps=5, seed=3, resample=2, jump=2, **k)):
+    for make in (lambda **k: editing.edit(model, images, 0.7, SamplingSettings(steps=5, seed=3, eta=1.0, **k)),
+                 lambda **k: editing.inpaint(model, images, fill, replace(editing.INPAINTING, steps=5, seed=3, **k),
+                                             resample=2, jump=2)):
         whole, split = make(batch_size=5), make(batch_size=2)
         torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)  # convolution kernels differ per batch size
         assert torch.equal(make(batch_size=5), whole)
         # image 3 alone, drawn from its own stream, is image 3 of the batch
         torch.testing.assert_close(make(batch_size=1)[3], whole[3], rtol=0, atol=1e-5)
-    other_seed = editing.edit(model, images, 0.7, steps=5, seed=4, eta=1.0)
-    assert not torch.allclose(other_seed, editing.edit(model, images, 0.7, steps=5, seed=3, eta=1.0), atol=1e-3)
+    other_seed = editing.edit(model, images, 0.7, SamplingSettings(steps=5, seed=4, eta=1.0))
+    assert not torch.allclose(other_seed, editing.edit(model, images, 0.7, SamplingSettings(steps=5, seed=3, eta=1.0)),
+                              atol=1e-3)
 
 
 # -- photos, masks and the commands ---------------------------------------------------------------
@@ -300,7 +313,7 @@ def test_the_invert_command_writes_noise_that_decodes_to_its_reconstruction(mode
     with safe_open(str(tmp_path / "z.safetensors"), framework="pt") as f:
         noise, meta = f.get_tensor("noise"), f.metadata()
     assert noise.shape == (2, 3, SIZE, SIZE) and meta["steps"] == "5" and meta["grid"] == "uniform"
-    decoded = editing.decode(model, noise, 5, "uniform")
+    decoded = editing.decode(model, noise, SamplingSettings(steps=5, grid="uniform"))
     assert np.array_equal(png(tmp_path / "rec" / "00001.png"), to_uint8(decoded)[1])
 
 
@@ -312,10 +325,11 @@ def test_interpolate_mixes_seeds_and_photos_in_command_line_order(model, checkpo
     assert code == 0, err
     # w = 0 is seed 3's image 0, as `corolla sample` draws it; w = 1 the photo's reconstruction
     first = png(tmp_path / "frames" / "pair0_00000.png").astype(int)
-    assert np.abs(first - to_uint8(generate(model, 1, 4, 3, image_size=SIZE))[0]).max() <= 1
-    noise = editing.invert(model, editing.load_photo(source, SIZE)[0][None], 4, "uniform")
+    settings = SamplingSettings(steps=4, seed=3, grid="uniform")
+    assert np.abs(first - to_uint8(generate(model, 1, settings, image_size=SIZE))[0]).max() <= 1
+    noise = editing.invert(model, editing.load_photo(source, SIZE)[0][None], settings)
     last = png(tmp_path / "frames" / "pair0_00002.png").astype(int)
-    assert np.abs(last - to_uint8(editing.decode(model, noise, 4, "uniform"))[0]).max() <= 1
+    assert np.abs(last - to_uint8(editing.decode(model, noise, settings))[0]).max() <= 1
     code, _, err = run(["interpolate", checkpoint_dir, "--images", source, "--out", tmp_path / "j.png"], capsys)
     assert code == 2 and "pairs of ends" in err
 
@@ -326,7 +340,7 @@ def test_interpolate_between_seeds_on_the_new_path_makes_the_old_path_s_frames(m
     code, _, err = run(["interpolate", checkpoint_dir, "--seeds", "3", "7", "--frames", "3", "--steps", "4",
                         "--precision", "fp32", "--out", tmp_path / "i.png", "--each", tmp_path / "frames"], capsys)
     assert code == 0, err
-    frames = to_uint8(figures.interpolate(model, [(3, 7)], 3, 4, SIZE)[0])
+    frames = to_uint8(figures.interpolate(model, [(3, 7)], 3, SamplingSettings(steps=4), image_size=SIZE)[0])
     for index in range(3):
         assert np.array_equal(png(tmp_path / "frames" / f"pair0_{index:05d}.png"), frames[index])
 

@@ -12,7 +12,7 @@ from PIL import Image
 from corolla import cli, editing, figures, samplers, schedules
 from corolla.config import preset
 from corolla.data import imagefolder
-from corolla.generation import generate, initial_noise
+from corolla.generation import SamplingSettings, generate, initial_noise
 from corolla.storage import checkpoint
 from corolla.storage.grids import to_uint8
 from corolla.training import train
@@ -161,7 +161,7 @@ def test_step_sweep_decodes_the_same_noises_as_generate(model, tmp_path):
     results = figures.step_sweep(model, [1, 3], num_images=2, seed=5, image_size=16)
     assert [r.steps for r in results] == [1, 3]
     for r in results:
-        assert torch.equal(r.images, generate(model, 2, steps=r.steps, seed=5, image_size=16))
+        assert torch.equal(r.images, generate(model, 2, SamplingSettings(steps=r.steps, seed=5), image_size=16))
         assert r.seconds > 0 and r.seconds_per_image == pytest.approx(r.seconds / 2)
     assert not torch.equal(results[0].images, results[1].images)
     table = figures.sweep_table(results).splitlines()
@@ -218,13 +218,14 @@ def test_interpolation_ends_are_the_seeds_noises():
 
 
 def test_interpolation_end_frames_equal_plain_samples(model, run_dir, tmp_path):
-    first, second = generate(model, 1, 5, seed=3, image_size=16), generate(model, 1, 5, seed=7, image_size=16)
-    one_by_one = figures.interpolate(model, [(3, 7)], frames=4, steps=5, image_size=16, batch_size=1)
+    first, second = (generate(model, 1, SamplingSettings(steps=5, seed=seed), image_size=16) for seed in (3, 7))
+    one_by_one = figures.interpolate(model, [(3, 7)], 4, SamplingSettings(steps=5, batch_size=1), image_size=16)
     assert torch.equal(one_by_one[0, 0], first[0]) and torch.equal(one_by_one[0, -1], second[0])
-    batched = figures.interpolate(model, [(3, 7), (11, 12)], frames=4, steps=5, image_size=16)
+    batched = figures.interpolate(model, [(3, 7), (11, 12)], 4, SamplingSettings(steps=5), image_size=16)
     assert batched.shape == (2, 4, 3, 16, 16)
     assert np.array_equal(to_uint8(batched[0, [0, -1]]), to_uint8(torch.cat([first, second])))
-    assert torch.allclose(batched[1, 0], generate(model, 1, 5, seed=11, image_size=16)[0], atol=1e-5)
+    seed_11 = generate(model, 1, SamplingSettings(steps=5, seed=11), image_size=16)
+    assert torch.allclose(batched[1, 0], seed_11[0], atol=1e-5)
 
     # end to end: the figure's first cell is `corolla sample --seed 3`'s image 0, pixel for pixel
     assert cli.main(["sample", str(run_dir), "--seed", "3", "-n", "1", "--steps", "5", "--precision", "fp32",
@@ -268,7 +269,7 @@ def test_trajectory_final_image_is_ddims(model):
     assert torch.equal(trajectory.noisy_images[0], noise)
     # and through denormalising, the figure's last image is what generate gives
     final = model.normalizer.denormalize(trajectory.final[None])
-    assert torch.equal(final, generate(model, 1, 7, seed=0, image_size=16))
+    assert torch.equal(final, generate(model, 1, SamplingSettings(steps=7), image_size=16))
 
 
 def test_trajectory_command(run_dir, tmp_path):

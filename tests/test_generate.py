@@ -1,20 +1,26 @@
 """Seeded generation: image i of a seed is the same image whatever the batch it is drawn in."""
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from corolla import samplers
+import corolla
+from corolla import cli, samplers
+from corolla.config import preset
 from corolla.diffusion import DiffusionModel
-from corolla.generation import generate, initial_noise
+from corolla.generation import SamplingSettings, generate, initial_noise
+from corolla.storage import checkpoint
+from corolla.storage.grids import to_uint8
+from corolla.training import build
 from corolla.unet import UNetConfig
 
 SIZE = 16
 
 
-@pytest.fixture(scope="module")
-def model() -> DiffusionModel:
-    """A tiny model whose zero-initialised head is perturbed, so the network's output matters."""
-    torch.manual_seed(0)
-    m = DiffusionModel(UNetConfig(widths=(8, 16), bottom_width=16, block_depth=1, embedding_size=8))
+def _perturbed(m: DiffusionModel) -> DiffusionModel:
+    """The model with its zero-initialised head perturbed, so the network's output matters."""
     with torch.no_grad():
         m.ema_network.head.weight.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(1))
     # images around 0.5 with a small spread, so that denormalising rarely clips
@@ -22,9 +28,16 @@ def model() -> DiffusionModel:
     return m.eval()
 
 
-def _generate(model, **kwargs):
-    options = dict(num_images=8, steps=4, seed=3, image_size=SIZE)
-    return generate(model, **{**options, **kwargs})
+@pytest.fixture(scope="module")
+def model() -> DiffusionModel:
+    torch.manual_seed(0)
+    return _perturbed(DiffusionModel(UNetConfig(widths=(8, 16), bottom_width=16, block_depth=1, embedding_size=8)))
+
+
+def _generate(model, num_images=8, start=0, callback=None, guard=None, **settings):
+    """generate() of images 0..7 of seed 3 in 4 steps, unless told otherwise."""
+    settings = SamplingSettings(**{"steps": 4, "seed": 3, **settings})
+    return generate(model, num_images, settings, image_size=SIZE, start=start, callback=callback, guard=guard)
 
 
 CASES = [("ddim", 0.0, "uniform"), ("ddim", 1.0, "uniform"), ("dpmpp_2m", 0.0, "logsnr"),
@@ -65,9 +78,25 @@ def test_grid_is_threaded_to_the_sampler(model):
                 samplers.dpmpp_2m(model.ema_denoiser(), model.schedule, noise, times))
         got = _generate(model, sampler="dpmpp_2m", grid=grid)
         assert (got - expected).abs().max().item() <= 1e-6
-    # the default grid is the reference's uniform one
+    # the default grid is the reference's uniform one for DDIM, log-SNR for the multistep samplers
     assert torch.equal(_generate(model), _generate(model, grid="uniform"))
     assert (_generate(model, grid="logsnr") - _generate(model)).abs().mean().item() > 1e-3
+    assert torch.equal(_generate(model, sampler="dpmpp_2m"), _generate(model, sampler="dpmpp_2m", grid="logsnr"))
+
+
+def test_the_library_draws_what_corolla_sample_writes(tmp_path):
+    """corolla.generate with a SamplingSettings is `corolla sample` with the same options, on the
+    same time grid: log-SNR for dpmpp_2m (generate once drew on the uniform grid for every sampler)."""
+    config = preset("tiny").replace(train={"precision": "fp32"})
+    folder = checkpoint.save_pretrained(tmp_path / "model", _perturbed(build(config, torch.device("cpu"))[0]), config)
+    assert cli.main(["sample", str(folder), "-n", "3", "--steps", "3", "--sampler", "dpmpp_2m", "--seed", "5",
+                     "--precision", "fp32", "--device", "cpu", "--each", str(tmp_path / "each"), "--no-progress"]) == 0
+    written = np.stack([np.asarray(Image.open(tmp_path / "each" / f"{i:05d}.png")) for i in range(3)])
+    loaded, _ = checkpoint.load_for_sampling(folder, torch.device("cpu"), "fp32")
+    settings = corolla.SamplingSettings(steps=3, sampler="dpmpp_2m", seed=5)
+    assert np.array_equal(to_uint8(corolla.generate(loaded, 3, settings, image_size=SIZE)), written)
+    uniform = to_uint8(corolla.generate(loaded, 3, replace(settings, grid="uniform"), image_size=SIZE))
+    assert np.abs(uniform.astype(int) - written).max() > 2  # the grid shows in the images
 
 
 def test_bad_choices_are_clear_errors(model):

@@ -25,11 +25,12 @@ import onnxruntime  # noqa: E402
 from conftest import CLASSES, make_labels_matter  # noqa: E402
 
 import corolla  # noqa: E402
-from corolla import generation, samplers  # noqa: E402
+from corolla import generation  # noqa: E402
 from corolla.cli import main  # noqa: E402
 from corolla.config import preset  # noqa: E402
 from corolla.diffusion import DiffusionModel  # noqa: E402
 from corolla.portable import export, folder, noise, sampling  # noqa: E402
+from corolla.samplers import SamplingSettings  # noqa: E402
 from corolla.storage import checkpoint  # noqa: E402
 from corolla.storage.digest import file_sha256  # noqa: E402
 from corolla.unet import UNetConfig  # noqa: E402
@@ -151,9 +152,9 @@ def test_a_torn_or_altered_folder_is_refused(exported, tmp_path):
 
 @pytest.mark.parametrize("sampler,eta,grid", CASES)
 def test_onnxruntime_gives_pytorchs_images(model, exported, sampler, eta, grid):
-    options = dict(steps=5, seed=3, sampler=sampler, eta=eta, grid=grid, batch_size=3)
-    expected = generation.generate(model, 4, image_size=SIZE, **options).numpy()
-    got = sampling.load(exported, threads=1).generate(4, **options)
+    settings = SamplingSettings(steps=5, seed=3, sampler=sampler, eta=eta, grid=grid, batch_size=3)
+    expected = generation.generate(model, 4, settings, image_size=SIZE).numpy()
+    got = sampling.load(exported, threads=1).generate(4, settings)
     assert got.dtype == np.float32 and got.shape == expected.shape == (4, 3, SIZE, SIZE)
     assert np.abs(got - expected).max() <= 1 / 255
     assert np.abs(expected[0] - expected[1]).mean() > 0.01  # images that differ, not a constant
@@ -161,15 +162,14 @@ def test_onnxruntime_gives_pytorchs_images(model, exported, sampler, eta, grid):
 
 @pytest.mark.parametrize("sampler,guidance", [("ddim", 3.0), ("dpmpp_2m", 3.0), ("unipc", 1.0), ("ddim", 0.0)])
 def test_onnxruntime_gives_pytorchs_images_of_the_classes_asked(conditional, exported_conditional, sampler, guidance):
-    classes = ["daisy", 1, "Sunflower", 0]
-    options = dict(steps=4, seed=1, sampler=sampler, classes=classes, guidance=guidance, batch_size=3,
-                   grid=generation.default_grid(sampler))
-    expected = generation.generate(conditional, 4, image_size=SIZE, **options).numpy()
+    settings = SamplingSettings(steps=4, seed=1, sampler=sampler, batch_size=3)  # its default grid, on both
+    options = dict(classes=["daisy", 1, "Sunflower", 0], guidance=guidance)
+    expected = generation.generate(conditional, 4, settings, image_size=SIZE, **options).numpy()
     portable = sampling.load(exported_conditional, threads=1)
-    got = portable.generate(4, **options)
+    got = portable.generate(4, settings, **options)
     assert np.abs(got - expected).max() <= 1 / 255
     if guidance:  # the class changes the image
-        unconditional = portable.generate(4, **{**options, "classes": None})
+        unconditional = portable.generate(4, settings, guidance=guidance)
         assert np.abs(got - unconditional).mean() > 0.005
 
 
@@ -185,11 +185,6 @@ def test_classes_are_checked_before_any_work(exported, exported_conditional):
         portable.generate(2, classes=[0, 1, 2])
 
 
-def test_the_default_grid_is_generations():
-    for name in samplers.SAMPLERS:
-        assert samplers.default_grid(name) == generation.default_grid(name)
-
-
 BLOCK_TORCH = """
 import importlib.abc, sys
 
@@ -203,8 +198,10 @@ sys.meta_path.insert(0, NoTorch())
 SAMPLE = """
 import numpy as np
 from corolla.portable import sampling
+from corolla.samplers import SamplingSettings
 model = sampling.load({folder!r}, threads=1)
-images = [model.generate(3, steps=4, seed=3, sampler=s, eta=e, grid=g, batch_size=2) for s, e, g in {cases!r}]
+images = [model.generate(3, SamplingSettings(steps=4, seed=3, sampler=s, eta=e, grid=g, batch_size=2))
+          for s, e, g in {cases!r}]
 np.save({out!r}, np.stack(images))
 assert not [name for name in sys.modules if name.split(".")[0] == "torch"]
 """
@@ -221,8 +218,8 @@ def test_sampling_runs_without_torch_and_gives_pytorchs_images(model, exported, 
     done = _run_without_torch(BLOCK_TORCH + SAMPLE.format(folder=str(exported), cases=CASES, out=str(out)))
     assert done.returncode == 0, done.stderr
     for got, (sampler, eta, grid) in zip(np.load(out), CASES):
-        expected = generation.generate(model, 3, steps=4, seed=3, sampler=sampler, eta=eta, grid=grid,
-                                    image_size=SIZE).numpy()
+        settings = SamplingSettings(steps=4, seed=3, sampler=sampler, eta=eta, grid=grid)
+        expected = generation.generate(model, 3, settings, image_size=SIZE).numpy()
         assert np.abs(got - expected).max() <= 1 / 255
 
 

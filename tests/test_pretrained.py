@@ -17,7 +17,7 @@ from PIL import Image
 import corolla
 from corolla import cli
 from corolla.cli import options
-from corolla.generation import generate
+from corolla.generation import SamplingSettings, generate
 from corolla.storage import pretrained
 from corolla.unet import count_parameters
 
@@ -33,7 +33,8 @@ def _low_resolution_samples(name: str) -> torch.Tensor:
     """A conditional model draws classes 0 to 3 at the default guidance."""
     model, config = corolla.load_pretrained(name)
     classes = list(range(IMAGES)) if config.unet.classes else None
-    images = generate(model, IMAGES, STEPS, SEED, image_size=config.data.image_size, classes=classes)
+    images = generate(model, IMAGES, SamplingSettings(steps=STEPS, seed=SEED), image_size=config.data.image_size,
+                      classes=classes)
     pool = POOL * config.data.image_size // 32
     return F.avg_pool2d(images, pool)  # (4, 3, 8, 8): the layout of each image, not its noise-level detail
 

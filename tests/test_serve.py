@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from conftest import CLASSES, make_labels_matter
 from corolla import cli, editing
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
-from corolla.generation import generate
+from corolla.generation import SamplingSettings, generate
 from corolla.serve import app as served
 from corolla.serve.engine import Limits
 from corolla.serve.guards import Turns
@@ -304,7 +305,8 @@ def test_two_clients_and_a_photo_job_queue_and_all_finish(server, tiny, tmp_path
     results = [job.result(timeout=WAIT_S) for job in (first, second, photo_job)]
     loaded, _ = checkpoint.load_model(tiny)
     for (_, _, gallery, _, _), seed in zip(results[:2], (1, 2)):
-        assert np.array_equal(png(gallery[1]["image"]), to_uint8(generate(loaded, 2, 3, seed, image_size=16))[1])
+        expected = generate(loaded, 2, SamplingSettings(steps=3, seed=seed), image_size=16)
+        assert np.array_equal(png(gallery[1]["image"]), to_uint8(expected)[1])
     assert results[2][1].startswith("done: inpainted")
 
 
@@ -343,7 +345,8 @@ def test_edit_and_interpolate_through_the_api_give_the_commands_pixels(server, c
     assert recipes.read(result["value"]).details["strength"] == 0.5
     frame, status, _, gif = client.predict(tiny, 3, 7, None, None, 5, 6, api_name="/interpolate")
     loaded, _ = checkpoint.load_model(tiny)
-    assert np.array_equal(png(frame), to_uint8(generate(loaded, 1, 6, 3, image_size=16))[0])  # the first end
+    first_end = generate(loaded, 1, SamplingSettings(steps=6, seed=3), image_size=16)
+    assert np.array_equal(png(frame), to_uint8(first_end)[0])
     assert status.startswith("done: 5 frames") and Path(gif["value"]).suffix == ".gif"
 
 
@@ -443,7 +446,7 @@ def test_the_page_generates_the_command_s_pixels_and_remembers_them_after_a_relo
         page.click("#generate-button")
         page.wait_for_selector("#generate-status:has-text('done: 3 images, seed 7, 4 steps')")
         loaded, _ = checkpoint.load_model(tiny)
-        expected = to_uint8(generate(loaded, 3, 4, 7, image_size=16))
+        expected = to_uint8(generate(loaded, 3, SamplingSettings(steps=4, seed=7), image_size=16))
         thumbnails = page.locator("#results img")
         expect(thumbnails).to_have_count(3)
         assert all(np.array_equal(shown_png(page, thumbnails.nth(i)), expected[i]) for i in range(3))
@@ -511,7 +514,8 @@ def test_the_mask_painted_in_the_editor_is_the_mask_applied(browser, server, tin
         loaded, _ = checkpoint.load_model(tiny)
         photo = editing.load_photo(photo_path(), 16)[0][None]
         result = shown_png(page, shown.nth(2))
-        assert np.array_equal(result, to_uint8(editing.inpaint(loaded, photo, applied[None], 6, 0, 2, 2))[0])
+        filled = editing.inpaint(loaded, photo, applied[None], replace(editing.INPAINTING, steps=6), resample=2, jump=2)
+        assert np.array_equal(result, to_uint8(filled)[0])
         kept = ~applied[0].numpy()
         assert np.array_equal(result[kept], to_uint8(photo)[0][kept])  # the photo wherever nothing was painted
     finally:

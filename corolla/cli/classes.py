@@ -13,6 +13,7 @@ from .options import (
     guidance,
     load_model_for,
     path_text,
+    sampling_settings,
     whole_number,
 )
 
@@ -79,7 +80,7 @@ def run_class_grid(args) -> int:
                          f"it has no classes to draw")
     numbers = [class_labels(model, name, 1) for name in args.classes] if args.classes else spread(len(names))
     # row r is class numbers[r]; column j starts from image j's noise of the seed in every row
-    rows = [generate(model, args.num_images, args.steps, seed=args.seed, image_size=config.data.image_size,
+    rows = [generate(model, args.num_images, sampling_settings(args), image_size=config.data.image_size,
                      classes=number, guidance=args.guidance) for number in numbers]
     title = f"guidance {args.guidance:g}, {args.steps} DDIM steps, seed {args.seed}"
     print(save_labelled_grid(torch.stack(rows), out, row_labels=[names[n] for n in numbers], title=title))

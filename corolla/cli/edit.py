@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from .. import editing, figures, limits
-from ..generation import SamplingSettings, initial_noise
+from ..generation import initial_noise
+from ..samplers import SamplingSettings
 from ..storage import outputs
 from ..storage import recipe as recipes
 from ..storage.atomic import replacing
@@ -30,10 +31,6 @@ from .options import (
 )
 
 HOLE_GREY = 0.5  # how the figure shows the pixels to fill
-# inpainting walks RePaint's stochastic DDPM-like steps on the reference's grid; inversion runs
-# deterministic DDIM backwards, most exactly on the log-SNR grid
-INPAINTING = SamplingSettings(steps=50, eta=1.0, grid="uniform")
-INVERSION = SamplingSettings(steps=50, grid="logsnr")
 
 
 def _load(args):
@@ -108,19 +105,18 @@ def run_edit(args) -> int:
     size = config.data.image_size
     count = len(paths) * args.num_images
     limits.check_held_images(count * (len(levels) + 1), size, "photos x -n x strengths")
-    grid = sampling_settings(args).time_grid
+    settings = sampling_settings(args)
+    grid = settings.time_grid
     rows = [f"{_name(p)} #{v}" if args.num_images > 1 else _name(p) for p in paths for v in range(args.num_images)]
     columns = ["input"] + [f"strength {strength:g}" for strength in levels]
     title = f"SDEdit: {args.sampler}, {args.steps} steps on the {grid} grid, seed {args.seed} ({config.preset})"
     out = Outputs(args, "edits.png", count, len(levels) + 1, size, (columns, rows, title))
     photos, _ = load_photos(paths, size)
-    made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, sampling_settings(args),
-                                  kind="edit", count=count,
-                                  details={"strength": levels, "photos": recipes.photos(paths),
-                                           "variations": args.num_images})
+    made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, settings, kind="edit",
+                                  count=count, details={"strength": levels, "photos": recipes.photos(paths),
+                                                        "variations": args.num_images})
     inputs = photos.repeat_interleave(args.num_images, 0)  # output k: photo k // n, variation k % n
-    results = torch.stack([editing.edit(model, inputs, strength, args.steps, args.seed, args.sampler, grid,
-                                        args.eta, args.batch_size) for strength in levels], dim=1)
+    results = torch.stack([editing.edit(model, inputs, strength, settings) for strength in levels], dim=1)
     if out.grid is not None:
         print(f"wrote {save_grid(results.flatten(0, 1), out.grid, len(levels) if len(levels) > 1 else None, made)}")
     if out.each is not None:
@@ -150,10 +146,11 @@ def run_inpaint(args) -> int:
     evaluations = editing.repaint_evaluations(args.steps, args.resample, args.jump)
     method = "plain replacement" if args.resample == 1 else f"RePaint, resample {args.resample}, jump {args.jump}"
     print(f"inpainting {len(paths)} image(s) x {args.num_images}: {method}, {evaluations} evaluations each")
-    filled = editing.inpaint(model, inputs, fill.repeat_interleave(args.num_images, 0), args.steps, args.seed,
-                             args.resample, args.jump, args.eta, args.grid, args.batch_size)
-    made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, sampling_settings(args),
-                                  kind="inpaint", count=len(inputs),
+    settings = sampling_settings(args, editing.INPAINTING)
+    filled = editing.inpaint(model, inputs, fill.repeat_interleave(args.num_images, 0), settings,
+                             resample=args.resample, jump=args.jump)
+    made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, settings, kind="inpaint",
+                                  count=len(inputs),
                                   details={"resample": args.resample, "jump": args.jump,
                                            "photos": recipes.photos(paths),
                                            "mask": recipes.photos([args.mask]) if hole is None else list(hole)})
@@ -190,14 +187,15 @@ def run_invert(args) -> int:
     reconstruction = outputs.check_file(args.reconstruction, "--reconstruction") if args.reconstruction else None
     each = outputs.check_folder(args.each, "--each") if args.each else None
     photos, _ = load_photos(paths, config.data.image_size)
-    noise = editing.invert(model, photos, args.steps, args.grid, args.refine, args.batch_size)
-    again = editing.decode(model, noise, args.steps, args.grid, args.batch_size)
+    settings = sampling_settings(args, editing.INVERSION)
+    noise = editing.invert(model, photos, settings, refine=args.refine)
+    again = editing.decode(model, noise, settings)
     for path, photo, image in zip(paths, photos, again):
         print(f"{path}: round-trip RMSE {editing.rmse_255(image, photo):.2f} (0-255)")
-    metadata = {"steps": str(args.steps), "grid": args.grid, "sampler": "ddim", "refine": str(args.refine),
-                "image_size": str(config.data.image_size), "images": json.dumps(paths)}
+    metadata = {"steps": str(settings.steps), "grid": settings.time_grid, "sampler": "ddim",
+                "refine": str(args.refine), "image_size": str(config.data.image_size), "images": json.dumps(paths)}
     print(f"wrote {save_noise(noise, target, metadata)} (decode: editing.decode(model, noise, "
-          f"steps={args.steps}, grid={args.grid!r}))")
+          f"SamplingSettings(steps={settings.steps}, grid={settings.time_grid!r})))")
     if reconstruction is not None:
         print(f"wrote {save_grid(again, reconstruction)}")
     if each is not None:
@@ -227,22 +225,23 @@ def run_interpolate_ends(args) -> int:
     gif = outputs.check_file(args.gif, "--gif") if args.gif else None
     each = outputs.check_folder(args.each, "--each") if args.each else None
     figures.check_grid_size(len(ends) // 2, args.frames, size)
-    grid = args.grid or ("logsnr" if photo_ends else "uniform")
+    settings = sampling_settings(args, editing.INVERSION if photo_ends else SamplingSettings())
     inverted = {}
     if photo_ends:
         photos, _ = load_photos(photo_ends, size)
-        noise = editing.invert(model, photos, args.steps, grid, batch_size=args.batch_size)
-        again = editing.decode(model, noise, args.steps, grid, args.batch_size)
+        noise = editing.invert(model, photos, settings)
+        again = editing.decode(model, noise, settings)
         for path, photo, image, z in zip(photo_ends, photos, again, noise):
             print(f"{path}: inverted, round-trip RMSE {editing.rmse_255(image, photo):.2f} (0-255)")
             inverted[path] = z
     shape = (model.network.config.channels, size, size)
     noises = [inverted[value] if kind == "images" else initial_noise(value, [0], shape)[0] for kind, value in ends]
-    frames = editing.interpolate(model, noises, args.frames, args.steps, grid, args.batch_size)
+    frames = editing.interpolate(model, noises, args.frames, settings)
     labels = [_name(value) if kind == "images" else f"seed {value}" for kind, value in ends]
     rows = [f"{a} -> {b}" for a, b in zip(labels[::2], labels[1::2])]
     weights = editing.interpolation_weights(args.frames)
-    title = f"spherical interpolation of initial noise, {args.steps} DDIM steps, {grid} grid ({config.preset})"
+    title = (f"spherical interpolation of initial noise, {settings.steps} DDIM steps, {settings.time_grid} grid "
+             f"({config.preset})")
     print(f"wrote {figures.save_labelled_grid(frames, figure, [f'w = {w:.2f}' for w in weights], rows, title)}")
     if gif is not None:
         print(f"wrote {figures.save_gif(frames, gif)}")
@@ -289,17 +288,18 @@ def register(sub) -> None:
                        help="fill this rectangle (the photo's pixels, from the top left)")
     p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_BATCH), default=1,
                    help="seeded fills per photo")
-    add_sampling(p, ("steps",), INPAINTING)
-    p.add_argument("--resample", type=whole_number(1, 100), default=5,
+    add_sampling(p, ("steps",), editing.INPAINTING)
+    p.add_argument("--resample", type=whole_number(1, 100), default=editing.RESAMPLE,
                    help="RePaint's R: times each stretch of the walk is redone (1: plain replacement)")
-    p.add_argument("--jump", type=steps, default=5, help="RePaint's J: grid steps of each jump back")
-    add_sampling(p, ("eta", "grid", "seed"), INPAINTING, eta="noise of the reverse steps (1: DDPM's, as RePaint)")
+    p.add_argument("--jump", type=steps, default=editing.JUMP, help="RePaint's J: grid steps of each jump back")
+    add_sampling(p, ("eta", "grid", "seed"), editing.INPAINTING,
+                 eta="noise of the reverse steps (1: DDPM's, as RePaint)")
     _add_outputs(p, "inpainted.png", "also draw a labelled figure: each photo, the region to fill, the fills")
     p.set_defaults(func=run_inpaint)
 
     p = sub.add_parser("invert", help="DDIM inversion: the initial noise from which DDIM gives back the photo")
     _add_photos(p)
-    add_sampling(p, ("steps", "grid"), INVERSION)
+    add_sampling(p, ("steps", "grid"), editing.INVERSION)
     p.add_argument("--refine", type=whole_number(0, limits.MAX_STEPS), default=editing.INVERT_REFINE,
                    help="evaluations placing the last state (fixed point; default %(default)s)")
     add_out(p, "noise.safetensors", "safetensors file of the noises (key 'noise')")

@@ -16,6 +16,7 @@ from .options import (
     load_model_for,
     path_text,
     positive_int,
+    sampling_settings,
     seed,
     whole_number,
 )
@@ -103,7 +104,7 @@ def run_interpolate(args) -> int:
         outputs.check_file(args.gif, "--gif")
     model, config = _load(args)
     figures.check_grid_size(len(pairs), args.frames, config.data.image_size)
-    images = figures.interpolate(model, pairs, args.frames, args.steps, config.data.image_size, args.batch_size)
+    images = figures.interpolate(model, pairs, args.frames, sampling_settings(args), image_size=config.data.image_size)
     title = f"spherical interpolation of initial noise, {args.steps} DDIM steps ({config.preset})"
     print(f"wrote {figures.plot_interpolation(images, pairs, args.out, title)}")
     if args.gif:

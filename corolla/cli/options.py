@@ -9,7 +9,7 @@ from typing import Callable
 
 from .. import limits, samplers
 from .. import precision as precisions
-from ..generation import SamplingSettings
+from ..samplers import SamplingSettings
 from ..storage import checkpoint
 
 EXIT_BAD_INPUT = 2
@@ -184,8 +184,10 @@ def add_sampling(p: argparse.ArgumentParser, names: tuple[str, ...] = SAMPLING_O
 
 
 def sampling_settings(args: argparse.Namespace, defaults: SamplingSettings = SamplingSettings()) -> SamplingSettings:
-    """The SamplingSettings a command's arguments choose (add_sampling's options; the rest default)."""
-    return replace(defaults, **{f.name: getattr(args, f.name) for f in fields(defaults) if hasattr(args, f.name)})
+    """The SamplingSettings a command's arguments choose (add_sampling's options; the rest, and an
+    option left None such as an unchosen --grid, keep `defaults`' values)."""
+    return replace(defaults, **{f.name: getattr(args, f.name) for f in fields(defaults)
+                                if getattr(args, f.name, None) is not None})
 
 
 def add_out(p: argparse.ArgumentParser, default: str | None, what: str, **kwargs) -> None:

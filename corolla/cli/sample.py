@@ -89,11 +89,9 @@ def run_sample(args) -> int:
             if stream:
                 save_each(images, each, start=first, prefix=prefix, recipe=made.image(0, row))
             bar.update(len(images))
-        kept.append(distributed.generate_all(model, args.num_images, on_batch=batch_made,
-                                             keep=grid is not None or not stream, steps=settings.steps,
-                                             seed=settings.seed, sampler=settings.sampler, eta=settings.eta,
-                                             batch_size=settings.batch_size, image_size=size, classes=number,
-                                             guidance=guided, grid=settings.time_grid))
+        kept.append(distributed.generate_all(model, args.num_images, settings, on_batch=batch_made,
+                                             keep=grid is not None or not stream, image_size=size, classes=number,
+                                             guidance=guided))
     bar.close()
     distributed.shutdown(world)
     if not world.is_main:
@@ -136,8 +134,7 @@ def _sample_exported(args) -> int:
     kept = []
     for number in rows:
         prefix = "" if number is None else f"class{number}-"
-        for first, images in model.generate_batches(args.num_images, settings.steps, settings.seed, settings.sampler,
-                                                    settings.eta, settings.batch_size, grid=settings.time_grid,
+        for first, images in model.generate_batches(args.num_images, settings,
                                                     classes=None if number is None else int(number),
                                                     guidance=args.guidance):
             images = torch.from_numpy(images)

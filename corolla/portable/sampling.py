@@ -1,9 +1,10 @@
 """Sampling an exported model with numpy and onnxruntime only: no PyTorch.
 
     from corolla.portable import sampling
+    from corolla.samplers import SamplingSettings
     model = sampling.load("exported/")               # a folder written by corolla.portable.export
-    images = model.generate(8, steps=20, seed=0)     # (8, C, H, W) float32 in [0, 1]
-    images = model.generate(8, steps=10, sampler="dpmpp_2m", classes="sunflower", guidance=3.0)
+    images = model.generate(8)                       # (8, C, H, W) float32 in [0, 1]: 20 DDIM steps, seed 0
+    images = model.generate(8, SamplingSettings(steps=10, sampler="dpmpp_2m"), classes="sunflower", guidance=3.0)
 
 The samplers and grids are corolla's own (corolla.samplers, corolla.schedules), run on numpy
 arrays; the network is denoiser.onnx in an onnxruntime session; image i of a seed starts from
@@ -25,6 +26,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .. import samplers, schedules
+from ..samplers import SamplingSettings
 from . import folder, noise
 
 Classes = int | str | Sequence[int | str] | None  # as corolla.generation.Classes
@@ -117,27 +119,27 @@ class PortableModel:
                             "make images")
         return self.denormalize(pred_images)
 
-    def generate_batches(self, num_images: int, steps: int = 20, seed: int = 0, sampler: str = "ddim",
-                         eta: float = 0.0, batch_size: int = 64, start: int = 0, grid: str | None = None,
+    def generate_batches(self, num_images: int, settings: SamplingSettings = SamplingSettings(), *, start: int = 0,
                          classes: Classes = None, guidance: float | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """generate() one batch at a time -> (index of the batch's first image, its images)."""
+        s = settings
         wanted = self.class_labels(classes, num_images)  # checked before any work
-        for first in range(start, start + num_images, batch_size):
-            indices = range(first, min(first + batch_size, start + num_images))
-            generators = [noise.image_generator(seed, i, self.spec.noise_kernel) for i in indices]
+        for first in range(start, start + num_images, s.batch_size):
+            indices = range(first, min(first + s.batch_size, start + num_images))
+            generators = [noise.image_generator(s.seed, i, self.spec.noise_kernel) for i in indices]
             initial = noise.draw_noise(generators, self.shape)
             labels = None if wanted is None else wanted[first - start:first - start + len(indices)]
-            yield first, self.sample_from_noise(initial, steps, sampler, eta, generators if eta > 0 else None,
-                                                grid, labels, guidance)
+            yield first, self.sample_from_noise(initial, s.steps, s.sampler, s.eta, generators if s.eta > 0 else None,
+                                                s.time_grid, labels, guidance)
 
-    def generate(self, num_images: int, steps: int = 20, seed: int = 0, sampler: str = "ddim", eta: float = 0.0,
-                 batch_size: int = 64, start: int = 0, grid: str | None = None, classes: Classes = None,
-                 guidance: float | None = None) -> np.ndarray:
-        """Images start..start+num_images-1 of `seed` -> (num_images, C, H, W) float32 in [0, 1]:
-        corolla.generate's arguments and images. classes: one class (name or number) for every
-        image or one per image, of a conditional model; None samples unconditionally."""
+    def generate(self, num_images: int, settings: SamplingSettings = SamplingSettings(), *, start: int = 0,
+                 classes: Classes = None, guidance: float | None = None) -> np.ndarray:
+        """Images start..start+num_images-1 of settings.seed -> (num_images, C, H, W) float32 in
+        [0, 1]: corolla.generate's arguments and images (the same settings.time_grid). classes: one
+        class (name or number) for every image or one per image, of a conditional model; None
+        samples unconditionally."""
         return np.concatenate([images for _, images in self.generate_batches(
-            num_images, steps, seed, sampler, eta, batch_size, start, grid, classes, guidance)])
+            num_images, settings, start=start, classes=classes, guidance=guidance)])
 
     def class_labels(self, classes: Classes, count: int) -> np.ndarray | None:
         """`classes` as generate takes them -> None or (count,) int64 class numbers."""

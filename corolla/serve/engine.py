@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,8 @@ from .. import editing, figures, limits, samplers
 from ..conditioning import DEFAULT_GUIDANCE
 from ..data.labels import class_number
 from ..diffusion import DiffusionModel
-from ..generation import Callback, default_grid, generate, sample_from_noise
+from ..generation import Callback, generate, sample_from_noise
+from ..samplers import SamplingSettings, default_grid
 from ..storage.recipe import Recipe
 from .guards import Invalid, Turns
 
@@ -80,9 +81,9 @@ def _choice(params: dict, name: str, options, default: str) -> str:
 def _sampler(params: dict) -> tuple[str, str, float]:
     """-> (sampler, time grid, eta), with `corolla sample`'s defaults: the uniform grid for DDIM,
     log-SNR for the others, and eta > 0 for DDIM only (the others are deterministic)."""
-    sampler = _choice(params, "sampler", samplers.SAMPLERS, "ddim")
+    sampler = _choice(params, "sampler", samplers.SAMPLERS, SamplingSettings.sampler)
     grid = _choice(params, "grid", samplers.GRIDS, default_grid(sampler))
-    eta = _number(params, "eta", 0.0, 1.0, 0.0)
+    eta = _number(params, "eta", 0.0, 1.0, SamplingSettings.eta)
     if eta > 0 and sampler != "ddim":
         raise BadRequest(f"eta {eta:g} needs the ddim sampler: {sampler} is deterministic (eta 0)")
     return sampler, grid, eta
@@ -111,6 +112,11 @@ class SampleRequest:
     def evaluations(self) -> int:
         return self.steps * max(1, len(self.classes))
 
+    @property
+    def settings(self) -> SamplingSettings:
+        """One batch of the request's images (a row's, with classes)."""
+        return SamplingSettings(self.steps, self.sampler, self.grid, self.eta, self.count, self.seed)
+
 
 @dataclass(frozen=True)
 class InterpolationRequest:
@@ -119,6 +125,11 @@ class InterpolationRequest:
     frames: int
     steps: int
     photos: bool = False  # between two uploaded photos (their DDIM inversions) instead of two seeds
+
+    @property
+    def settings(self) -> SamplingSettings:
+        """`corolla interpolate`'s: the uniform grid between seeds, the log-SNR one between photos."""
+        return replace(editing.INVERSION if self.photos else SamplingSettings(), steps=self.steps)
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,10 @@ class EditRequest:
     grid: str
     eta: float
 
+    @property
+    def settings(self) -> SamplingSettings:
+        return SamplingSettings(self.steps, self.sampler, self.grid, self.eta, seed=self.seed)
+
 
 @dataclass(frozen=True)
 class InpaintRequest:
@@ -137,6 +152,10 @@ class InpaintRequest:
     resample: int
     jump: int
     seed: int
+
+    @property
+    def settings(self) -> SamplingSettings:
+        return replace(editing.INPAINTING, steps=self.steps, seed=self.seed)
 
 
 INPAINT_EVALUATIONS = 5  # RePaint's resampling may take this many times --max-steps evaluations
@@ -174,14 +193,17 @@ class Engine:
 
     # -- requests -----------------------------------------------------------------------------
 
+    def _steps(self, params: dict, defaults: SamplingSettings = SamplingSettings()) -> int:
+        return _whole(params, "steps", 1, self.limits.max_steps, defaults.steps, " (this server's --max-steps)")
+
     def sample_request(self, params: dict) -> SampleRequest:
-        steps = _whole(params, "steps", 1, self.limits.max_steps, 20, " (this server's --max-steps)")
+        steps = self._steps(params)
         classes, guidance = self._classes(params)
         rows = max(1, len(classes))
         count = _whole(params, "count", 1, self.max_images // rows, min(16, self.max_images // rows),
                        f" (this server's --max-images at {self.image_size}x{self.image_size}"
                        f"{f', in {rows} rows' if rows > 1 else ''})")
-        seed = _whole(params, "seed", 0, limits.MAX_SEED, 0)
+        seed = _whole(params, "seed", 0, limits.MAX_SEED, SamplingSettings.seed)
         first = _whole(params, "first", 0, limits.MAX_IMAGES, 0)
         sampler, grid, eta = _sampler(params)
         return SampleRequest(seed, count, steps, sampler, grid, eta, classes, guidance, first)
@@ -223,20 +245,20 @@ class Engine:
         return InterpolationRequest(
             _whole(params, "first", 0, limits.MAX_SEED, 3), _whole(params, "second", 0, limits.MAX_SEED, 7),
             _whole(params, "frames", 2, self.limits.max_frames, 9, " (this server's limit)"),
-            _whole(params, "steps", 1, self.limits.max_steps, 20, " (this server's --max-steps)"), all(photos))
+            self._steps(params), all(photos))
 
     def edit_request(self, params: dict) -> EditRequest:
         """`corolla edit`'s options and defaults."""
         return EditRequest(_number(params, "strength", 0.0, 1.0, 0.6),
-                           _whole(params, "steps", 1, self.limits.max_steps, 20, " (this server's --max-steps)"),
-                           _whole(params, "seed", 0, limits.MAX_SEED, 0), *_sampler(params))
+                           self._steps(params),
+                           _whole(params, "seed", 0, limits.MAX_SEED, SamplingSettings.seed), *_sampler(params))
 
     def inpaint_request(self, params: dict) -> InpaintRequest:
         """`corolla inpaint`'s options and defaults, its evaluations bounded."""
-        steps = _whole(params, "steps", 1, self.limits.max_steps, 50, " (this server's --max-steps)")
-        request = InpaintRequest(steps, _whole(params, "resample", 1, 100, 5),
-                                 _whole(params, "jump", 1, steps, min(5, steps)),
-                                 _whole(params, "seed", 0, limits.MAX_SEED, 0))
+        steps = self._steps(params, editing.INPAINTING)
+        request = InpaintRequest(steps, _whole(params, "resample", 1, 100, editing.RESAMPLE),
+                                 _whole(params, "jump", 1, steps, min(editing.JUMP, steps)),
+                                 _whole(params, "seed", 0, limits.MAX_SEED, SamplingSettings.seed))
         evaluations = editing.repaint_evaluations(request.steps, request.resample, request.jump)
         if evaluations > INPAINT_EVALUATIONS * self.limits.max_steps:
             raise BadRequest(f"{request.steps} steps resampled {request.resample} times (jump {request.jump}) take "
@@ -271,17 +293,16 @@ class Engine:
             evaluations += 1
             on_step(evaluations, torch.cat([*rows, preview]))
         for number in request.classes or (None,):  # the same images of the seed in every row
-            rows.append(generate(self.model, request.count, request.steps, request.seed, request.sampler,
-                                 request.eta, request.count, self.image_size, request.first, request.grid,
-                                 classes=number, guidance=request.guidance, callback=self._watch(step, cancelled),
-                                 guard=self.lock))
+            rows.append(generate(self.model, request.count, request.settings, image_size=self.image_size,
+                                 start=request.first, classes=number, guidance=request.guidance,
+                                 callback=self._watch(step, cancelled), guard=self.lock))
         return torch.cat(rows)
 
     def interpolate(self, request: InterpolationRequest, on_step: OnStep, cancelled: threading.Event) -> torch.Tensor:
         """The frames of `corolla interpolate --seeds FIRST SECOND` (deterministic DDIM)."""
         noise = figures.interpolation_noises(request.first, request.second, request.frames,
                                              (self.channels, self.image_size, self.image_size))
-        return sample_from_noise(self.model, noise, request.steps, grid="uniform",
+        return sample_from_noise(self.model, noise, request.steps, grid=request.settings.time_grid,
                                  callback=self._watch(on_step, cancelled), guard=self.lock)
 
     # -- photos: editing's functions evaluate the network inside; the turns take the lock for each
@@ -302,16 +323,15 @@ class Engine:
     def edit(self, request: EditRequest, photo: torch.Tensor, on_step: OnStep,
              cancelled: threading.Event) -> torch.Tensor:
         """What `corolla edit PHOTO` makes with the same options -> (1, C, H, W) in [0, 1]."""
-        return self._photo_call(lambda: editing.edit(
-            self.model, photo[None], request.strength, request.steps, request.seed, request.sampler, request.grid,
-            request.eta), on_step, cancelled)
+        return self._photo_call(lambda: editing.edit(self.model, photo[None], request.strength, request.settings),
+                                on_step, cancelled)
 
     def inpaint(self, request: InpaintRequest, photo: torch.Tensor, fill: torch.Tensor, on_step: OnStep,
                 cancelled: threading.Event) -> torch.Tensor:
         """What `corolla inpaint PHOTO --mask MASK` makes with the same options -> (1, C, H, W)."""
-        return self._photo_call(lambda: editing.inpaint(
-            self.model, photo[None], fill[None], request.steps, request.seed, request.resample, request.jump),
-            on_step, cancelled)
+        return self._photo_call(lambda: editing.inpaint(self.model, photo[None], fill[None], request.settings,
+                                                        resample=request.resample, jump=request.jump),
+                                on_step, cancelled)
 
     @staticmethod
     def photo_interpolation_evaluations(request: InterpolationRequest) -> int:
@@ -323,8 +343,8 @@ class Engine:
         """The frames of `corolla interpolate --images A B`: both photos DDIM-inverted on the log-SNR
         grid, their noises slerped and decoded -> (frames, C, H, W)."""
         def call():
-            noise = editing.invert(self.model, photos, request.steps, "logsnr")
-            return editing.interpolate(self.model, [noise[0], noise[1]], request.frames, request.steps, "logsnr")[0]
+            noise = editing.invert(self.model, photos, request.settings)
+            return editing.interpolate(self.model, [noise[0], noise[1]], request.frames, request.settings)[0]
         return self._photo_call(call, on_step, cancelled)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from .. import limits
+from .. import editing, limits
 from ..conditioning import DEFAULT_GUIDANCE
+from ..samplers import SamplingSettings
 from .page import AUTO_GRID, Page, dropdown, number, random_seed, sampler_choices, slider
 
 COLUMN_PX = 300  # a column's narrowest: below two of them side by side, they stack
@@ -33,9 +34,9 @@ def build(page: Page, refresh_s: float = 5.0) -> gr.Blocks:
 
 def _sampler_fields(engine, grid_label: str = "Time grid (auto: uniform for ddim, log-SNR for the others)"):
     names, grids = sampler_choices()
-    sampler = dropdown(names, value="ddim", label="Sampler")
+    sampler = dropdown(names, value=SamplingSettings.sampler, label="Sampler")
     grid = dropdown(grids, value=AUTO_GRID, label=grid_label)
-    eta = slider(0, 1, value=0, step=0.05, label="eta (ddim only: 0 deterministic, 1 DDPM-like)")
+    eta = slider(0, 1, value=SamplingSettings.eta, step=0.05, label="eta (ddim only: 0 deterministic, 1 DDPM-like)")
     return sampler, grid, eta
 
 
@@ -51,13 +52,14 @@ def _generate_tab(page: Page, engine, tabs) -> dict:
                               label=f"Guidance (0 unconditional, 1 conditional; up to {limits.MAX_GUIDANCE:g})",
                               elem_id="guidance")
             with gr.Row(equal_height=True):
-                seed = number(0, label="Seed", elem_id="seed", min_width=100)
+                seed = number(SamplingSettings.seed, label="Seed", elem_id="seed", min_width=100)
                 first = number(0, label="First image", elem_id="first", min_width=100,
                                info="image i of a seed is the same in any batch")
                 dice = gr.Button("Random seed", elem_id="random-seed", size="sm", min_width=80)
             count = slider(1, engine.max_images, value=min(16, engine.max_images), step=1, label="Images (per row)",
                            elem_id="count")
-            steps = slider(1, engine.limits.max_steps, value=20, step=1, label="Steps", elem_id="steps")
+            steps = slider(1, engine.limits.max_steps, value=SamplingSettings.steps, step=1, label="Steps",
+                           elem_id="steps")
             with gr.Accordion("Sampler, time grid, eta", open=False):
                 sampler, grid, eta = _sampler_fields(engine)
             with gr.Row():
@@ -118,9 +120,9 @@ def _edit_tab(page: Page, engine, model):
                 with gr.Tab("SDEdit", id="sdedit"):
                     strength = slider(0, 1, value=0.6, step=0.05, elem_id="strength",
                                       label="Strength: 0 keeps the photo, 1 samples afresh")
-                    edit_steps = slider(1, engine.limits.max_steps, value=20, step=1, label="Steps",
+                    edit_steps = slider(1, engine.limits.max_steps, value=SamplingSettings.steps, step=1, label="Steps",
                                         elem_id="edit-steps")
-                    edit_seed = number(0, label="Seed", elem_id="edit-seed")
+                    edit_seed = number(SamplingSettings.seed, label="Seed", elem_id="edit-seed")
                     with gr.Accordion("Sampler, time grid, eta", open=False):
                         sampler, grid, eta = _sampler_fields(engine)
                     with gr.Row():
@@ -132,13 +134,14 @@ def _edit_tab(page: Page, engine, model):
                                             brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
                                             eraser=gr.Eraser(), elem_id="mask-editor", height=420,
                                             canvas_size=(512, 512), format="png")
-                    inpaint_steps = slider(1, engine.limits.max_steps, value=50, step=1, label="Steps",
-                                           elem_id="inpaint-steps")
+                    inpaint_steps = slider(1, engine.limits.max_steps, value=editing.INPAINTING.steps, step=1,
+                                           label="Steps", elem_id="inpaint-steps")
                     with gr.Row():
-                        resample = slider(1, 20, value=5, step=1, label="Resample (RePaint's R; 1: plain)",
-                                          elem_id="inpaint-resample")
-                        jump = slider(1, 20, value=5, step=1, label="Jump (RePaint's J)", elem_id="inpaint-jump")
-                    inpaint_seed = number(0, label="Seed", elem_id="inpaint-seed")
+                        resample = slider(1, 20, value=editing.RESAMPLE, step=1,
+                                          label="Resample (RePaint's R; 1: plain)", elem_id="inpaint-resample")
+                        jump = slider(1, 20, value=editing.JUMP, step=1, label="Jump (RePaint's J)",
+                                      elem_id="inpaint-jump")
+                    inpaint_seed = number(SamplingSettings.seed, label="Seed", elem_id="inpaint-seed")
                     with gr.Row():
                         inpaint_go = gr.Button("Inpaint", variant="primary", elem_id="inpaint-button")
                         inpaint_stop = gr.Button("Stop", variant="stop", elem_id="inpaint-stop")
@@ -172,7 +175,8 @@ def _interpolate_tab(page: Page, engine, model):
                 second_photo = gr.Image(type="filepath", label="to a photo", sources=["upload", "clipboard"],
                                         elem_id="interp-second-photo", height=160, min_width=120)
             frames = slider(2, engine.limits.max_frames, value=9, step=1, label="Frames", elem_id="interp-frames")
-            steps = slider(1, engine.limits.max_steps, value=20, step=1, label="Steps", elem_id="interp-steps")
+            steps = slider(1, engine.limits.max_steps, value=SamplingSettings.steps, step=1, label="Steps",
+                           elem_id="interp-steps")
             with gr.Row():
                 go = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
                 stop = gr.Button("Stop", variant="stop", elem_id="interp-stop")

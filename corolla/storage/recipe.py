@@ -197,6 +197,7 @@ def remake(recipe: Recipe, model, batch_size: int = 64) -> torch.Tensor:
     check_model) -> (rows * count, C, H, W) in [0, 1], rows in the recipe's order."""
     from ..conditioning import DEFAULT_GUIDANCE
     from ..generation import generate
+    from ..samplers import SamplingSettings
     if recipe.kind != "sample":
         raise ValueError(f"the recipe of an {recipe.kind} needs its photo: only sampled images are made again from "
                          f"a recipe alone")
@@ -204,9 +205,9 @@ def remake(recipe: Recipe, model, batch_size: int = 64) -> torch.Tensor:
         raise ValueError(f"the recipe was made in {recipe.precision}, the model runs in {model.precision}: "
                          f"load it with --precision {recipe.precision}")
     guidance = DEFAULT_GUIDANCE if recipe.guidance is None else recipe.guidance
-    return torch.cat([generate(model, recipe.count, recipe.steps, recipe.seed, recipe.sampler, recipe.eta, batch_size,
-                               recipe.image_size, recipe.index, recipe.grid, row, guidance)
-                      for row in recipe.classes or (None,)])
+    settings = SamplingSettings(recipe.steps, recipe.sampler, recipe.grid, recipe.eta, batch_size, recipe.seed)
+    return torch.cat([generate(model, recipe.count, settings, image_size=recipe.image_size, start=recipe.index,
+                               classes=row, guidance=guidance) for row in recipe.classes or (None,)])
 
 
 def columns(recipe: Recipe) -> int | None:
