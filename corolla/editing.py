@@ -289,6 +289,9 @@ def decode(model: DiffusionModel, noise: torch.Tensor, settings: SamplingSetting
                       for i in range(0, noise.shape[0], s.batch_size)])
 
 
+FRAMES = 10  # an interpolation's images, ends included, unless told: `corolla interpolate` and the page
+
+
 def interpolation_weights(frames: int) -> list[float]:
     """The slerp weight of each frame, 0 (the first end) to 1 (the second), ends included."""
     if frames < 2:

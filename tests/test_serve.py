@@ -30,7 +30,7 @@ from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 from corolla.generation import SamplingSettings, generate
 from corolla.serve import app as served
-from corolla.serve.engine import Limits
+from corolla.serve.engine import ANY_SPECIES, Limits
 from corolla.serve.guards import Turns
 from corolla.serve.models import Catalogue
 from corolla.serve.page import Page
@@ -193,6 +193,25 @@ def test_species_are_rows_in_the_order_chosen_as_corolla_sample_class_makes_them
     assert recipes.read(grid["value"]).classes == ("sunflower", "daisy")
 
 
+def test_any_species_is_a_row_of_the_unconditional_model_in_its_place(server, client, conditional, tmp_path):
+    _, status, gallery, grid, _ = generate_call(client, conditional, seed=9, count=2, steps=3,
+                                                species=["sunflower", ANY_SPECIES, "daisy"], guidance=2.0)
+    assert "in 3 rows" in status
+    assert [item["caption"] for item in gallery[2:4]] == ["seed 9 · image 0 · any", "seed 9 · image 1 · any"]
+    assert cli.main(["sample", conditional, "-n", "2", "--steps", "3", "--seed", "9", *CPU,
+                     "--each", str(tmp_path / "any")]) == 0
+    assert cli.main(["sample", conditional, "--class", "sunflower", "--class", "daisy", "--guidance", "2", "-n", "2",
+                     "--steps", "3", "--seed", "9", *CPU, "--each", str(tmp_path / "rows")]) == 0
+    expected = [png(path) for path in sorted((tmp_path / "rows").glob("*.png"))]  # sunflower's (class 2) last
+    expected = expected[2:] + [png(path) for path in sorted((tmp_path / "any").glob("*.png"))] + expected[:2]
+    assert [png(item["image"]).tolist() for item in gallery] == [image.tolist() for image in expected]
+    assert recipes.read(grid["value"]).classes == ("sunflower", None, "daisy")
+    fields = server.page.from_png(gallery[2]["image"])  # the "any" row's image: made again alone, unguided
+    assert fields[1]["value"] == [ANY_SPECIES]
+    _, _, alone, _, _ = generate_call(client, conditional, seed=9, count=2, steps=3, species=[ANY_SPECIES])
+    assert [png(item["image"]).tolist() for item in alone] == [image.tolist() for image in expected[2:4]]
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(count=10_000), "count 10,000 is not allowed: it must be from 1 to 64 (this server's --max-images at 16x16)"),
     (dict(steps=10_000), "steps 10,000 is not allowed: it must be from 1 to 200 (this server's --max-steps)"),
@@ -335,19 +354,32 @@ def test_a_photo_job_can_be_stopped_and_refuses_an_unpainted_mask(server, client
         evaluations.remove()
 
 
-def test_edit_and_interpolate_through_the_api_give_the_commands_pixels(server, client, tiny, tmp_path):
-    path = photo_path()
-    shown, status, result = client.predict(tiny, gradio_client.handle_file(str(path)), 0.5, 8, 3, "ddim", "auto",
-                                           0.0, api_name="/edit")
-    assert cli.main(["edit", tiny, str(path), "--strength", "0.5", "--steps", "8", "--seed", "3", "--device", "cpu",
-                     "--precision", "fp32", "--out", str(tmp_path / "edit.png")]) == 0
-    assert np.array_equal(png(result["value"]), png(tmp_path / "edit.png")[2:-2, 2:-2])  # a grid of one, padded
-    assert recipes.read(result["value"]).details["strength"] == 0.5
-    frame, status, _, gif = client.predict(tiny, 3, 7, None, None, 5, 6, api_name="/interpolate")
-    loaded, _ = checkpoint.load_model(tiny)
-    first_end = generate(loaded, 1, SamplingSettings(steps=6, seed=3), image_size=16)
-    assert np.array_equal(png(frame), to_uint8(first_end)[0])
-    assert status.startswith("done: 5 frames") and Path(gif["value"]).suffix == ".gif"
+def test_edit_and_interpolate_use_the_model_chosen_and_give_its_command_s_pixels(server, client, tiny, conditional,
+                                                                                 tmp_path):
+    path, edits = photo_path(), []
+    for model in (tiny, conditional):
+        shown, status, result = client.predict(model, gradio_client.handle_file(str(path)), 0.5, 8, 3, "ddim",
+                                               "auto", 0.0, api_name="/edit")
+        assert status.startswith("done: edit, 8 steps, seed 3, ") and f", {model}, in " in status
+        assert cli.main(["edit", model, str(path), "--strength", "0.5", "--steps", "8", "--seed", "3", "--device",
+                         "cpu", "--precision", "fp32", "--out", str(tmp_path / "edit.png")]) == 0
+        edits.append(png(result["value"]))
+        assert np.array_equal(edits[-1], png(tmp_path / "edit.png")[2:-2, 2:-2])  # a grid of one, padded
+        assert recipes.read(result["value"]).details["strength"] == 0.5
+        assert recipes.read(result["value"]).model == model
+        frame, status, _, gif = client.predict(model, 3, 7, None, None, 5, 6, api_name="/interpolate")
+        loaded, _ = checkpoint.load_model(model)
+        first_end = generate(loaded, 1, SamplingSettings(steps=6, seed=3), image_size=16)
+        assert np.array_equal(png(frame), to_uint8(first_end)[0])
+        assert status.startswith(f"done: 5 frames, {model}, in ") and Path(gif["value"]).suffix == ".gif"
+    assert not np.array_equal(*edits)  # each model edits in its own way
+
+
+def test_the_page_and_the_command_interpolate_as_many_frames_unless_told(server, client, tiny):
+    page_default = next(c["props"]["value"] for c in client.config["components"]
+                        if c["props"].get("elem_id") == "interp-frames")
+    assert page_default == server.catalogue.engine(tiny).interpolation_request({}).frames == editing.FRAMES
+    assert cli.parser().parse_args(["interpolate"]).frames == editing.FRAMES == 10
 
 
 def test_the_run_panel_reads_the_run_s_own_files(server, folder):
@@ -473,6 +505,7 @@ def test_a_phone_sized_page_does_not_scroll_sideways_loads_nothing_from_elsewher
                            ("Interpolate", "#interp-button"), ("Training", "#run-grids img")):
             open_tab(page, tab)
             expect(page.locator(shown).first).to_be_visible()
+            expect(page.locator("#model")).to_be_visible()  # above the tabs: every tab's
             assert page.evaluate("document.documentElement.scrollWidth") <= 390, tab
             broken = page.evaluate("[...document.images].filter(i => i.complete && i.naturalWidth === 0)"
                                    ".map(i => i.src)")
@@ -481,6 +514,22 @@ def test_a_phone_sized_page_does_not_scroll_sideways_loads_nothing_from_elsewher
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         elsewhere = [url for url in page.requests if not url.startswith((server.url, "data:", "blob:"))]
         assert elsewhere == []
+    finally:
+        page.context.close()
+
+
+def test_the_model_chosen_above_the_tabs_is_the_one_every_tab_uses(browser, server, conditional):
+    page = open_page(browser, server)
+    try:
+        page.locator("#model input").first.click()
+        page.get_by_role("option", name=conditional).click()
+        expect(page.locator("#species")).to_be_visible()  # the conditional model's species
+        open_tab(page, "Interpolate")
+        expect(page.locator("#model input").first).to_have_value(conditional)
+        fill(page, "#interp-frames", 3)
+        fill(page, "#interp-steps", 2)
+        page.click("#interp-button")
+        expect(page.locator("#interp-status")).to_contain_text(f"done: 3 frames, {conditional}, in ")
     finally:
         page.context.close()
 
@@ -518,6 +567,50 @@ def test_the_mask_painted_in_the_editor_is_the_mask_applied(browser, server, tin
         assert np.array_equal(result, to_uint8(filled)[0])
         kept = ~applied[0].numpy()
         assert np.array_equal(result[kept], to_uint8(photo)[0][kept])  # the photo wherever nothing was painted
+    finally:
+        page.context.close()
+
+
+def painted_px(locator) -> int:
+    """The pixels of the brush's magenta that a component shows."""
+    import io
+    pixels = np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
+    return int(((pixels[..., 0] > 240) & (pixels[..., 1] < 15) & (pixels[..., 2] > 240)).sum())
+
+
+def test_a_box_painted_into_the_editor_is_the_mask_corolla_inpaint_box_applies(browser, server, tiny, tmp_path):
+    wide = tmp_path / "wide.png"  # its central 64x64 square is enlarged 8 times in the editor
+    Image.open(photo_path()).convert("RGB").resize((96, 64)).save(wide)
+    page = open_page(browser, server)
+    try:
+        open_tab(page, "Edit")
+        page.locator("#photo input[type=file]").set_input_files(str(wide))
+        page.wait_for_selector("#square img")
+        open_tab(page, "Inpaint")
+        canvas = page.locator("#mask-editor canvas").first
+        expect(canvas).to_be_visible()
+        names = ("x", "y", "width", "height")
+        for name, value in zip(names, (32, 16, 32, 32)):  # the middle half of the central square, at first
+            expect(page.locator(f"#box-{name} input").first).to_have_value(str(value))
+        before = painted_px(canvas)  # the toolbar's colour
+        for name, value in zip(names, (10, 20, 40, 16)):  # across the central square's left edge
+            fill(page, f"#box-{name}", value)
+        page.click("#paint-box")
+        deadline = time.monotonic() + WAIT_S
+        while painted_px(canvas) < before + 1000:  # the box drawn on the editor's canvas
+            assert time.monotonic() < deadline, "the box was not painted"
+        for field, value in (("#inpaint-steps", 4), ("#inpaint-resample", 2), ("#inpaint-jump", 2)):
+            fill(page, field, value)
+        page.click("#inpaint-button")
+        page.wait_for_selector("#photo-status:has-text('done: inpainted')")
+        shown = page.locator("#photo-result img")
+        expect(shown).to_have_count(3)
+        applied = torch.from_numpy(shown_png(page, shown.nth(1))[..., 0] > 127)[None]
+        assert torch.equal(applied, editing.box_mask((10, 20, 40, 16), (96, 64), 16))
+        assert cli.main(["inpaint", tiny, str(wide), "--box", "10,20,40,16", "--steps", "4", "--resample", "2",
+                         "--jump", "2", "--device", "cpu", "--precision", "fp32",
+                         "--each", str(tmp_path / "each")]) == 0
+        assert np.array_equal(shown_png(page, shown.nth(2)), png(next((tmp_path / "each").glob("*.png"))))
     finally:
         page.context.close()
 

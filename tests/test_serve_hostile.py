@@ -28,7 +28,7 @@ from corolla import editing
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 from corolla.serve import guards, photos
-from corolla.serve.engine import BadRequest, Cancelled, EditRequest, Engine, Limits
+from corolla.serve.engine import BadRequest, Cancelled, EditRequest, Engine, Limits, box_request
 from corolla.serve.run import RunPanel
 
 CONFIG = preset("tiny")
@@ -71,13 +71,14 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
                     max_leaves=8)
 FIELDS = ["count", "steps", "seed", "first", "sampler", "grid", "eta", "classes", "guidance", "second",
-          "frames", "strength", "resample", "jump", "first_photo", "second_photo"]
+          "frames", "strength", "resample", "jump", "first_photo", "second_photo", "x", "y", "width", "height"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(params=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6))
 def test_every_request_field_is_accepted_or_a_bad_request(params, engine):
-    for parse in (engine.sample_request, engine.interpolation_request, engine.edit_request, engine.inpaint_request):
+    for parse in (engine.sample_request, engine.interpolation_request, engine.edit_request, engine.inpaint_request,
+                  box_request):
         try:
             parse(params)
         except BadRequest as refusal:
@@ -160,6 +161,48 @@ def test_the_painted_layer_is_the_mask_the_command_reads(tmp_path):
         photos.painted_mask([np.zeros((40, 40, 4), np.uint8)], (64, 40), 16)
     with pytest.raises(BadRequest, match="a painted layer of 30x30 fits neither the photo"):
         photos.painted_mask([np.zeros((30, 30, 4), np.uint8)], (64, 40), 16)
+
+
+@settings(max_examples=150, deadline=None)
+@given(size=st.tuples(st.integers(1, 600), st.integers(1, 600)), data=st.data())
+def test_a_box_painted_into_the_editor_is_the_mask_of_corolla_inpaint_box(size, data):
+    """Anywhere in a photo of any shape (across the central square's edge or outside it, the square
+    enlarged in the editor or not), the box painted into the layer is read back as `--box` reads it,
+    or refused with the command's words."""
+    width, height = size
+    x, y = data.draw(st.integers(0, width - 1)), data.draw(st.integers(0, height - 1))
+    box = (x, y, data.draw(st.integers(1, width - x)), data.draw(st.integers(1, height - y)))
+    pixels = np.zeros((height, width, 3), np.uint8)
+    try:
+        expected = editing.box_mask(box, size, 16)
+    except ValueError as refusal:
+        with pytest.raises(ValueError) as refused:
+            photos.painted_box(box, pixels, [])
+        assert str(refused.value) == str(refusal)
+        return
+    layers = photos.painted_box(box, pixels, [])
+    assert layers[0].shape == (*photos.for_editor(pixels).shape[:2], 4)
+    assert torch.equal(photos.painted_mask(layers, size, 16), expected)
+
+
+def test_a_box_joins_the_strokes_already_painted_and_a_bad_box_is_refused_with_what_is_allowed():
+    photo = np.zeros((40, 64, 3), np.uint8)  # its central 40x40, enlarged 13 times in the editor
+    stroke = np.zeros((520, 520, 4), np.uint8)
+    stroke[390:403, 13:507] = 255  # row 30 of the square
+    layers = photos.painted_box((12, 0, 20, 8), photo, [stroke])
+    assert len(layers) == 1 and np.array_equal(layers[0][390:403, 13:507], stroke[390:403, 13:507])
+    assert torch.equal(photos.painted_mask(layers, (64, 40), 40),
+                       photos.painted_mask([stroke], (64, 40), 40) | editing.box_mask((12, 0, 20, 8), (64, 40), 40))
+    for box, message in (((60, 0, 10, 10), "box 60,0,10,10 is not inside the 64x40 image (x,y,w,h: top-left corner, "
+                                           "width and height, each 1 or more)"),
+                         ((0, 0, 12, 40), "box 0,0,12,40 marks nothing to fill (outside the central square used)")):
+        with pytest.raises(ValueError) as refused:
+            photos.painted_box(box, photo, [stroke])
+        assert str(refused.value).startswith(message)
+    with pytest.raises(BadRequest, match="the painted layer of 30x30 is not over the editor's 520x520 square"):
+        photos.painted_box((12, 0, 20, 8), photo, [np.zeros((30, 30, 4), np.uint8)])
+    with pytest.raises(BadRequest, match="^width 2.5 is not a whole number$"):
+        box_request({"x": 0, "y": 0, "width": 2.5, "height": 1})
 
 
 def test_a_job_that_fails_ends_with_its_message_and_no_traceback(capsys):

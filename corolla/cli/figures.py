@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import figures, limits
+from .. import editing, figures, limits
 from ..data import imagefolder
 from ..storage import outputs
 from .edit import OrderedEnds, run_interpolate_ends
@@ -171,7 +171,8 @@ def register(sub) -> None:
     add_sampling(p, ("grid",), grid="time grid of the DDIM steps (default: uniform, as corolla sample; logsnr with "
                                    "--images)")
     p.add_argument("--each", metavar="DIR", help="also write one PNG per frame into DIR")
-    p.add_argument("--frames", type=whole_number(2, 1000), default=10, help="images per row, ends included")
+    p.add_argument("--frames", type=whole_number(2, 1000), default=editing.FRAMES,
+                   help="images per row, ends included")
     add_sampling(p, ("steps", "batch_size"), steps="DDIM steps, as corolla sample's --steps")
     p.add_argument("--gif", metavar="PATH", type=path_text, help="also write an animated GIF")
     add_out(p, "interp.png", "PNG to write")

@@ -25,6 +25,7 @@ import torch
 
 from .. import editing, figures, limits, samplers
 from ..conditioning import DEFAULT_GUIDANCE
+from ..data.imagefolder import MAX_IMAGE_PIXELS
 from ..data.labels import class_number
 from ..diffusion import DiffusionModel
 from ..generation import Callback, generate, sample_from_noise
@@ -35,6 +36,7 @@ from .guards import Invalid, Turns
 BadRequest = Invalid  # a request the server refuses; its message is shown in the page
 OnStep = Callable[[int, "torch.Tensor | None"], None]  # (evaluations so far, a preview or None)
 WHOLE_NUMBER = re.compile(r"-?[0-9]{1,20}")  # ASCII digits: "²".isdigit() is true, and int() refuses it
+ANY_SPECIES = "any species (unconditional)"  # a class entry (as null is) for a row of the unconditional model
 
 
 class Cancelled(Exception):
@@ -87,6 +89,12 @@ def _sampler(params: dict) -> tuple[str, str, float]:
     if eta > 0 and sampler != "ddim":
         raise BadRequest(f"eta {eta:g} needs the ddim sampler: {sampler} is deterministic (eta 0)")
     return sampler, grid, eta
+
+
+def box_request(params: dict) -> tuple[int, int, int, int]:
+    """A box's x, y, width and height in a photo's pixels, whole numbers; editing.box_mask checks that
+    it lies inside the photo, as it checks `corolla inpaint --box X,Y,W,H`."""
+    return tuple(_whole(params, name, -MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS, 0) for name in ("x", "y", "width", "height"))
 
 
 @dataclass(frozen=True)
@@ -216,8 +224,8 @@ class Engine:
                       request.guidance if request.classes else None)
 
     def _classes(self, params: dict) -> tuple[tuple[int | None, ...], float]:
-        """`classes` (a list of names, numbers or null for "any") and `guidance` -> (class numbers,
-        guidance), checked as `corolla sample` checks --class and --guidance."""
+        """`classes` (a list of names, numbers, and null or ANY_SPECIES for "any") and `guidance` ->
+        (class numbers, guidance), checked as `corolla sample` checks --class and --guidance."""
         wanted = params.get("classes", [])
         if not isinstance(wanted, list):
             raise BadRequest(f"classes {limits.short(wanted)} is not a list of class names or numbers")
@@ -229,7 +237,7 @@ class Engine:
                              f"{self.max_images} images (this server's --max-images at "
                              f"{self.image_size}x{self.image_size})")
         try:
-            classes = tuple(None if c is None else class_number(self.classes, c) for c in wanted)
+            classes = tuple(None if c is None or c == ANY_SPECIES else class_number(self.classes, c) for c in wanted)
         except ValueError as error:  # an unknown name, with the closest ones
             raise BadRequest(str(error)) from None
         if all(c is None for c in classes):  # "any" alone: the unconditional grid
@@ -244,7 +252,7 @@ class Engine:
             raise BadRequest("choose both photos to interpolate between photos, or neither for seeds")
         return InterpolationRequest(
             _whole(params, "first", 0, limits.MAX_SEED, 3), _whole(params, "second", 0, limits.MAX_SEED, 7),
-            _whole(params, "frames", 2, self.limits.max_frames, 9, " (this server's limit)"),
+            _whole(params, "frames", 2, self.limits.max_frames, editing.FRAMES, " (this server's limit)"),
             self._steps(params), all(photos))
 
     def edit_request(self, params: dict) -> EditRequest:

@@ -7,7 +7,8 @@ import gradio as gr
 from .. import editing, limits
 from ..conditioning import DEFAULT_GUIDANCE
 from ..samplers import SamplingSettings
-from .page import AUTO_GRID, Page, dropdown, number, random_seed, sampler_choices, slider
+from . import photos
+from .page import AUTO_GRID, Page, dropdown, number, random_seed, sampler_choices, slider, species_choices
 
 COLUMN_PX = 300  # a column's narrowest: below two of them side by side, they stack
 
@@ -16,13 +17,14 @@ def build(page: Page, refresh_s: float = 5.0) -> gr.Blocks:
     engine = page.engine(page.default)
     with gr.Blocks(title="corolla", analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         gr.Markdown("## corolla: sample, edit and interpolate with a diffusion model")
+        model, about = _model_picker(page)
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
-                generate = _generate_tab(page, engine, tabs)
+                generate = _generate_tab(page, engine, model, about)
             with gr.Tab("Edit", id="edit"):
-                photo, edit_tabs = _edit_tab(page, engine, generate["model"])
+                photo, edit_tabs = _edit_tab(page, engine, model)
             with gr.Tab("Interpolate", id="interpolate"):
-                first_photo = _interpolate_tab(page, engine, generate["model"])
+                first_photo = _interpolate_tab(page, engine, model)
             if page.run is not None:
                 with gr.Tab("Training", id="run"):
                     _run_tab(page, refresh_s)
@@ -40,13 +42,21 @@ def _sampler_fields(engine, grid_label: str = "Time grid (auto: uniform for ddim
     return sampler, grid, eta
 
 
-def _generate_tab(page: Page, engine, tabs) -> dict:
+def _model_picker(page: Page):
+    """Above the tabs: the one model that every tab's jobs use."""
+    with gr.Row(equal_height=False):
+        model = dropdown(page.catalogue.labels, value=page.default, label="Model (for every tab)",
+                         elem_id="model", scale=1, min_width=COLUMN_PX)
+        about = gr.Markdown(page.catalogue.describe(page.default), elem_id="model-info", scale=2,
+                            min_width=COLUMN_PX)
+    return model, about
+
+
+def _generate_tab(page: Page, engine, model, about) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=COLUMN_PX):
-            model = dropdown(page.catalogue.labels, value=page.default, label="Model", elem_id="model")
-            about = gr.Markdown(page.catalogue.describe(page.default), elem_id="model-info")
-            species = dropdown(list(engine.classes), value=[], multiselect=True, filterable=True,
-                               label="Species: one row each, in the order chosen (none: any)",
+            species = dropdown(species_choices(engine.classes), value=[], multiselect=True, filterable=True,
+                               label="Species: one row each, in the order chosen (none: one unconditional grid)",
                                visible=bool(engine.classes), elem_id="species")
             guidance = slider(0, 10, value=DEFAULT_GUIDANCE, step=0.5, visible=bool(engine.classes),
                               label=f"Guidance (0 unconditional, 1 conditional; up to {limits.MAX_GUIDANCE:g})",
@@ -104,7 +114,7 @@ def _generate_tab(page: Page, engine, tabs) -> dict:
     png.upload(page.from_png, png, [*fields, recipe_note], api_visibility="private")
     history_gallery.select(page.open_history, history, [gallery, current, grid_file, zip_file, status],
                            api_visibility="private")
-    return dict(model=model, current=current, selected=selected, to_edit=to_edit, to_inpaint=to_inpaint,
+    return dict(current=current, selected=selected, to_edit=to_edit, to_inpaint=to_inpaint,
                 to_interpolate=to_interpolate, history=history, history_gallery=history_gallery)
 
 
@@ -131,9 +141,10 @@ def _edit_tab(page: Page, engine, model):
                 with gr.Tab("Inpaint", id="inpaint"):
                     editor = gr.ImageEditor(type="numpy", label="Paint over what to fill (brush, eraser, undo)",
                                             sources=[], transforms=[], layers=False, image_mode="RGBA",
-                                            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                                            brush=gr.Brush(colors=[photos.BRUSH], color_mode="fixed"),
                                             eraser=gr.Eraser(), elem_id="mask-editor", height=420,
                                             canvas_size=(512, 512), format="png")
+                    box, paint_box = _box_fields()
                     inpaint_steps = slider(1, engine.limits.max_steps, value=editing.INPAINTING.steps, step=1,
                                            label="Steps", elem_id="inpaint-steps")
                     with gr.Row():
@@ -149,7 +160,8 @@ def _edit_tab(page: Page, engine, model):
             shown = gr.Gallery(label="The photo as the model takes it, the mask, the result", columns=3,
                                format="png", elem_id="photo-result", height="auto", object_fit="contain")
             result_file = gr.DownloadButton("Download the result", visible=False, elem_id="download-edit")
-    photo.change(page.photo_changed, photo, [square, editor], api_visibility="private")
+    photo.change(page.photo_changed, photo, [square, editor, *box], api_visibility="private")
+    paint_box.click(page.paint_box, [photo, editor, *box], editor, api_visibility="private")
     outputs = [shown, photo_status, result_file]
     edit_job = edit_go.click(page.edit, [model, photo, strength, edit_steps, edit_seed, sampler, grid, eta], outputs,
                              api_name="edit", concurrency_id="photos", concurrency_limit=1,
@@ -160,6 +172,15 @@ def _edit_tab(page: Page, engine, model):
     edit_stop.click(None, None, None, cancels=[edit_job], api_visibility="private")
     inpaint_stop.click(None, None, None, cancels=[inpaint_job], api_visibility="private")
     return photo, edit_tabs
+
+
+def _box_fields():
+    """A box to paint into the mask, in the photo's pixels (the editor has no box tool)."""
+    gr.Markdown("Or paint a box, in the photo's pixels from its top left (`corolla inpaint --box X,Y,W,H`):")
+    with gr.Row(equal_height=True):
+        box = [number(None, label=name, elem_id=f"box-{name}", min_width=70) for name in ("x", "y", "width", "height")]
+        paint = gr.Button("Paint this box", size="sm", elem_id="paint-box", min_width=90)
+    return box, paint
 
 
 def _interpolate_tab(page: Page, engine, model):
@@ -174,7 +195,8 @@ def _interpolate_tab(page: Page, engine, model):
                                        elem_id="interp-first-photo", height=160, min_width=120)
                 second_photo = gr.Image(type="filepath", label="to a photo", sources=["upload", "clipboard"],
                                         elem_id="interp-second-photo", height=160, min_width=120)
-            frames = slider(2, engine.limits.max_frames, value=9, step=1, label="Frames", elem_id="interp-frames")
+            frames = slider(2, engine.limits.max_frames, value=editing.FRAMES, step=1, label="Frames",
+                            elem_id="interp-frames")
             steps = slider(1, engine.limits.max_steps, value=SamplingSettings.steps, step=1, label="Steps",
                            elem_id="interp-steps")
             with gr.Row():
@@ -183,7 +205,8 @@ def _interpolate_tab(page: Page, engine, model):
             status = gr.Markdown(elem_id="interp-status")
         with gr.Column(scale=2, min_width=COLUMN_PX):
             frame = gr.Image(label="Frame", format="png", interactive=False, elem_id="frame", height=320)
-            scrubber = gr.Slider(0, 8, value=0, step=1, label="Frame", visible=False, elem_id="interp-slider")
+            scrubber = gr.Slider(0, editing.FRAMES - 1, value=0, step=1, label="Frame", visible=False,
+                                 elem_id="interp-slider")
             weight = gr.Markdown(elem_id="interp-weight")
             gif = gr.DownloadButton("Download the GIF", visible=False, elem_id="download-gif")
     frames_result = gr.State(None)

@@ -25,7 +25,7 @@ from ..conditioning import DEFAULT_GUIDANCE
 from ..storage import recipe as recipes
 from ..storage.grids import grid_array, to_uint8
 from . import jobs, photos
-from .engine import Engine
+from .engine import ANY_SPECIES, Engine, box_request
 from .models import Catalogue, step_of
 from .results import Result, Results, caption, title
 from .run import RunPanel
@@ -59,8 +59,18 @@ def number(*args, **kwargs) -> gr.Number:
     return _unchecked(gr.Number(*args, **kwargs))
 
 
+def species_choices(classes: tuple[str, ...]) -> list[str]:
+    """A conditional model's species picker: "any" (a row of the unconditional model), then its classes."""
+    return [ANY_SPECIES, *classes]
+
+
 def _pixels(images: torch.Tensor, columns: int | None = None) -> np.ndarray:
     return grid_array(images, columns)
+
+
+def _layers(editor: dict | None) -> list[np.ndarray]:
+    """The image editor's painted layers."""
+    return [np.asarray(layer) for layer in (editor or {}).get("layers") or []]
 
 
 def _refused(error: Exception) -> gr.Error:
@@ -99,19 +109,21 @@ class Page:
         engine = self.engine(label)
         conditional = bool(engine.classes)
         return (self.catalogue.describe(label),
-                gr.update(choices=list(engine.classes), value=[], visible=conditional),
+                gr.update(choices=species_choices(engine.classes), value=[], visible=conditional),
                 gr.update(visible=conditional),
                 gr.update(maximum=engine.max_images, value=min(16, engine.max_images)),
                 gr.update(maximum=engine.limits.max_steps))
 
     async def generate(self, model: str, species: list, guidance: float, seed: int, first: int, count: int,
                        steps: int, sampler: str, grid: str, eta: float, progress: gr.Progress = PROGRESS):
-        """Images first..first+count-1 of the seed (one row per species, in the order chosen), as
-        `corolla sample` makes them; a preview of the network's predictions after each step."""
+        """Images first..first+count-1 of the seed (one row per species, in the order chosen; "any
+        species", the unconditional model's), as `corolla sample` makes them; a preview of the
+        network's predictions after each step."""
         engine = self.engine(model)
         params = {"seed": seed, "first": first, "count": count, "steps": steps, "sampler": sampler, "eta": eta,
                   "classes": species or []}
-        params |= {"guidance": guidance} if species else {}
+        named = isinstance(species, list) and any(c not in (None, ANY_SPECIES) for c in species)
+        params |= {"guidance": guidance} if named else {}  # "any" alone: the unconditional grid, unguided
         params |= {"grid": grid} if grid != AUTO_GRID else {}
         try:
             request = engine.sample_request(params)
@@ -164,7 +176,8 @@ class Page:
         if made.model not in self.catalogue.labels:
             raise gr.Error(f"this page does not serve the recipe's model {made.model!r}")
         classes = self.engine(made.model).classes  # the species field follows the model
-        return (made.model, gr.update(choices=list(classes), value=[c for c in made.classes if c is not None],
+        return (made.model, gr.update(choices=species_choices(classes),
+                                      value=[ANY_SPECIES if c is None else c for c in made.classes],
                                       visible=bool(classes)),
                 gr.update(value=DEFAULT_GUIDANCE if made.guidance is None else made.guidance, visible=bool(classes)),
                 made.seed, made.index, count, made.steps, made.sampler, made.grid, made.eta)
@@ -224,14 +237,30 @@ class Page:
     # -- photos ----------------------------------------------------------------------------------
 
     def photo_changed(self, path: str | None):
-        """The photo with the central square the model uses, and that square in the mask editor."""
+        """The photo with the central square the model uses, that square in the mask editor, and a
+        box in its middle."""
         if not path:
-            return None, None
+            return None, None, *[gr.skip()] * 4
         try:
             pixels = photos.decoded(path)
         except ValueError as error:
             raise _refused(error) from None
-        return photos.framed(pixels), {"background": photos.for_editor(pixels), "layers": [], "composite": None}
+        return photos.framed(pixels), self._editor(pixels, []), *photos.middle_box(pixels)
+
+    @staticmethod
+    def _editor(pixels: np.ndarray, layers: list) -> dict:
+        return {"background": photos.for_editor(pixels), "layers": layers, "composite": None}
+
+    def paint_box(self, photo: str | None, editor: dict | None, x: int, y: int, width: int, height: int):
+        """`corolla inpaint --box X,Y,W,H`'s box painted into the editor's layer: the eraser and
+        clear reach it, and the layer stays the one mask applied."""
+        try:
+            pixels = photos.decoded(photo)
+            box = box_request({"x": x, "y": y, "width": width, "height": height})
+            layers = photos.painted_box(box, pixels, _layers(editor))
+        except ValueError as error:
+            raise _refused(error) from None
+        return self._editor(pixels, layers)
 
     async def edit(self, model: str, photo: str | None, strength: float, steps: int, seed: int, sampler: str,
                    grid: str, eta: float, progress: gr.Progress = PROGRESS):
@@ -259,8 +288,7 @@ class Page:
         try:
             request = engine.inpaint_request({"steps": steps, "resample": resample, "jump": jump, "seed": seed})
             photo_pixels, photo_size = photos.load_photo(photo, engine.image_size)
-            layers = (mask or {}).get("layers") or []
-            fill = photos.painted_mask([np.asarray(layer) for layer in layers], photo_size, engine.image_size)
+            fill = photos.painted_mask(_layers(mask), photo_size, engine.image_size)
         except ValueError as error:
             raise _refused(error) from None
         made = recipes.Recipe(engine.name, engine.sha256, engine.image_size, engine.model.precision, request.seed,
@@ -281,8 +309,8 @@ class Page:
         if fill is not None:
             shown.append((str(shown_png(self.results, fill.float().expand(3, -1, -1))), "the painted mask applied"))
         shown.append((str(result.images[0]), f"{stem} · seed {made.seed}"))
-        return shown, f"done: {stem}, {made.steps} steps, seed {made.seed}, in {update.elapsed_s:.1f} s", \
-            gr.update(value=str(result.images[0]), visible=True)
+        status = f"done: {stem}, {made.steps} steps, seed {made.seed}, {made.model}, in {update.elapsed_s:.1f} s"
+        return shown, status, gr.update(value=str(result.images[0]), visible=True)
 
     # -- interpolation ---------------------------------------------------------------------------
 
@@ -314,7 +342,7 @@ class Page:
                 yield gr.skip(), update.text(), gr.skip(), gr.skip(), gr.skip()
                 continue
             result = self.results.frames(update.result, made)
-            yield (str(result.images[0]), f"done: {request.frames} frames in {update.elapsed_s:.1f} s",
+            yield (str(result.images[0]), f"done: {request.frames} frames, {engine.name}, in {update.elapsed_s:.1f} s",
                    gr.update(maximum=request.frames - 1, value=0, visible=True),
                    gr.update(value=str(result.gif), visible=True), result.id)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageColor
 
 from .. import editing
 from ..data import imagefolder
@@ -20,6 +20,7 @@ from .engine import BadRequest
 MAX_PHOTO_BYTES = 8 * 2 ** 20  # one uploaded file
 SHOWN_PX = 512                 # the side the page shows a photo at, at most
 EDITOR_PX = 512                # a small square is enlarged to about this in the mask editor, for a finer brush
+BRUSH = "#ff00ff"              # the editor's one brush colour (a painted box's too)
 
 
 def _named(error: ValueError, path: Path) -> BadRequest:
@@ -69,12 +70,37 @@ def central_square(pixels: np.ndarray) -> np.ndarray:
     return pixels[top:top + side, left:left + side]
 
 
-def for_editor(pixels: np.ndarray) -> np.ndarray:
-    """The central square to paint the mask over, enlarged a whole number of times (each pixel a
-    block) when small; painted_mask takes each block back to its pixel."""
-    square = central_square(pixels)
-    times = max(1, -(-EDITOR_PX // square.shape[0]) if square.shape[0] < EDITOR_PX else 1)
+def _enlarged(square: np.ndarray) -> np.ndarray:
+    """A square enlarged a whole number of times (each pixel a block) to about EDITOR_PX when small."""
+    times = -(-EDITOR_PX // square.shape[0]) if square.shape[0] < EDITOR_PX else 1
     return square.repeat(times, 0).repeat(times, 1)
+
+
+def for_editor(pixels: np.ndarray) -> np.ndarray:
+    """The central square to paint the mask over, enlarged when small; painted_mask takes each
+    block back to its pixel."""
+    return _enlarged(central_square(pixels))
+
+
+def middle_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
+    """x, y, width, height of the middle half of the central square: where the page's box starts."""
+    left, top, side = _square_box(pixels.shape[1], pixels.shape[0])
+    return left + side // 4, top + side // 4, max(1, side // 2), max(1, side // 2)
+
+
+def painted_box(box: tuple[int, int, int, int], pixels: np.ndarray, layers: list[np.ndarray]) -> list[np.ndarray]:
+    """The editor's layers (RGBA over for_editor's square) with `box` (x, y, width, height in the
+    photo's pixels) painted into the first, as a brush paints: box_mask checks and cuts it to the
+    central square as for `corolla inpaint --box`, so painted_mask gives back box_mask's mask."""
+    height, width = pixels.shape[:2]
+    side = _square_box(width, height)[2]
+    inside = _enlarged(editing.box_mask(box, (width, height), side)[0].numpy())  # at the square's own pixels
+    painted = np.array(layers[0]) if layers else np.zeros((*inside.shape, 4), np.uint8)
+    if painted.shape != (*inside.shape, 4):
+        raise BadRequest(f"the painted layer of {painted.shape[1]}x{painted.shape[0]} is not over the editor's "
+                         f"{inside.shape[1]}x{inside.shape[0]} square: choose the photo again")
+    painted[inside] = (*ImageColor.getrgb(BRUSH), 255)
+    return [painted, *layers[1:]]
 
 
 def framed(pixels: np.ndarray) -> np.ndarray:

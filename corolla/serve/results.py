@@ -57,8 +57,8 @@ def caption(recipe: Recipe) -> str:
     what = {"edit": f"SDEdit, strength {recipe.details.get('strength')}", "inpaint": "inpainted",
             "interpolate": f"w = {recipe.details.get('weight', 0):.2f}"}.get(recipe.kind)
     parts = [f"seed {recipe.seed}", f"image {recipe.index}"] if recipe.kind == "sample" else [what]
-    if recipe.classes and recipe.classes[0] is not None:
-        parts.append(recipe.classes[0])
+    if recipe.classes:  # a row of a generation by species
+        parts.append(recipe.classes[0] or "any")
     return " · ".join(parts)
 
 
