@@ -43,16 +43,6 @@ sys.argv = ["corolla", "models"]
 """
 
 
-@pytest.mark.slow  # starts subprocesses
-@pytest.mark.parametrize("start", ["from corolla.cli import console; console()", "import runpy; "
-                                   "runpy.run_module('corolla', run_name='__main__')"], ids=["command", "python -m"])
-def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_130(start):
-    root = str(Path(corolla.__file__).parents[1])
-    done = subprocess.run([sys.executable, "-c", INTERRUPT_TORCH + start], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": root})
-    assert (done.returncode, done.stderr) == (130, "corolla: interrupted\n")
-
-
 # Ctrl-C while a worker thread a library started is busy, as torch.compile's compiler threads are
 # (each waiting on g++ for tens of seconds): the command must not wait for it to finish.
 BUSY_WORKER = """
@@ -74,9 +64,10 @@ sys.argv = ["corolla", "models"]
 @pytest.mark.slow  # starts subprocesses
 @pytest.mark.parametrize("start", ["from corolla.cli import console; console()", "import runpy; "
                                    "runpy.run_module('corolla', run_name='__main__')"], ids=["command", "python -m"])
-def test_ctrl_c_while_a_library_thread_works_exits_at_once(start):
+@pytest.mark.parametrize("when", [INTERRUPT_TORCH, BUSY_WORKER], ids=["loading", "busy-thread"])
+def test_ctrl_c_is_one_line_exit_130_and_at_once(when, start):
     root = str(Path(corolla.__file__).parents[1])
-    # the worker would hold the interpreter for an hour: the timeout fails the test, not a sleep
-    done = subprocess.run([sys.executable, "-c", BUSY_WORKER + start], capture_output=True, text=True, timeout=120,
+    # a busy worker would hold the interpreter for an hour: the timeout fails the test, not a sleep
+    done = subprocess.run([sys.executable, "-c", when + start], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": root})
     assert (done.returncode, done.stderr) == (130, "corolla: interrupted\n")
