@@ -506,6 +506,7 @@ def test_a_phone_sized_page_does_not_scroll_sideways_loads_nothing_from_elsewher
             open_tab(page, tab)
             expect(page.locator(shown).first).to_be_visible()
             expect(page.locator("#model")).to_be_visible()  # above the tabs: every tab's
+            assert page.locator("#model-info").bounding_box()["width"] > 250  # stacked under it, not squeezed beside
             assert page.evaluate("document.documentElement.scrollWidth") <= 390, tab
             broken = page.evaluate("[...document.images].filter(i => i.complete && i.naturalWidth === 0)"
                                    ".map(i => i.src)")

@@ -44,11 +44,12 @@ def _sampler_fields(engine, grid_label: str = "Time grid (auto: uniform for ddim
 
 def _model_picker(page: Page):
     """Above the tabs: the one model that every tab's jobs use."""
-    with gr.Row(equal_height=False):
-        model = dropdown(page.catalogue.labels, value=page.default, label="Model (for every tab)",
-                         elem_id="model", scale=1, min_width=COLUMN_PX)
-        about = gr.Markdown(page.catalogue.describe(page.default), elem_id="model-info", scale=2,
-                            min_width=COLUMN_PX)
+    with gr.Row(equal_height=False):  # in columns, which stack on a narrow screen (a Markdown alone does not)
+        with gr.Column(scale=1, min_width=COLUMN_PX):
+            model = dropdown(page.catalogue.labels, value=page.default, label="Model (for every tab)",
+                             elem_id="model")
+        with gr.Column(scale=2, min_width=COLUMN_PX):
+            about = gr.Markdown(page.catalogue.describe(page.default), elem_id="model-info")
     return model, about
 
 
