@@ -535,14 +535,32 @@ def test_the_model_chosen_above_the_tabs_is_the_one_every_tab_uses(browser, serv
         page.context.close()
 
 
+def open_inpainting(page, photo: Path):
+    """The Inpaint tab with `photo` uploaded -> the editor's canvas, shown."""
+    open_tab(page, "Edit")
+    page.locator("#photo input[type=file]").set_input_files(str(photo))
+    page.wait_for_selector("#square img")
+    open_tab(page, "Inpaint")
+    canvas = page.locator("#mask-editor canvas").first
+    expect(canvas).to_be_visible()
+    return canvas
+
+
+def run_inpainting(page, steps: int):
+    """Inpaint with `steps` steps and RePaint's R = J = 2 -> the three images shown (photo, mask, result)."""
+    for field, value in (("#inpaint-steps", steps), ("#inpaint-resample", 2), ("#inpaint-jump", 2)):
+        fill(page, field, value)
+    page.click("#inpaint-button")
+    page.wait_for_selector("#photo-status:has-text('done: inpainted')")
+    shown = page.locator("#photo-result img")
+    expect(shown).to_have_count(3)
+    return shown
+
+
 def test_the_mask_painted_in_the_editor_is_the_mask_applied(browser, server, tiny):
     page = open_page(browser, server)
     try:
-        open_tab(page, "Edit")
-        page.locator("#photo input[type=file]").set_input_files(str(photo_path()))
-        page.wait_for_selector("#square img")
-        open_tab(page, "Inpaint")
-        expect(page.locator("#mask-editor canvas").first).to_be_visible()
+        open_inpainting(page, photo_path())
         page.wait_for_function("document.querySelector('#mask-editor canvas').width > 0")
         image = page.evaluate("""() => {  // where the photo lies on the editor's canvas
             const c = document.querySelector('#mask-editor canvas'); const r = c.getBoundingClientRect();
@@ -553,12 +571,7 @@ def test_the_mask_painted_in_the_editor_is_the_mask_applied(browser, server, tin
         page.mouse.down()
         page.mouse.move(middle_x + side / 2, middle_y, steps=10)
         page.mouse.up()
-        for field, value in (("#inpaint-steps", 6), ("#inpaint-resample", 2), ("#inpaint-jump", 2)):
-            fill(page, field, value)
-        page.click("#inpaint-button")
-        page.wait_for_selector("#photo-status:has-text('done: inpainted')")
-        shown = page.locator("#photo-result img")
-        expect(shown).to_have_count(3)
+        shown = run_inpainting(page, 6)
         applied = torch.from_numpy(shown_png(page, shown.nth(1))[..., 0] > 127)[None]  # at the model's 16x16
         assert applied[0, 8, 4:12].all() and not applied[0, 0].any() and not applied[0, 15].any()  # the stroke alone
         loaded, _ = checkpoint.load_model(tiny)
@@ -584,12 +597,7 @@ def test_a_box_painted_into_the_editor_is_the_mask_corolla_inpaint_box_applies(b
     Image.open(photo_path()).convert("RGB").resize((96, 64)).save(wide)
     page = open_page(browser, server)
     try:
-        open_tab(page, "Edit")
-        page.locator("#photo input[type=file]").set_input_files(str(wide))
-        page.wait_for_selector("#square img")
-        open_tab(page, "Inpaint")
-        canvas = page.locator("#mask-editor canvas").first
-        expect(canvas).to_be_visible()
+        canvas = open_inpainting(page, wide)
         names = ("x", "y", "width", "height")
         for name, value in zip(names, (32, 16, 32, 32)):  # the middle half of the central square, at first
             expect(page.locator(f"#box-{name} input").first).to_have_value(str(value))
@@ -600,12 +608,7 @@ def test_a_box_painted_into_the_editor_is_the_mask_corolla_inpaint_box_applies(b
         deadline = time.monotonic() + WAIT_S
         while painted_px(canvas) < before + 1000:  # the box drawn on the editor's canvas
             assert time.monotonic() < deadline, "the box was not painted"
-        for field, value in (("#inpaint-steps", 4), ("#inpaint-resample", 2), ("#inpaint-jump", 2)):
-            fill(page, field, value)
-        page.click("#inpaint-button")
-        page.wait_for_selector("#photo-status:has-text('done: inpainted')")
-        shown = page.locator("#photo-result img")
-        expect(shown).to_have_count(3)
+        shown = run_inpainting(page, 4)
         applied = torch.from_numpy(shown_png(page, shown.nth(1))[..., 0] > 127)[None]
         assert torch.equal(applied, editing.box_mask((10, 20, 40, 16), (96, 64), 16))
         assert cli.main(["inpaint", tiny, str(wide), "--box", "10,20,40,16", "--steps", "4", "--resample", "2",
