@@ -1,15 +1,18 @@
 """The reference article's Keras model (../shared/seed), rebuilt in Keras 3 for speed comparisons.
 
-    python benchmarks/keras_reference.py [--policy float32|mixed_bfloat16] [--train-steps 10]
-        [--sample-repeats 2] [--sample-images 64] [--steps 20]
+    python benchmarks/keras_reference.py [--policy float32|mixed_bfloat16] [--graph eager|function|xla]
+        [--train-steps 10] [--sample-repeats 2] [--sample-images 64] [--steps 20]
 
 Written from SPEC.md and the article's code: the same U-Net, offset cosine schedule, train step
 (GradientTape over the summed per-pixel L1 map, AdamW 1e-3 / 1e-4, EMA 0.999 over every weight)
-run by `fit` as the article does, and its eager DDIM loop for sampling. `mixed_bfloat16` is Keras'
+run by `fit` as the article does, and its eager DDIM loop for sampling. --graph function wraps the
+sampling loop's network call in tf.function (what a TensorFlow user does for inference; the
+article calls it eagerly), --graph xla in tf.function(jit_compile=True). `mixed_bfloat16` is Keras'
 mixed-precision policy with the three casts it needs: the embedding layer and the network output
 stay float32, as does the loss. Trains on random images (the speed does not depend on the pixels).
 Prints one line `RESULT {json}`: training images/s (mean over the timed steps, after 3 warm-up
-steps), sampling seconds (median), peak resident memory. Needs TensorFlow: pip install .[reference]
+steps; none with --train-steps 0), sampling seconds (median), peak resident memory. Needs
+TensorFlow: pip install .[reference]
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ IMAGE_SIZE, BATCH_SIZE, NOISE_EMBEDDING_SIZE, EMA = 64, 64, 32, 0.999
 WIDTHS, BLOCK_DEPTH = [32, 64, 96], 2
 
 
-def build(policy: str):
+def build(policy: str, graph: str = "eager"):
     import keras
     import tensorflow as tf
     from keras import activations, layers, losses, models, optimizers
@@ -84,14 +87,18 @@ def build(policy: str):
             with keras.saving.custom_object_scope({"sinusoidal_embedding": sinusoidal_embedding}):
                 self.ema_network = models.clone_model(self.network)
             self.diffusion_schedule = offset_cosine_diffusion_schedule
+            predict = lambda inputs: self.ema_network(inputs, training=False)
+            self.predict_noise = predict if graph == "eager" else tf.function(predict, jit_compile=graph == "xla")
 
         def denormalize(self, images):
             images = self.normalizer.mean + images * self.normalizer.variance ** 0.5
             return tf.clip_by_value(images, 0.0, 1.0)
 
         def denoise(self, noisy_images, noise_rates, signal_rates, training):
-            network = self.network if training else self.ema_network
-            pred_noises = network([noisy_images, noise_rates ** 2], training=training)
+            if training:
+                pred_noises = self.network([noisy_images, noise_rates ** 2], training=True)
+            else:
+                pred_noises = self.predict_noise([noisy_images, noise_rates ** 2])
             pred_noises = tf.cast(pred_noises, tf.float32)  # cast 3 of 3 (a no-op in float32)
             pred_images = (noisy_images - noise_rates * pred_noises) / signal_rates
             return pred_noises, pred_images
@@ -136,6 +143,8 @@ def build(policy: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--policy", default="float32", choices=["float32", "mixed_bfloat16"])
+    p.add_argument("--graph", default="eager", choices=["eager", "function", "xla"],
+                   help="how sampling calls the network (default eager, as the article)")
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--sample-repeats", type=int, default=2)
@@ -144,7 +153,7 @@ def main() -> None:
     args = p.parse_args()
     import keras
     import tensorflow as tf
-    model = build(args.policy)
+    model = build(args.policy, args.graph)
     rng = np.random.default_rng(0)
     images = rng.random((BATCH_SIZE * 4, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
     model.normalizer.adapt(images)
@@ -159,18 +168,20 @@ def main() -> None:
         def on_train_batch_end(self, batch, logs=None):
             self.ends.append(time.perf_counter())
 
-    clock = Clock()
-    model.fit(dataset, epochs=1, steps_per_epoch=total, callbacks=[clock], verbose=0)
-    timed = clock.ends[args.warmup_steps - 1:]
-    train_ips = BATCH_SIZE * (len(timed) - 1) / (timed[-1] - timed[0])
-    model.generate(args.sample_images, 1)  # warm-up
+    train_ips = None
+    if args.train_steps:
+        clock = Clock()
+        model.fit(dataset, epochs=1, steps_per_epoch=total, callbacks=[clock], verbose=0)
+        timed = clock.ends[args.warmup_steps - 1:]
+        train_ips = BATCH_SIZE * (len(timed) - 1) / (timed[-1] - timed[0])
+    model.generate(args.sample_images, 1)  # warm-up (and the tracing of --graph function or xla)
     seconds = []
     for _ in range(args.sample_repeats):
         start = time.perf_counter()
         model.generate(args.sample_images, args.steps).numpy()
         seconds.append(time.perf_counter() - start)
     print("RESULT " + json.dumps({
-        "policy": args.policy, "train_ips": train_ips, "sample_s": statistics.median(seconds),
+        "policy": args.policy, "graph": args.graph, "train_ips": train_ips, "sample_s": statistics.median(seconds),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
         "tensorflow": tf.__version__, "keras": keras.__version__,
         "parameters": int(sum(np.prod(w.shape) for w in model.network.trainable_weights))}), flush=True)

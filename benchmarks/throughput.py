@@ -5,7 +5,8 @@
         [--real-run eager,channels_last+compile] [--profile eager,channels_last+compile]
 
 A variant is `+`-joined options of DiffusionModel.accelerate (channels_last, compile; compile also
-compiles the EMA network for sampling; bf16: bfloat16 autocast, corolla's --precision bf16) with an
+compiles the EMA network for sampling; bf16: bfloat16 autocast, corolla's --precision bf16; fold:
+sampling through the EMA network with BatchNorm folded, as every corolla command samples) with an
 optional `@THREADS` (default: PyTorch's, one per core). Each variant runs in its own process, so
 its peak resident memory is its own and compiled code does not leak between variants: it trains on
 random images with corolla's own train_step (batch and network of the preset), then samples with
@@ -38,7 +39,7 @@ from corolla.generation import SamplingSettings, generate
 from corolla.training import build, resolve_device, train_step
 
 DEFAULT_VARIANTS = "eager,channels_last,channels_last+compile,channels_last+compile@1"
-OPTIONS = ("channels_last", "compile", "bf16")
+OPTIONS = ("channels_last", "compile", "bf16", "fold")
 # what a variant child measures; scaling.py times training and sampling in separate children so
 # that each peak memory is that part's own. "check" repeats the first step and images: it needs both.
 PARTS = ("train", "sample", "check")
@@ -80,13 +81,19 @@ def variant_options(name: str) -> tuple[dict[str, bool], int | None]:
 
 
 def build_variant(config: configs.Config, device: torch.device, options: dict[str, bool]):
-    """corolla's own build (which applies the config's speed options), plus the compiled EMA
-    network for sampling when compiling."""
+    """corolla's own build, which applies the config's speed options (the sampling ones come with
+    ready_to_sample, once the EMA network holds its weights)."""
     config = config.replace(train={"channels_last": options["channels_last"], "compile": options["compile"],
                                    "precision": "bf16" if options["bf16"] else "fp32"})
-    model, optimizer = build(config, device)
-    model.accelerate(compile_ema=options["compile"])
-    return model, optimizer
+    return build(config, device)
+
+
+def ready_to_sample(model, options: dict[str, bool]) -> None:
+    """The trained weights as the EMA network (a 0.999 average is still its starting point after
+    a few steps), in eval mode, folded and compiled as the variant asks."""
+    model.ema_network.load_state_dict(model.network.state_dict())
+    model.eval()
+    model.accelerate(fold=options["fold"], compile_ema=options["compile"])
 
 
 def spec_config(spec: dict) -> configs.Config:
@@ -124,10 +131,7 @@ def measure_variant(spec: dict) -> dict:
         result["train_rss_gib"] = peak_rss_gib()
 
     if "sample" in parts:
-        # sampling with the trained weights as the EMA network (a 0.999 average is still its
-        # starting point after five steps); one step at the timed batch size compiles
-        model.ema_network.load_state_dict(model.network.state_dict())
-        model.eval()
+        ready_to_sample(model, options)  # then one step at the timed batch size compiles
         sample_batch = min(spec["sample_batch"], spec["sample_images"])
         one_step_settings = SamplingSettings(steps=1, batch_size=sample_batch)
         one_step = generate(model, sample_batch, one_step_settings, image_size=size)
@@ -147,7 +151,7 @@ def measure_variant(spec: dict) -> dict:
         result["loss_diff"] = abs(train_step(eager, eager_optimizer, [images], [gen], config.train.ema).item()
                                   - first_loss)
         eager.load_state_dict(model.state_dict())
-        eager.eval()
+        ready_to_sample(eager, {o: False for o in OPTIONS})
         result["pixel_diff"] = (generate(eager, sample_batch, one_step_settings, image_size=size)
                                 - one_step).abs().max().item()
     return result
@@ -203,7 +207,7 @@ def profile_variant(spec: dict) -> dict:
             def work():
                 train_step(model, optimizer, [images], [gen], config.train.ema)
         else:
-            model.eval()
+            ready_to_sample(model, options)
 
             def work():
                 with torch.inference_mode():

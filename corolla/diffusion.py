@@ -15,6 +15,7 @@ from torch import nn
 
 from . import conditioning, schedules
 from . import precision as precisions
+from .folding import fold_batchnorm
 from .unet import UNet, UNetConfig
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
@@ -88,7 +89,8 @@ class DiffusionModel(nn.Module):
         self._forward: dict[bool, Callable] = {}  # compiled forwards, keyed by `ema`; not submodules
 
     def accelerate(self, channels_last: bool = False, compile: bool = False,
-                   compile_ema: bool = False, precision: str | None = None) -> "DiffusionModel":
+                   compile_ema: bool = False, precision: str | None = None,
+                   fold: bool = False) -> "DiffusionModel":
         """Speed options that leave the weights, their names and the maths alone: results change
         only by float rounding and checkpoints load either way (benchmarks/README.md has figures).
 
@@ -102,7 +104,11 @@ class DiffusionModel(nn.Module):
           it is separate; on GPUs, where the small kernels count, it can pay.
         precision: "fp32" or "bf16" (corolla.precision): bfloat16 autocast of both networks'
           convolutions and products, the weights stay float32 (CPU with AMX: about 2x); None
-          keeps the current one (fp32 for a new model), as the other options leave theirs alone."""
+          keeps the current one (fp32 for a new model), as the other options leave theirs alone.
+        fold: the EMA network's calls go to a copy with its BatchNorms folded into the convolutions
+          (corolla.folding: one pass over the activations fewer per block; outputs equal to float32
+          rounding). A snapshot for inference: a model that trains, loads weights or moves to
+          another device afterwards must not be folded, or its EMA calls use the old weights."""
         if precision not in (None, "fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16 (resolve auto first), not {precision!r}")
         self.precision = precision or self.precision
@@ -111,8 +117,11 @@ class DiffusionModel(nn.Module):
             self._channels_last = True
         if compile:
             self._forward[False] = compile_for_training(self.network)
+        if fold:
+            folded = fold_batchnorm(self.ema_network)
+            self._forward[True] = folded.to(memory_format=torch.channels_last) if self._channels_last else folded
         if compile_ema:
-            self._forward[True] = torch.compile(self.ema_network)
+            self._forward[True] = torch.compile(self._forward.get(True, self.ema_network))
         return self
 
     def use_online_forward(self, forward: Callable) -> None:

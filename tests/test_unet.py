@@ -50,3 +50,26 @@ def test_other_sizes_and_widths():
     net = UNet(UNetConfig(widths=(8, 16), bottom_width=16, block_depth=1, embedding_size=8))
     assert net(torch.randn(1, 3, 16, 16), torch.rand(1, 1, 1, 1)).shape == (1, 3, 16, 16)
     assert UNet()(torch.randn(1, 3, 32, 32), torch.rand(1, 1, 1, 1)).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("classes", [(), ("a", "b")])
+def test_inference_in_place_gives_the_training_forward_and_leaves_the_inputs(classes):
+    """Without gradients the residual blocks work in place (swish, residual and class additions):
+    the same predictions as with gradients, bit for bit, the inputs untouched, and with gradients
+    the backward pass still runs through them."""
+    torch.manual_seed(0)
+    config = UNetConfig(widths=(8, 16), bottom_width=16, block_depth=1, embedding_size=8, classes=classes)
+    net = UNet(config).eval()
+    torch.nn.init.normal_(net.head.weight)  # the zero head would hide every difference
+    x, v = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 1, 1)
+    labels = torch.tensor([0, 1]) if classes else None
+    kept = x.clone()
+    with torch.no_grad():
+        inference = net(x, v, labels)
+    x.requires_grad_(True)
+    trained = net(x, v, labels)
+    assert torch.equal(inference, trained.detach()) and inference.abs().max() > 0.1
+    assert torch.equal(x.detach(), kept)
+    trained.square().sum().backward()
+    block = net.down[0].blocks[0]
+    assert block.conv1.weight.grad is not None and block.conv1.weight.grad.abs().max() > 0

@@ -1,10 +1,8 @@
 """Run a trained corolla model without PyTorch: ONNX export, and sampling with numpy and onnxruntime.
 
 - corolla.portable.export (needs torch): export_onnx writes a folder with the EMA network as
-  denoiser.onnx (BatchNorm folded, dynamic batch, the class as an input of a conditional model)
+  denoiser.onnx (BatchNorm folded by corolla.folding, dynamic batch, the class as an input of a conditional model)
   and sampler.json (what a sampler needs), after checking onnxruntime's output against PyTorch's.
-- corolla.portable.folding (needs torch): fold_batchnorm, an inference copy of a U-Net with each
-  BatchNorm folded into the convolution that follows it.
 - corolla.portable.sampling (numpy and onnxruntime only): load such a folder and generate with
   corolla's samplers and grids; the same seed gives the PyTorch float32 images to within 1/255.
 - corolla.portable.web (needs torch): build writes that folder with a static page beside it, and

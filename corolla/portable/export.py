@@ -1,7 +1,7 @@
 """ONNX export of a trained model, checked against PyTorch before anything is written.
 
 export_onnx(model, out_dir, image_size) writes denoiser.onnx (the EMA U-Net, BatchNorm folded by
-corolla.portable.folding, float32, any batch size, the class labels as an input of a conditional
+corolla.folding, float32, any batch size, the class labels as an input of a conditional
 model) and sampler.json (corolla.portable.folder). Classifier-free guidance stays with the
 sampler, as in PyTorch (corolla.conditioning): it evaluates the conditional and the null label
 in one batch and mixes them, so one network serves every guidance.
@@ -32,11 +32,11 @@ from torch import nn
 from .. import __version__
 from ..conditioning import DEFAULT_GUIDANCE
 from ..diffusion import DiffusionModel
+from ..folding import fold_batchnorm
 from ..storage.atomic import replacing
 from ..storage.checkpoint import model_tensors
 from ..unet import UNet
 from . import folder, noise
-from .folding import fold_batchnorm
 
 DEFAULT_TOLERANCE = 1e-4  # of the largest |predicted noise| (at least 1): float32 rounding is ~1e-6
 EXPORT_BATCH, CHECK_BATCH = 2, 3  # the example batch and a different one, to check the free batch size
@@ -93,7 +93,7 @@ def to_onnx(network: UNet, image_size: int) -> tuple[bytes, int]:
     """The network as ONNX bytes with a free batch size, and the opset written.
 
     The exporter's optimiser runs as it would, except that it folds no convolution into a
-    constant: the edge bias maps of the folded BatchNorm (corolla.portable.folding) would be stored
+    constant: the edge bias maps of the folded BatchNorm (corolla.folding) would be stored
     at the image size, 40 % of the file at 64x64; onnxruntime folds them when it loads the model."""
     import onnxscript.optimizer  # torch.onnx's exporter needs onnxscript anyway
 

@@ -418,10 +418,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 
 def load_for_sampling(path: str | os.PathLike, device: torch.device,
                       precision: str = "auto") -> tuple[DiffusionModel, Config]:
-    """load_model on the fast sampling path every command takes: channels-last (README
-    Performance; rounding aside, the same images) and the precision resolved for the device."""
+    """load_model on the fast sampling path every command takes: channels-last, BatchNorm folded
+    (README Performance; rounding aside, the same images) and the precision resolved for the device."""
     model, config = load_model(path, device)
-    return model.accelerate(channels_last=True, precision=precisions.resolve(precision, device)), config
+    return model.accelerate(channels_last=True, fold=True, precision=precisions.resolve(precision, device)), config
 
 
 def _check_values(key: str, value: torch.Tensor, where: Path) -> None:

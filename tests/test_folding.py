@@ -1,11 +1,12 @@
-"""BatchNorm folded into the convolutions (corolla.portable.folding): the same predictions to
+"""BatchNorm folded into the convolutions (corolla.folding): the same predictions to
 float32 rounding, at every pixel including the edges, on tiny networks and the shipped model."""
 import pytest
 import torch
 from conftest import CLASSES, make_labels_matter
 
-from corolla.portable.folding import FoldedConv, fold_batchnorm
-from corolla.storage.pretrained import load_pretrained
+from corolla.folding import FoldedConv, fold_batchnorm
+from corolla.storage import checkpoint
+from corolla.storage.pretrained import load_pretrained, path
 from corolla.unet import UNet, UNetConfig
 
 SMALL = dict(widths=(8, 16), bottom_width=16, block_depth=1, embedding_size=8)
@@ -44,7 +45,9 @@ def test_folding_keeps_the_predictions(classes):
     norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())
     assert sum(isinstance(m, FoldedConv) for m in folded.modules()) == norms == 6  # one per residual block
     assert not [p for p in folded.parameters() if p.requires_grad]
-    for size in (8, 16, 24):  # the edge bias follows the image size
+    # the edge bias follows the image size; at 4 px the bottom level is 1x1, all edge, where the
+    # map is added whole instead of corrected along the edges
+    for size in (4, 8, 16, 24):
         inputs = _inputs(3, size, len(classes))
         expected = network(*inputs)
         assert expected.abs().max() > 0.1
@@ -81,3 +84,31 @@ def test_folding_keeps_the_shipped_models_predictions():
     last = fold_batchnorm(network).to(memory_format=torch.channels_last)
     channels_last = (inputs[0].contiguous(memory_format=torch.channels_last), inputs[1])
     assert _error(network(*inputs), last(*channels_last)) < 2e-6
+
+
+@torch.no_grad()
+def test_bfloat16_folded_is_as_close_to_float32_as_unfolded():
+    """Folding scales the weights before autocast rounds them to bfloat16: no worse for it."""
+    network = _network(CLASSES)
+    folded = fold_batchnorm(network)
+    inputs = _inputs(4, 16, len(CLASSES))
+    exact = network(*inputs)
+    with torch.autocast("cpu", torch.bfloat16):
+        unfolded_error = _error(exact, network(*inputs).float())
+        folded_error = _error(exact, folded(*inputs).float())
+    assert 1e-4 < unfolded_error < 0.05  # bfloat16 did round
+    assert folded_error < 2 * unfolded_error
+
+
+@torch.no_grad()
+def test_sampling_commands_call_the_folded_network():
+    """load_for_sampling, which every command and the page load through, folds the EMA network;
+    its predictions are the unfolded network's, and the online network is not folded."""
+    model, _ = checkpoint.load_for_sampling(path(), torch.device("cpu"), "fp32")
+    assert any(isinstance(m, FoldedConv) for m in model._forward[True].modules())
+    assert not any(isinstance(m, FoldedConv) for m in model.modules())
+    x, v = _inputs(2, 64)
+    s = (1 - v ** 2).sqrt()
+    folded_noise, _ = model.denoise(x, v, s)
+    unfolded_noise = model.ema_network(x.contiguous(memory_format=torch.channels_last), v ** 2)
+    assert _error(unfolded_noise, folded_noise) < 2e-6
