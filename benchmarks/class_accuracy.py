@@ -28,6 +28,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from corolla import metrics
-from corolla import precision as precisions
 from corolla.data import imagefolder, labels
 from corolla.generation import SamplingSettings, generate
 from corolla.storage import checkpoint
@@ -140,11 +140,12 @@ def load_classifier(folder: str, device: torch.device) -> tuple[Classifier, dict
 
 def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class: int = 10,
           guidances: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0), steps: int = 20, sampler: str = "ddim",
-          batch_size: int = 64, seed: int = 0, device: str = "auto", precision: str = "auto") -> dict:
-    """Generated images of every class at each guidance, classified and compared with real ones."""
+          batch_size: int = 64, seed: int = 0, device: str = "auto", precision: str = "auto",
+          on_row: Callable[[dict], None] = lambda results: None) -> dict:
+    """Generated images of every class at each guidance, classified and compared with real ones;
+    on_row(results so far) after each guidance, so that a long run keeps what it measured."""
     dev = resolve_device(device)
-    model, config = checkpoint.load_model(checkpoint_path, dev)
-    model.accelerate(channels_last=True, precision=precisions.resolve(precision, dev))  # the fast path here
+    model, config = checkpoint.load_for_sampling(checkpoint_path, dev, precision)  # the commands' fast path
     classes, size = config.unet.classes, config.data.image_size
     if not classes:
         raise SystemExit(f"{checkpoint_path} is not class-conditional")
@@ -180,6 +181,7 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
             "worst_class": classes[int(hits.argmin())], "worst_class_accuracy": hits.min().item(),
             "accuracy_by_class": dict(zip(classes, hits.tolist())),
             "swd": sum(swd.values()) / len(swd), "seconds": round(seconds, 1)})
+        on_row(results)
     return results
 
 
@@ -231,12 +233,15 @@ def main(argv: list[str] | None = None) -> None:
               f"held-out accuracy {100 * config['heldout_accuracy']:.1f} % (top-5 "
               f"{100 * config['heldout_top5']:.1f} %) on {config['heldout_images']} images; wrote {args.out}")
         return
+
+    def keep(results: dict) -> None:  # the JSON is rewritten with every guidance measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
     results = score(args.checkpoint, args.classifier, args.heldout, args.per_class,
                     tuple(float(g) for g in args.guidance.split(",")), args.steps, args.sampler, args.batch_size,
-                    args.seed, args.device, args.precision)
+                    args.seed, args.device, args.precision, on_row=keep)
     print(table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

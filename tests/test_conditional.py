@@ -399,8 +399,11 @@ def test_the_class_accuracy_benchmark_runs_end_to_end(run, tmp_path):
     config = bench.train_classifier(str(tmp_path / "train"), str(tmp_path / "heldout"), str(tmp_path / "clf"),
                                     size=SIZE, epochs=3, batch_size=8, lr=1e-2, log=lambda *_: None)
     assert config["classes"] == list(CLASSES) and config["heldout_accuracy"] == 1.0
+    rows_kept = []  # what on_row saw: a long run keeps each guidance as it is measured
     results = bench.score(str(run), str(tmp_path / "clf"), str(tmp_path / "heldout"), per_class=2,
-                          guidances=(0.0, 2.0), steps=2, device="cpu")
+                          guidances=(0.0, 2.0), steps=2, device="cpu",
+                          on_row=lambda so_far: rows_kept.append([row["guidance"] for row in so_far["by_guidance"]]))
+    assert rows_kept == [[0.0], [0.0, 2.0]]
     assert [row["guidance"] for row in results["by_guidance"]] == [0.0, 2.0]
     for row in results["by_guidance"]:
         assert 0 <= row["accuracy"] <= row["top5"] == 1.0 and row["swd"] > 0
