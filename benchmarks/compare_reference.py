@@ -7,7 +7,8 @@ Runs benchmarks/keras_reference.py (the article's model in Keras 3; needs `pip i
 .[reference]`) in each --keras configuration, POLICY[:GRAPH] (float32 or mixed_bfloat16; the
 network call of sampling eager as the article, or in tf.function, or tf.function with XLA; only
 the eager ones train, as `fit` runs its step in a graph whatever the sampling does), and corolla's
-seed64 paths through benchmarks/throughput.py's child processes, then prints one table: training
+seed64 paths through benchmarks/throughput.py's child processes (and the shipped flowers64, the
+same network, exported to ONNX and sampled by onnxruntime), then prints one table: training
 images/s (batch 64, 64x64), seconds for 64 images with 20 DDIM steps, and with a faster solver,
 each with its ratio to the fastest Keras configuration and to the machine's limit: the network's
 FLOPs at the matrix-product peak of the row's precision (float32, or bfloat16 for
@@ -61,6 +62,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default=DEFAULT_VARIANTS, help="corolla variants (see throughput.py)")
     p.add_argument("--keras", default=DEFAULT_KERAS, help="Keras configurations, POLICY[:GRAPH] (module docstring)")
+    p.add_argument("--no-onnxruntime", action="store_true", help="leave out the onnxruntime row (needs .[onnx])")
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--fast", default="dpmpp_2m:10", help="SAMPLER:STEPS of the faster solver row")
     p.add_argument("--repeats", type=int, default=1, help="repeats of every measurement; the best is shown")
@@ -74,6 +76,7 @@ def main() -> None:
 
     keras: dict[tuple[str, str], list[dict]] = {configuration: [] for configuration in configurations}
     ours: dict[str, list[dict]] = {name: [] for name in names}
+    portable: list[dict] = []
     spec = dict(preset="seed64", device="cpu", train_steps=args.train_steps, sampling=[("ddim", 20), fast],
                 sample_images=64, sample_batch=64)
     for _ in range(args.repeats):  # interleaved, so a busy moment affects every row alike
@@ -87,6 +90,9 @@ def main() -> None:
             ours[name].append(result)
             print(f"  measured corolla {name}: {result['train_ips']:.1f} images/s, "
                   f"{result['sample_s']['ddim:20']:.1f} s", file=sys.stderr, flush=True)
+        if not args.no_onnxruntime:
+            portable.append(throughput.run_child("onnxruntime", spec, None))
+            print(f"  measured onnxruntime: {portable[-1]['sample_s']['ddim:20']:.1f} s", file=sys.stderr, flush=True)
 
     # (path, bfloat16?, training images/s or None, DDIM-20 seconds, fast solver seconds or None, peak GiB)
     rows = []
@@ -103,6 +109,10 @@ def main() -> None:
         rows.append((f"corolla {name.replace('+', ' + ')}", throughput.variant_options(name)[0]["bf16"],
                      max(r["train_ips"] for r in results), min(r["sample_s"]["ddim:20"] for r in results),
                      min(r["sample_s"][fast_key] for r in results), max(r["peak_rss_gib"] for r in results)))
+    if portable:
+        rows.append(("corolla export --onnx, sampled by onnxruntime (float32)", False, None,
+                     min(r["sample_s"]["ddim:20"] for r in portable), min(r["sample_s"][fast_key] for r in portable),
+                     max(r["peak_rss_gib"] for r in portable)))
     peaks = [r for rs in ours.values() for r in rs]
     fp32_peak = max(r["matmul_gflops"] for r in peaks)
     bf16_peak = max(r["matmul_bf16_gflops"] for r in peaks)

@@ -157,6 +157,27 @@ def measure_variant(spec: dict) -> dict:
     return result
 
 
+def onnxruntime_sampling(spec: dict) -> dict:
+    """The shipped flowers64 (seed64's network) exported to ONNX and sampled by corolla.portable
+    with onnxruntime on the CPU, one thread per core as PyTorch: seconds per spec["sampling"] run
+    of spec["sample_images"] images, after a one-step warm-up at the same batch size."""
+    from corolla.portable import export, sampling
+    from corolla.storage.pretrained import load_pretrained
+    model, config = load_pretrained("flowers64")
+    result: dict = {"variant": "onnxruntime", "threads": torch.get_num_threads(), "sample_s": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        export.export_onnx(model, folder, config.data.image_size)
+        portable = sampling.load(folder, providers=["CPUExecutionProvider"], threads=torch.get_num_threads())
+        batch = min(spec["sample_batch"], spec["sample_images"])
+        portable.generate(batch, SamplingSettings(steps=1, batch_size=batch))
+        for sampler, steps in spec["sampling"]:
+            start = time.perf_counter()
+            portable.generate(spec["sample_images"], SamplingSettings(steps, sampler, batch_size=batch))
+            result["sample_s"][f"{sampler}:{steps}"] = time.perf_counter() - start
+    result["peak_rss_gib"] = peak_rss_gib()
+    return result
+
+
 def real_run(spec: dict) -> dict:
     """A real `corolla train` run of the preset on the bundled images, stopped after a few steps."""
     from corolla.training import train
@@ -252,7 +273,8 @@ def child_main(kind: str, spec: dict) -> None:
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    work = {"variant": measure_variant, "real_run": real_run, "profile": profile_variant}[kind]
+    work = {"variant": measure_variant, "real_run": real_run, "profile": profile_variant,
+            "onnxruntime": onnxruntime_sampling}[kind]
     print("RESULT " + json.dumps(work(spec)), flush=True)
 
 
