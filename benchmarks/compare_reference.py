@@ -115,10 +115,15 @@ def main() -> None:
                      max(r["peak_rss_gib"] for r in portable)))
     peaks = [r for rs in ours.values() for r in rs]
     fp32_peak = max(r["matmul_gflops"] for r in peaks)
-    bf16_peak = max(r["matmul_bf16_gflops"] for r in peaks)
+    bf16_peaks = [r["matmul_bf16_gflops"] for r in peaks if r["matmul_bf16_gflops"] is not None]
+    bf16_peak = max(bf16_peaks) if bf16_peaks else None  # None: bfloat16 is emulated on this CPU
     flops = throughput.flops_per_image(throughput.configs.preset("seed64"))
     # the machine's limit: 64 images x the steps' network evaluations at the row's precision's peak
-    limit = lambda evaluations, bf16: 64 * evaluations * flops[0] / 1e9 / (bf16_peak if bf16 else fp32_peak)
+    def limit(evaluations: int, bf16: bool) -> float | None:
+        peak = bf16_peak if bf16 else fp32_peak
+        return None if peak is None else 64 * evaluations * flops[0] / 1e9 / peak
+    times_limit = lambda seconds, evaluations, bf16: "-" if seconds is None or limit(evaluations, bf16) is None \
+        else f"{seconds / limit(evaluations, bf16):.2f}"
 
     print("\n## corolla and the Keras reference, seed64 (64x64, batch 64), one run")
     print(f"machine: {throughput.machine()}; date {started:%Y-%m-%d %H:%M} UTC; {args.repeats} repeat(s), "
@@ -130,9 +135,11 @@ def main() -> None:
               f"torch {torch.__version__}")
     else:
         print("TensorFlow is not installed (pip install .[reference]): no Keras rows, no ratios")
-    print(f"matrix-product peak: float32 {fp32_peak:.0f} GFLOP/s, bfloat16 {bf16_peak:.0f} GFLOP/s; the network "
+    bf16_text = "not native here (emulated)" if bf16_peak is None else f"{bf16_peak:.0f} GFLOP/s"
+    bf16_limit = "" if bf16_peak is None else f", {limit(20, True):.1f} s in bfloat16"
+    print(f"matrix-product peak: float32 {fp32_peak:.0f} GFLOP/s, bfloat16 {bf16_text}; the network "
           f"{flops[0] / 1e9:.2f} GFLOP per image and evaluation -> limit for 64 x 20 steps: {limit(20, False):.1f} s "
-          f"in float32, {limit(20, True):.1f} s in bfloat16\n")
+          f"in float32{bf16_limit}\n")
     trained = [r[2] for r in rows[:keras_rows] if r[2] is not None]
     best_train = max(trained, default=None)
     best_sample = min((r[3] for r in rows[:keras_rows]), default=None)
@@ -142,9 +149,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for path, bf16, train_ips, sample_s, fast_s, peak in rows:
         print(f"| {path} | {'-' if train_ips is None else f'{train_ips:.1f}'} | {ratio(train_ips, best_train)} | "
-              f"{sample_s:.1f} | {ratio(best_sample, sample_s)} | {sample_s / limit(20, bf16):.2f} | "
-              f"{'-' if fast_s is None else f'{fast_s:.1f}'} | "
-              f"{'-' if fast_s is None else f'{fast_s / limit(fast[1], bf16):.2f}'} | {peak:.2f} |")
+              f"{sample_s:.1f} | {ratio(best_sample, sample_s)} | {times_limit(sample_s, 20, bf16)} | "
+              f"{'-' if fast_s is None else f'{fast_s:.1f}'} | {times_limit(fast_s, fast[1], bf16)} | {peak:.2f} |")
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ def measure(args, runner: Runner) -> None:
 def print_tables(args, runner: Runner, flops: dict[int, tuple[float, float]], started, seconds: float) -> None:
     results = [r for rs in runner.results.values() for r in rs]
     bf16 = throughput.variant_options(args.variant)[0]["bf16"]
-    peak = max((r["matmul_bf16_gflops" if bf16 else "matmul_gflops"] for r in results), default=None)
+    key = "matmul_bf16_gflops" if bf16 else "matmul_gflops"
+    peak = max((r[key] for r in results if r[key] is not None), default=None)  # None: bf16 emulated here
     threads = results[0]["threads"] if results else "?"
     print(f"\n## How cost grows: preset {args.preset}, variant {args.variant}, device {runner.base['device']}")
     print(f"machine: {throughput.machine()}; {threads} thread(s); date {started:%Y-%m-%d %H:%M} UTC; "
