@@ -91,8 +91,16 @@ def main() -> None:
             print(f"  measured corolla {name}: {result['train_ips']:.1f} images/s, "
                   f"{result['sample_s']['ddim:20']:.1f} s", file=sys.stderr, flush=True)
         if not args.no_onnxruntime:
-            portable.append(throughput.run_child("onnxruntime", spec, None))
-            print(f"  measured onnxruntime: {portable[-1]['sample_s']['ddim:20']:.1f} s", file=sys.stderr, flush=True)
+            try:
+                portable.append(throughput.run_child("onnxruntime", spec, None))
+                print(f"  measured onnxruntime: {portable[-1]['sample_s']['ddim:20']:.1f} s", file=sys.stderr,
+                      flush=True)
+            except throughput.ChildFailed as error:
+                if "No module named" not in error.stderr:
+                    raise
+                print("  no onnxruntime row: the onnx extra is not installed (pip install -e '.[onnx]')",
+                      file=sys.stderr, flush=True)
+                args.no_onnxruntime = True
 
     # (path, bfloat16?, training images/s or None, DDIM-20 seconds, fast solver seconds or None, peak GiB)
     rows = []
