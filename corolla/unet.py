@@ -79,9 +79,9 @@ class ResidualBlock(nn.Module):
         if self.class_shift is not None:
             x += self.class_shift(classes)
         # In place where autograd allows, on tensors this block has just made: a fresh tensor as
-        # large as the activations costs the CPU its page faults; 15 % of a 64x64 sampling step on
-        # the 2-core EPYC (benchmarks/README.md, "Folded BatchNorm"). swish keeps its input for the
-        # backward pass, so only without gradients.
+        # large as the activations costs the CPU its page faults (with BatchNorm folded, 7 % of an
+        # evaluation on the 2-core EPYC: benchmarks/README.md, "Folded BatchNorm"). swish keeps its
+        # input for the backward pass, so only without gradients.
         out = self.conv2(F.silu(x, inplace=not torch.is_grad_enabled()))
         out += residual
         return out

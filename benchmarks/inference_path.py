@@ -1,0 +1,79 @@
+"""What each step of corolla's inference path saves: one network evaluation, interleaved.
+
+    python benchmarks/inference_path.py [CHECKPOINT] [--batch 64] [--rounds 7] [--precision fp32]
+
+Loads CHECKPOINT (default: the shipped flowers64) in channels-last and times one evaluation of
+the EMA network at --batch images, four ways, one after the other in every round (so that a busy
+moment of a shared machine slows all four alike): BatchNorm separate or folded into the
+convolutions (corolla.folding), and swish out of place or in place (corolla.unet.ResidualBlock
+works in place only without gradients: with gradients enabled, and no tensor requiring one, the
+same code runs out of place and records nothing). Prints the best and the median of --rounds
+for each, the largest difference from the first, and the machine's limit for one evaluation: the
+network's FLOPs at the float32 matrix-product peak measured in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import throughput  # noqa: E402  (a sibling script)
+
+from corolla.storage import checkpoint, pretrained  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", nargs="?", help="checkpoint or run folder (default: the shipped flowers64)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    args = p.parse_args()
+    device = torch.device("cpu")
+    source = args.checkpoint or pretrained.path("flowers64")
+    plain, config = checkpoint.load_model(source, device)
+    plain.accelerate(channels_last=True, precision=args.precision)
+    folded, _ = checkpoint.load_model(source, device)
+    folded.accelerate(channels_last=True, fold=True, precision=args.precision)
+    size = config.data.image_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, config.unet.channels, size, size, generator=g)
+    noise_rates = torch.rand(args.batch, 1, 1, 1, generator=g) * 0.9 + 0.05
+    signal_rates = (1 - noise_rates ** 2).sqrt()
+    ways = {  # name: (model, gradient mode)
+        "BatchNorm separate, swish out of place": (plain, torch.enable_grad),
+        "BatchNorm separate, swish in place": (plain, torch.no_grad),
+        "BatchNorm folded, swish out of place": (folded, torch.enable_grad),
+        "BatchNorm folded, swish in place (corolla's sampling)": (folded, torch.no_grad),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    outputs = {}
+    for round_ in range(args.rounds + 1):  # round 0 warms up
+        for name, (model, mode) in ways.items():
+            with mode():
+                start = time.perf_counter()
+                outputs[name] = model.denoise(x, noise_rates, signal_rates)[0]
+                if round_:
+                    seconds[name].append(time.perf_counter() - start)
+    peak = throughput.matmul_peak(device)
+    flops = throughput.flops_per_image(config)[0] * args.batch
+    first = next(iter(outputs.values()))
+    print(f"{source}: one evaluation of {args.batch} images of {size}x{size}, {args.precision}, channels-last, "
+          f"{torch.get_num_threads()} threads; machine: {throughput.machine()}; {args.rounds} rounds")
+    print(f"limit: {flops / 1e9:.0f} GFLOP at the float32 matrix-product peak of {peak:.0f} GFLOP/s = "
+          f"{flops / 1e9 / peak:.3f} s\n")
+    print("| way | best (s) | median (s) | best x limit | max difference from the first |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, times in seconds.items():
+        difference = (outputs[name] - first).abs().max().item()
+        print(f"| {name} | {min(times):.3f} | {statistics.median(times):.3f} | "
+              f"{min(times) / (flops / 1e9 / peak):.2f} | {difference:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
