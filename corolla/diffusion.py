@@ -124,6 +124,14 @@ class DiffusionModel(nn.Module):
             self._forward[True] = torch.compile(self._forward.get(True, self.ema_network))
         return self
 
+    @property
+    def sampling_network(self) -> nn.Module:
+        """The module every EMA call (denoise(ema=True), so every sampler) goes through: the folded
+        or compiled copy that accelerate made, else ema_network itself. Hooks that must see
+        sampling's forward passes go on this one."""
+        network = self._forward.get(True)
+        return self.ema_network if network is None else network
+
     def use_online_forward(self, forward: Callable) -> None:
         """Route the online network's calls through a wrapper (DistributedDataParallel, compiled)."""
         self._forward[False] = forward
@@ -132,9 +140,9 @@ class DiffusionModel(nn.Module):
                 ema: bool = True, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (pred_noises, pred_images); rates are (B,1,1,1). ema picks the EMA network; labels
         (B,) the classes of a conditional network (None: the unconditional prediction)."""
-        network = self._forward.get(ema)  # not `or`: a compiled module has no truth value
-        if network is None:
-            network = self.ema_network if ema else self.network
+        network = self.sampling_network if ema else self._forward.get(False)
+        if network is None:  # not `or`: a compiled module has no truth value
+            network = self.network
         if self._channels_last:
             noisy_images = noisy_images.contiguous(memory_format=torch.channels_last)
         with precisions.autocast(self.precision, noisy_images.device):

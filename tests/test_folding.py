@@ -105,7 +105,7 @@ def test_sampling_commands_call_the_folded_network():
     """load_for_sampling, which every command and the page load through, folds the EMA network;
     its predictions are the unfolded network's, and the online network is not folded."""
     model, _ = checkpoint.load_for_sampling(path(), torch.device("cpu"), "fp32")
-    assert any(isinstance(m, FoldedConv) for m in model._forward[True].modules())
+    assert any(isinstance(m, FoldedConv) for m in model.sampling_network.modules())
     assert not any(isinstance(m, FoldedConv) for m in model.modules())
     x, v = _inputs(2, 64)
     s = (1 - v ** 2).sqrt()

@@ -258,7 +258,7 @@ def test_a_result_png_s_recipe_makes_it_again_bit_for_bit(server, client, tiny, 
 
 
 def test_stop_ends_a_long_job_within_one_step(server, client, tiny):
-    evaluations = Evaluations(server.model(tiny).ema_network)
+    evaluations = Evaluations(server.model(tiny).sampling_network)
     try:
         job = client.submit(tiny, [], 3.0, 0, 0, 64, 200, "ddim", "auto", 0.0, api_name="/generate")
         evaluations.wait_for(2)
@@ -300,7 +300,7 @@ def test_two_clients_and_a_photo_job_queue_and_all_finish(server, tiny, tmp_path
         elif first_thread[0] is threading.current_thread() and not held.is_set():
             held.set()
             assert release.wait(WAIT_S)
-    hook = model.ema_network.register_forward_pre_hook(hold)
+    hook = model.sampling_network.register_forward_pre_hook(hold)
     clients = [server.client() for _ in range(3)]
     photo = gradio_client.handle_file(str(photo_path()))
     layer = gradio_client.handle_file(str(mask_file(tmp_path, 64)))
@@ -336,7 +336,7 @@ def test_a_photo_job_can_be_stopped_and_refuses_an_unpainted_mask(server, client
     with pytest.raises(gradio_client.exceptions.AppError, match="the painted mask marks nothing to fill"):
         client.predict(tiny, photo, {"background": None, "layers": [gradio_client.handle_file(str(empty))],
                                      "composite": None}, 4, 1, 1, 0, api_name="/inpaint")
-    evaluations = Evaluations(server.model(tiny).ema_network)
+    evaluations = Evaluations(server.model(tiny).sampling_network)
     try:
         layer = gradio_client.handle_file(str(mask_file(tmp_path, 64)))
         job = client.submit(tiny, photo, {"background": None, "layers": [layer], "composite": None}, 200, 5, 5, 0,

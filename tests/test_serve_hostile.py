@@ -118,7 +118,7 @@ def test_a_stopped_photo_job_ends_within_a_network_evaluation(engine):
     def leave(*_):  # the page stops the job during the first evaluation
         evaluations.append(1)
         cancelled.set()
-    hook = engine.model.ema_network.register_forward_hook(leave)
+    hook = engine.model.sampling_network.register_forward_hook(leave)
     try:
         with pytest.raises(Cancelled):
             engine.edit(EditRequest(1.0, 8, 0, "ddim", "uniform", 0.0), torch.rand(3, 16, 16), lambda *_: None,

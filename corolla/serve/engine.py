@@ -185,7 +185,7 @@ class Engine:
         self.classes = model.network.config.classes  # () for an unconditional model
         self.device = next(model.parameters()).device
         self.turns = turns or Turns()
-        self.turns.watch(model.ema_network)
+        self.turns.watch(model.sampling_network)
         self.lock = self.turns.lock  # one network evaluation at a time
 
     @property
