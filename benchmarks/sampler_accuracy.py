@@ -2,7 +2,7 @@
 
     python benchmarks/sampler_accuracy.py [CHECKPOINT] [--images 8] [--steps 5,10,20,50]
         [--samplers ddim,dpmpp_2m,...] [--grids uniform,logsnr,karras] [--reference-steps 1000]
-        [--reference FILE] [--threads N] [--precisions fp32,bf16] [--lower-order-final-below 15,0]
+        [--reference FILE] [--threads N] [--precisions fp32,bf16]
 
 The reference is DDIM with 1,000 steps on the uniform grid from the same initial noise (issue 9).
 Error is the RMSE of the final images (denormalised and clipped, as written to PNG) against it,
@@ -12,9 +12,6 @@ evaluation per step, so steps = evaluations. Seconds per image are wall-clock on
 The reference costs as much as the rest together: --reference FILE keeps it between runs.
 With --precisions fp32,bf16 every row is run in each precision (the reference stays float32), and
 the table adds each image set's RMSE against the float32 images of the same sampler, grid and steps.
-With --lower-order-final-below 15,0 the multistep solvers run under each value of
-corolla.samplers.LOWER_ORDER_FINAL_BELOW (0: only the last evaluation is simplified, as k-diffusion
-and diffusers do; issue 27 item 6); DDIM, first order, is the same under every value and runs once.
 """
 from __future__ import annotations
 
@@ -71,14 +68,10 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on a busy machine)")
     p.add_argument("--precisions", default="fp32", help="comma-separated: fp32, bf16 (the reference is always fp32)")
-    p.add_argument("--lower-order-final-below", default=str(samplers.LOWER_ORDER_FINAL_BELOW),
-                   help="comma-separated values of samplers.LOWER_ORDER_FINAL_BELOW to run the multistep "
-                        f"solvers under (default {samplers.LOWER_ORDER_FINAL_BELOW}, corolla's)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     steps_list = [int(s) for s in args.steps.split(",")]
-    final_rules = [int(s) for s in args.lower_order_final_below.split(",")]
     sampler_names, grid_names = names(args.samplers, samplers.SAMPLERS), names(args.grids, samplers.GRIDS)
 
     device = resolve_device(args.device)
@@ -97,31 +90,25 @@ def main() -> None:
         model.accelerate(precision=precision)
         for grid in grid_names:
             for sampler in sampler_names:
-                for below in final_rules[:1] if sampler == "ddim" else final_rules:
-                    samplers.LOWER_ORDER_FINAL_BELOW = below
-                    for steps in steps_list:
-                        start = time.perf_counter()
-                        images = sample_from_noise(model, noise, steps, sampler, grid=grid)
-                        seconds = (time.perf_counter() - start) / args.images
-                        key = (sampler, grid, steps, below)
-                        fp32 = fp32_images.setdefault(key, images) if precision == "fp32" else fp32_images.get(key)
-                        rows.append((sampler, grid, steps, below, precision, rmse(images, reference), seconds,
-                                     None if fp32 is None else rmse(images, fp32)))
-    samplers.LOWER_ORDER_FINAL_BELOW = final_rules[0]
+                for steps in steps_list:
+                    start = time.perf_counter()
+                    images = sample_from_noise(model, noise, steps, sampler, grid=grid)
+                    seconds = (time.perf_counter() - start) / args.images
+                    fp32 = fp32_images.setdefault((sampler, grid, steps), images) if precision == "fp32" else \
+                        fp32_images.get((sampler, grid, steps))
+                    rows.append((sampler, grid, steps, precision, rmse(images, reference), seconds,
+                                 None if fp32 is None else rmse(images, fp32)))
     model.accelerate(precision="fp32")
     all_rows = rows
-    # the goal below is judged in the reference's arithmetic (float32), or the first precision run,
-    # under the first final rule
+    # the goal below is judged in the reference's arithmetic (float32), or the first precision run
     first = args.precisions.split(",")[0]
-    rows = [(r[0], r[1], r[2], r[5], r[6]) for r in all_rows if r[4] == first and r[3] == final_rules[0]]
+    rows = [(r[0], r[1], r[2], r[4], r[5]) for r in all_rows if r[3] == first]
 
-    print("| sampler | grid | steps | lower-order final below | precision | RMSE (0-255) | RMSE (0-1) | "
-          "vs fp32 images (0-255) | s/image |")
-    print("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
-    for sampler, grid, steps, below, precision, error, seconds, vs_fp32 in all_rows:
+    print("| sampler | grid | steps | precision | RMSE (0-255) | RMSE (0-1) | vs fp32 images (0-255) | s/image |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    for sampler, grid, steps, precision, error, seconds, vs_fp32 in all_rows:
         shown = "-" if vs_fp32 is None or precision == "fp32" else f"{vs_fp32 * 255:.2f}"
-        rule = "-" if sampler == "ddim" else below
-        print(f"| {sampler} | {grid} | {steps} | {rule} | {precision} | {error * 255:.2f} | {error:.4f} | {shown} | "
+        print(f"| {sampler} | {grid} | {steps} | {precision} | {error * 255:.2f} | {error:.4f} | {shown} | "
               f"{seconds:.3f} |")
 
     ddim = [r for r in rows if r[:3] == ("ddim", "uniform", GOAL_DDIM_STEPS)]

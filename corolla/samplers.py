@@ -235,10 +235,11 @@ def get_grid(name: str, steps: int, schedule: Schedule, end: float = 0.0, backen
 # of the sampling, for a rule that solves with arrays (so that torch's weights are torch's).
 WeightRule = Callable[..., list[float]]
 
-# Below this many evaluations the last steps use no more predictions than steps remain, as
-# DPM-Solver++ does ("lower order final", Lu et al. 2022): with few, long steps the highest-order
-# extrapolation overshoots. On the demo checkpoint it cut dpmpp_2m's error at 5 steps by a third.
-LOWER_ORDER_FINAL_BELOW = 15
+# Every step up to the last uses as many predictions as the order allows, as k-diffusion's and
+# diffusers' solvers do; the last evaluation's prediction is the result (their final step to noise
+# level 0). DPM-Solver++'s "lower order final" (fewer predictions on the last steps below 15
+# evaluations) was measured against it on flowers64 (issue 27 item 6, docs/explanation/samplers.md):
+# worse in 26 of 27 solver x grid x step cases, e.g. dpmpp_2m at 10 logsnr steps 3.13 vs 2.70/255.
 
 
 def _phi(k: int, h: float) -> float:
@@ -284,7 +285,7 @@ def _require_deterministic(name: str, eta: float) -> None:
 def _multistep(rule: WeightRule, order: int, correct: bool, denoise: Denoiser, schedule: Schedule,
                initial_noise: Array, times: Array) -> Array:
     """Evaluate at times[:-1]; between evaluations step with the last `order` predictions
-    (fewer at the start, and at the end below LOWER_ORDER_FINAL_BELOW evaluations); with
+    (fewer at the start); with
     `correct`, redo each step once its end's prediction is known (UniC: one order more at no
     extra evaluation). Returns the last prediction."""
     xp = arrays.of(initial_noise)
@@ -313,8 +314,6 @@ def _multistep(rule: WeightRule, order: int, correct: bool, denoise: Denoiser, s
             x = step(start, i - 1, i, list(range(i, i - nodes, -1)), preds[:nodes])
         start = x
         used = min(order, i + 1)
-        if len(evaluation_times) < LOWER_ORDER_FINAL_BELOW:
-            used = min(used, last - i)
         x = step(x, i, i + 1, list(range(i, i - used, -1)), preds[:used])
     return x  # an empty evaluation grid: nothing was denoised
 

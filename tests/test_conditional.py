@@ -274,7 +274,7 @@ def test_sample_draws_one_row_per_class_and_names_files_by_class(run, tmp_path, 
     with Image.open(grid) as image:
         assert image.size == (2 + 3 * (SIZE + 2), 2 + 2 * (SIZE + 2))  # 3 columns, 2 rows
     assert sorted(p.name for p in each.iterdir()) == [f"class{c}-0000{j}.png" for c in (0, 2) for j in range(3)]
-    model, _ = checkpoint.load_model(run)
+    model, _ = checkpoint.load_for_sampling(run, torch.device("cpu"), "fp32")  # as the command loads it
     # file j of a class is image j of the seed for that class
     expected = to_uint8(generate(model, 3, SamplingSettings(steps=2), image_size=SIZE, classes="sunflower",
                                  guidance=2.0))[1]
@@ -291,7 +291,7 @@ def test_class_grid_draws_one_named_row_per_class_from_the_same_seeds(run, tmp_p
     with Image.open(out) as image:
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape == (geometry.height, geometry.width, 3)
-    model, _ = checkpoint.load_model(run)
+    model, _ = checkpoint.load_for_sampling(run, torch.device("cpu"), "fp32")  # as the command loads it
     for row, name in enumerate(["sunflower", "daisy"]):  # the images of sample --class NAME, enlarged
         expected = to_uint8(generate(model, 3, SamplingSettings(steps=2), image_size=SIZE, classes=name,
                                      guidance=2.0))

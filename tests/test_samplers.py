@@ -127,15 +127,30 @@ def test_every_solver_starts_with_a_ddim_step(sampler, steps):
                                samplers.ddim(denoise, SCHEDULE, x1, times), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m"])
-def test_below_15_evaluations_the_final_step_is_lower_order(sampler):
-    # with 3 evaluations the second step is the last one and uses one prediction: DDIM's step
-    _, _, denoise = _gaussian()
+def test_few_steps_keep_the_full_order_to_the_last_step():
+    """With 3 evaluations, DPM-Solver++(2M)'s second step, the last, uses both predictions (issue 27
+    item 6: no lower-order final step), as written out here with its weights; and with 5 steps
+    every multistep solver is closer to the exact solution than DDIM."""
+    mu, s, denoise = _gaussian()
     x1 = _noise()
     times = samplers.get_grid("logsnr", 3, SCHEDULE)
-    torch.testing.assert_close(samplers.get(sampler)(denoise, SCHEDULE, x1, times),
-                               samplers.ddim(denoise, SCHEDULE, x1, times), rtol=0, atol=1e-12)
-    # (from 15 evaluations on every step is of full order: the order tests above use 20 and more)
+    noise, signal = SCHEDULE(times)
+    lambdas = (signal.log() - noise.log()).tolist()
+    x, preds = x1, []
+    for i in range(2):
+        preds.insert(0, denoise(x, *_rates(times[i].item()))[1])
+        nodes = lambdas[i::-1][:2]
+        weights = samplers.dpmpp_2m_weights(nodes, lambdas[i], lambdas[i + 1])
+        x = (noise[i + 1] / noise[i]) * x + signal[i + 1] * sum(w * d for w, d in zip(weights, preds))
+    expected = denoise(x, *_rates(times[2].item()))[1]
+    torch.testing.assert_close(samplers.dpmpp_2m(denoise, SCHEDULE, x1, times), expected, rtol=0, atol=1e-12)
+    assert _rmse(expected, samplers.ddim(denoise, SCHEDULE, x1, times)) > 1e-3  # not DDIM's last step
+
+    times = samplers.get_grid("logsnr", 5, SCHEDULE)
+    exact = _exact(mu, s, x1, 0.0)
+    ddim_error = _rmse(samplers.ddim(denoise, SCHEDULE, x1, times), exact)
+    for name in ("dpmpp_2m", "dpmpp_3m", "unipc"):
+        assert _rmse(samplers.get(name)(denoise, SCHEDULE, x1, times), exact) < ddim_error / 2
 
 
 def test_ddim_with_eta_zero_ignores_the_noise_source():

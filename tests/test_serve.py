@@ -131,6 +131,12 @@ def client(server):
     return server.client()
 
 
+def sampling_model(path):
+    """A model loaded as the server and every command load it (folded, channels-last, float32), so
+    that comparisons of pixels are exact, rounding included."""
+    return checkpoint.load_for_sampling(path, torch.device("cpu"), "fp32")[0]
+
+
 def png(path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
@@ -241,10 +247,10 @@ def test_a_result_png_s_recipe_makes_it_again_bit_for_bit(server, client, tiny, 
     for model, species in ((tiny, ()), (conditional, ("rose",))):
         _, _, gallery, grid, _ = generate_call(client, model, seed=11, count=3, steps=4, species=species, first=5,
                                                sampler="dpmpp_2m", grid="karras")
-        loaded, _ = checkpoint.load_model(model)
         for item in gallery:
             made = recipes.read(item["image"])
             assert made.kind == "sample" and made.count == 1 and made.model_sha256 == recipes.model_sha256(model)
+            loaded, _ = recipes.load_model(made)  # as `corolla sample --recipe` loads it
             assert np.array_equal(to_uint8(recipes.remake(made, loaded))[0], png(item["image"]))
         whole = recipes.read(grid["value"])
         assert (whole.index, whole.count, whole.classes) == (5, 3, species)
@@ -322,7 +328,7 @@ def test_two_clients_and_a_photo_job_queue_and_all_finish(server, tiny, tmp_path
         release.set()
         hook.remove()
     results = [job.result(timeout=WAIT_S) for job in (first, second, photo_job)]
-    loaded, _ = checkpoint.load_model(tiny)
+    loaded = sampling_model(tiny)
     for (_, _, gallery, _, _), seed in zip(results[:2], (1, 2)):
         expected = generate(loaded, 2, SamplingSettings(steps=3, seed=seed), image_size=16)
         assert np.array_equal(png(gallery[1]["image"]), to_uint8(expected)[1])
@@ -368,7 +374,7 @@ def test_edit_and_interpolate_use_the_model_chosen_and_give_its_command_s_pixels
         assert recipes.read(result["value"]).details["strength"] == 0.5
         assert recipes.read(result["value"]).model == model
         frame, status, _, gif = client.predict(model, 3, 7, None, None, 5, 6, api_name="/interpolate")
-        loaded, _ = checkpoint.load_model(model)
+        loaded = sampling_model(model)
         first_end = generate(loaded, 1, SamplingSettings(steps=6, seed=3), image_size=16)
         assert np.array_equal(png(frame), to_uint8(first_end)[0])
         assert status.startswith(f"done: 5 frames, {model}, in ") and Path(gif["value"]).suffix == ".gif"
@@ -477,7 +483,7 @@ def test_the_page_generates_the_command_s_pixels_and_remembers_them_after_a_relo
         fill(page, "#steps", 4)
         page.click("#generate-button")
         page.wait_for_selector("#generate-status:has-text('done: 3 images, seed 7, 4 steps')")
-        loaded, _ = checkpoint.load_model(tiny)
+        loaded = sampling_model(tiny)
         expected = to_uint8(generate(loaded, 3, SamplingSettings(steps=4, seed=7), image_size=16))
         thumbnails = page.locator("#results img")
         expect(thumbnails).to_have_count(3)
@@ -574,7 +580,7 @@ def test_the_mask_painted_in_the_editor_is_the_mask_applied(browser, server, tin
         shown = run_inpainting(page, 6)
         applied = torch.from_numpy(shown_png(page, shown.nth(1))[..., 0] > 127)[None]  # at the model's 16x16
         assert applied[0, 8, 4:12].all() and not applied[0, 0].any() and not applied[0, 15].any()  # the stroke alone
-        loaded, _ = checkpoint.load_model(tiny)
+        loaded = sampling_model(tiny)
         photo = editing.load_photo(photo_path(), 16)[0][None]
         result = shown_png(page, shown.nth(2))
         filled = editing.inpaint(loaded, photo, applied[None], replace(editing.INPAINTING, steps=6), resample=2, jump=2)

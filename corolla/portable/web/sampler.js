@@ -4,7 +4,6 @@
 // images in Float32Array (B, C, H, W); no DOM here.
 
 const LOG_SNR_LIMIT = 5.0;  // samplers.LOG_SNR_LIMIT
-const LOWER_ORDER_FINAL_BELOW = 15;  // samplers.LOWER_ORDER_FINAL_BELOW
 const LINEAR_STEPS = 1000, BETA_MIN = 1e-4, BETA_MAX = 0.02;
 
 // the linear schedule's log(abar) at i / LINEAR_STEPS, as schedules.linear_continuous sums it
@@ -105,8 +104,7 @@ async function dpmpp2m(denoise, schedule, x, times, onStep) {
     await onStep(i, predImages);
     if (i === last) return predImages;
     preds = [predImages, ...preds].slice(0, 2);
-    let used = Math.min(2, i + 1);
-    if (evaluations.length < LOWER_ORDER_FINAL_BELOW) used = Math.min(used, last - i);
+    const used = Math.min(2, i + 1);
     const weights = dpmpp2mWeights(lambdas.slice(i - used + 1, i + 1).reverse(), lambdas[i], lambdas[i + 1]);
     const scale = rates[i + 1][0] / rates[i][0], signal = rates[i + 1][1];
     const next = new Float32Array(x.length);
