@@ -86,7 +86,7 @@ class DiffusionModel(nn.Module):
         self.schedule = schedules.get(schedule)
         self._channels_last = False
         self.precision = "fp32"
-        self._forward: dict[bool, Callable] = {}  # compiled forwards, keyed by `ema`; not submodules
+        self._forward: dict[bool, Callable] = {}  # compiled or folded forwards, keyed by `ema`; not submodules
 
     def accelerate(self, channels_last: bool = False, compile: bool = False,
                    compile_ema: bool = False, precision: str | None = None,
