@@ -130,8 +130,10 @@ def main() -> None:
     def limit(evaluations: int, bf16: bool) -> float | None:
         peak = bf16_peak if bf16 else fp32_peak
         return None if peak is None else 64 * evaluations * flops[0] / 1e9 / peak
-    times_limit = lambda seconds, evaluations, bf16: "-" if seconds is None or limit(evaluations, bf16) is None \
-        else f"{seconds / limit(evaluations, bf16):.2f}"
+
+    def times_limit(seconds: float | None, evaluations: int, bf16: bool) -> str:
+        bound = limit(evaluations, bf16)
+        return "-" if seconds is None or bound is None else f"{seconds / bound:.2f}"
 
     print("\n## corolla and the Keras reference, seed64 (64x64, batch 64), one run")
     print(f"machine: {throughput.machine()}; date {started:%Y-%m-%d %H:%M} UTC; {args.repeats} repeat(s), "
