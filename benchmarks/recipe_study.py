@@ -1,16 +1,19 @@
-"""Which recipe changes learn more per image? Continue a trained model with each candidate for the
-same number of images, with several seeds, and score every run the same way.
+"""Which recipe changes learn more per image? Train with each candidate for the same number of
+images, with several seeds, and score every run the same way.
 
     python benchmarks/recipe_study.py --train DATA/train --heldout DATA/heldout [--source flowers64]
-        [--images 32000] [--seeds 1,2] [--variants reference,hflip,cooldown,min_snr5,batch16]
-        [--samples 512] [--out runs/recipe_study]
+        [--size 32] [--images 32000] [--seeds 1,2] [--variants reference,hflip,cooldown,min_snr5,batch16]
+        [--samples 512] [--compile] [--out runs/recipe_study]
 
-Each run is `corolla train DATA/train --val-data DATA/heldout --init-from SOURCE --preset seed64
---repetitions 2 --seed S` plus the variant's options, stopped after --images images (the steps
-follow from its batch size, so batch 16 takes 4x the steps of batch 64; the learning-rate warm-up
-covers the same images in every variant). Each is then scored by `corolla evaluate` against the
-held-out images (held-out denoising loss; SWD of --samples images x 20 DDIM steps). A change wins
-when it beats the reference in both figures for every seed by more than the seeds' spread.
+Each run is `corolla train DATA/train --val-data DATA/heldout --preset seed64 --repetitions 2
+--seed S` plus the variant's options, stopped after --images images (the steps follow from its
+batch size, so batch 16 takes 4x the steps of batch 64). With a --source model every run
+continues it (`--init-from SOURCE`; the warm-up covers the same images in every variant);
+`--source scratch` starts from random weights at --size pixels instead (the reference network
+at 32 px costs a quarter per image; the EMA warms up, as short runs need). Each run is then
+scored by `corolla evaluate` against the held-out images (held-out denoising loss; SWD of
+--samples images x 20 DDIM steps). A change wins when it beats the reference in both figures for
+every seed by more than the seeds' spread.
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ from corolla import config as configs
 from corolla.metrics import EvalSettings, evaluate_checkpoint
 from corolla.training import train
 
+VARIANTS = ("reference", "hflip", "cooldown", "min_snr5", "batch16")
 WARMUP_IMAGES = configs.WARM_START_LR_WARMUP * 64  # the warm start's default warm-up at batch 64
 
 
-def variant_changes(name: str, images: int) -> dict:
+def variant_changes(name: str, images: int, warm_start: bool) -> dict:
     """The train config changes of a candidate, for a run of `images` images."""
     batch = 16 if name == "batch16" else 64
     steps = images // batch
@@ -34,30 +38,58 @@ def variant_changes(name: str, images: int) -> dict:
                "min_snr5": {"min_snr_gamma": 5.0}, "batch16": {"batch_size": 16}}
     if name not in changes:
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(changes)}")
-    return {**changes[name], "lr_warmup": WARMUP_IMAGES // batch, "epochs": 10 ** 6}
+    start = {"lr_warmup": WARMUP_IMAGES // batch} if warm_start else {"lr_warmup": 0, "ema_warmup": True}
+    return {**changes[name], **start, "epochs": 10 ** 6}
+
+
+def verdicts(rows: list[dict]) -> dict[str, str]:
+    """variant -> "wins" / "loses" / "even" against the reference, seed by seed on held-out loss
+    and mean SWD, by more than the larger of the two variants' seed spreads."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["variant"], []).append(r)
+    out = {}
+    for name, runs in by.items():
+        if name == "reference" or "reference" not in by:
+            continue
+        verdict = set()
+        for key in ("heldout_loss", "swd"):
+            spread = max(max(x[key] for x in group) - min(x[key] for x in group) for group in (runs, by["reference"]))
+            ref = {r["seed"]: r[key] for r in by["reference"]}
+            gaps = [ref[r["seed"]] - r[key] for r in runs if r["seed"] in ref]
+            verdict.add("wins" if gaps and min(gaps) > spread else "loses" if gaps and max(gaps) < -spread else "even")
+        out[name] = verdict.pop() if len(verdict) == 1 else "even"
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", required=True)
     p.add_argument("--heldout", required=True)
-    p.add_argument("--source", default="flowers64", help="the model every run starts from")
+    p.add_argument("--source", default="flowers64", help="the model every run continues, or 'scratch'")
+    p.add_argument("--size", type=int, default=64, help="image size of runs from scratch")
     p.add_argument("--images", type=int, default=32_000)
     p.add_argument("--seeds", default="1,2")
-    p.add_argument("--variants", default="reference,hflip,cooldown,min_snr5,batch16")
+    p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (same maths)")
     p.add_argument("--out", default="runs/recipe_study")
     args = p.parse_args()
+    scratch = args.source == "scratch"
+    if not scratch and args.size != 64:
+        p.error("--size applies to --source scratch; a continued model keeps its 64 px")
     settings = EvalSettings(samples=args.samples, steps=20)
     rows = []
     for name in args.variants.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            changes = {**variant_changes(name, args.images), "seed": seed}
-            config = configs.preset("seed64").replace(data={"repetitions": 2, "val_fraction": 0.0}, train=changes)
+            changes = {**variant_changes(name, args.images, not scratch), "seed": seed, "compile": args.compile}
+            config = configs.preset("seed64").replace(data={"repetitions": 2, "val_fraction": 0.0,
+                                                            "image_size": args.size}, train=changes)
             run = Path(args.out) / f"{name}-seed{seed}"
             start = time.perf_counter()
             train(config, args.train, run, progress=False, max_steps=args.images // config.train.batch_size,
-                  log=lambda *_: None, overwrite=True, val_dir=args.heldout, init_from=args.source)
+                  log=lambda *_: None, overwrite=True, val_dir=args.heldout,
+                  init_from=None if scratch else args.source)
             seconds = time.perf_counter() - start
             r = evaluate_checkpoint(run, args.train, settings, heldout_dir=args.heldout)
             rows.append({"variant": name, "seed": seed, "train_seconds": seconds, "heldout_loss": r["heldout_loss"],
@@ -65,13 +97,17 @@ def main() -> None:
             print(f"  {name} seed {seed}: {seconds:.0f} s, held-out loss {r['heldout_loss']:.4f}, "
                   f"SWD {r['swd']:.1f}", flush=True)
             (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\nfrom {args.source}, {args.images:,} images per run; {args.samples} samples x 20 DDIM steps vs "
-          f"{args.heldout}")
-    print("| variant | seed | training time (s) | held-out loss | SWD x1e3 (64 / 32 / 16 px) |")
+    resolutions = sorted((int(k[4:]) for k in rows[0] if k.startswith("swd_")), reverse=True)
+    print(f"\n{'from scratch at ' + str(args.size) + ' px' if scratch else 'from ' + args.source}, "
+          f"{args.images:,} images per run; {args.samples} samples x 20 DDIM steps vs {args.heldout}")
+    columns = " / ".join(f"{s} px" for s in resolutions)
+    print(f"| variant | seed | training time (s) | held-out loss | SWD x1e3 ({columns}) |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        swd = " / ".join(f"{r.get(f'swd_{s}', float('nan')):.1f}" for s in (64, 32, 16))
+        swd = " / ".join(f"{r[f'swd_{s}']:.1f}" for s in resolutions)
         print(f"| {r['variant']} | {r['seed']} | {r['train_seconds']:.0f} | {r['heldout_loss']:.4f} | {swd} |")
+    for name, verdict in verdicts(rows).items():
+        print(f"{name}: {verdict}")
 
 
 if __name__ == "__main__":

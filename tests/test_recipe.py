@@ -1,6 +1,8 @@
 """Recipe options beyond the reference, each off by default: the learning rate's warm-up and
 cool-down, horizontal flips, min-SNR-gamma loss weights."""
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ from corolla.generation import seeded_generator
 from corolla.rates import learning_rate
 from corolla.storage import checkpoint
 from corolla.training import random_flips, train, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_learning_rate_ramps_up_holds_and_cools_down_to_the_runs_last_step():
@@ -96,3 +100,32 @@ def test_the_command_takes_the_recipe_options_and_refuses_bad_values(capsys):
             cli.parser().parse_args(["train", *bad])
         assert stop.value.code == 2
     assert "must be 0 (off)" in capsys.readouterr().err
+
+
+def _recipe_study():
+    spec = importlib.util.spec_from_file_location("recipe_study", ROOT / "benchmarks" / "recipe_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recipe_study_gives_every_variant_the_same_images_and_start():
+    study = _recipe_study()
+    warm = {name: study.variant_changes(name, 6400, warm_start=True) for name in study.VARIANTS}
+    assert warm["batch16"]["batch_size"] == 16 and warm["cooldown"]["lr_cooldown"] == 25  # a quarter of 100 steps
+    assert warm["batch16"]["lr_warmup"] * 16 == warm["reference"]["lr_warmup"] * 64  # the same images of warm-up
+    scratch = study.variant_changes("hflip", 6400, warm_start=False)
+    assert scratch["hflip"] and scratch["lr_warmup"] == 0 and scratch["ema_warmup"]
+    with pytest.raises(SystemExit, match="unknown variant 'dropout'"):
+        study.variant_changes("dropout", 6400, warm_start=True)
+
+
+def test_a_recipe_change_wins_only_when_every_seed_beats_the_reference_by_more_than_the_spread():
+    study = _recipe_study()
+    def rows(name, losses, swds):
+        return [{"variant": name, "seed": s, "heldout_loss": loss, "swd": w}
+                for s, loss, w in zip((1, 2), losses, swds)]
+    reference = rows("reference", (0.160, 0.162), (30.0, 31.0))  # spreads 0.002 and 1.0
+    runs = (reference + rows("hflip", (0.155, 0.156), (27.0, 28.5)) + rows("batch16", (0.170, 0.171), (34.0, 35.0))
+            + rows("cooldown", (0.155, 0.161), (27.0, 28.0)) + rows("min_snr5", (0.150, 0.151), (35.0, 36.0)))
+    assert study.verdicts(runs) == {"hflip": "wins", "batch16": "loses", "cooldown": "even", "min_snr5": "even"}
