@@ -4,6 +4,7 @@ images, with several seeds, and score every run the same way.
     python benchmarks/recipe_study.py --train DATA/train --heldout DATA/heldout [--source flowers64]
         [--size 32] [--images 32000] [--seeds 1,2] [--variants reference,hflip,cooldown,min_snr5,batch16]
         [--samples 512] [--compile] [--out runs/recipe_study]
+    python benchmarks/recipe_study.py --merge STUDY1/results.json STUDY2/results.json
 
 Each run is `corolla train DATA/train --val-data DATA/heldout --preset seed64 --repetitions 2
 --seed S` plus the variant's options, stopped after --images images (the steps follow from its
@@ -62,10 +63,23 @@ def verdicts(rows: list[dict]) -> dict[str, str]:
     return out
 
 
+def report(rows: list[dict]) -> None:
+    """The Markdown table of every run and each variant's verdict."""
+    resolutions = sorted((int(k[4:]) for k in rows[0] if k.startswith("swd_")), reverse=True)
+    columns = " / ".join(f"{s} px" for s in resolutions)
+    print(f"| variant | seed | training time (s) | held-out loss | SWD x1e3 ({columns}) |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in sorted(rows, key=lambda r: (VARIANTS.index(r["variant"]), r["seed"])):
+        swd = " / ".join(f"{r[f'swd_{s}']:.1f}" for s in resolutions)
+        print(f"| {r['variant']} | {r['seed']} | {r['train_seconds']:.0f} | {r['heldout_loss']:.4f} | {swd} |")
+    for name, verdict in verdicts(rows).items():
+        print(f"{name}: {verdict}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--train", required=True)
-    p.add_argument("--heldout", required=True)
+    p.add_argument("--train")
+    p.add_argument("--heldout")
     p.add_argument("--source", default="flowers64", help="the model every run continues, or 'scratch'")
     p.add_argument("--size", type=int, default=64, help="image size of runs from scratch")
     p.add_argument("--images", type=int, default=32_000)
@@ -74,7 +88,13 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (same maths)")
     p.add_argument("--out", default="runs/recipe_study")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS",
+                   help="only report the results.json of studies run apart (say, one process per seed)")
     args = p.parse_args()
+    if args.merge:
+        return report([row for path in args.merge for row in json.loads(Path(path).read_text())])
+    if not (args.train and args.heldout):
+        p.error("--train and --heldout are required to run a study")
     scratch = args.source == "scratch"
     if not scratch and args.size != 64:
         p.error("--size applies to --source scratch; a continued model keeps its 64 px")
@@ -97,18 +117,9 @@ def main() -> None:
             print(f"  {name} seed {seed}: {seconds:.0f} s, held-out loss {r['heldout_loss']:.4f}, "
                   f"SWD {r['swd']:.1f}", flush=True)
             (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    resolutions = sorted((int(k[4:]) for k in rows[0] if k.startswith("swd_")), reverse=True)
     print(f"\n{'from scratch at ' + str(args.size) + ' px' if scratch else 'from ' + args.source}, "
           f"{args.images:,} images per run; {args.samples} samples x 20 DDIM steps vs {args.heldout}")
-    columns = " / ".join(f"{s} px" for s in resolutions)
-    print(f"| variant | seed | training time (s) | held-out loss | SWD x1e3 ({columns}) |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        swd = " / ".join(f"{r[f'swd_{s}']:.1f}" for s in resolutions)
-        print(f"| {r['variant']} | {r['seed']} | {r['train_seconds']:.0f} | {r['heldout_loss']:.4f} | {swd} |")
-    for name, verdict in verdicts(rows).items():
-        print(f"{name}: {verdict}")
-
+    report(rows)
 
 if __name__ == "__main__":
     main()
