@@ -45,13 +45,17 @@ def variant_changes(name: str, images: int, warm_start: bool) -> dict:
 
 def verdicts(rows: list[dict]) -> dict[str, str]:
     """variant -> "wins" / "loses" / "even" against the reference, seed by seed on held-out loss
-    and mean SWD, by more than the larger of the two variants' seed spreads."""
+    and mean SWD, by more than the larger of the two variants' seed spreads; no verdict on one seed,
+    which has no spread to judge by."""
     by = {}
     for r in rows:
         by.setdefault(r["variant"], []).append(r)
     out = {}
     for name, runs in by.items():
         if name == "reference" or "reference" not in by:
+            continue
+        if min(len(runs), len(by["reference"])) < 2:
+            out[name] = "no verdict (one seed)"
             continue
         verdict = set()
         for key in ("heldout_loss", "swd"):

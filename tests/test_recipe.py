@@ -129,3 +129,4 @@ def test_a_recipe_change_wins_only_when_every_seed_beats_the_reference_by_more_t
     runs = (reference + rows("hflip", (0.155, 0.156), (27.0, 28.5)) + rows("batch16", (0.170, 0.171), (34.0, 35.0))
             + rows("cooldown", (0.155, 0.161), (27.0, 28.0)) + rows("min_snr5", (0.150, 0.151), (35.0, 36.0)))
     assert study.verdicts(runs) == {"hflip": "wins", "batch16": "loses", "cooldown": "even", "min_snr5": "even"}
+    assert study.verdicts(runs[:1] + runs[2:3]) == {"hflip": "no verdict (one seed)"}
