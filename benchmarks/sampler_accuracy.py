@@ -94,8 +94,8 @@ def main() -> None:
                     start = time.perf_counter()
                     images = sample_from_noise(model, noise, steps, sampler, grid=grid)
                     seconds = (time.perf_counter() - start) / args.images
-                    fp32 = fp32_images.setdefault((sampler, grid, steps), images) if precision == "fp32" else \
-                        fp32_images.get((sampler, grid, steps))
+                    key = (sampler, grid, steps)
+                    fp32 = fp32_images.setdefault(key, images) if precision == "fp32" else fp32_images.get(key)
                     rows.append((sampler, grid, steps, precision, rmse(images, reference), seconds,
                                  None if fp32 is None else rmse(images, fp32)))
     model.accelerate(precision="fp32")

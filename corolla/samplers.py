@@ -235,12 +235,6 @@ def get_grid(name: str, steps: int, schedule: Schedule, end: float = 0.0, backen
 # of the sampling, for a rule that solves with arrays (so that torch's weights are torch's).
 WeightRule = Callable[..., list[float]]
 
-# Every step up to the last uses as many predictions as the order allows, as k-diffusion's and
-# diffusers' solvers do; the last evaluation's prediction is the result (their final step to noise
-# level 0). DPM-Solver++'s "lower order final" (fewer predictions on the last steps below 15
-# evaluations) was measured against it on flowers64 (issue 27 item 6, docs/explanation/samplers.md):
-# worse in 26 of 27 solver x grid x step cases, e.g. dpmpp_2m at 10 logsnr steps 3.13 vs 2.70/255.
-
 
 def _phi(k: int, h: float) -> float:
     """phi_k(-h) = integral_0^1 e^(-h (1 - u)) u^(k-1) / (k-1)! du, so that
@@ -285,9 +279,12 @@ def _require_deterministic(name: str, eta: float) -> None:
 def _multistep(rule: WeightRule, order: int, correct: bool, denoise: Denoiser, schedule: Schedule,
                initial_noise: Array, times: Array) -> Array:
     """Evaluate at times[:-1]; between evaluations step with the last `order` predictions
-    (fewer at the start); with
-    `correct`, redo each step once its end's prediction is known (UniC: one order more at no
-    extra evaluation). Returns the last prediction."""
+    (fewer at the start only); with `correct`, redo each step once its end's prediction is known
+    (UniC: one order more at no extra evaluation). Returns the last prediction.
+
+    Full order to the last step, as k-diffusion's and diffusers' solvers: DPM-Solver++'s "lower
+    order final" below 15 evaluations was worse on flowers64 in 26 of 27 solver x grid x step
+    cases (issue 27 item 6, docs/explanation/samplers.md)."""
     xp = arrays.of(initial_noise)
     evaluation_times = times[:-1].tolist()
     last = len(evaluation_times) - 1
