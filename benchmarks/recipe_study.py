@@ -3,13 +3,15 @@ images, with several seeds, and score every run the same way.
 
     python benchmarks/recipe_study.py --train DATA/train --heldout DATA/heldout [--source flowers64]
         [--size 32] [--images 32000] [--seeds 1,2] [--variants reference,hflip,cooldown,min_snr5,batch16]
-        [--samples 512] [--compile] [--out runs/recipe_study]
+        [--samples 512] [--warmup-images 12800] [--compile] [--out runs/recipe_study]
     python benchmarks/recipe_study.py --merge STUDY1/results.json STUDY2/results.json
 
 Each run is `corolla train DATA/train --val-data DATA/heldout --preset seed64 --repetitions 2
 --seed S` plus the variant's options, stopped after --images images (the steps follow from its
 batch size, so batch 16 takes 4x the steps of batch 64). With a --source model every run
-continues it (`--init-from SOURCE`; the warm-up covers the same images in every variant);
+continues it (`--init-from SOURCE`; the warm-up covers the same images in every variant,
+--warmup-images, by default the 200 steps at batch 64 of `--init-from`; shorten it so that a short
+study is not mostly warm-up);
 `--source scratch` starts from random weights at --size pixels instead (the reference network
 at 32 px costs a quarter per image; the EMA warms up, as short runs need). Each run is then
 scored by `corolla evaluate` against the held-out images (held-out denoising loss; SWD of
@@ -31,15 +33,16 @@ VARIANTS = ("reference", "hflip", "cooldown", "min_snr5", "batch16")
 WARMUP_IMAGES = configs.WARM_START_LR_WARMUP * 64  # the warm start's default warm-up at batch 64
 
 
-def variant_changes(name: str, images: int, warm_start: bool) -> dict:
-    """The train config changes of a candidate, for a run of `images` images."""
+def variant_changes(name: str, images: int, warm_start: bool, warmup_images: int = WARMUP_IMAGES) -> dict:
+    """The train config changes of a candidate, for a run of `images` images (of which the first
+    `warmup_images` warm the learning rate up when continuing a model)."""
     batch = 16 if name == "batch16" else 64
     steps = images // batch
     changes = {"reference": {}, "hflip": {"hflip": True}, "cooldown": {"lr_cooldown": steps // 4},
                "min_snr5": {"min_snr_gamma": 5.0}, "batch16": {"batch_size": 16}}
     if name not in changes:
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(changes)}")
-    start = {"lr_warmup": WARMUP_IMAGES // batch} if warm_start else {"lr_warmup": 0, "ema_warmup": True}
+    start = {"lr_warmup": max(1, warmup_images // batch)} if warm_start else {"lr_warmup": 0, "ema_warmup": True}
     return {**changes[name], **start, "epochs": 10 ** 6}
 
 
@@ -90,6 +93,8 @@ def main() -> None:
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--warmup-images", type=int, default=WARMUP_IMAGES,
+                   help="images of learning-rate warm-up when continuing a model")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (same maths)")
     p.add_argument("--out", default="runs/recipe_study")
     p.add_argument("--merge", nargs="+", metavar="RESULTS",
@@ -102,11 +107,14 @@ def main() -> None:
     scratch = args.source == "scratch"
     if not scratch and args.size != 64:
         p.error("--size applies to --source scratch; a continued model keeps its 64 px")
+    if not scratch and not 0 < args.warmup_images < args.images:
+        p.error(f"--warmup-images must be between 1 and --images ({args.images}) - 1")
     settings = EvalSettings(samples=args.samples, steps=20)
     rows = []
     for name in args.variants.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
-            changes = {**variant_changes(name, args.images, not scratch), "seed": seed, "compile": args.compile}
+            changes = {**variant_changes(name, args.images, not scratch, args.warmup_images),
+                       "seed": seed, "compile": args.compile}
             config = configs.preset("seed64").replace(data={"repetitions": 2, "val_fraction": 0.0,
                                                             "image_size": args.size}, train=changes)
             run = Path(args.out) / f"{name}-seed{seed}"
