@@ -108,7 +108,7 @@ def main() -> None:
     if not scratch and args.size != 64:
         p.error("--size applies to --source scratch; a continued model keeps its 64 px")
     if not scratch and not 0 < args.warmup_images < args.images:
-        p.error(f"--warmup-images must be between 1 and --images ({args.images}) - 1")
+        p.error(f"--warmup-images must be at least 1 and below --images ({args.images})")
     settings = EvalSettings(samples=args.samples, steps=20)
     rows = []
     for name in args.variants.split(","):
