@@ -9,7 +9,7 @@ convolutions (corolla.folding), and swish out of place or in place (corolla.unet
 works in place only without gradients: with gradients enabled, and no tensor requiring one, the
 same code runs out of place and records nothing). Prints the best and the median of --rounds
 for each, the largest difference from the first, and the machine's limit for one evaluation: the
-network's FLOPs at the float32 matrix-product peak measured in the same process.
+network's FLOPs at the matrix-product peak of --precision measured in the same process.
 """
 from __future__ import annotations
 
@@ -60,13 +60,13 @@ def main() -> None:
                 outputs[name] = model.denoise(x, noise_rates, signal_rates)[0]
                 if round_:
                     seconds[name].append(time.perf_counter() - start)
-    peak = throughput.matmul_peak(device)
+    peak = throughput.matmul_peak(device, dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)
     flops = throughput.flops_per_image(config)[0] * args.batch
     limit_s = flops / 1e9 / peak
     first = next(iter(outputs.values()))
     print(f"{source}: one evaluation of {args.batch} images of {size}x{size}, {args.precision}, channels-last, "
           f"{torch.get_num_threads()} threads; machine: {throughput.machine()}; {args.rounds} rounds")
-    print(f"limit: {flops / 1e9:.0f} GFLOP at the float32 matrix-product peak of {peak:.0f} GFLOP/s = "
+    print(f"limit: {flops / 1e9:.0f} GFLOP at the {args.precision} matrix-product peak of {peak:.0f} GFLOP/s = "
           f"{limit_s:.3f} s\n")
     print("| way | best (s) | median (s) | best x limit | max difference from the first |")
     print("| --- | ---: | ---: | ---: | ---: |")
