@@ -27,10 +27,13 @@ LabelledDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Ten
                             "tuple[torch.Tensor, torch.Tensor]"]
 
 
+MODULATIONS = ("shift", "scale-shift")  # what each residual block does with the class (ClassMap)
+
+
 class ClassEmbedding(nn.Module):
     """A learned vector per class, and one for the null label (row `num_classes`), that every
-    residual block turns into a per-channel shift of its features (ClassShift; corolla.unet says
-    why there).
+    residual block turns into a per-channel shift of its features, or a scale and a shift
+    (ClassMap; corolla.unet says why there).
 
     Drawn at random (unit normal): the shifts start at zero, and a zero vector times a zero map
     would give neither a gradient. The network draws it after every other weight, so the rest is
@@ -48,8 +51,9 @@ class ClassEmbedding(nn.Module):
         return self.weight[labels]
 
 
-class ClassShift(nn.Module):
-    """(B, size) class vectors -> (B, width, 1, 1) shifts added to a residual block's features.
+class ClassMap(nn.Module):
+    """(B, size) class vectors -> (B, width, 1, 1): a residual block's shift of its features, or
+    the scale's departure from 1.
 
     Zero at initialisation, with no random numbers drawn: a new conditional network computes
     exactly what its unconditional twin does, whatever the label."""

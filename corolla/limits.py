@@ -15,7 +15,7 @@ import math
 import re
 from typing import Callable
 
-from . import precision, schedules
+from . import conditioning, precision, schedules
 
 MAX_IMAGE_SIZE = 1024          # pixels per side
 MAX_LEVELS = 6                 # entries of unet.widths: the image is halved once per level
@@ -128,6 +128,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "embedding_max_frequency": number(0, 1e6, low_open=True),
         "channels": lambda v: None if v == 3 and _is_int(v) else "3 (corolla's images are RGB)",
         "classes": class_names,
+        "class_modulation": choice(*conditioning.MODULATIONS),
     },
     "DataConfig": {
         "image_size": integer(8, MAX_IMAGE_SIZE),

@@ -8,8 +8,8 @@ Initialisation follows Keras (Glorot-uniform kernels, zero biases) and BatchNorm
 (no centre/scale, epsilon 1e-3, momentum 0.99), so the default network matches the reference.
 
 A class-conditional network (config.classes not empty) learns a vector per class, which every
-residual block maps to a shift of its features (corolla.conditioning); without classes it is the
-reference.
+residual block maps to a shift of its features, or a scale and a shift (config.class_modulation;
+corolla.conditioning); without classes it is the reference.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conditioning import ClassEmbedding, ClassShift
+from .conditioning import ClassEmbedding, ClassMap
 from .limits import check_section
 from .resample import upsample2x
 
@@ -39,6 +39,10 @@ class UNetConfig:
     # names of the classes a conditional network takes, class number i = classes[i] (the
     # network's vocabulary, as id2label in a Hugging Face config); empty: unconditional
     classes: tuple[str, ...] = ()
+    # what a conditional network's residual blocks do with the class: "shift" their features
+    # (species64), or "scale-shift" them, FiLM (Perez et al. 2018) as ADM's AdaGN does with its
+    # embeddings: a class can then also damp or amplify a feature, not only move it
+    class_modulation: str = "shift"
 
 
 def sinusoidal_embedding(noise_variances: torch.Tensor, size: int = 32,
@@ -62,21 +66,25 @@ def _keras_conv(in_ch: int, out_ch: int, kernel: int, zero: bool = False) -> nn.
 
 
 class ResidualBlock(nn.Module):
-    """x + conv3x3(swish(conv3x3(BN(x)) [+ class shift])), with a 1x1 conv on the skip when widths
-    differ; the class shift only in a conditional network (class_size > 0)."""
+    """x + conv3x3(swish(conv3x3(BN(x)) [x (1 + class scale)] [+ class shift])), with a 1x1 conv on
+    the skip when widths differ; the class terms only in a conditional network (class_size > 0),
+    the scale only with class_scale."""
 
-    def __init__(self, in_ch: int, width: int, class_size: int = 0):
+    def __init__(self, in_ch: int, width: int, class_size: int = 0, class_scale: bool = False):
         super().__init__()
         self.residual = _keras_conv(in_ch, width, 1) if in_ch != width else nn.Identity()
         self.norm = nn.BatchNorm2d(in_ch, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM, affine=False)
         self.conv1 = _keras_conv(in_ch, width, 3)
         self.conv2 = _keras_conv(width, width, 3)
-        self.class_shift = ClassShift(class_size, width) if class_size else None
+        self.class_shift = ClassMap(class_size, width) if class_size else None
+        self.class_scale = ClassMap(class_size, width) if class_size and class_scale else None
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         residual = self.residual(x)
         x = self.conv1(self.norm(x))
-        if self.class_shift is not None:
+        if self.class_scale is not None:
+            x = torch.addcmul(self.class_shift(classes), x, 1 + self.class_scale(classes))
+        elif self.class_shift is not None:
             x += self.class_shift(classes)
         # In place where autograd allows, on tensors this block has just made: a fresh tensor as
         # large as the activations costs the CPU its page faults (with BatchNorm folded, 7 % of an
@@ -88,9 +96,9 @@ class ResidualBlock(nn.Module):
 
 
 class DownBlock(nn.Module):
-    def __init__(self, in_ch: int, width: int, depth: int, class_size: int = 0):
+    def __init__(self, in_ch: int, width: int, depth: int, class_size: int = 0, class_scale: bool = False):
         super().__init__()
-        self.blocks = nn.ModuleList(ResidualBlock(in_ch if i == 0 else width, width, class_size)
+        self.blocks = nn.ModuleList(ResidualBlock(in_ch if i == 0 else width, width, class_size, class_scale)
                                     for i in range(depth))
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], classes: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,10 +109,11 @@ class DownBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    def __init__(self, in_ch: int, skip_chs: list[int], width: int, class_size: int = 0):
+    def __init__(self, in_ch: int, skip_chs: list[int], width: int, class_size: int = 0, class_scale: bool = False):
         super().__init__()
         chans = [in_ch] + [width] * (len(skip_chs) - 1)
-        self.blocks = nn.ModuleList(ResidualBlock(c + s, width, class_size) for c, s in zip(chans, skip_chs))
+        self.blocks = nn.ModuleList(ResidualBlock(c + s, width, class_size, class_scale)
+                                    for c, s in zip(chans, skip_chs))
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor], classes: torch.Tensor | None = None) -> torch.Tensor:
         x = upsample2x(x)
@@ -130,21 +139,23 @@ class UNet(nn.Module):
         # this network takes the noise level: that join, measured on the 102 flowers (1,632 steps
         # from flowers64), left generated images at chance accuracy by asked class. The noise
         # level can be read off the noisy image itself; the class cannot and has to reach every
-        # scale. Costs (classes + 1 + blocks' widths) x embedding_size parameters.
+        # scale. Costs (classes + 1 + blocks' widths) x embedding_size parameters, and the blocks'
+        # widths x embedding_size more for a scale.
         shift = c.embedding_size if c.classes else 0
+        scale = c.class_modulation == "scale-shift"
         self.down = nn.ModuleList()
         skip_chs: list[int] = []
         for width in c.widths:
-            self.down.append(DownBlock(ch, width, c.block_depth, shift))
+            self.down.append(DownBlock(ch, width, c.block_depth, shift, scale))
             skip_chs += [width] * c.block_depth
             ch = width
-        self.middle = nn.ModuleList(ResidualBlock(ch if i == 0 else c.bottom_width, c.bottom_width, shift)
+        self.middle = nn.ModuleList(ResidualBlock(ch if i == 0 else c.bottom_width, c.bottom_width, shift, scale)
                                     for i in range(2))
         ch = c.bottom_width
         self.up = nn.ModuleList()
         for width in reversed(c.widths):
             popped = [skip_chs.pop() for _ in range(c.block_depth)]
-            self.up.append(UpBlock(ch, popped, width, shift))
+            self.up.append(UpBlock(ch, popped, width, shift, scale))
             ch = width
         self.head = _keras_conv(ch, c.channels, 1, zero=True)
         # last, so that every weight above is the one the same seed gives the unconditional network

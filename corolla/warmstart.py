@@ -3,7 +3,7 @@
 The source's EMA network (the weights a release holds) becomes both the trained network and the
 EMA network of the new run; the optimiser, the step count and the data statistics are the new
 run's own. The architecture must be the same, except that an unconditional source may start a
-class-conditional run: the blocks' class shifts start at zero (corolla.conditioning), so the new
+class-conditional run: the blocks' class terms start at zero (corolla.conditioning), so the new
 network begins as exactly the source and only has to learn what the classes add.
 """
 from __future__ import annotations
@@ -32,9 +32,12 @@ def load_into(model: DiffusionModel, config: Config, source: str | os.PathLike) 
         raise ValueError(f"--init-from {source}: trained with the {trained_config.train.schedule} schedule, this run "
                          f"uses {config.train.schedule}; give --schedule {trained_config.train.schedule}")
     theirs, ours = trained_config.unet, config.unet
-    if replace(theirs, classes=()) != replace(ours, classes=()):
-        raise ValueError(f"--init-from {source}: its network is not this run's (image size, widths, blocks or "
-                         f"embedding differ); choose the same --preset and --image-size")
+    # an unconditional source has no class terms, so it starts a conditional run of either modulation
+    neutral = {"classes": ()} if theirs.classes else {"classes": (), "class_modulation": ours.class_modulation}
+    if replace(theirs, **neutral) != replace(ours, **neutral):
+        raise ValueError(f"--init-from {source}: its network is not this run's (image size, widths, blocks, "
+                         f"embedding or class modulation differ); choose the same --preset, --image-size and "
+                         f"--class-modulation")
     if theirs.classes and theirs.classes != ours.classes:
         raise ValueError(f"--init-from {source}: a conditional model starts only a run of its own "
                          f"{len(theirs.classes)} classes, in the same order")

@@ -66,12 +66,39 @@ def test_without_classes_the_network_is_the_reference_and_classes_add_the_embedd
     assert Config.from_dict(legacy) == preset("seed64")
 
 
-def test_a_new_conditional_network_is_its_unconditional_twin():
-    """Zero class shifts, the class embedding drawn last: same weights, same output, any label."""
+def test_a_scale_shift_network_adds_a_scale_map_per_block_and_scales_then_shifts():
+    seed64 = preset("seed64").unet
+    names = tuple(f"species {i}" for i in range(102))
+    shift = count_parameters(UNet(UNetConfig(**{**seed64.__dict__, "classes": names})))
+    film = UNet(UNetConfig(**{**seed64.__dict__, "classes": names, "class_modulation": "scale-shift"}))
+    assert count_parameters(film) == shift + 2 * (32 + 64 + 96) * 32 + 2 * 128 * 32 + 2 * (96 + 64 + 32) * 32
+    torch.manual_seed(0)
+    block = ResidualBlock(4, 6, class_size=5, class_scale=True).eval()
+    with torch.no_grad():
+        block.class_shift.weight.normal_()
+        block.class_scale.weight.normal_()
+        block.conv2.weight.normal_()
+    x, classes = torch.randn(2, 4, 8, 8), torch.randn(2, 5)
+    with torch.no_grad():
+        inner = block.conv1(block.norm(x))
+        inner = inner * (1 + classes @ block.class_scale.weight.T)[:, :, None, None] \
+            + (classes @ block.class_shift.weight.T)[:, :, None, None]
+        expected = block.conv2(torch.nn.functional.silu(inner)) + block.residual(x)
+        assert torch.allclose(block(x, classes), expected, atol=1e-5)
+        block.class_scale.weight.zero_()  # no scale: exactly the shift-only block
+        shift_only = ResidualBlock(4, 6, class_size=5).eval()
+        shift_only.load_state_dict({k: v for k, v in block.state_dict().items() if "class_scale" not in k})
+        assert torch.equal(block(x, classes), shift_only(x, classes))
+
+
+@pytest.mark.parametrize("modulation", ["shift", "scale-shift"])
+def test_a_new_conditional_network_is_its_unconditional_twin(modulation):
+    """Zero class shifts and scales, the class embedding drawn last: same weights, same output, any
+    label."""
     torch.manual_seed(5)
     plain = UNet(TINY)
     torch.manual_seed(5)
-    conditional = UNet(UNetConfig(**{**TINY.__dict__, "classes": CLASSES}))
+    conditional = UNet(UNetConfig(**{**TINY.__dict__, "classes": CLASSES, "class_modulation": modulation}))
     shared = plain.state_dict()
     assert all(torch.equal(value, conditional.state_dict()[key]) for key, value in shared.items())
     x, v = torch.randn(4, 3, SIZE, SIZE), torch.rand(4, 1, 1, 1)

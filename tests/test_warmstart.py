@@ -21,22 +21,24 @@ def source(tmp_path_factory, make_flowers):
     return out
 
 
-def _conditional_tiny(classes=CLASSES):
-    config = preset("tiny").replace(unet={"classes": classes})
+def _conditional_tiny(classes=CLASSES, modulation="shift"):
+    config = preset("tiny").replace(unet={"classes": classes, "class_modulation": modulation})
     torch.manual_seed(3)
     return DiffusionModel(config.unet), config
 
 
-def test_both_networks_start_as_the_sources_ema_and_a_conditional_one_as_its_unconditional_twin(source):
+@pytest.mark.parametrize("modulation", ["shift", "scale-shift"])
+def test_both_networks_start_as_the_sources_ema_and_a_conditional_one_as_its_unconditional_twin(source, modulation):
     trained, _ = checkpoint.load_model(source)
-    model, config = _conditional_tiny()
+    model, config = _conditional_tiny(modulation=modulation)
     assert warmstart.load_into(model, config, source) == str(checkpoint.resolve(source))
     for network in (model.network, model.ema_network):
         ours = network.state_dict()
         for key, value in trained.ema_network.state_dict().items():
             assert torch.equal(ours[key], value), key
-        shifts = [value for key, value in ours.items() if "class_shift" in key]
-        assert shifts and not any(s.any() for s in shifts)  # untouched: zero, as a new conditional network's
+        maps = [value for key, value in ours.items() if "class_shift" in key or "class_scale" in key]
+        assert len(maps) == (2 if modulation == "scale-shift" else 1) * 6  # the tiny network's 6 residual blocks
+        assert not any(m.any() for m in maps)  # untouched: zero, as a new conditional network's
     model.eval()
     x, v = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 1, 1)
     with torch.no_grad():
@@ -58,6 +60,9 @@ def test_other_networks_schedules_and_classes_are_refused(source, tmp_path):
     other, other_config = _conditional_tiny(("tulip", "iris", "lily"))
     with pytest.raises(ValueError, match="its own 3 classes"):
         warmstart.load_into(other, other_config, tmp_path / "cond")
+    film, film_config = _conditional_tiny(modulation="scale-shift")  # a shift model has no scales to start from
+    with pytest.raises(ValueError, match="class modulation differ"):
+        warmstart.load_into(film, film_config, tmp_path / "cond")
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         warmstart.load_into(DiffusionModel(config.unet), config, tmp_path / "nothing")
 
@@ -70,10 +75,12 @@ def test_the_command_starts_a_conditional_run_from_an_unconditional_one_and_resu
         source, class_folder, tmp_path, capsys):
     out = tmp_path / "cond"
     assert cli.main(["train", str(class_folder), "--preset", "tiny", "--conditional", "--init-from", str(source),
-                     "--epochs", "3", "--out", str(out), "--max-steps", "1", "--no-progress"]) == 0
+                     "--class-modulation", "scale-shift", "--epochs", "3", "--out", str(out), "--max-steps", "1",
+                     "--no-progress"]) == 0
     state = json.loads((checkpoint.resolve(out) / "state.json").read_text())
     assert state["init_from"] == str(checkpoint.resolve(source)) and state["step"] == 1
-    assert checkpoint.load_model(out)[1].unet.classes == CLASSES
+    unet = checkpoint.load_model(out)[1].unet
+    assert unet.classes == CLASSES and unet.class_modulation == "scale-shift"
     assert cli.main(["train", "--preset", "tiny", "--conditional", "--out", str(out), "--resume",
                      "--max-steps", "2", "--no-progress"]) == 0
     state = json.loads((checkpoint.resolve(out) / "state.json").read_text())
@@ -81,6 +88,11 @@ def test_the_command_starts_a_conditional_run_from_an_unconditional_one_and_resu
     capsys.readouterr()
     assert cli.main(["train", "--preset", "tiny", "--out", str(out), "--resume", "--init-from", str(source)]) == 2
     assert "give one" in capsys.readouterr().err
+    assert cli.main(["train", "--preset", "tiny", "--out", str(out), "--resume", "--class-modulation", "shift"]) == 2
+    assert "a resumed run keeps its own" in capsys.readouterr().err
+    assert cli.main(["train", str(class_folder), "--preset", "tiny", "--class-modulation", "scale-shift",
+                     "--out", str(tmp_path / "plain")]) == 2
+    assert "add --conditional" in capsys.readouterr().err
     assert cli.main(["train", str(class_folder), "--preset", "demo", "--init-from", str(source),
                      "--out", str(tmp_path / "demo"), "--no-progress"]) == 2
     assert "not this run's" in capsys.readouterr().err
