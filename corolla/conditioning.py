@@ -66,6 +66,23 @@ class ClassMap(nn.Module):
         return F.linear(classes, self.weight)[:, :, None, None]
 
 
+class ClassNoiseJoin(nn.Module):
+    """A class vector and the noise level's embedding -> one vector per image for the blocks'
+    ClassMaps: swish(linear([class, noise])). Without it a class moves a block's features by the
+    same amount at every noise level, where the class decides a noisy image's layout and colours
+    but should leave the last, fine steps alone; ADM lets the class act through its timestep
+    embedding for the same reason. Its weights are random (PyTorch's Linear default): the
+    ClassMaps reading it start at zero, so the network still starts as its unconditional twin."""
+
+    def __init__(self, size: int, out: int):
+        super().__init__()
+        self.linear = nn.Linear(2 * size, out)
+
+    def forward(self, classes: torch.Tensor, noise_embedding: torch.Tensor) -> torch.Tensor:
+        """classes (B, size), noise_embedding (B, size) -> (B, out)."""
+        return F.silu(self.linear(torch.cat([classes, noise_embedding.to(classes.dtype)], dim=1)))
+
+
 def drop_labels(labels: torch.Tensor, rate: float, null_label: int, generator: torch.Generator) -> torch.Tensor:
     """Each label replaced by the null label with probability `rate`. One uniform number per image
     is drawn from `generator` whatever the rate, so the draws that follow do not depend on it."""

@@ -129,6 +129,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "channels": lambda v: None if v == 3 and _is_int(v) else "3 (corolla's images are RGB)",
         "classes": class_names,
         "class_modulation": choice(*conditioning.MODULATIONS),
+        "class_with_noise": boolean,
     },
     "DataConfig": {
         "image_size": integer(8, MAX_IMAGE_SIZE),

@@ -9,7 +9,8 @@ Initialisation follows Keras (Glorot-uniform kernels, zero biases) and BatchNorm
 
 A class-conditional network (config.classes not empty) learns a vector per class, which every
 residual block maps to a shift of its features, or a scale and a shift (config.class_modulation;
-corolla.conditioning); without classes it is the reference.
+corolla.conditioning), optionally after joining it with the noise level (config.class_with_noise);
+without classes it is the reference.
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conditioning import ClassEmbedding, ClassMap
+from .conditioning import ClassEmbedding, ClassMap, ClassNoiseJoin
 from .limits import check_section
 from .resample import upsample2x
 
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 0.01  # PyTorch's momentum is 1 - Keras' 0.99
+JOIN_WIDTH = 4  # ClassNoiseJoin's output, in embedding sizes
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class UNetConfig:
     # (species64), or "scale-shift" them, FiLM (Perez et al. 2018) as ADM's AdaGN does with its
     # embeddings: a class can then also damp or amplify a feature, not only move it
     class_modulation: str = "shift"
+    # whether the class vector passes through a learned layer with the noise level's embedding
+    # before the blocks (ClassNoiseJoin), so that its effect can change with the noise level
+    class_with_noise: bool = False
 
 
 def sinusoidal_embedding(noise_variances: torch.Tensor, size: int = 32,
@@ -140,8 +145,11 @@ class UNet(nn.Module):
         # from flowers64), left generated images at chance accuracy by asked class. The noise
         # level can be read off the noisy image itself; the class cannot and has to reach every
         # scale. Costs (classes + 1 + blocks' widths) x embedding_size parameters, and the blocks'
-        # widths x embedding_size more for a scale.
-        shift = c.embedding_size if c.classes else 0
+        # widths x embedding_size more for a scale; joined with the noise level, the blocks read
+        # a vector 4x as wide (ADM's embedding width), for (2 + blocks' widths x 3) x
+        # 4 x embedding_size more.
+        joined = JOIN_WIDTH * c.embedding_size
+        shift = (joined if c.class_with_noise else c.embedding_size) if c.classes else 0
         scale = c.class_modulation == "scale-shift"
         self.down = nn.ModuleList()
         skip_chs: list[int] = []
@@ -160,6 +168,7 @@ class UNet(nn.Module):
         self.head = _keras_conv(ch, c.channels, 1, zero=True)
         # last, so that every weight above is the one the same seed gives the unconditional network
         self.class_embedding = ClassEmbedding(len(c.classes), c.embedding_size) if c.classes else None
+        self.class_join = ClassNoiseJoin(c.embedding_size, joined) if c.classes and c.class_with_noise else None
 
     def forward(self, noisy_images: torch.Tensor, noise_variances: torch.Tensor,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -173,7 +182,10 @@ class UNet(nn.Module):
         elif labels is not None:
             raise ValueError("this network is not class-conditional: it takes no labels")
         # in the variances' own precision: sin(2 pi 1000 v) is ill-conditioned, bfloat16 would garble it
-        emb = sinusoidal_embedding(noise_variances, c.embedding_size, c.embedding_max_frequency).to(x.dtype)
+        emb = sinusoidal_embedding(noise_variances, c.embedding_size, c.embedding_max_frequency)
+        if self.class_join is not None:
+            classes = self.class_join(classes, emb.flatten(1))
+        emb = emb.to(x.dtype)
         # nearest upsampling of a 1x1 map is a broadcast over the image
         emb = emb.expand(-1, -1, x.shape[2], x.shape[3])
         if x.is_contiguous(memory_format=torch.channels_last):

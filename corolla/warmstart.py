@@ -32,12 +32,13 @@ def load_into(model: DiffusionModel, config: Config, source: str | os.PathLike) 
         raise ValueError(f"--init-from {source}: trained with the {trained_config.train.schedule} schedule, this run "
                          f"uses {config.train.schedule}; give --schedule {trained_config.train.schedule}")
     theirs, ours = trained_config.unet, config.unet
-    # an unconditional source has no class terms, so it starts a conditional run of either modulation
-    neutral = {"classes": ()} if theirs.classes else {"classes": (), "class_modulation": ours.class_modulation}
+    # an unconditional source has no class terms, so it starts a conditional run of any class design
+    neutral = {"classes": ()} if theirs.classes else {"classes": (), "class_modulation": ours.class_modulation,
+                                                      "class_with_noise": ours.class_with_noise}
     if replace(theirs, **neutral) != replace(ours, **neutral):
         raise ValueError(f"--init-from {source}: its network is not this run's (image size, widths, blocks, "
-                         f"embedding or class modulation differ); choose the same --preset, --image-size and "
-                         f"--class-modulation")
+                         f"embedding or class design differ); choose the same --preset, --image-size, "
+                         f"--class-modulation and --class-with-noise")
     if theirs.classes and theirs.classes != ours.classes:
         raise ValueError(f"--init-from {source}: a conditional model starts only a run of its own "
                          f"{len(theirs.classes)} classes, in the same order")

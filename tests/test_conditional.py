@@ -91,14 +91,33 @@ def test_a_scale_shift_network_adds_a_scale_map_per_block_and_scales_then_shifts
         assert torch.equal(block(x, classes), shift_only(x, classes))
 
 
-@pytest.mark.parametrize("modulation", ["shift", "scale-shift"])
-def test_a_new_conditional_network_is_its_unconditional_twin(modulation):
-    """Zero class shifts and scales, the class embedding drawn last: same weights, same output, any
-    label."""
+def test_joined_with_the_noise_level_the_blocks_read_a_wider_vector_that_changes_with_the_noise():
+    seed64 = preset("seed64").unet
+    names = tuple(f"species {i}" for i in range(102))
+    shift = count_parameters(UNet(UNetConfig(**{**seed64.__dict__, "classes": names})))
+    joined = UNet(UNetConfig(**{**seed64.__dict__, "classes": names, "class_with_noise": True}))
+    blocks = 2 * (32 + 64 + 96) + 2 * 128 + 2 * (96 + 64 + 32)
+    # the join's Linear(64 -> 128), and maps from 128 numbers instead of 32
+    assert count_parameters(joined) == shift + 64 * 128 + 128 + blocks * (128 - 32)
+    join = conditioning.ClassNoiseJoin(4, 6)
+    classes, noise = torch.randn(3, 4), torch.randn(3, 4)
+    with torch.no_grad():
+        expected = torch.nn.functional.silu(torch.cat([classes, noise], 1) @ join.linear.weight.T + join.linear.bias)
+        assert torch.allclose(join(classes, noise), expected, atol=1e-6)
+        # the same class at two noise levels gives the blocks two different vectors
+        assert not torch.allclose(join(classes[:1], noise[:1]), join(classes[:1], noise[1:2]))
+
+
+@pytest.mark.parametrize("design", [{"class_modulation": "shift"}, {"class_modulation": "scale-shift"},
+                                    {"class_with_noise": True},
+                                    {"class_modulation": "scale-shift", "class_with_noise": True}])
+def test_a_new_conditional_network_is_its_unconditional_twin(design):
+    """Zero class shifts and scales, the class embedding (and join) drawn last: same weights, same
+    output, any label."""
     torch.manual_seed(5)
     plain = UNet(TINY)
     torch.manual_seed(5)
-    conditional = UNet(UNetConfig(**{**TINY.__dict__, "classes": CLASSES, "class_modulation": modulation}))
+    conditional = UNet(UNetConfig(**{**TINY.__dict__, "classes": CLASSES, **design}))
     shared = plain.state_dict()
     assert all(torch.equal(value, conditional.state_dict()[key]) for key, value in shared.items())
     x, v = torch.randn(4, 3, SIZE, SIZE), torch.rand(4, 1, 1, 1)
@@ -368,6 +387,12 @@ def test_unconditional_models_and_runs_refuse_class_options(run, class_folder, t
     assert "add --conditional" in capsys.readouterr().err
     assert cli.main(["train", "--preset", "tiny", "--out", str(plain), "--resume", "--conditional"]) == 2
     assert "cannot become conditional" in capsys.readouterr().err
+    assert cli.main(["train", str(class_folder), "--preset", "tiny", "--class-with-noise",
+                     "--out", str(tmp_path / "r")]) == 2
+    assert "add --conditional" in capsys.readouterr().err
+    assert cli.main(["train", "--out", str(run), "--resume", "--class-with-noise"]) == 2
+    assert "--class-with-noise shape a new network" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_conditional_run_resumes_with_its_labels_and_held_out_class_folders(class_folder, tmp_path):

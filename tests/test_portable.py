@@ -41,11 +41,11 @@ CASES = [("ddim", 0.0, "uniform"), ("ddim", 1.0, "uniform"), ("ddim", 0.5, "karr
          ("dpmpp_3m", 0.0, "karras"), ("unipc", 0.0, "logsnr"), ("dpmpp_2m", 0.0, "uniform")]
 
 
-def _tiny(classes: tuple[str, ...] = (), seed: int = 0, modulation: str = "shift") -> DiffusionModel:
+def _tiny(classes: tuple[str, ...] = (), seed: int = 0, **design) -> DiffusionModel:
     """A tiny model whose output matters: random head (and class shifts and scales), BatchNorm
     statistics away from 0 and 1 (so that folding them is tested), images around 0.5."""
     torch.manual_seed(seed)
-    model = DiffusionModel(UNetConfig(**SMALL, classes=classes, class_modulation=modulation))
+    model = DiffusionModel(UNetConfig(**SMALL, classes=classes, **design))
     g = torch.Generator().manual_seed(seed + 1)
     make_labels_matter(model.ema_network, g)
     with torch.no_grad():
@@ -121,8 +121,10 @@ def test_the_onnx_network_predicts_what_pytorch_does(conditional, exported_condi
     assert np.abs(got - expected).max() <= 5e-5 * max(1.0, np.abs(expected).max())
 
 
-def test_a_scale_shift_network_is_exported_with_its_scales(tmp_path):
-    film = _tiny(CLASSES, seed=9, modulation="scale-shift")
+@pytest.mark.parametrize("design, part", [({"class_modulation": "scale-shift"}, "class_scale"),
+                                          ({"class_with_noise": True}, "class_join")])
+def test_the_other_class_designs_are_exported_with_their_parts(tmp_path, design, part):
+    film = _tiny(CLASSES, seed=9, **design)
     session = onnxruntime.InferenceSession(str(export.export_onnx(film, tmp_path / "film", SIZE) / folder.ONNX_FILE),
                                            providers=["CPUExecutionProvider"])
     inputs = export.random_inputs(film.ema_network, 3, SIZE, seed=7)
@@ -130,11 +132,11 @@ def test_a_scale_shift_network_is_exported_with_its_scales(tmp_path):
     with torch.no_grad():
         expected = film.ema_network(*inputs).numpy()
         for name, weight in film.ema_network.named_parameters():
-            if "class_scale" in name:
+            if part in name and name.endswith("weight"):
                 weight.zero_()
-        unscaled = film.ema_network(*inputs).numpy()
+        without = film.ema_network(*inputs).numpy()
     assert np.abs(got - expected).max() <= 5e-5 * max(1.0, np.abs(expected).max())
-    assert np.abs(unscaled - expected).max() > 0.01  # the scales are in the exported network
+    assert np.abs(without - expected).max() > 0.01  # the part is in the exported network
 
 
 def test_the_export_refuses_a_network_that_differs_and_writes_nothing(model, exported, monkeypatch, tmp_path):

@@ -21,16 +21,18 @@ def source(tmp_path_factory, make_flowers):
     return out
 
 
-def _conditional_tiny(classes=CLASSES, modulation="shift"):
-    config = preset("tiny").replace(unet={"classes": classes, "class_modulation": modulation})
+def _conditional_tiny(classes=CLASSES, modulation="shift", with_noise=False):
+    config = preset("tiny").replace(unet={"classes": classes, "class_modulation": modulation,
+                                          "class_with_noise": with_noise})
     torch.manual_seed(3)
     return DiffusionModel(config.unet), config
 
 
-@pytest.mark.parametrize("modulation", ["shift", "scale-shift"])
-def test_both_networks_start_as_the_sources_ema_and_a_conditional_one_as_its_unconditional_twin(source, modulation):
+@pytest.mark.parametrize("modulation, with_noise", [("shift", False), ("scale-shift", False), ("shift", True)])
+def test_both_networks_start_as_the_sources_ema_and_a_conditional_one_as_its_unconditional_twin(
+        source, modulation, with_noise):
     trained, _ = checkpoint.load_model(source)
-    model, config = _conditional_tiny(modulation=modulation)
+    model, config = _conditional_tiny(modulation=modulation, with_noise=with_noise)
     assert warmstart.load_into(model, config, source) == str(checkpoint.resolve(source))
     for network in (model.network, model.ema_network):
         ours = network.state_dict()
@@ -61,8 +63,11 @@ def test_other_networks_schedules_and_classes_are_refused(source, tmp_path):
     with pytest.raises(ValueError, match="its own 3 classes"):
         warmstart.load_into(other, other_config, tmp_path / "cond")
     film, film_config = _conditional_tiny(modulation="scale-shift")  # a shift model has no scales to start from
-    with pytest.raises(ValueError, match="class modulation differ"):
+    with pytest.raises(ValueError, match="class design differ"):
         warmstart.load_into(film, film_config, tmp_path / "cond")
+    joined, joined_config = _conditional_tiny(with_noise=True)  # nor a join to start from
+    with pytest.raises(ValueError, match="class design differ.*--class-with-noise"):
+        warmstart.load_into(joined, joined_config, tmp_path / "cond")
     with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
         warmstart.load_into(DiffusionModel(config.unet), config, tmp_path / "nothing")
 

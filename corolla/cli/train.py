@@ -26,6 +26,9 @@ from .options import (
     whole_number,
 )
 
+# options that shape a conditional network: fields of its unet section
+NETWORK_OPTIONS = ("class_modulation", "class_with_noise")
+
 
 def register(sub) -> None:
     _add_train(sub)
@@ -123,6 +126,9 @@ def _add_train(sub) -> None:
     p.add_argument("--class-modulation", choices=MODULATIONS,
                    help="with --conditional: what each residual block does with the class: shift its features "
                         "(default, as species64) or scale and shift them (FiLM)")
+    p.add_argument("--class-with-noise", action="store_const", const=True,
+                   help="with --conditional: join the class with the noise level in a learned layer before the "
+                        "blocks, so that the class can act differently at each noise level")
     p.add_argument("--init-from", metavar="MODEL", type=path_text,
                    help="start from a trained model's weights (a checkpoint, a run folder or a shipped model's "
                         "name) instead of random ones: the same network, or its unconditional twin for "
@@ -136,8 +142,7 @@ def train_config(args: argparse.Namespace, base: configs.Config | None = None) -
     base = base or configs.preset(args.preset)
     changes = {section: {f.name: getattr(args, f.name) for f in fields(getattr(base, section))
                          if getattr(args, f.name, None) is not None} for section in ("data", "train")}
-    if getattr(args, "class_modulation", None):
-        changes["unet"] = {"class_modulation": args.class_modulation}
+    changes["unet"] = {name: getattr(args, name) for name in NETWORK_OPTIONS if getattr(args, name, None)}
     if args.val_data and changes["data"].get("val_fraction"):
         raise ValueError("--val-data and --val-fraction both choose the held-out images; give one")
     if args.val_data:
@@ -169,12 +174,12 @@ def run_train(args) -> int:
         raise ValueError("--resume continues the run in --out, --overwrite replaces it: give one")
     if args.resume and args.init_from:
         raise ValueError("--init-from starts a new run from a model's weights, --resume continues one: give one")
-    if not args.conditional and not args.resume and (args.labels or args.label_dropout is not None
-                                                     or args.class_modulation):
-        raise ValueError("--labels, --label-dropout and --class-modulation are for a class-conditional run: "
-                         "add --conditional")
-    if args.resume and args.class_modulation:
-        raise ValueError("--class-modulation shapes a new network; a resumed run keeps its own: leave it out")
+    shaping = [f"--{name.replace('_', '-')}" for name in NETWORK_OPTIONS if getattr(args, name)]
+    if not args.conditional and not args.resume and (args.labels or args.label_dropout is not None or shaping):
+        raise ValueError("--labels, --label-dropout, --class-modulation and --class-with-noise are for a "
+                         "class-conditional run: add --conditional")
+    if args.resume and shaping:
+        raise ValueError(f"{' and '.join(shaping)} shape a new network; a resumed run keeps its own: leave it out")
     runfolder.check_free(out)  # before reading a run that another process may be writing
     config = _resumed_config(args, out) if args.resume else train_config(args)
     folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
