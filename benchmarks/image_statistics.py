@@ -15,8 +15,8 @@ import argparse
 import json
 
 import torch
-import torch.nn.functional as F
 
+from corolla import metrics
 from corolla.data import imagefolder
 from corolla.generation import SamplingSettings, generate
 from corolla.storage import checkpoint, pretrained
@@ -24,9 +24,8 @@ from corolla.storage import checkpoint, pretrained
 
 def statistics(images: torch.Tensor) -> dict:
     """images (N, C, H, W) in [0, 1] -> mean and std per channel, fine detail."""
-    local_mean = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     return {"mean": images.mean((0, 2, 3)).tolist(), "std": images.std((0, 2, 3)).tolist(),
-            "fine_detail": float((images - local_mean).std())}
+            "fine_detail": metrics.fine_detail(images)}
 
 
 def main() -> None:

@@ -459,5 +459,8 @@ def test_the_class_accuracy_benchmark_runs_end_to_end(run, tmp_path):
     assert [row["guidance"] for row in results["by_guidance"]] == [0.0, 2.0]
     for row in results["by_guidance"]:
         assert 0 <= row["accuracy"] <= row["top5"] == 1.0 and row["swd"] > 0
+        # the sharpness ceiling: the held-out photos blurred to the generated images' fine detail
+        assert 0 < row["fine_detail"] and 0 <= row["sharpness_ceiling"] <= 1.0
+        assert (row["ceiling_blur_sigma"] > 0) == (row["fine_detail"] < results["heldout_fine_detail"])
         assert set(row["accuracy_by_class"]) == set(CLASSES)
     assert results["classifier_heldout_accuracy"] == 1.0 and "| 2 |" in bench.table(results)

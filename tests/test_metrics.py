@@ -198,6 +198,25 @@ def test_swd_ranks_real_above_blurred_and_noise(flowers16):
     assert metrics.sliced_wasserstein(half_a, half_b) == real  # seeded: the same images, the same value
 
 
+def test_fine_detail_and_the_gaussian_blur_against_closed_forms_and_scipy(flowers16):
+    images = flowers16[:4].double() / 255
+    local = scipy.ndimage.uniform_filter(images.numpy(), (1, 1, 3, 3), mode="nearest")  # edge pixels replicated
+    assert metrics.fine_detail(images) == pytest.approx(float(np.std(images.numpy() - local, ddof=1)), rel=1e-9)
+    assert metrics.fine_detail(torch.full((2, 3, 8, 8), 0.3)) == 0.0
+    # radius int(3 sigma + 0.5) = 4 pixels, borders mirrored without repeating the edge
+    expected = scipy.ndimage.gaussian_filter(images.numpy(), (0, 0, 1.2, 1.2), mode="mirror", truncate=4 / 1.2)
+    assert np.abs(metrics.gaussian_blur(images, 1.2).numpy() - expected).max() < 1e-12
+    assert metrics.gaussian_blur(images, 0) is images
+
+
+def test_blur_to_fine_detail_hits_the_target_and_leaves_smoother_images_alone(flowers16):
+    images = flowers16.float() / 255
+    target = 0.6 * metrics.fine_detail(images)
+    blurred, sigma = metrics.blur_to_fine_detail(images, target)
+    assert sigma > 0 and metrics.fine_detail(blurred) == pytest.approx(target, rel=1e-3)
+    assert metrics.blur_to_fine_detail(blurred, 2 * target) == (blurred, 0.0)
+
+
 # --- Held-out loss --------------------------------------------------------------------------
 
 def tiny_model(train):
