@@ -4,7 +4,10 @@ The source's EMA network (the weights a release holds) becomes both the trained 
 EMA network of the new run; the optimiser, the step count and the data statistics are the new
 run's own. The architecture must be the same, except that an unconditional source may start a
 class-conditional run: the blocks' class terms start at zero (corolla.conditioning), so the new
-network begins as exactly the source and only has to learn what the classes add.
+network begins as exactly the source and only has to learn what the classes add. The schedule may
+differ: the network takes the noise variance, not the diffusion time, so another schedule
+continues it on another spread of noise levels (`corolla train` keeps the source's unless one is
+named).
 """
 from __future__ import annotations
 
@@ -28,9 +31,6 @@ def load_into(model: DiffusionModel, config: Config, source: str | os.PathLike) 
     run's records. Raises ValueError when the networks differ in more than the class conditioning."""
     where = source_path(source)
     trained, trained_config = checkpoint.load_model(where)
-    if trained_config.train.schedule != config.train.schedule:
-        raise ValueError(f"--init-from {source}: trained with the {trained_config.train.schedule} schedule, this run "
-                         f"uses {config.train.schedule}; give --schedule {trained_config.train.schedule}")
     theirs, ours = trained_config.unet, config.unet
     # an unconditional source has no class terms, so it starts a conditional run of any class design
     neutral = {"classes": ()} if theirs.classes else {"classes": (), "class_modulation": ours.class_modulation,

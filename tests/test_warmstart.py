@@ -49,14 +49,18 @@ def test_both_networks_start_as_the_sources_ema_and_a_conditional_one_as_its_unc
         assert torch.equal(model.network(x, v), expected)
 
 
-def test_other_networks_schedules_and_classes_are_refused(source, tmp_path):
+def test_other_networks_and_classes_are_refused_and_another_schedule_continues(source, tmp_path):
     config = preset("tiny")
     wider = config.replace(unet={"widths": (8, 16, 32)})
     with pytest.raises(ValueError, match="not this run's"):
         warmstart.load_into(DiffusionModel(wider.unet), wider, source)
+    # the network takes the noise variance, not the time: any schedule continues it
     linear = config.replace(train={"schedule": "linear"})
-    with pytest.raises(ValueError, match="--schedule offset_cosine"):
-        warmstart.load_into(DiffusionModel(linear.unet), linear, source)
+    model = DiffusionModel(linear.unet, schedule="linear")
+    warmstart.load_into(model, linear, source)
+    trained, _ = checkpoint.load_model(source)
+    assert all(torch.equal(value, model.network.state_dict()[key])
+               for key, value in trained.ema_network.state_dict().items())
     conditional, conditional_config = _conditional_tiny()
     checkpoint.save_pretrained(tmp_path / "cond", conditional, conditional_config, ema_only=True)
     other, other_config = _conditional_tiny(("tulip", "iris", "lily"))
@@ -101,6 +105,17 @@ def test_the_command_starts_a_conditional_run_from_an_unconditional_one_and_resu
     assert cli.main(["train", str(class_folder), "--preset", "demo", "--init-from", str(source),
                      "--out", str(tmp_path / "demo"), "--no-progress"]) == 2
     assert "not this run's" in capsys.readouterr().err
+
+
+def test_the_command_keeps_the_sources_schedule_unless_one_is_named(tmp_path, make_flowers):
+    folder = make_flowers(16)
+    cosine = tmp_path / "cosine"
+    train(preset("tiny").replace(train={"schedule": "cosine"}), folder, cosine, progress=False, max_steps=1)
+    for named, expected in (([], "cosine"), (["--schedule", "offset_cosine"], "offset_cosine")):
+        out = tmp_path / f"from-{expected}"
+        assert cli.main(["train", str(folder), "--preset", "tiny", "--init-from", str(cosine), *named,
+                         "--out", str(out), "--max-steps", "1", "--no-progress"]) == 0
+        assert checkpoint.load_model(out)[1].train.schedule == expected
 
 
 def test_a_warm_start_ramps_the_learning_rate_and_a_fresh_run_does_not(source, make_flowers, tmp_path):

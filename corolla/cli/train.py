@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .. import config as configs
-from .. import limits, schedules
+from .. import limits, schedules, warmstart
 from ..conditioning import MODULATIONS
 from ..storage import checkpoint, outputs, runfolder
 from .options import (
@@ -78,7 +78,8 @@ def _add_train(sub) -> None:
     p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
     p.add_argument("--val-data", metavar="DIR", type=path_text,
                    help="folder of held-out images for the validation loss (then all of DATA_DIR trains)")
-    p.add_argument("--schedule", choices=sorted(schedules.SCHEDULES))
+    p.add_argument("--schedule", choices=sorted(schedules.SCHEDULES), action=Given,
+                   help="the noise schedule (default: the preset's; with --init-from, the source's)")
     p.add_argument("--ema", type=fraction, help="EMA decay (reference 0.999)")
     p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="ramp the EMA decay as min(ema, (1+step)/(10+step))")
@@ -143,6 +144,10 @@ def train_config(args: argparse.Namespace, base: configs.Config | None = None) -
     changes = {section: {f.name: getattr(args, f.name) for f in fields(getattr(base, section))
                          if getattr(args, f.name, None) is not None} for section in ("data", "train")}
     changes["unet"] = {name: getattr(args, name) for name in NETWORK_OPTIONS if getattr(args, name, None)}
+    if getattr(args, "init_from", None) and "schedule" not in getattr(args, "given", ()):
+        # a fine-tune keeps the noise levels its source learned unless another schedule is named
+        source = checkpoint.load_config(checkpoint.resolve(warmstart.source_path(args.init_from)))
+        changes["train"]["schedule"] = source.train.schedule
     if args.val_data and changes["data"].get("val_fraction"):
         raise ValueError("--val-data and --val-fraction both choose the held-out images; give one")
     if args.val_data:
