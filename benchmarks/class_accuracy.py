@@ -5,6 +5,8 @@
     python benchmarks/class_accuracy.py score CHECKPOINT --classifier CLASSIFIER --heldout HELDOUT_DIR
         [--per-class 10] [--guidance 0,1,2,4] [--steps 20] [--sampler ddim] [--eta 0] [--batch-size 64]
         [--seed 0] [--device auto] [--json OUT]
+    python benchmarks/class_accuracy.py ceiling --classifier CLASSIFIER --heldout HELDOUT_DIR
+        [--sigmas 0,0.5,0.7,0.9,1.2]
 
 1. classifier: a small CNN of its own (four 3x3 convolution blocks, 32 to 256 channels, with
    BatchNorm, ReLU and 2x2 max-pooling, global average pooling, a linear layer; 0.4 M parameters)
@@ -23,6 +25,8 @@
    it) and the sharpness ceiling, the classifier's accuracy on the held-out photos blurred to that
    same fine detail: a classifier of photos also reads texture, so images smoother than photos
    lose accuracy that no better class conditioning gives back.
+3. ceiling: the classifier's accuracy on the held-out photos blurred by a Gaussian of each of
+   --sigmas pixels, beside their fine detail: how the ceiling falls as images get smoother.
 The classifier must be trained at the model's image size. Seconds are wall-clock on this device.
 """
 from __future__ import annotations
@@ -195,6 +199,21 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
     return results
 
 
+def blurred_ceilings(classifier_dir: str, heldout_dir: str, sigmas: tuple[float, ...],
+                     device: str = "auto") -> list[dict]:
+    """[{sigma, fine_detail, accuracy, top5}] of the classifier on the held-out photos blurred by sigma."""
+    dev = resolve_device(device)
+    classifier, settings = load_classifier(classifier_dir, dev)
+    held, targets, _ = labelled_folder(heldout_dir, settings["size"], tuple(settings["classes"]))
+    rows = []
+    for sigma in sigmas:
+        blurred = metrics.quantise(metrics.gaussian_blur(held.float() / 255, sigma))
+        logits = predict(classifier, blurred, dev)
+        rows.append({"sigma": sigma, "fine_detail": metrics.fine_detail(blurred.float() / 255),
+                     "accuracy": accuracy(logits, targets), "top5": accuracy(logits, targets, 5)})
+    return rows
+
+
 def table(results: dict) -> str:
     lines = [f"{results['checkpoint']}: {results['classes']} classes x {results['per_class']} images, "
              f"{results['steps']} {results['sampler']} steps, eta {results['eta']:g}, seed {results['seed']}, "
@@ -238,7 +257,19 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="of the sampling network")
     s.add_argument("--json", help="write the results, per-class accuracies included, to this file")
+    c = sub.add_parser("ceiling", help="the classifier on held-out photos blurred by each sigma")
+    c.add_argument("--classifier", required=True)
+    c.add_argument("--heldout", required=True)
+    c.add_argument("--sigmas", default="0,0.5,0.7,0.9,1.2", help="comma-separated blur radii in pixels")
+    c.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    if args.command == "ceiling":
+        print("| blur sigma (px) | fine detail | accuracy | top-5 |\n| --- | --- | --- | --- |")
+        for row in blurred_ceilings(args.classifier, args.heldout, tuple(float(s) for s in args.sigmas.split(",")),
+                                    args.device):
+            print(f"| {row['sigma']:g} | {row['fine_detail']:.3f} | {100 * row['accuracy']:.1f} % | "
+                  f"{100 * row['top5']:.1f} % |")
+        return
     if args.command == "classifier":
         config = train_classifier(args.train_dir, args.heldout_dir, args.out, args.size, args.epochs,
                                   args.batch_size, seed=args.seed, device=args.device)

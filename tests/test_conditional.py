@@ -464,3 +464,6 @@ def test_the_class_accuracy_benchmark_runs_end_to_end(run, tmp_path):
         assert (row["ceiling_blur_sigma"] > 0) == (row["fine_detail"] < results["heldout_fine_detail"])
         assert set(row["accuracy_by_class"]) == set(CLASSES)
     assert results["classifier_heldout_accuracy"] == 1.0 and "| 2 |" in bench.table(results)
+    # blurred photos: less fine detail at every sigma; unblurred, the held-out accuracy
+    rows = bench.blurred_ceilings(str(tmp_path / "clf"), str(tmp_path / "heldout"), (0.0, 1.0, 2.0), device="cpu")
+    assert rows[0]["accuracy"] == 1.0 and rows[0]["fine_detail"] > rows[1]["fine_detail"] > rows[2]["fine_detail"]
