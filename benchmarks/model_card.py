@@ -1,7 +1,7 @@
 """The model card's figures: shipped models scored on real images none of them saw.
 
     python benchmarks/model_card.py --train DIR --heldout DIR [--models flowers64,flowers32]
-        [--samples 1024] [--steps 20] [--json OUT] [--pairs-dir DIR]
+        [--samples 1024] [--steps 20] [--loss-schedule NAME] [--json OUT] [--pairs-dir DIR]
 
 For each model (a shipped name or a checkpoint path): `corolla evaluate` with --heldout (SWD per
 resolution of --samples generated images against the held-out images, the held-out denoising
@@ -42,10 +42,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto")
+    p.add_argument("--loss-schedule", default="", help="the losses' noise levels (default: each model's own)")
     p.add_argument("--json", default="model_card.json")
     p.add_argument("--pairs-dir", default=".", help="where each model's nearest-pairs PNG goes")
     args = p.parse_args()
-    settings = metrics.EvalSettings(samples=args.samples, steps=args.steps, seed=args.seed)
+    settings = metrics.EvalSettings(samples=args.samples, steps=args.steps, seed=args.seed,
+                                    loss_schedule=args.loss_schedule)
     results, floors = {}, {}
     for name in args.models.split(","):
         path = model_path(name)

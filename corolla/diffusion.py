@@ -161,14 +161,16 @@ class DiffusionModel(nn.Module):
                                             labels, guidance, len(self.network.config.classes))
 
     def noise_loss(self, images: torch.Tensor, noises: torch.Tensor, diffusion_times: torch.Tensor,
-                   ema: bool = False, labels: torch.Tensor | None = None, min_snr_gamma: float = 0.0) -> torch.Tensor:
+                   ema: bool = False, labels: torch.Tensor | None = None, min_snr_gamma: float = 0.0,
+                   schedule: schedules.Schedule | None = None) -> torch.Tensor:
         """Mean absolute error between the drawn and the predicted noise.
 
         images: (B,C,H,W) in [0, 1]; noises like images; diffusion_times (B,1,1,1); labels (B,)
         the classes of a conditional network, or None. min_snr_gamma > 0 weights each image's
-        error by min_snr_weights (0: the reference's unweighted mean)."""
+        error by min_snr_weights (0: the reference's unweighted mean). schedule: the noise levels'
+        (default: the model's own; another compares models of different schedules)."""
         images = self.normalizer.normalize(images)
-        noise_rates, signal_rates = self.schedule(diffusion_times)
+        noise_rates, signal_rates = (schedule or self.schedule)(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
         pred_noises, _ = self.denoise(noisy_images, noise_rates, signal_rates, ema=ema, labels=labels)
         if not min_snr_gamma:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import distributed, limits
+from . import distributed, limits, schedules
 from . import inception as inception_module
 from .data import imagefolder, rundata
 from .data.imagefolder import cache_dir
@@ -245,10 +245,12 @@ def loss_times(count: int = LOSS_TIMES) -> torch.Tensor:
 
 @torch.no_grad()
 def denoising_loss(model: DiffusionModel, images: torch.Tensor, seed: int = 0, times: int = LOSS_TIMES,
-                   batch_size: int = 64) -> list[float]:
+                   batch_size: int = 64, schedule: str = "") -> list[float]:
     """The L1 noise loss of the EMA network (BatchNorm frozen) at each time of loss_times(times),
-    over uint8 images (N, C, H, W). Image i always gets the same noises, drawn from its own
-    generator (seed, i), so the value depends neither on batching nor on other images."""
+    over uint8 images (N, C, H, W), at the noise levels of `schedule` (default: the model's own).
+    Image i always gets the same noises, drawn from its own generator (seed, i), so the value
+    depends neither on batching nor on other images."""
+    rates = schedules.get(schedule) if schedule else None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -260,7 +262,7 @@ def denoising_loss(model: DiffusionModel, images: torch.Tensor, seed: int = 0, t
                               for i in range(first, first + batch.shape[0])]).to(device)  # (B, T, C, H, W)
         for k in range(times):
             t = torch.full((batch.shape[0], 1, 1, 1), float(grid[k]), device=device)
-            totals[k] += model.noise_loss(batch, noises[:, k], t, ema=True).item() * batch.shape[0]
+            totals[k] += model.noise_loss(batch, noises[:, k], t, ema=True, schedule=rates).item() * batch.shape[0]
     model.train(was_training)
     return (totals / images.shape[0]).tolist()
 
@@ -339,6 +341,9 @@ class EvalSettings:
     kid_subsets: int = 100
     kid_subset_size: int = 1000   # clipped to the number of images
     train_loss_images: int = 64   # training images scored on the loss grid, beside the held-out ones
+    # the losses' noise levels: a schedule's name, "" for the model's own; naming one compares
+    # models trained under different schedules at the same levels
+    loss_schedule: str = ""
 
     @property
     def sampling(self) -> SamplingSettings:
@@ -424,11 +429,12 @@ class Evaluator:
         swd = sliced_wasserstein(self.train, generated, s.seed)
         results["swd"] = sum(swd.values()) / len(swd)
         results.update({f"swd_{resolution}": value for resolution, value in swd.items()})
-        by_time = (denoising_loss(model, self.heldout, s.seed, batch_size=s.batch_size) if self.heldout.shape[0]
-                   else None)
+        by_time = (denoising_loss(model, self.heldout, s.seed, batch_size=s.batch_size, schedule=s.loss_schedule)
+                   if self.heldout.shape[0] else None)
         results["heldout_loss"] = sum(by_time) / len(by_time) if by_time else None
         results["heldout_loss_by_time"] = by_time
-        train_by_time = denoising_loss(model, self.train[:s.train_loss_images], s.seed, batch_size=s.batch_size)
+        train_by_time = denoising_loss(model, self.train[:s.train_loss_images], s.seed, batch_size=s.batch_size,
+                                       schedule=s.loss_schedule)
         results["train_loss"] = sum(train_by_time) / len(train_by_time)
         summary, distances, index = memorisation(generated, self.train, self.train_distances, self.heldout)
         results.update(summary)

@@ -248,6 +248,23 @@ def test_denoising_loss_is_independent_of_batching(flowers16):
     assert not np.allclose(one, metrics.denoising_loss(model, flowers16[:6], seed=1, times=3), rtol=1e-3)
 
 
+def test_denoising_loss_at_another_schedules_noise_levels_is_that_schedules_models_loss(flowers16):
+    """A cosine model scored at the offset cosine's levels is the same weights as an offset
+    cosine model: what compares models trained under different schedules."""
+    model = tiny_model(flowers16)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.ema_network.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cosine = DiffusionModel(configs.preset("tiny").unet, schedule="cosine")
+    cosine.load_state_dict(model.state_dict())
+    cosine.eval()
+    own = metrics.denoising_loss(model, flowers16[:4], seed=0, times=3)
+    assert metrics.denoising_loss(model, flowers16[:4], seed=0, times=3, schedule="offset_cosine") == own
+    assert metrics.denoising_loss(cosine, flowers16[:4], seed=0, times=3, schedule="offset_cosine") == own
+    assert not np.allclose(metrics.denoising_loss(cosine, flowers16[:4], seed=0, times=3), own, rtol=1e-3)
+
+
 # --- Memorisation ---------------------------------------------------------------------------
 
 def test_nearest_neighbours_against_brute_force():
@@ -401,6 +418,12 @@ def test_corolla_evaluate_writes_table_json_and_pairs(tmp_path, capsys, monkeypa
     # a weights file that is not there is a usage error naming what to get
     assert main(args + ["--inception-weights", str(tmp_path / "missing.pth")]) == 2
     assert inception.WEIGHTS_NAME in capsys.readouterr().err
+    # the losses at another schedule's noise levels, recorded; an unknown schedule is refused
+    assert main(args + ["--loss-schedule", "cosine"]) == 0
+    assert results["loss_schedule"] == ""
+    assert json.loads((tmp_path / "out.json").read_text())["loss_schedule"] == "cosine"
+    assert main(args + ["--loss-schedule", "steep"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_corolla_evaluate_with_inception_weights_caches_real_features(tmp_path, monkeypatch):

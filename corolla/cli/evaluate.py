@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 
-from .. import limits
+from .. import limits, schedules
 from ..inception import weights_help
 from ..metrics import EvalSettings, evaluate_checkpoint
 from ..storage import outputs
@@ -39,6 +39,9 @@ def register(sub) -> None:
                    help="images to generate (default %(default)s)")
     add_sampling(p, ("steps", "sampler", "eta", "seed", "batch_size"),
                  seed="seeds generation, the held-out noise, SWD and KID subsets")
+    p.add_argument("--loss-schedule", choices=sorted(schedules.SCHEDULES), default="",
+                   help="score the losses at this schedule's noise levels (default: the model's own), to compare "
+                        "models trained under different schedules")
     p.add_argument("--json", type=path_text, default="evaluation.json", metavar="OUT",
                    help="JSON file to write (default %(default)s)")
     p.add_argument("--pairs", type=path_text, default="nearest_pairs.png", metavar="PNG",
@@ -92,7 +95,7 @@ def run_evaluate(args) -> int:
     out = outputs.check_file(args.json, "--json")  # before the minutes of generating
     outputs.check_file(args.pairs, "--pairs")
     settings = EvalSettings(samples=args.samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
-                            seed=args.seed, batch_size=args.batch_size)
+                            seed=args.seed, batch_size=args.batch_size, loss_schedule=args.loss_schedule)
     results = evaluate_checkpoint(checkpoint_path(args), args.data, settings, args.inception_weights, args.device,
                                   args.pairs, precision=args.precision, heldout_dir=args.heldout)
     if results is None:  # a torchrun process other than rank 0: its images went to rank 0
