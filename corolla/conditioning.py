@@ -69,8 +69,8 @@ class ClassMap(nn.Module):
 class ClassNoiseJoin(nn.Module):
     """A class vector and the noise level's embedding -> one vector per image for the blocks'
     ClassMaps: swish(linear([class, noise])). Without it a class moves a block's features by the
-    same amount at every noise level, where the class decides a noisy image's layout and colours
-    but should leave the last, fine steps alone; ADM lets the class act through its timestep
+    same amount at every noise level, though it decides a noisy image's layout and colours and
+    should leave the last, fine steps alone; ADM lets the class act through its timestep
     embedding for the same reason. Its weights are random (PyTorch's Linear default): the
     ClassMaps reading it start at zero, so the network still starts as its unconditional twin."""
 

@@ -146,7 +146,7 @@ def train_config(args: argparse.Namespace, base: configs.Config | None = None) -
     changes["unet"] = {name: getattr(args, name) for name in NETWORK_OPTIONS if getattr(args, name, None)}
     if getattr(args, "init_from", None) and "schedule" not in getattr(args, "given", ()):
         # a fine-tune keeps the noise levels its source learned unless another schedule is named
-        source = checkpoint.load_config(checkpoint.resolve(warmstart.source_path(args.init_from)))
+        source = checkpoint.load_config(warmstart.source_path(args.init_from))
         changes["train"]["schedule"] = source.train.schedule
     if args.val_data and changes["data"].get("val_fraction"):
         raise ValueError("--val-data and --val-fraction both choose the held-out images; give one")
