@@ -312,7 +312,8 @@ def test_weights_that_overflow_write_no_image(release, tmp_path, capsys):
 
 def test_evaluate_writes_valid_json_with_null_and_the_reason_for_what_it_cannot_compute(
         release, make_flowers, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(metrics, "denoising_loss", lambda *a, **k: [float("nan")] * 10)  # a loss that overflowed
+    # a loss that overflowed
+    monkeypatch.setattr(metrics.evaluation, "denoising_loss", lambda *a, **k: [float("nan")] * 10)
     out = tmp_path / "evaluation.json"
     assert cli.main(["evaluate", str(release), "--data", str(make_flowers(16)), "--samples", "4", "--steps", "1",
                      "--json", str(out), "--pairs", str(tmp_path / "pairs.png")]) == 0

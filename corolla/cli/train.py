@@ -53,12 +53,27 @@ def register(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    """train's options: those named as a config field set that field (train_config)."""
+    """train's options, in the order --help lists them: those named as a config field set that
+    field (train_config)."""
     p = sub.add_parser("train", help="train a model on a folder of images (default: the bundled flowers)")
     p.add_argument("data_dir", nargs="?", type=path_text,
                    help="folder of images, searched recursively (default: bundled flowers)")
     p.add_argument("--preset", default="seed64", choices=sorted(configs.PRESETS), action=Given,
                    help="seed64 = the reference exactly; demo = 32x32, fast on a CPU; tiny = for smoke tests")
+    _add_recipe(p)
+    _add_run(p)
+    _add_speed(p)
+    _add_evaluation(p)
+    _add_classes(p)
+    p.add_argument("--init-from", metavar="MODEL", type=path_text,
+                   help="start from a trained model's weights (a checkpoint, a run folder or a shipped model's "
+                        "name) instead of random ones: the same network, or its unconditional twin for "
+                        "--conditional; the optimiser starts afresh")
+    p.set_defaults(func=run_train)
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    """What is learned and how: the data, the optimiser, the schedule, the EMA."""
     p.add_argument("--epochs", type=whole_number(1, limits.MAX_EPOCHS))
     p.add_argument("--batch-size", type=batch_size)
     p.add_argument("--image-size", type=image_size)
@@ -88,6 +103,10 @@ def _add_train(sub) -> None:
     p.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None,
                    help="centre-crop to a square instead of squashing")
     p.add_argument("--seed", type=seed)
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    """Where the run lives, on which device, and when it stops."""
     p.add_argument("--out", type=path_text, help="run folder (default runs/PRESET)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -95,6 +114,10 @@ def _add_train(sub) -> None:
                    help="start a new run in an --out that holds one, deleting its checkpoints, log and grids")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimiser steps in all")
     add_progress(p)
+
+
+def _add_speed(p: argparse.ArgumentParser) -> None:
+    """Options that change the speed, not what is learned."""
     p.add_argument("--accumulate", type=batch_size,
                    help="micro-batches per optimiser step (gradient accumulation); the batch size stays global")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -105,6 +128,10 @@ def _add_train(sub) -> None:
     add_precision(p, default=None)
     p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun on GPUs, BatchNorm statistics over the global batch")
+
+
+def _add_evaluation(p: argparse.ArgumentParser) -> None:
+    """Scoring during training and reporting to trackers."""
     p.add_argument("--eval-every", type=whole_number(0, limits.MAX_EPOCHS), metavar="N",
                    help="every N epochs, score fixed generated images (SWD, held-out loss, memorisation; "
                         "KID/FID with Inception weights); 0: never")
@@ -115,6 +142,10 @@ def _add_train(sub) -> None:
                    help="keep the EMA weights of the best evaluation in RUN/best")
     p.add_argument("--log", action="append", choices=["tensorboard", "wandb"], default=[],
                    help="also report to TensorBoard (RUN/tensorboard) or W&B (RUN/wandb); repeat for both")
+
+
+def _add_classes(p: argparse.ArgumentParser) -> None:
+    """Class-conditional training."""
     p.add_argument("--conditional", action="store_true",
                    help="learn the data's classes (one sub-folder per class, or --labels) for sample --class, "
                         "with classifier-free guidance")
@@ -130,11 +161,6 @@ def _add_train(sub) -> None:
     p.add_argument("--class-with-noise", action="store_const", const=True,
                    help="with --conditional: join the class with the noise level in a learned layer before the "
                         "blocks, so that the class can act differently at each noise level")
-    p.add_argument("--init-from", metavar="MODEL", type=path_text,
-                   help="start from a trained model's weights (a checkpoint, a run folder or a shipped model's "
-                        "name) instead of random ones: the same network, or its unconditional twin for "
-                        "--conditional; the optimiser starts afresh")
-    p.set_defaults(func=run_train)
 
 
 def train_config(args: argparse.Namespace, base: configs.Config | None = None) -> configs.Config:
