@@ -205,10 +205,11 @@ def run_train(args) -> int:
         raise ValueError("--resume continues the run in --out, --overwrite replaces it: give one")
     if args.resume and args.init_from:
         raise ValueError("--init-from starts a new run from a model's weights, --resume continues one: give one")
-    shaping = [f"--{name.replace('_', '-')}" for name in NETWORK_OPTIONS if getattr(args, name)]
+    flags = {name: f"--{name.replace('_', '-')}" for name in NETWORK_OPTIONS}
+    shaping = [flag for name, flag in flags.items() if getattr(args, name)]
     if not args.conditional and not args.resume and (args.labels or args.label_dropout is not None or shaping):
-        raise ValueError("--labels, --label-dropout, --class-modulation and --class-with-noise are for a "
-                         "class-conditional run: add --conditional")
+        raise ValueError(f"--labels, --label-dropout, {', '.join(flags.values())} are for a class-conditional "
+                         f"run: add --conditional")
     if args.resume and shaping:
         raise ValueError(f"{' and '.join(shaping)} shape a new network; a resumed run keeps its own: leave it out")
     runfolder.check_free(out)  # before reading a run that another process may be writing
