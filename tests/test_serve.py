@@ -598,6 +598,13 @@ def painted_px(locator) -> int:
     return int(((pixels[..., 0] > 240) & (pixels[..., 1] < 15) & (pixels[..., 2] > 240)).sum())
 
 
+def photo_px(locator) -> int:
+    """The pixels of a component that are neither its white nor its grey (a photo it shows)."""
+    import io
+    pixels = np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
+    return int((pixels.max(-1) - pixels.min(-1) > 30).sum())
+
+
 def test_a_box_painted_into_the_editor_is_the_mask_corolla_inpaint_box_applies(browser, server, tiny, tmp_path):
     wide = tmp_path / "wide.png"  # its central 64x64 square is enlarged 8 times in the editor
     Image.open(photo_path()).convert("RGB").resize((96, 64)).save(wide)
@@ -607,6 +614,11 @@ def test_a_box_painted_into_the_editor_is_the_mask_corolla_inpaint_box_applies(b
         names = ("x", "y", "width", "height")
         for name, value in zip(names, (32, 16, 32, 32)):  # the middle half of the central square, at first
             expect(page.locator(f"#box-{name} input").first).to_have_value(str(value))
+        # the editor draws the photo after its value arrives; painting before then can leave the
+        # page's call waiting on an editor that never exports its layers
+        deadline = time.monotonic() + WAIT_S
+        while photo_px(canvas) < 10_000:
+            assert time.monotonic() < deadline, "the editor did not show the photo"
         before = painted_px(canvas)  # the toolbar's colour
         for name, value in zip(names, (10, 20, 40, 16)):  # across the central square's left edge
             fill(page, f"#box-{name}", value)
