@@ -2,7 +2,7 @@
 images, with several seeds, and score every run the same way.
 
     python benchmarks/recipe_study.py --train DATA/train --heldout DATA/heldout [--source flowers64]
-        [--size 32] [--images 32000] [--seeds 1,2] [--variants reference,hflip,cooldown,min_snr5,batch16]
+        [--size 32] [--images 32000] [--seeds 1,2] [--variants reference,hflip,cooldown,anneal,min_snr5,batch16]
         [--samples 512] [--warmup-images 12800] [--compile] [--out runs/recipe_study]
     python benchmarks/recipe_study.py --merge STUDY1/results.json STUDY2/results.json
 
@@ -29,7 +29,7 @@ from corolla import config as configs
 from corolla.metrics import EvalSettings, evaluate_checkpoint
 from corolla.training import train
 
-VARIANTS = ("reference", "hflip", "cooldown", "min_snr5", "batch16")
+VARIANTS = ("reference", "hflip", "cooldown", "anneal", "min_snr5", "batch16")
 WARMUP_IMAGES = configs.WARM_START_LR_WARMUP * 64  # the warm start's default warm-up at batch 64
 
 
@@ -38,11 +38,14 @@ def variant_changes(name: str, images: int, warm_start: bool, warmup_images: int
     `warmup_images` warm the learning rate up when continuing a model)."""
     batch = 16 if name == "batch16" else 64
     steps = images // batch
+    warmup = max(1, warmup_images // batch) if warm_start else 0
+    # anneal: the whole run after the warm-up decays to 0, for a model already converged at lr
     changes = {"reference": {}, "hflip": {"hflip": True}, "cooldown": {"lr_cooldown": steps // 4},
+               "anneal": {"lr_cooldown": steps - warmup},
                "min_snr5": {"min_snr_gamma": 5.0}, "batch16": {"batch_size": 16}}
     if name not in changes:
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(changes)}")
-    start = {"lr_warmup": max(1, warmup_images // batch)} if warm_start else {"lr_warmup": 0, "ema_warmup": True}
+    start = {"lr_warmup": warmup} if warm_start else {"lr_warmup": 0, "ema_warmup": True}
     return {**changes[name], **start, "epochs": 10 ** 6}
 
 

@@ -86,6 +86,12 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         residual = self.residual(x)
+        out = self.conv2(self.hidden(x, classes))
+        out += residual
+        return out
+
+    def hidden(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """swish(conv1(BN(x)) with the class terms): what conv2 reads."""
         x = self.conv1(self.norm(x))
         if self.class_scale is not None:
             x = torch.addcmul(self.class_shift(classes), x, 1 + self.class_scale(classes))
@@ -95,9 +101,7 @@ class ResidualBlock(nn.Module):
         # large as the activations costs the CPU its page faults (with BatchNorm folded, 7 % of an
         # evaluation on the 2-core EPYC: benchmarks/README.md, "Folded BatchNorm"). swish keeps its
         # input for the backward pass, so only without gradients.
-        out = self.conv2(F.silu(x, inplace=not torch.is_grad_enabled()))
-        out += residual
-        return out
+        return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
 class DownBlock(nn.Module):

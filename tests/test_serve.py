@@ -541,14 +541,26 @@ def test_the_model_chosen_above_the_tabs_is_the_one_every_tab_uses(browser, serv
         page.context.close()
 
 
+def photo_px(locator) -> int:
+    """The pixels of a component that are neither its white nor its grey (a photo it shows)."""
+    import io
+    pixels = np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
+    return int((pixels.max(-1) - pixels.min(-1) > 30).sum())
+
+
 def open_inpainting(page, photo: Path):
-    """The Inpaint tab with `photo` uploaded -> the editor's canvas, shown."""
+    """The Inpaint tab with `photo` uploaded -> the editor's canvas, showing it."""
     open_tab(page, "Edit")
     page.locator("#photo input[type=file]").set_input_files(str(photo))
     page.wait_for_selector("#square img")
     open_tab(page, "Inpaint")
     canvas = page.locator("#mask-editor canvas").first
     expect(canvas).to_be_visible()
+    # the editor draws the photo a while after its value arrives; painting before then can leave
+    # the page's next call waiting on an editor that never exports its layers
+    deadline = time.monotonic() + WAIT_S
+    while photo_px(canvas) < 10_000:
+        assert time.monotonic() < deadline, "the editor did not show the photo"
     return canvas
 
 
@@ -567,7 +579,6 @@ def test_the_mask_painted_in_the_editor_is_the_mask_applied(browser, server, tin
     page = open_page(browser, server)
     try:
         open_inpainting(page, photo_path())
-        page.wait_for_function("document.querySelector('#mask-editor canvas').width > 0")
         image = page.evaluate("""() => {  // where the photo lies on the editor's canvas
             const c = document.querySelector('#mask-editor canvas'); const r = c.getBoundingClientRect();
             return {x: r.x, y: r.y, width: r.width, height: r.height}; }""")
@@ -598,13 +609,6 @@ def painted_px(locator) -> int:
     return int(((pixels[..., 0] > 240) & (pixels[..., 1] < 15) & (pixels[..., 2] > 240)).sum())
 
 
-def photo_px(locator) -> int:
-    """The pixels of a component that are neither its white nor its grey (a photo it shows)."""
-    import io
-    pixels = np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
-    return int((pixels.max(-1) - pixels.min(-1) > 30).sum())
-
-
 def test_a_box_painted_into_the_editor_is_the_mask_corolla_inpaint_box_applies(browser, server, tiny, tmp_path):
     wide = tmp_path / "wide.png"  # its central 64x64 square is enlarged 8 times in the editor
     Image.open(photo_path()).convert("RGB").resize((96, 64)).save(wide)
@@ -614,11 +618,6 @@ def test_a_box_painted_into_the_editor_is_the_mask_corolla_inpaint_box_applies(b
         names = ("x", "y", "width", "height")
         for name, value in zip(names, (32, 16, 32, 32)):  # the middle half of the central square, at first
             expect(page.locator(f"#box-{name} input").first).to_have_value(str(value))
-        # the editor draws the photo after its value arrives; painting before then can leave the
-        # page's call waiting on an editor that never exports its layers
-        deadline = time.monotonic() + WAIT_S
-        while photo_px(canvas) < 10_000:
-            assert time.monotonic() < deadline, "the editor did not show the photo"
         before = painted_px(canvas)  # the toolbar's colour
         for name, value in zip(names, (10, 20, 40, 16)):  # across the central square's left edge
             fill(page, f"#box-{name}", value)
