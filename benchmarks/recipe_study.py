@@ -41,7 +41,7 @@ def variant_changes(name: str, images: int, warm_start: bool, warmup_images: int
     warmup = max(1, warmup_images // batch) if warm_start else 0
     # anneal: the whole run after the warm-up decays to 0, for a model already converged at lr
     changes = {"reference": {}, "hflip": {"hflip": True}, "cooldown": {"lr_cooldown": steps // 4},
-               "anneal": {"lr_cooldown": steps - warmup},
+               "anneal": {"lr_cooldown": max(1, steps - warmup)},
                "min_snr5": {"min_snr_gamma": 5.0}, "batch16": {"batch_size": 16}}
     if name not in changes:
         raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(changes)}")

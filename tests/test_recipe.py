@@ -114,6 +114,8 @@ def test_the_recipe_study_gives_every_variant_the_same_images_and_start():
     warm = {name: study.variant_changes(name, 6400, warm_start=True) for name in study.VARIANTS}
     assert warm["batch16"]["batch_size"] == 16 and warm["cooldown"]["lr_cooldown"] == 25  # a quarter of 100 steps
     assert warm["batch16"]["lr_warmup"] * 16 == warm["reference"]["lr_warmup"] * 64  # the same images of warm-up
+    anneal = study.variant_changes("anneal", 51200, warm_start=True, warmup_images=6400)
+    assert (anneal["lr_warmup"], anneal["lr_cooldown"]) == (100, 700)  # every step after the warm-up decays
     short = study.variant_changes("batch16", 12800, warm_start=True, warmup_images=3200)
     assert short["lr_warmup"] == 200 and study.variant_changes("reference", 12800, True, 3200)["lr_warmup"] == 50
     scratch = study.variant_changes("hflip", 6400, warm_start=False)
