@@ -18,6 +18,11 @@ Two ways to add that map, one per runtime:
 - ONNX export: the map is computed in the graph from a one-channel image of ones and added; in-place
   edits would become scatters there, while onnxruntime folds the whole map into a constant when it
   loads the model.
+
+The block's other elementwise step, adding the skip after conv2, goes into conv2 on the CPU:
+oneDNN adds it as a binary post-op while the convolution writes its output (FoldedBlock). swish
+after conv1 cannot go in the same way: the edge bands must be corrected before swish, and
+PyTorch's fused operator takes no swish after a binary post-op, so it stays one in-place pass.
 """
 from __future__ import annotations
 

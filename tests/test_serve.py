@@ -43,6 +43,7 @@ from corolla.unet import UNetConfig
 
 CONFIG = preset("tiny")
 WAIT_S = 60  # the longest any condition is waited for (each holds within a second or two when all is well)
+RETRY_S = 15  # the editor's blank canvas: how long before "Paint this box" is clicked again (paint_box)
 CPU = ["--device", "cpu", "--precision", "fp32", "--no-progress"]
 RUNNING = {gradio_client.utils.Status.PROCESSING, gradio_client.utils.Status.PROGRESS,
            gradio_client.utils.Status.ITERATING}
@@ -609,6 +610,23 @@ def painted_px(locator) -> int:
     return int(((pixels[..., 0] > 240) & (pixels[..., 1] < 15) & (pixels[..., 2] > 240)).sum())
 
 
+def paint_box(page, canvas, before: int) -> None:
+    """Clicks "Paint this box" until the editor's canvas shows the box (1,000 more magenta pixels
+    than `before`). Gradio's editor sometimes draws nothing at all for a new value: seen about
+    once in 15 runs on a loaded machine, the page's call answered, the new layer fetched and the
+    canvas left blank (photo and box gone) for good. A user would click again; so does this test,
+    every RETRY_S, which repaints the same box (painting a box into a layer that has it changes
+    nothing), and fails only when no click has painted it within WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        page.click("#paint-box")
+        retry = time.monotonic() + RETRY_S
+        while time.monotonic() < retry:
+            if painted_px(canvas) >= before + 1000:
+                return
+            assert time.monotonic() < deadline, "the box was not painted"
+
+
 def test_a_box_painted_into_the_editor_is_the_mask_corolla_inpaint_box_applies(browser, server, tiny, tmp_path):
     wide = tmp_path / "wide.png"  # its central 64x64 square is enlarged 8 times in the editor
     Image.open(photo_path()).convert("RGB").resize((96, 64)).save(wide)
@@ -621,10 +639,7 @@ def test_a_box_painted_into_the_editor_is_the_mask_corolla_inpaint_box_applies(b
         before = painted_px(canvas)  # the toolbar's colour
         for name, value in zip(names, (10, 20, 40, 16)):  # across the central square's left edge
             fill(page, f"#box-{name}", value)
-        page.click("#paint-box")
-        deadline = time.monotonic() + WAIT_S
-        while painted_px(canvas) < before + 1000:  # the box drawn on the editor's canvas
-            assert time.monotonic() < deadline, "the box was not painted"
+        paint_box(page, canvas, before)
         shown = run_inpainting(page, 4)
         applied = torch.from_numpy(shown_png(page, shown.nth(1))[..., 0] > 127)[None]
         assert torch.equal(applied, editing.box_mask((10, 20, 40, 16), (96, 64), 16))
