@@ -3,15 +3,13 @@
     python benchmarks/inference_path.py [CHECKPOINT] [--batch 64] [--rounds 7] [--precision fp32]
 
 Loads CHECKPOINT (default: the shipped flowers64) in channels-last and times one evaluation of
-the EMA network at --batch images, five ways, one after the other in every round (so that a busy
-moment of a shared machine slows all alike): BatchNorm separate or folded into the convolutions
-(corolla.folding), swish out of place or in place (corolla.unet.ResidualBlock works in place only
-without gradients: with gradients enabled, and no tensor requiring one, the same code runs out of
-place and records nothing), and the skip added apart or inside each block's last convolution
-(fold_batchnorm's fuse_skip, a oneDNN post-op, also only without gradients). Prints the best and
-the median of --rounds for each, the largest difference from the first, and the machine's limit
-for one evaluation: the network's FLOPs at the matrix-product peak of --precision measured in the
-same process.
+the EMA network at --batch images, four ways, one after the other in every round (so that a busy
+moment of a shared machine slows all four alike): BatchNorm separate or folded into the
+convolutions (corolla.folding), and swish out of place or in place (corolla.unet.ResidualBlock
+works in place only without gradients: with gradients enabled, and no tensor requiring one, the
+same code runs out of place and records nothing). Prints the best and the median of --rounds
+for each, the largest difference from the first, and the machine's limit for one evaluation: the
+network's FLOPs at the matrix-product peak of --precision measured in the same process.
 """
 from __future__ import annotations
 
@@ -26,8 +24,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import throughput  # noqa: E402  (a sibling script)
 
-from corolla import precision  # noqa: E402
-from corolla.folding import fold_batchnorm  # noqa: E402
 from corolla.storage import checkpoint, pretrained  # noqa: E402
 
 
@@ -40,28 +36,28 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cpu")
     source = args.checkpoint or pretrained.path("flowers64")
-    model, config = checkpoint.load_model(source, device)
-    plain = model.ema_network.eval().requires_grad_(False).to(memory_format=torch.channels_last)
-    apart, fused = (fold_batchnorm(plain, fuse_skip=fuse) for fuse in (False, True))
+    plain, config = checkpoint.load_model(source, device)
+    plain.accelerate(channels_last=True, precision=args.precision)
+    folded, _ = checkpoint.load_model(source, device)
+    folded.accelerate(channels_last=True, fold=True, precision=args.precision)
     size = config.data.image_size
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, config.unet.channels, size, size, generator=g)
-    x = x.contiguous(memory_format=torch.channels_last)
-    noise_variances = (torch.rand(args.batch, 1, 1, 1, generator=g) * 0.9 + 0.05) ** 2
-    ways = {  # name: (network, gradient mode)
+    noise_rates = torch.rand(args.batch, 1, 1, 1, generator=g) * 0.9 + 0.05
+    signal_rates = (1 - noise_rates ** 2).sqrt()
+    ways = {  # name: (model, gradient mode)
         "BatchNorm separate, swish out of place": (plain, torch.enable_grad),
         "BatchNorm separate, swish in place": (plain, torch.no_grad),
-        "BatchNorm folded, swish out of place": (apart, torch.enable_grad),
-        "BatchNorm folded, swish in place": (apart, torch.no_grad),
-        "BatchNorm folded, swish in place, skip added in the convolution (corolla's sampling)": (fused, torch.no_grad),
+        "BatchNorm folded, swish out of place": (folded, torch.enable_grad),
+        "BatchNorm folded, swish in place (corolla's sampling)": (folded, torch.no_grad),
     }
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     outputs = {}
     for round_ in range(args.rounds + 1):  # round 0 warms up
-        for name, (network, mode) in ways.items():
-            with mode(), precision.autocast(args.precision, device):
+        for name, (model, mode) in ways.items():
+            with mode():
                 start = time.perf_counter()
-                outputs[name] = network(x, noise_variances).float()
+                outputs[name] = model.denoise(x, noise_rates, signal_rates)[0]
                 if round_:
                     seconds[name].append(time.perf_counter() - start)
     peak = throughput.matmul_peak(device, dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)

@@ -19,10 +19,10 @@ Two ways to add that map, one per runtime:
   edits would become scatters there, while onnxruntime folds the whole map into a constant when it
   loads the model.
 
-The block's other elementwise step, adding the skip after conv2, goes into conv2 on the CPU:
-oneDNN adds it as a binary post-op while the convolution writes its output (FoldedBlock). swish
-after conv1 cannot go in the same way: the edge bands must be corrected before swish, and
-PyTorch's fused operator takes no swish after a binary post-op, so it stays one in-place pass.
+The block's addition of its skip after conv2 could go into conv2 as well (oneDNN's binary post-op,
+torch.ops.mkldnn._convolution_pointwise): measured on the AVX512-BF16 EPYC in bf16, one
+evaluation took 3 to 5 % longer so, with plain or prepacked weights (benchmarks/README.md, "Folded
+BatchNorm"), so the addition stays a separate in-place pass.
 """
 from __future__ import annotations
 
@@ -93,48 +93,14 @@ class FoldedConv(nn.Module):
         return out
 
 
-class FoldedBlock(nn.Module):
-    """A ResidualBlock for inference: its BatchNorm folded into conv1 (FoldedConv), and with
-    fuse_skip, on the CPU, conv2 and the skip's addition one oneDNN call, whose binary post-op adds
-    the skip as the convolution writes its output (one pass over the activations fewer again)."""
-
-    def __init__(self, block: ResidualBlock, fuse_skip: bool = True):
-        super().__init__()
-        block.conv1, block.norm = FoldedConv(block.norm, block.conv1), nn.Identity()
-        self.block = block
-        self.fuse_skip = fuse_skip
-
-    def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-        residual = self.block.residual(x)
-        hidden = self.block.hidden(x, classes)
-        conv = self.block.conv2
-        if not (self.fuse_skip and _fusable(hidden, residual)):
-            out = conv(hidden)
-            out += residual
-            return out
-        weight, bias = conv.weight.to(hidden.dtype), conv.bias.to(hidden.dtype)
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            hidden, residual, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-            conv.groups, "add", None, None, [], None)
-
-
-def _fusable(x: torch.Tensor, other: torch.Tensor) -> bool:
-    """Whether oneDNN's fused convolution takes these: CPU tensors of one dtype it computes in,
-    no gradient to record (the fused operator has no backward) and no graph being exported."""
-    return (x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not torch.is_grad_enabled()
-            and not torch.compiler.is_exporting() and x.dtype == other.dtype
-            and x.dtype in (torch.float32, torch.bfloat16) and x.shape == other.shape)
-
-
-def fold_batchnorm(network: UNet, fuse_skip: bool = True) -> UNet:
+def fold_batchnorm(network: UNet) -> UNet:
     """An inference copy of `network` (eval mode, no gradients) in which each residual block's
-    BatchNorm is folded into the convolution after it (FoldedConv), and with fuse_skip the skip
-    added inside its last convolution where oneDNN can (FoldedBlock); `network` is left as it is.
-    The copy computes what `network.eval()` computes, to float32 rounding, with one or two
-    operators fewer per block; it cannot be trained (the running statistics are frozen in)."""
+    BatchNorm is folded into the convolution after it (FoldedConv); `network` is left as it is.
+    The copy computes what `network.eval()` computes, to float32 rounding, with one operator
+    fewer per block; it cannot be trained (the running statistics are frozen in)."""
     folded = copy.deepcopy(network).eval().requires_grad_(False)
-    for parent in list(folded.modules()):
-        for name, block in parent.named_children():
-            if isinstance(block, ResidualBlock) and isinstance(block.norm, nn.BatchNorm2d):
-                setattr(parent, name, FoldedBlock(block, fuse_skip))
+    for block in folded.modules():
+        if isinstance(block, ResidualBlock) and isinstance(block.norm, nn.BatchNorm2d):
+            block.conv1 = FoldedConv(block.norm, block.conv1)
+            block.norm = nn.Identity()
     return folded

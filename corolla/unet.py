@@ -86,12 +86,6 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         residual = self.residual(x)
-        out = self.conv2(self.hidden(x, classes))
-        out += residual
-        return out
-
-    def hidden(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
-        """swish(conv1(BN(x)) with the class terms): what conv2 reads."""
         x = self.conv1(self.norm(x))
         if self.class_scale is not None:
             x = torch.addcmul(self.class_shift(classes), x, 1 + self.class_scale(classes))
@@ -101,7 +95,9 @@ class ResidualBlock(nn.Module):
         # large as the activations costs the CPU its page faults (with BatchNorm folded, 7 % of an
         # evaluation on the 2-core EPYC: benchmarks/README.md, "Folded BatchNorm"). swish keeps its
         # input for the backward pass, so only without gradients.
-        return F.silu(x, inplace=not torch.is_grad_enabled())
+        out = self.conv2(F.silu(x, inplace=not torch.is_grad_enabled()))
+        out += residual
+        return out
 
 
 class DownBlock(nn.Module):

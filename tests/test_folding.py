@@ -112,31 +112,3 @@ def test_sampling_commands_call_the_folded_network():
     folded_noise, _ = model.denoise(x, v, s)
     unfolded_noise = model.ema_network(x.contiguous(memory_format=torch.channels_last), v ** 2)
     assert _error(unfolded_noise, folded_noise) < 2e-6
-
-
-def _fused_calls(folded, inputs, dtype) -> tuple[torch.Tensor, int]:
-    """folded's output and how many oneDNN convolutions with a fused addition it ran."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile, \
-            torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
-        out = folded(*inputs)
-    return out, sum(e.name == "mkldnn::_convolution_pointwise" for e in profile.events())
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_each_block_adds_its_skip_inside_its_second_convolution(dtype):
-    """Without gradients on the CPU, conv2 + skip is one oneDNN call per block (a binary post-op);
-    with gradients the same module runs the convolution and the addition apart, to the same values."""
-    network = _network(CLASSES)
-    folded = fold_batchnorm(network).to(memory_format=torch.channels_last)
-    inputs = _inputs(3, 16, len(CLASSES))
-    inputs = (inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:])
-    with torch.no_grad():
-        exact = network(*inputs)
-        fused, calls = _fused_calls(folded, inputs, dtype)
-    assert calls == 6  # one per residual block
-    apart, calls = _fused_calls(folded, inputs, dtype)
-    assert calls == 0
-    if dtype == torch.float32:
-        assert _error(exact, fused) < 2e-6 and _error(exact, apart) < 2e-6
-    else:  # bfloat16 rounds the fused sum once, the separate one twice: no worse
-        assert 1e-4 < _error(exact, fused.float()) <= _error(exact, apart.float())
