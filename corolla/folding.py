@@ -20,8 +20,8 @@ Two ways to add that map, one per runtime:
   loads the model.
 
 The block's addition of its skip after conv2 could go into conv2 as well (oneDNN's binary post-op,
-torch.ops.mkldnn._convolution_pointwise): measured on the AVX512-BF16 EPYC in bf16, one
-evaluation took 3 to 5 % longer so, with plain or prepacked weights (benchmarks/README.md, "Folded
+torch.ops.mkldnn._convolution_pointwise). Measured on the AVX512-BF16 EPYC in bf16, with plain or
+prepacked weights, one evaluation took 3 to 5 % longer that way (benchmarks/README.md, "Folded
 BatchNorm"), so the addition stays a separate in-place pass.
 """
 from __future__ import annotations
