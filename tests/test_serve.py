@@ -612,8 +612,8 @@ def painted_px(locator) -> int:
 
 def paint_box(page, canvas, before: int) -> None:
     """Clicks "Paint this box" until the editor's canvas shows the box (1,000 more magenta pixels
-    than `before`). Gradio's editor sometimes draws nothing at all for a new value: 4 times in
-    46 runs on a loaded machine, the page's call answered, the new layer fetched and the
+    than `before`). Gradio's editor sometimes draws nothing at all for a new value: 5 times in
+    56 runs on a loaded machine, the page's call answered, the new layer fetched and the
     canvas left blank (photo and box gone) for good. A user would click again; so does this test,
     every RETRY_S, which repaints the same box (painting a box into a layer that has it changes
     nothing), and fails only when no click has painted it within WAIT_S."""
