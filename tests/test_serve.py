@@ -542,10 +542,15 @@ def test_the_model_chosen_above_the_tabs_is_the_one_every_tab_uses(browser, serv
         page.context.close()
 
 
+def shown_pixels(locator) -> np.ndarray:
+    """(H, W, 3) ints: what a component shows on the screen."""
+    import io
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
+
+
 def photo_px(locator) -> int:
     """The pixels of a component that are neither its white nor its grey (a photo it shows)."""
-    import io
-    pixels = np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
+    pixels = shown_pixels(locator)
     return int((pixels.max(-1) - pixels.min(-1) > 30).sum())
 
 
@@ -605,8 +610,7 @@ def test_the_mask_painted_in_the_editor_is_the_mask_applied(browser, server, tin
 
 def painted_px(locator) -> int:
     """The pixels of the brush's magenta that a component shows."""
-    import io
-    pixels = np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
+    pixels = shown_pixels(locator)
     return int(((pixels[..., 0] > 240) & (pixels[..., 1] < 15) & (pixels[..., 2] > 240)).sum())
 
 

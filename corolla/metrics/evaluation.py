@@ -56,7 +56,6 @@ class EvalSettings:
 PAIRS_MIN_SIZE = 64  # images in the nearest-pairs PNG are shown at least this big
 
 
-
 def quantise(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats -> uint8, rounding as a saved PNG would (grids.to_uint8)."""
     return (images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
