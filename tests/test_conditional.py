@@ -391,7 +391,8 @@ def test_unconditional_models_and_runs_refuse_class_options(run, class_folder, t
                      "--out", str(tmp_path / "r")]) == 2
     assert "add --conditional" in capsys.readouterr().err
     assert cli.main(["train", "--out", str(run), "--resume", "--class-with-noise"]) == 2
-    assert "--class-with-noise shape a new network" in capsys.readouterr().err
+    message = "--class-with-noise set the shape of a new network; a resumed run keeps its own: leave it out"
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

@@ -211,7 +211,8 @@ def run_train(args) -> int:
         raise ValueError(f"--labels, --label-dropout, {', '.join(flags.values())} are for a class-conditional "
                          f"run: add --conditional")
     if args.resume and shaping:
-        raise ValueError(f"{' and '.join(shaping)} shape a new network; a resumed run keeps its own: leave it out")
+        raise ValueError(f"{' and '.join(shaping)} set the shape of a new network; a resumed run keeps its own: leave "
+                         f"{'them' if len(shaping) > 1 else 'it'} out")
     runfolder.check_free(out)  # before reading a run that another process may be writing
     config = _resumed_config(args, out) if args.resume else train_config(args)
     folder = train(config, args.data_dir, out, args.device, args.resume, progress=not args.no_progress,
