@@ -7,8 +7,9 @@ Runs benchmarks/keras_reference.py (the article's model in Keras 3; needs `pip i
 .[reference]`) in each --keras configuration, POLICY[:GRAPH] (float32 or mixed_bfloat16; the
 network call of sampling eager as the article, or in tf.function, or tf.function with XLA; only
 the eager ones train, as `fit` runs its step in a graph whatever the sampling does), and corolla's
-seed64 paths through benchmarks/throughput.py's child processes (and the shipped flowers64, the
-same network, exported to ONNX and sampled by onnxruntime), then prints one table: training
+seed64 paths through benchmarks/throughput.py's child processes, one to train and a fresh one to
+sample, as a `corolla sample` command starts with nothing allocated (and the shipped flowers64,
+the same network, exported to ONNX and sampled by onnxruntime), then prints one table: training
 images/s (batch 64, 64x64), seconds for 64 images with 20 DDIM steps, and with a faster solver,
 each with its ratio to the fastest Keras configuration and to the machine's limit: the network's
 FLOPs at the matrix-product peak of the row's precision (float32, or bfloat16 for
@@ -28,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import throughput  # noqa: E402  (a sibling script)
 
-DEFAULT_VARIANTS = ("eager,channels_last,channels_last+fold,channels_last+fold+compile,channels_last+bf16,"
-                    "channels_last+fold+bf16")
+DEFAULT_VARIANTS = ("eager,channels_last,channels_last+fold,channels_last+fold+compile,channels_last+fold+heap,"
+                    "channels_last+bf16,channels_last+fold+bf16,channels_last+fold+bf16+heap")
 DEFAULT_KERAS = "float32,float32:function,float32:xla,mixed_bfloat16,mixed_bfloat16:function"
 GRAPHS = {"eager": "", "function": ", network in tf.function", "xla": ", network in tf.function + XLA"}
 
@@ -86,7 +87,11 @@ def main() -> None:
                 keras[policy, graph].append(result)
                 print(f"  measured Keras {policy} {graph}: {result['sample_s']:.1f} s", file=sys.stderr, flush=True)
         for name in names:
-            result = throughput.run_child("variant", {**spec, "variant": name}, throughput.variant_options(name)[1])
+            threads = throughput.variant_options(name)[1]
+            trained = throughput.run_child("variant", {**spec, "variant": name, "parts": ["train"]}, threads)
+            result = throughput.run_child("variant", {**spec, "variant": name, "parts": ["sample"]}, threads)
+            result.update(train_ips=trained["train_ips"],
+                          peak_rss_gib=max(trained["peak_rss_gib"], result["peak_rss_gib"]))
             ours[name].append(result)
             print(f"  measured corolla {name}: {result['train_ips']:.1f} images/s, "
                   f"{result['sample_s']['ddim:20']:.1f} s", file=sys.stderr, flush=True)

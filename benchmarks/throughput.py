@@ -6,7 +6,8 @@
 
 A variant is `+`-joined options of DiffusionModel.accelerate (channels_last, compile; compile also
 compiles the EMA network for sampling; bf16: bfloat16 autocast, corolla's --precision bf16; fold:
-sampling through the EMA network with BatchNorm folded, as every corolla command samples) with an
+sampling through the EMA network with BatchNorm folded, as every corolla command samples; heap: freed
+memory kept for reuse, corolla.heap, as the `corolla` command's process does) with an
 optional `@THREADS` (default: PyTorch's, one per core). Each variant runs in its own process, so
 its peak resident memory is its own and compiled code does not leak between variants: it trains on
 random images with corolla's own train_step (batch and network of the preset), then samples with
@@ -36,11 +37,12 @@ import torch
 
 from corolla import config as configs
 from corolla.generation import SamplingSettings, generate
+from corolla.heap import keep_freed_memory
 from corolla.precision import native_bf16
 from corolla.training import build, resolve_device, train_step
 
 DEFAULT_VARIANTS = "eager,channels_last,channels_last+compile,channels_last+compile@1"
-OPTIONS = ("channels_last", "compile", "bf16", "fold")
+OPTIONS = ("channels_last", "compile", "bf16", "fold", "heap")
 # what a variant child measures; scaling.py times training and sampling in separate children so
 # that each peak memory is that part's own. "check" repeats the first step and images: it needs both.
 PARTS = ("train", "sample", "check")
@@ -108,6 +110,8 @@ def measure_variant(spec: dict) -> dict:
     config = spec_config(spec)
     device = resolve_device(spec["device"])
     options, _ = variant_options(spec["variant"])
+    if options["heap"]:
+        keep_freed_memory()
     parts = spec.get("parts", PARTS)
     size, batch = config.data.image_size, config.train.batch_size
     result: dict = {"variant": spec["variant"], "threads": torch.get_num_threads()}
