@@ -4,12 +4,12 @@ glibc's malloc serves every block above its mmap threshold (128 KiB at first, 32
 a fresh mmap and unmaps it when it is freed, and hands the free top of its heap back to the
 kernel. A network evaluation allocates and frees activations of tens of megabytes (64 images of
 64x64 at 96 channels in bfloat16: 50 MB), so each evaluation gets them back as new pages, which the
-kernel zeroes on their first touch: on the 2-core EPYC, 64 images x 20 DDIM steps took 9.4 s in a
-fresh `corolla sample` process and 7.7 s once freed memory was reused (benchmarks/README.md,
-"Freed memory kept"). With mmap and trimming off, freed blocks stay in the heap and the next
-evaluation reuses them. The price: the process keeps up to TRIM_BYTES of freed memory until it
-exits, as jemalloc and tcmalloc (which PyTorch's CPU performance guide recommends for this
-reason) keep theirs.
+kernel zeroes on their first touch: on the 2-core EPYC, 64 images x 20 DDIM steps in bf16 took
+9.2 s in a fresh process and 8.0 s once freed memory was reused, and training ran 10 % (bf16) to
+30 % (float32) faster (benchmarks/README.md, "Freed memory kept"). With mmap and trimming off,
+freed blocks stay in the heap and the next evaluation reuses them. The price: the process keeps
+up to TRIM_BYTES of freed memory until it exits, as jemalloc and tcmalloc (which PyTorch's CPU
+performance guide recommends for this reason) keep theirs.
 """
 from __future__ import annotations
 
