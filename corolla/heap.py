@@ -9,7 +9,8 @@ kernel zeroes on their first touch: on the 2-core EPYC, 64 images x 20 DDIM step
 30 % (float32) faster (benchmarks/README.md, "Freed memory kept"). With mmap and trimming off,
 freed blocks stay in the heap and the next evaluation reuses them. The price: the process keeps
 up to TRIM_BYTES of freed memory until it exits, as jemalloc and tcmalloc (which PyTorch's CPU
-performance guide recommends for this reason) keep theirs.
+performance guide recommends for this reason) keep theirs; free_bytes_held() tells how much, so
+that the checks of free memory (corolla.limits) count it as free.
 """
 from __future__ import annotations
 
@@ -31,3 +32,23 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_BYTES) == 1
+
+
+class _MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (glibc 2.33 on): every field a size_t; fordblks is the free bytes."""
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def free_bytes_held() -> int:
+    """Bytes this process's malloc holds freed and will hand out again before asking the kernel
+    (glibc's mallinfo2().fordblks); 0 where that is unknown (not glibc, or glibc before 2.33)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return 0
+    mallinfo2.argtypes, mallinfo2.restype = [], _MallInfo2
+    return mallinfo2().fordblks

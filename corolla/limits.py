@@ -15,7 +15,7 @@ import math
 import re
 from typing import Callable
 
-from . import conditioning, precision, schedules
+from . import conditioning, heap, precision, schedules
 
 MAX_IMAGE_SIZE = 1024          # pixels per side
 MAX_LEVELS = 6                 # entries of unet.widths: the image is halved once per level
@@ -218,8 +218,9 @@ def evaluation_bytes(widths: tuple[int, ...], bottom_width: int, batch: int, siz
 
 
 def available_bytes(device) -> int | None:
-    """Memory free for a new allocation on `device` (Linux's MemAvailable on a CPU), None when
-    unknown (another system, or a device that does not say)."""
+    """Memory free for a new allocation on `device` (on a CPU Linux's MemAvailable plus what this
+    process's malloc holds freed, corolla.heap), None when unknown (another system, or a device
+    that does not say)."""
     if device.type == "cuda":
         import torch
         return torch.cuda.mem_get_info(device)[0]
@@ -230,7 +231,7 @@ def available_bytes(device) -> int | None:
             line = next((entry for entry in meminfo if entry.startswith("MemAvailable:")), None)
     except OSError:
         return None
-    return None if line is None else int(line.split()[1]) * 1024
+    return None if line is None else int(line.split()[1]) * 1024 + heap.free_bytes_held()
 
 
 def check_evaluation_memory(widths: tuple[int, ...], bottom_width: int, batch: int, size: int, device) -> None:
