@@ -21,17 +21,24 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameters (glibc's malloc.h)
 TRIM_BYTES = 2 ** 31 - 1  # free memory at the top of the heap beyond this goes back to the kernel
 
 
+def _c_function(name: str, argtypes: list, restype):
+    """The C library's function `name` with its types set, None where there is none (not Linux,
+    or a C library without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, restype
+    return function
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to reuse freed memory (module docstring). True if it took; False where
     the C library is not glibc (macOS, Windows, musl's mallopt does nothing)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_BYTES) == 1
+    mallopt = _c_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+    return mallopt is not None and mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_BYTES) == 1
 
 
 class _MallInfo2(ctypes.Structure):
@@ -44,11 +51,5 @@ class _MallInfo2(ctypes.Structure):
 def free_bytes_held() -> int:
     """Bytes this process's malloc holds freed and will hand out again before asking the kernel
     (glibc's mallinfo2().fordblks); 0 where that is unknown (not glibc, or glibc before 2.33)."""
-    if not sys.platform.startswith("linux"):
-        return 0
-    try:
-        mallinfo2 = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
-        return 0
-    mallinfo2.argtypes, mallinfo2.restype = [], _MallInfo2
-    return mallinfo2().fordblks
+    mallinfo2 = _c_function("mallinfo2", [], _MallInfo2)
+    return 0 if mallinfo2 is None else mallinfo2().fordblks
