@@ -68,8 +68,12 @@ def test_edges_get_their_own_bias():
         norm.bias.copy_(torch.tensor([0.1, -0.3, 0.0, 1.0]))
     x = torch.randn(2, 4, 6, 7)
     expected = conv(norm(x))
-    got = FoldedConv(norm, conv)(x)
-    assert (expected - got).abs().max() < 1e-5
+    folded = FoldedConv(norm, conv)
+    # the edge corrections are kept per layout: one module, channels-last between two standard calls
+    for layout in (torch.contiguous_format, torch.channels_last, torch.contiguous_format):
+        got = folded(x.contiguous(memory_format=layout))
+        assert got.is_contiguous(memory_format=layout)
+        assert (expected - got).abs().max() < 1e-5
     edge = FoldedConv(norm, conv).bias_map(6, 7, x)
     assert (edge[..., 0, 0] - edge[..., 3, 3]).abs().max() > 0.1  # a per-channel bias would be wrong
 
