@@ -69,7 +69,7 @@ def test_edges_get_their_own_bias():
     x = torch.randn(2, 4, 6, 7)
     expected = conv(norm(x))
     folded = FoldedConv(norm, conv)
-    # the edge corrections are kept per layout: one module, channels-last between two standard calls
+    # one module's cached edge corrections serve either layout: channels-last between two standard calls
     for layout in (torch.contiguous_format, torch.channels_last, torch.contiguous_format):
         got = folded(x.contiguous(memory_format=layout))
         assert got.is_contiguous(memory_format=layout)
