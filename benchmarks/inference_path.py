@@ -30,25 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import throughput  # noqa: E402  (a sibling script)
 
-from corolla import precision as precisions  # noqa: E402
 from corolla.heap import keep_freed_memory  # noqa: E402
 from corolla.storage import checkpoint, pretrained  # noqa: E402
 
 SAMPLING = "BatchNorm folded, swish in place (corolla's sampling)"
-
-
-def compiled_denoiser(model):
-    """A copy of model's denoise whose sampling network inductor compiled with freezing."""
-    import torch._inductor.config as inductor
-
-    inductor.freezing = True
-    network = torch.compile(model.sampling_network)
-
-    def denoise(x, noise_rates, signal_rates):
-        with precisions.autocast(model.precision, x.device):
-            noises = network(x.contiguous(memory_format=torch.channels_last), noise_rates ** 2).float()
-        return noises, (x - noise_rates * noises) / signal_rates
-    return denoise
 
 
 def print_conv_rates(denoise, x, noise_rates, signal_rates, evaluations: int = 3) -> None:
@@ -105,7 +90,11 @@ def main() -> None:
         SAMPLING: (folded.denoise, torch.no_grad),
     }
     if args.compiled:
-        ways["BatchNorm folded, compiled by inductor with freezing"] = (compiled_denoiser(folded), torch.no_grad)
+        import torch._inductor.config as inductor
+        inductor.freezing = True  # the weights become constants, prepacked for oneDNN
+        compiled, _ = checkpoint.load_model(source, device)
+        compiled.accelerate(channels_last=True, fold=True, compile_ema=True, precision=args.precision)
+        ways["BatchNorm folded, compiled by inductor with freezing"] = (compiled.denoise, torch.no_grad)
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     outputs = {}
     for round_ in range(args.rounds + 1):  # round 0 warms up
