@@ -15,9 +15,11 @@ Two ways to add that map, one per runtime:
   convolution writes its output) and only the bands of `padding` pixels along the edges are
   corrected in place, so a folded block makes one full pass over its activations fewer than
   BatchNorm + convolution (benchmarks/README.md, "Folded BatchNorm").
-- ONNX export: the map is computed in the graph from a one-channel image of ones and added; in-place
-  edits would become scatters there, while onnxruntime folds the whole map into a constant when it
-  loads the model.
+- Traced (the ONNX export, torch.compile): the map is computed in the graph from a one-channel image
+  of ones and added; in-place edits would become scatters in ONNX, onnxruntime folds the whole map
+  into a constant when it loads the model, and inductor can fuse the addition with the swish after it.
+  A traced call must not fill the eager path's cache either: the compiler would guard on it and
+  compile the network a second time on the next call.
 
 The block's addition of its skip after conv2 could go into conv2 as well (oneDNN's binary post-op,
 torch.ops.mkldnn._convolution_pointwise). Measured on the AVX512-BF16 EPYC in bf16, with plain or
@@ -83,7 +85,7 @@ class FoldedConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[2], x.shape[3]
         pad_h, pad_w = self.padding
-        if torch.compiler.is_exporting() or height <= 2 * pad_h or width <= 2 * pad_w:
+        if torch.compiler.is_compiling() or height <= 2 * pad_h or width <= 2 * pad_w:
             out = F.conv2d(x, self.weight, padding=self.padding)
             return out + self.bias_map(height, width, out)
         inner, edges = self._inner_bias_and_edges(height, width, self.weight)

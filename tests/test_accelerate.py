@@ -206,3 +206,18 @@ def test_training_and_sampling_default_to_channels_last(tmp_path):
     folder = checkpoint.save_pretrained(tmp_path / "model", DiffusionModel(CONFIG.unet), CONFIG)
     model, _, _ = load_model_for(parser().parse_args(["sample", str(folder), "--precision", "fp32"]))
     assert _is_channels_last(model) and model.precision == "fp32"
+
+
+def test_folded_and_compiled_sampling_traces_once(traced):
+    """The folded network caches its edge corrections on the first eager call; traced, that cache
+    would be a guard, and the second call would compile the network again (minutes with inductor)."""
+    plain, fast = _pair(fold=True, compile_ema=True)
+    plain.eval(), fast.eval()
+    images, _, times = _batch()
+    rates = plain.schedule(times)
+    with torch.inference_mode():
+        a = plain.denoise(images, *rates)
+        for _ in range(3):
+            b = fast.denoise(images, *rates)
+    assert len(traced) == 1
+    assert (a[1] - b[1]).abs().max() < TOL
