@@ -2,6 +2,7 @@
 without new pages, the `corolla` command asks for it before it runs, and the checks of free memory
 count it."""
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ import corolla
 import corolla.cli
 from corolla import heap, limits
 
-# In a process of its own (mallopt is for the whole process): the page faults of the fifth of five
-# evaluations of the reference network (16 images of 64x64, float32), with or without
-# keep_freed_memory first.
+# In a process of its own (mallopt is for the whole process): the page faults of each of ten
+# evaluations of the reference network (16 images of 64x64, float32) after a first one, with or
+# without keep_freed_memory first.
 EVALUATIONS = """
 import resource, sys, torch
 from corolla.heap import free_bytes_held, keep_freed_memory
@@ -24,29 +25,36 @@ from corolla.unet import UNet
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 torch.set_num_threads(1)
 network, x = UNet().eval(), torch.randn(16, 3, 64, 64)
+faults = []
 with torch.no_grad():
-    for _ in range(5):
+    for _ in range(11):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         network(x, torch.full((16, 1, 1, 1), 0.5))
-print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, free_bytes_held())
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(kept, free_bytes_held(), *faults[1:])
 """
 
 
-def _fifth_evaluation(how: str) -> tuple[str, int, int]:
-    """(whether keep_freed_memory took, the fifth evaluation's page faults, the free bytes held after)."""
+def _later_evaluations(how: str) -> tuple[str, int, list[int]]:
+    """(whether keep_freed_memory took, the free bytes held after, the page faults of evaluations 2 to 11)."""
     done = subprocess.run([sys.executable, "-c", EVALUATIONS, how], capture_output=True, text=True, timeout=120,
                           check=True, env={**os.environ, "PYTHONPATH": str(Path(corolla.__file__).parents[1])})
-    kept, faults, held = done.stdout.split()
-    return kept, int(faults), int(held)
+    kept, held, *faults = done.stdout.split()
+    return kept, int(held), [int(count) for count in faults]
 
 
 @pytest.mark.slow  # starts subprocesses
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_evaluations_reuse_the_memory_the_last_one_freed():
-    assert _fifth_evaluation("plain")[1] > 2000  # ~8 MB of fresh pages per evaluation at least
-    kept, faults, held = _fifth_evaluation("keep")
+    """Without it every evaluation gets fresh pages (~8 MB at least); with it a typical one gets none.
+    Not every one: the heap's free blocks fragment, so now and then (one evaluation in five at most,
+    in 21 processes of 15 evaluations) a block finds no free space that fits and the heap grows by
+    a few to 48 MB, whose pages are fresh; which evaluation that hits varies with the addresses the
+    process starts at. Hence the median."""
+    assert statistics.median(_later_evaluations("plain")[2]) > 2000
+    kept, held, faults = _later_evaluations("keep")
     assert kept == "True"
-    assert faults < 100
+    assert statistics.median(faults) == 0
     assert held > 2 ** 25  # the evaluation's activations, freed and held: tens of MB
 
 
