@@ -69,7 +69,8 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
                       eta: float = 0.0, generators: list[torch.Generator] | None = None,
                       grid: str = "uniform", labels: torch.Tensor | None = None,
                       guidance: float = DEFAULT_GUIDANCE, callback: Callback | None = None,
-                      guard: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+                      guard: contextlib.AbstractContextManager | None = None, eps_scale: float = 1.0
+                      ) -> torch.Tensor:
     """Decode a batch of initial noises with the EMA network -> images in [0, 1], (B,C,H,W).
 
     `steps` network evaluations on the named time grid (samplers.GRIDS; "uniform" is the
@@ -77,7 +78,8 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
     labels (B,): the class of each image of a conditional model, at classifier-free `guidance`
     (corolla.conditioning); None samples it unconditionally. callback: see Callback; an exception
     it raises stops the sampling. guard: a reusable context manager held around each network
-    evaluation (a server's lock, so that jobs share the model one evaluation at a time)."""
+    evaluation (a server's lock, so that jobs share the model one evaluation at a time). eps_scale:
+    samplers.scaled_noise's (1: the reference's sampling)."""
     model.eval()
     device = next(model.parameters()).device
     unet = model.network.config
@@ -89,7 +91,8 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
     if generators is not None:
         noise_fn = lambda: draw_noise(generators, tuple(noise.shape[1:]), device)
     run = samplers.get(sampler)
-    denoise = model.ema_denoiser(None if labels is None else labels.to(device), guidance)
+    denoise = samplers.scaled_noise(model.ema_denoiser(None if labels is None else labels.to(device), guidance),
+                                    eps_scale)
     if callback is not None or guard is not None:
         denoise = _watched(denoise, model, callback, guard)
     pred_images = run(denoise, model.schedule, noise.to(device), times, eta=eta, noise_fn=noise_fn)
@@ -133,7 +136,7 @@ def generate_batches(model: DiffusionModel, num_images: int, settings: SamplingS
         labels = (None if wanted is None else torch.full((len(indices),), wanted) if isinstance(wanted, int)
                   else wanted[first - start:first - start + len(indices)])
         yield first, sample_from_noise(model, noise, s.steps, s.sampler, s.eta, generators if s.eta > 0 else None,
-                                       s.time_grid, labels, guidance, callback, guard)
+                                       s.time_grid, labels, guidance, callback, guard, s.eps_scale)
 
 
 def generate(model: DiffusionModel, num_images: int, settings: SamplingSettings = SamplingSettings(), *,

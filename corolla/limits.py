@@ -34,6 +34,7 @@ MAX_EVAL_SAMPLES = 50_000      # images scored by one evaluation (the usual FID 
 MAX_CLASSES = 100_000          # classes of a conditional network (ImageNet-21k has 21,841)
 MAX_CLASS_NAME = 200           # characters of one class name
 MAX_GUIDANCE = 100.0           # classifier-free guidance scale (useful values: 1 to 10)
+EPS_SCALES = (0.8, 1.2)        # epsilon scaling's range (useful values: 1 to about 1.02)
 MAX_IMAGES = 10_000_000        # corolla sample -n, streamed to --each
 MAX_HELD_BYTES = 2 ** 32       # generated images held at once as float32 (a grid, an evaluation)
 # drawing a labelled figure takes about this many bytes per pixel of its canvas (measured: 125-133

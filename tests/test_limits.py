@@ -73,6 +73,9 @@ BAD_ARGUMENTS = [
     (["sample", "MODEL", "--eta", "nan"], "must be 0 (deterministic) up to 1"),  # was taken as 0
     (["sample", "MODEL", "--eta", "inf"], "must be 0 (deterministic) up to 1"),  # was accepted
     (["sample", "MODEL", "--eta", "-1"], "must be 0 (deterministic) up to 1"),
+    (["sample", "MODEL", "--eps-scale", "nan"], "must be 0.8 to 1.2 (1: the reference's sampling"),
+    (["sample", "MODEL", "--eps-scale", "2"], "must be 0.8 to 1.2 (1: the reference's sampling"),
+    (["evaluate", "MODEL", "--eps-scale", "x"], "'x' is not a number"),
     (["sample", "", "-n", "1"], "an empty path is not allowed"),  # silently meant the shipped model
     (["evaluate", "", "--samples", "1"], "an empty path is not allowed"),
     (["trajectory", ""], "an empty path is not allowed"),

@@ -2,8 +2,10 @@
 loading; the evaluator and `corolla evaluate` end to end on tiny models."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +19,11 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from corolla import config as configs
-from corolla import inception, metrics
+from corolla import inception, metrics, samplers
 from corolla.cli import main
 from corolla.data import imagefolder
 from corolla.diffusion import DiffusionModel
-from corolla.generation import seeded_generator
+from corolla.generation import SamplingSettings, generate, seeded_generator
 from corolla.storage import checkpoint
 
 
@@ -215,6 +217,32 @@ def test_blur_to_fine_detail_hits_the_target_and_leaves_smoother_images_alone(fl
     blurred, sigma = metrics.blur_to_fine_detail(images, target)
     assert sigma > 0 and metrics.fine_detail(blurred) == pytest.approx(target, rel=1e-3)
     assert metrics.blur_to_fine_detail(blurred, 2 * target) == (blurred, 0.0)
+
+
+def _image_statistics():
+    path = Path(__file__).parent.parent / "benchmarks" / "image_statistics.py"
+    spec = importlib.util.spec_from_file_location("image_statistics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_trajectory_follows_each_evaluation_of_sampling(flowers16, monkeypatch):
+    """benchmarks/image_statistics.py --trajectory: one row per network evaluation at the sampler's
+    noise rates; the last prediction is the sampled image; a network that knew the photos would
+    restore their fine detail in both columns at every step."""
+    bench, model = _image_statistics(), tiny_model(flowers16)
+    photos, settings = flowers16[:4].float() / 255, SamplingSettings(steps=3, seed=1)
+    rows = bench.trajectory(model, photos, settings, 16)
+    noise_rates, _ = model.schedule(samplers.uniform_times(3))
+    assert [row["noise_rate"] for row in rows] == pytest.approx(noise_rates[:3].tolist())
+    assert rows[-1]["sampled"] == pytest.approx(metrics.fine_detail(generate(model, 4, settings, image_size=16)))
+    clean = model.normalizer.normalize(photos)
+    monkeypatch.setattr(model, "denoise", lambda noisy, noise_rates, signal_rates, **_: (
+        (noisy - signal_rates * clean) / noise_rates, clean))
+    for row in bench.trajectory(model, photos, settings, 16):
+        assert row["sampled"] == pytest.approx(metrics.fine_detail(photos), rel=1e-5)
+        assert row["photos"] == pytest.approx(metrics.fine_detail(photos), rel=1e-5)
 
 
 # --- Held-out loss --------------------------------------------------------------------------

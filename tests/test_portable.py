@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,14 @@ def test_onnxruntime_gives_pytorchs_images(model, exported, sampler, eta, grid):
     assert got.dtype == np.float32 and got.shape == expected.shape == (4, 3, SIZE, SIZE)
     assert np.abs(got - expected).max() <= 1 / 255
     assert np.abs(expected[0] - expected[1]).mean() > 0.01  # images that differ, not a constant
+
+
+def test_onnxruntime_scales_the_noise_as_pytorch_does(model, exported):
+    settings = SamplingSettings(steps=5, seed=3, sampler="dpmpp_2m", eps_scale=1.05, batch_size=3)
+    expected = generation.generate(model, 4, settings, image_size=SIZE).numpy()
+    plain = generation.generate(model, 4, replace(settings, eps_scale=1.0), image_size=SIZE).numpy()
+    assert np.abs(expected - plain).mean() > 0.005  # the scale changes the images
+    assert np.abs(sampling.load(exported, threads=1).generate(4, settings) - expected).max() <= 1 / 255
 
 
 @pytest.mark.parametrize("sampler,guidance", [("ddim", 3.0), ("dpmpp_2m", 3.0), ("unipc", 1.0), ("ddim", 0.0)])

@@ -42,14 +42,17 @@ def pixels(path) -> np.ndarray:
 
 def test_corolla_sample_s_pngs_carry_recipes_that_make_them_again(conditional, tmp_path):
     assert cli.main(["sample", conditional, "--class", "rose", "--class", "daisy", "--guidance", "2", "-n", "3",
-                     "--steps", "3", "--seed", "4", "--sampler", "unipc", *CPU, "--out", str(tmp_path / "grid.png"),
+                     "--steps", "3", "--seed", "4", "--sampler", "unipc", "--eps-scale", "1.05", *CPU,
+                     "--out", str(tmp_path / "grid.png"),
                      "--each", str(tmp_path / "each")]) == 0
     grid = recipes.read(tmp_path / "grid.png")
     assert (grid.model, grid.seed, grid.index, grid.count, grid.classes, grid.guidance, grid.sampler, grid.grid,
-            grid.precision) == (conditional, 4, 0, 3, ("rose", "daisy"), 2.0, "unipc", "logsnr", "fp32")
+            grid.precision, grid.eps_scale) == (conditional, 4, 0, 3, ("rose", "daisy"), 2.0, "unipc", "logsnr",
+                                                "fp32", 1.05)
     assert grid.model_sha256 == recipes.model_sha256(conditional)
     with Image.open(tmp_path / "grid.png") as image:
         assert image.text["parameters"].startswith(f"sample, model {conditional} (sha256 ")
+        assert ", eta 0, eps scale 1.05, precision fp32," in image.text["parameters"]
     model, _ = recipes.load_model(grid)  # the recipe's own model, its weights checked
     again = recipes.remake(grid, model)
     assert np.array_equal(pixels(tmp_path / "grid.png")[2:18, 2:18], to_uint8(again)[0])  # the grid's first cell
@@ -90,12 +93,17 @@ def test_a_png_without_a_good_recipe_is_refused_with_a_line(conditional, tmp_pat
                                   ("steps", 10 ** 9, "the recipe's steps 1000000000 is not allowed"),
                                   ("sampler", "euler", "the recipe's sampler 'euler' is not allowed: it must be one "
                                                        "of ddim, dpmpp_2m, dpmpp_3m, unipc"),
-                                  ("model_sha256", "x", "it must be 64 hexadecimal digits")):
+                                  ("model_sha256", "x", "it must be 64 hexadecimal digits"),
+                                  ("eps_scale", 5, "the recipe's eps_scale 5 is not allowed: it must be a finite "
+                                                   "number at least 0.8 and at most 1.2")):
         info = PngImagePlugin.PngInfo()
         info.add_itxt(recipes.KEY, json.dumps({**json.loads(good.to_json()), field: value}))
         Image.new("RGB", (4, 4)).save(tmp_path / "bad.png", pnginfo=info)
         with pytest.raises(ValueError, match=message):
             recipes.read(tmp_path / "bad.png")
+    older = json.loads(good.to_json())  # written before epsilon scaling: the reference's sampling
+    del older["eps_scale"]
+    assert recipes.from_json(json.dumps(older)) == good and good.eps_scale == 1.0
     other = dataclasses.replace(good, model_sha256="b" * 64)
     with pytest.raises(ValueError, match="not these"):
         recipes.check_model(other, "a" * 64, 64)

@@ -194,6 +194,28 @@ def test_ddim_with_eta_one_is_stochastic_with_the_right_marginal():
     assert _rmse(results[0], results[1]) > 0.5 * math.sqrt(variance)
 
 
+def test_epsilon_scaling_divides_the_noise_and_keeps_the_pair_consistent():
+    """scaled_noise: the predicted noise / scale, and the image that the noisy one then implies
+    (x = signal * image + noise * noise): more of x is kept as image. Torch and numpy alike."""
+    _, _, denoise = _gaussian()
+    x, (n, a) = _noise(), _rates(0.3)
+    assert samplers.scaled_noise(denoise, 1.0) is denoise
+    noises, images = samplers.scaled_noise(denoise, 1.25)(x, n, a)
+    assert torch.allclose(noises, denoise(x, n, a)[0] / 1.25)
+    assert torch.allclose(a * images + n * noises, x)
+    on_numpy = samplers.scaled_noise(lambda x, n, s: (0.5 * x, (x - n * 0.5 * x) / s), 1.25)
+    noises, images = on_numpy(x.numpy(), n, a)
+    assert isinstance(images, np.ndarray) and np.allclose(noises, 0.4 * x.numpy())
+    assert np.allclose(images, (1 - 0.4 * n) * x.numpy() / a)
+    # along a whole DDIM run on Gaussian data, divided noise leaves more of each step's x in the
+    # images: they spread wider than the exact denoiser's, in every pixel
+    mu, s, denoise = _gaussian()
+    times = samplers.uniform_grid(20, SCHEDULE)
+    plain, scaled = (samplers.ddim(samplers.scaled_noise(denoise, scale), SCHEDULE, _noise(256), times) - mu
+                     for scale in (1.0, 1.02))
+    assert (scaled.std(0) > plain.std(0)).all()
+
+
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m", "unipc"])
 def test_deterministic_solvers_reject_eta(sampler):
     _, _, denoise = _gaussian()

@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("-n", "--num-images", type=whole_number(1, 32), default=8, help="images per row (default 8)")
     p.add_argument("--guidance", type=guidance, default=conditioning.DEFAULT_GUIDANCE,
                    help=f"classifier-free guidance (default {conditioning.DEFAULT_GUIDANCE:g})")
-    add_sampling(p, ("steps", "seed"), steps="DDIM steps")
+    add_sampling(p, ("steps", "seed", "eps_scale"), steps="DDIM steps")
     add_out(p, "classes.png", "PNG to write")
     p.set_defaults(func=run_class_grid, lists_classes=True)
 
@@ -82,6 +82,7 @@ def run_class_grid(args) -> int:
     # row r is class numbers[r]; column j starts from image j's noise of the seed in every row
     rows = [generate(model, args.num_images, sampling_settings(args), image_size=config.data.image_size,
                      classes=number, guidance=args.guidance) for number in numbers]
-    title = f"guidance {args.guidance:g}, {args.steps} DDIM steps, seed {args.seed}"
+    title = f"guidance {args.guidance:g}, {args.steps} DDIM steps, seed {args.seed}" + (
+        f", eps scale {args.eps_scale:g}" if args.eps_scale != 1 else "")
     print(save_labelled_grid(torch.stack(rows), out, row_labels=[names[n] for n in numbers], title=title))
     return 0

@@ -37,7 +37,7 @@ def register(sub) -> None:
                         "held-out share)")
     p.add_argument("--samples", type=whole_number(1, limits.MAX_EVAL_SAMPLES), default=EvalSettings.samples,
                    help="images to generate (default %(default)s)")
-    add_sampling(p, ("steps", "sampler", "eta", "seed", "batch_size"),
+    add_sampling(p, ("steps", "sampler", "eta", "eps_scale", "seed", "batch_size"),
                  seed="seeds generation, the held-out noise, SWD and KID subsets")
     p.add_argument("--loss-schedule", choices=sorted(schedules.SCHEDULES), default="",
                    help="score the losses at this schedule's noise levels (default: the model's own), to compare "
@@ -95,7 +95,8 @@ def run_evaluate(args) -> int:
     out = outputs.check_file(args.json, "--json")  # before the minutes of generating
     outputs.check_file(args.pairs, "--pairs")
     settings = EvalSettings(samples=args.samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
-                            seed=args.seed, batch_size=args.batch_size, loss_schedule=args.loss_schedule)
+                            eps_scale=args.eps_scale, seed=args.seed, batch_size=args.batch_size,
+                            loss_schedule=args.loss_schedule)
     results = evaluate_checkpoint(checkpoint_path(args), args.data, settings, args.inception_weights, args.device,
                                   args.pairs, precision=args.precision, heldout_dir=args.heldout)
     if results is None:  # a torchrun process other than rank 0: its images went to rank 0

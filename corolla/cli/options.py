@@ -66,6 +66,19 @@ def eta(text: str) -> float:
     return value
 
 
+def eps_scale(text: str) -> float:
+    """samplers.scaled_noise's divisor of the predicted noise."""
+    low, high = limits.EPS_SCALES
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{limits.short(text)} is not a number") from None
+    if not low <= value <= high:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: must be {low:g} to {high:g} (1: the reference's "
+                                         f"sampling; above 1 keeps more fine detail)")
+    return value
+
+
 def path_text(text: str) -> str:
     """A file or folder argument: an empty one would silently mean '.' or the default."""
     if not text.strip():
@@ -157,7 +170,7 @@ def load_model_for(args, device=None):
     return model, config, device
 
 
-SAMPLING_OPTIONS = ("steps", "seed", "sampler", "grid", "eta", "batch_size")
+SAMPLING_OPTIONS = ("steps", "seed", "sampler", "grid", "eta", "eps_scale", "batch_size")
 
 
 def add_sampling(p: argparse.ArgumentParser, names: tuple[str, ...] = SAMPLING_OPTIONS,
@@ -173,6 +186,9 @@ def add_sampling(p: argparse.ArgumentParser, names: tuple[str, ...] = SAMPLING_O
                      help="time grid: uniform in t (the reference), uniform in log-SNR, or Karras'; "
                           "default uniform for ddim, logsnr for the other samplers"),
         "eta": dict(type=eta, help="ddim only: 0 deterministic, 1 DDPM-like noise"),
+        "eps_scale": dict(type=eps_scale, metavar="SCALE",
+                          help="epsilon scaling: divide each predicted noise by SCALE; a little above 1 (e.g. "
+                               "1.01) keeps fine detail the reference's sampling smooths away"),
         "batch_size": dict(type=batch_size, help="images per network call (memory only: images do not depend on it)"),
     }
     for name in names:

@@ -37,6 +37,7 @@ class EvalSettings:
     steps: int = SamplingSettings.steps
     sampler: str = SamplingSettings.sampler
     eta: float = SamplingSettings.eta
+    eps_scale: float = SamplingSettings.eps_scale
     seed: int = SamplingSettings.seed  # generation, held-out noise, SWD and KID subsets all derive from it
     batch_size: int = SamplingSettings.batch_size
     kid_subsets: int = 100
@@ -50,7 +51,7 @@ class EvalSettings:
     def sampling(self) -> SamplingSettings:
         """How the images are drawn: on the sampler's default grid, as `corolla sample` draws them."""
         return SamplingSettings(steps=self.steps, sampler=self.sampler, eta=self.eta, batch_size=self.batch_size,
-                                seed=self.seed)
+                                seed=self.seed, eps_scale=self.eps_scale)
 
 
 PAIRS_MIN_SIZE = 64  # images in the nearest-pairs PNG are shown at least this big

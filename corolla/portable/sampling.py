@@ -105,15 +105,16 @@ class PortableModel:
 
     def sample_from_noise(self, initial_noise: np.ndarray, steps: int, sampler: str = "ddim", eta: float = 0.0,
                           generators: list[noise.TorchGenerator] | None = None, grid: str | None = None,
-                          labels: np.ndarray | None = None, guidance: float | None = None) -> np.ndarray:
+                          labels: np.ndarray | None = None, guidance: float | None = None,
+                          eps_scale: float = 1.0) -> np.ndarray:
         """Decode a batch of initial noises -> images in [0, 1], (B, C, H, W) float32, as
         corolla.generation.sample_from_noise; generators (one per image, past its initial noise)
-        feed stochastic steps; grid None: samplers.default_grid."""
+        feed stochastic steps; grid None: samplers.default_grid; eps_scale: samplers.scaled_noise's."""
         run = samplers.get(sampler)
         times = samplers.get_grid(grid or samplers.default_grid(sampler), steps, self.schedule, backend="numpy")
         noise_fn = None if generators is None else lambda: noise.draw_noise(generators, self.shape)
-        pred_images = run(self.denoiser(labels, guidance), self.schedule, initial_noise, times, eta=eta,
-                          noise_fn=noise_fn)
+        pred_images = run(samplers.scaled_noise(self.denoiser(labels, guidance), eps_scale), self.schedule,
+                          initial_noise, times, eta=eta, noise_fn=noise_fn)
         if not np.isfinite(pred_images).all():
             raise NotFinite("the network's predictions hold NaN or infinite values: this model's weights do not "
                             "make images")
@@ -130,7 +131,7 @@ class PortableModel:
             initial = noise.draw_noise(generators, self.shape)
             labels = None if wanted is None else wanted[first - start:first - start + len(indices)]
             yield first, self.sample_from_noise(initial, s.steps, s.sampler, s.eta, generators if s.eta > 0 else None,
-                                                s.time_grid, labels, guidance)
+                                                s.time_grid, labels, guidance, s.eps_scale)
 
     def generate(self, num_images: int, settings: SamplingSettings = SamplingSettings(), *, start: int = 0,
                  classes: Classes = None, guidance: float | None = None) -> np.ndarray:

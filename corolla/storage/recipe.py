@@ -1,6 +1,7 @@
 """What made an image, written into its PNG: the recipe (model name and hash, seed, image index,
 steps, sampler, time grid, eta, classes, guidance, precision), as Stable Diffusion UIs keep their
-"parameters", so that a file says how to make it again.
+"parameters", so that a file says how to make it again. eps_scale (samplers.scaled_noise) is
+written where it is not 1; a recipe without it is the reference's sampling.
 
 A PNG carries two text chunks: `corolla`, the recipe as JSON (read back by `read`), and
 `parameters`, the same on one line for a person. A sampled image's recipe re-makes it bit for bit
@@ -49,6 +50,7 @@ class Recipe:
     guidance: float | None = None
     kind: str = "sample"
     details: dict = field(default_factory=dict)
+    eps_scale: float = 1.0
 
     def image(self, i: int, row: int = 0) -> Recipe:
         """The recipe of image i of row `row` of this one (a grid's or a batch's)."""
@@ -68,6 +70,8 @@ class Recipe:
                  f"image {self.index}" + (f" to {self.index + self.count - 1}" if self.count > 1 else ""),
                  f"{self.steps} steps", f"sampler {self.sampler}", f"grid {self.grid}", f"eta {self.eta:g}",
                  f"precision {self.precision}", f"{self.image_size}x{self.image_size}"]
+        if self.eps_scale != 1:
+            parts.insert(parts.index(f"eta {self.eta:g}") + 1, f"eps scale {self.eps_scale:g}")
         if self.classes:
             parts.append(f"class {rows}, guidance {self.guidance:g}")
         parts += [f"{name} {value}" for name, value in sorted(self.details.items())]
@@ -88,7 +92,8 @@ def for_checkpoint(checkpoint: str | os.PathLike, given: str | None, model, imag
     from .checkpoint import resolve
     return Recipe(model=given or Path(checkpoint).name, model_sha256=model_sha256(resolve(checkpoint)),
                   image_size=image_size, precision=model.precision, seed=settings.seed, steps=settings.steps,
-                  sampler=settings.sampler, grid=settings.time_grid, eta=settings.eta, **fields)
+                  sampler=settings.sampler, grid=settings.time_grid, eta=settings.eta, eps_scale=settings.eps_scale,
+                  **fields)
 
 
 def model_sha256(checkpoint_folder: str | os.PathLike) -> str:
@@ -144,6 +149,7 @@ def from_json(text: str) -> Recipe:
                   sampler=_field(raw, "sampler", _one_of(samplers.SAMPLERS)),
                   grid=_field(raw, "grid", _one_of(samplers.GRIDS)),
                   eta=float(_field(raw, "eta", limits.number(0, 1))),
+                  eps_scale=float(_field({"eps_scale": 1.0, **raw}, "eps_scale", limits.number(*limits.EPS_SCALES))),
                   index=_field(raw, "index", whole(0, limits.MAX_IMAGES)),
                   count=_field(raw, "count", whole(1, limits.MAX_IMAGES)),
                   classes=tuple(classes), guidance=None if guidance is None else float(guidance),
@@ -205,7 +211,8 @@ def remake(recipe: Recipe, model, batch_size: int = 64) -> torch.Tensor:
         raise ValueError(f"the recipe was made in {recipe.precision}, the model runs in {model.precision}: "
                          f"load it with --precision {recipe.precision}")
     guidance = DEFAULT_GUIDANCE if recipe.guidance is None else recipe.guidance
-    settings = SamplingSettings(recipe.steps, recipe.sampler, recipe.grid, recipe.eta, batch_size, recipe.seed)
+    settings = SamplingSettings(recipe.steps, recipe.sampler, recipe.grid, recipe.eta, batch_size, recipe.seed,
+                                recipe.eps_scale)
     return torch.cat([generate(model, recipe.count, settings, image_size=recipe.image_size, start=recipe.index,
                                classes=row, guidance=guidance) for row in recipe.classes or (None,)])
 
