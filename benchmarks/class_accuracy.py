@@ -3,7 +3,7 @@
     python benchmarks/class_accuracy.py classifier TRAIN_DIR HELDOUT_DIR --out CLASSIFIER
         [--size 64] [--epochs 30] [--batch-size 64] [--seed 0] [--device auto]
     python benchmarks/class_accuracy.py score CHECKPOINT --classifier CLASSIFIER --heldout HELDOUT_DIR
-        [--per-class 10] [--guidance 0,1,2,4] [--steps 20] [--sampler ddim] [--eta 0] [--eps-scale 1]
+        [--per-class 10] [--guidance 0,1,2,4] [--steps 20] [--sampler ddim] [--eta 0] [--eps-scale S]
         [--batch-size 64] [--seed 0] [--device auto] [--json OUT]
     python benchmarks/class_accuracy.py ceiling --classifier CLASSIFIER --heldout HELDOUT_DIR
         [--sigmas 0,0.5,0.7,0.9,1.2]
@@ -149,7 +149,7 @@ def load_classifier(folder: str, device: torch.device) -> tuple[Classifier, dict
 def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class: int = 10,
           guidances: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0), steps: int = 20, sampler: str = "ddim",
           eta: float = 0.0, batch_size: int = 64, seed: int = 0, device: str = "auto", precision: str = "auto",
-          on_row: Callable[[dict], None] = lambda results: None, eps_scale: float = 1.0) -> dict:
+          on_row: Callable[[dict], None] = lambda results: None, eps_scale: float | None = None) -> dict:
     """Generated images of every class at each guidance, classified and compared with real ones;
     on_row(results so far) after each guidance, so that a long run keeps what it measured."""
     dev = resolve_device(device)
@@ -171,7 +171,8 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
     held_pixels = held.float() / 255
     asked = torch.arange(len(classes)).repeat_interleave(per_class)
     results = {"checkpoint": str(checkpoint_path), "classes": len(classes), "per_class": per_class, "steps": steps,
-               "sampler": sampler, "eta": eta, "eps_scale": eps_scale, "seed": seed, "precision": model.precision,
+               "sampler": sampler, "eta": eta, "eps_scale": model.eps_scale if eps_scale is None else eps_scale,
+               "seed": seed, "precision": model.precision,
                "chance": 1 / len(classes),
                "classifier_heldout_accuracy": accuracy(held_logits, held_targets),
                "classifier_heldout_top5": accuracy(held_logits, held_targets, 5),
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--sampler", default="ddim")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM's noise: 0 deterministic (the default), 1 DDPM's")
-    s.add_argument("--eps-scale", type=float, default=1.0, help="epsilon scaling (corolla sample --eps-scale)")
+    s.add_argument("--eps-scale", type=float, help="epsilon scaling (corolla sample --eps-scale; default: the model's)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")

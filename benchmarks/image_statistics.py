@@ -1,10 +1,11 @@
 """Contrast and fine detail of generated images beside real ones: what SWD's finer scales react to.
 
     python benchmarks/image_statistics.py --heldout DIR MODEL [MODEL ...] [--images 64] [--steps 20]
-        [--eta 0] [--seed 0] [--trajectory] [--json OUT]
+        [--eta 0] [--eps-scale S] [--seed 0] [--trajectory] [--json OUT]
 
 For the held-out photos (the first --images) and --images samples of each MODEL (a shipped
-model's name, a checkpoint or run folder; seed --seed, DDIM --steps, float32): the per-channel
+model's name, a checkpoint or run folder; seed --seed, DDIM --steps, --eps-scale (default: each
+model's own, as corolla sample draws), float32): the per-channel
 mean and standard deviation of the pixels in [0, 1], and the fine detail, the standard deviation
 of each image minus its 3x3 mean (edge pixels replicated). A model whose images are smoother
 than photos has less fine detail; one that adds noise has more.
@@ -61,13 +62,14 @@ def main() -> None:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--eps-scale", type=float, help="epsilon scaling (default: each model's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trajectory", action="store_true", help="fine detail at each step of sampling (above)")
     p.add_argument("--json")
     args = p.parse_args()
     real, _ = imagefolder.load_folder(args.heldout, 64)
     photos = real[:args.images].float() / 255
-    settings = SamplingSettings(steps=args.steps, eta=args.eta, seed=args.seed)
+    settings = SamplingSettings(steps=args.steps, eta=args.eta, seed=args.seed, eps_scale=args.eps_scale)
     rows, steps = {"held-out photos": statistics(photos)}, {}
     for name in args.models:
         model, config = checkpoint.load_model(pretrained.path(name) if name in pretrained.names() else name)
@@ -79,15 +81,17 @@ def main() -> None:
                 print(f"| {step['noise_rate']:.3f} | {step['sampled']:.4f} | {step['photos']:.4f} |")
         images = generate(model, args.images, settings, image_size=config.data.image_size)
         rows[name] = statistics(images)
-    print(f"{args.images} images each; samples: DDIM {args.steps} steps, eta {args.eta:g}, seed {args.seed}, float32")
+    scale = "each model's own" if args.eps_scale is None else f"{args.eps_scale:g}"
+    print(f"{args.images} images each; samples: DDIM {args.steps} steps, eta {args.eta:g}, eps scale {scale}, "
+          f"seed {args.seed}, float32")
     print("| images | mean R / G / B | std R / G / B | fine detail |\n| --- | --- | --- | --- |")
     for name, row in rows.items():
         three = lambda values: " / ".join(f"{v:.3f}" for v in values)
         print(f"| {name} | {three(row['mean'])} | {three(row['std'])} | {row['fine_detail']:.4f} |")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"images": args.images, "steps": args.steps, "eta": args.eta, "seed": args.seed, "rows": rows,
-                       "trajectory": steps}, out, indent=2)
+            json.dump({"images": args.images, "steps": args.steps, "eta": args.eta, "eps_scale": args.eps_scale,
+                       "seed": args.seed, "rows": rows, "trajectory": steps}, out, indent=2)
 
 
 if __name__ == "__main__":

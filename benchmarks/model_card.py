@@ -1,11 +1,13 @@
 """The model card's figures: shipped models scored on real images none of them saw.
 
     python benchmarks/model_card.py --train DIR --heldout DIR [--models flowers64,flowers32]
-        [--samples 1024] [--steps 20] [--loss-schedule NAME] [--json OUT] [--pairs-dir DIR]
+        [--samples 1024] [--steps 20] [--eps-scale S] [--loss-schedule NAME] [--json OUT] [--pairs-dir DIR]
 
 For each model (a shipped name or a checkpoint path): `corolla evaluate` with --heldout (SWD per
 resolution of --samples generated images against the held-out images, the held-out denoising
-loss, memorisation against the --train images, the nearest-pairs PNG). Beside them the floor:
+loss, memorisation against the --train images, the nearest-pairs PNG), sampled at --eps-scale
+(default: each model's own; the history rows before 2026-12-06 were scored at 1, so score a new
+stint at 1 as well to compare). Beside them the floor:
 the same SWD for --samples real training images, at each model's resolution: what a model that
 reproduced the training distribution exactly would score against images it never saw.
 """
@@ -40,6 +42,7 @@ def main() -> None:
     p.add_argument("--models", default=",".join(pretrained.names()))
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--eps-scale", type=float, help="epsilon scaling (default: each model's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto")
     p.add_argument("--loss-schedule", default="", help="the losses' noise levels (default: each model's own)")
@@ -47,7 +50,7 @@ def main() -> None:
     p.add_argument("--pairs-dir", default=".", help="where each model's nearest-pairs PNG goes")
     args = p.parse_args()
     settings = metrics.EvalSettings(samples=args.samples, steps=args.steps, seed=args.seed,
-                                    loss_schedule=args.loss_schedule)
+                                    eps_scale=args.eps_scale, loss_schedule=args.loss_schedule)
     results, floors = {}, {}
     for name in args.models.split(","):
         path = model_path(name)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and the API docs
     from . import samplers, schedules  # noqa: F401
-    from .config import Config, DataConfig, TrainConfig, preset  # noqa: F401
+    from .config import Config, DataConfig, SamplingConfig, TrainConfig, preset  # noqa: F401
     from .diffusion import DiffusionModel, Normalizer  # noqa: F401
     from .generation import generate  # noqa: F401
     from .samplers import SamplingSettings  # noqa: F401
@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and the AP
 # name -> the module that defines it (a module's own name for the two submodules)
 _PUBLIC = {
     "schedules": ".schedules", "samplers": ".samplers",
-    "Config": ".config", "DataConfig": ".config", "TrainConfig": ".config", "preset": ".config",
+    "Config": ".config", "DataConfig": ".config", "TrainConfig": ".config", "SamplingConfig": ".config",
+    "preset": ".config",
     "DiffusionModel": ".diffusion", "Normalizer": ".diffusion",
     "generate": ".generation", "SamplingSettings": ".samplers",
     "load_model": ".storage.checkpoint", "save_pretrained": ".storage.checkpoint",

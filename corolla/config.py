@@ -63,11 +63,20 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """How the model is best drawn from when a command or caller does not say: not part of the
+    weights (a checkpoint's weights are checked against every other section), so a released model's
+    config.json may set it after measuring."""
+    eps_scale: float = 1.0        # samplers.scaled_noise's divisor; 1 is the reference's sampling
+
+
+@dataclass(frozen=True)
 class Config:
     preset: str = "seed64"
     unet: UNetConfig = field(default_factory=UNetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
         check_config(self)  # every field, on construction, replace and load (corolla.limits)
@@ -95,7 +104,8 @@ class Config:
                 if f.name not in values:
                     continue
                 v = values[f.name]
-                sub = {"unet": UNetConfig, "data": DataConfig, "train": TrainConfig}.get(f.name)
+                sub = {"unet": UNetConfig, "data": DataConfig, "train": TrainConfig,
+                       "sampling": SamplingConfig}.get(f.name)
                 if kind is Config and sub is not None:
                     v = build(sub, v)
                 elif isinstance(v, list):

@@ -67,10 +67,11 @@ def min_snr_weights(noise_rates: torch.Tensor, signal_rates: torch.Tensor, gamma
 
 
 class DiffusionModel(nn.Module):
-    """Holds the trained network, its EMA copy, the normaliser and the schedule's name."""
+    """Holds the trained network, its EMA copy, the normaliser and the schedule's name, and the
+    epsilon scale it is sampled with unless a caller chooses one (Config.sampling)."""
 
     def __init__(self, unet: UNetConfig = UNetConfig(), schedule: str = "offset_cosine",
-                 ema_init: str = "copy"):
+                 ema_init: str = "copy", eps_scale: float = 1.0):
         super().__init__()
         self.network = UNet(unet)
         if ema_init == "copy":
@@ -84,6 +85,7 @@ class DiffusionModel(nn.Module):
         self.normalizer = Normalizer(unet.channels)
         self.schedule_name = schedule
         self.schedule = schedules.get(schedule)
+        self.eps_scale = eps_scale
         self._channels_last = False
         self.precision = "fp32"
         self._forward: dict[bool, Callable] = {}  # compiled or folded forwards, keyed by `ema`; not submodules

@@ -37,9 +37,11 @@ from .schedules import Schedule
 INVERT_REFINE = 6
 # The defaults of the operations that step with DDIM themselves (_check_ddim): inpainting walks
 # RePaint's stochastic DDPM-like steps (eta 1) on the reference's grid; inversion and its decoding
-# run deterministic DDIM, most exactly on the log-SNR grid.
-INPAINTING = SamplingSettings(steps=50, eta=1.0, grid="uniform")
-INVERSION = SamplingSettings(steps=50, grid="logsnr")
+# run deterministic DDIM, most exactly on the log-SNR grid, and decode without epsilon scaling, the
+# exact reverse of the inversion (which walks the plain ODE up). Editing's own steps never scale.
+EDITING = SamplingSettings(eps_scale=1.0)  # SDEdit: corolla sample's sampler
+INPAINTING = SamplingSettings(steps=50, eta=1.0, grid="uniform", eps_scale=1.0)
+INVERSION = SamplingSettings(steps=50, grid="logsnr", eps_scale=1.0)
 RESAMPLE, JUMP = 5, 5  # RePaint's R and J (repaint_walk): about 5 times the evaluations of plain replacement
 
 
@@ -282,10 +284,11 @@ def invert(model: DiffusionModel, images: torch.Tensor, settings: SamplingSettin
 
 def decode(model: DiffusionModel, noise: torch.Tensor, settings: SamplingSettings = INVERSION) -> torch.Tensor:
     """Deterministic DDIM from initial noises (N, C, H, W) -> images in [0, 1] (what `corolla
-    sample` does with its seeded noise). settings: steps, time_grid and batch_size."""
+    sample` does with its seeded noise). settings: steps, time_grid, eps_scale and batch_size."""
     _check_ddim(settings, "decoding", deterministic=True)
     s = settings
-    return torch.cat([sample_from_noise(model, noise[i:i + s.batch_size], s.steps, grid=s.time_grid)
+    return torch.cat([sample_from_noise(model, noise[i:i + s.batch_size], s.steps, grid=s.time_grid,
+                                        eps_scale=s.eps_scale)
                       for i in range(0, noise.shape[0], s.batch_size)])
 
 

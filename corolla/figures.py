@@ -331,7 +331,7 @@ def ddim_trajectory(model: DiffusionModel, noise: torch.Tensor, steps: int) -> T
     model.eval()
     device = next(model.parameters()).device
     times = samplers.uniform_times(steps).tolist()
-    denoise = model.ema_denoiser()
+    denoise = samplers.scaled_noise(model.ema_denoiser(), model.eps_scale)  # as corolla sample draws it
     x = noise.unsqueeze(0).to(device)
     preds, xs = [], [x]
     for t, t_next in zip(times[:-1], times[1:]):

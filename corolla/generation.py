@@ -69,7 +69,7 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
                       eta: float = 0.0, generators: list[torch.Generator] | None = None,
                       grid: str = "uniform", labels: torch.Tensor | None = None,
                       guidance: float = DEFAULT_GUIDANCE, callback: Callback | None = None,
-                      guard: contextlib.AbstractContextManager | None = None, eps_scale: float = 1.0
+                      guard: contextlib.AbstractContextManager | None = None, eps_scale: float | None = None
                       ) -> torch.Tensor:
     """Decode a batch of initial noises with the EMA network -> images in [0, 1], (B,C,H,W).
 
@@ -79,7 +79,7 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
     (corolla.conditioning); None samples it unconditionally. callback: see Callback; an exception
     it raises stops the sampling. guard: a reusable context manager held around each network
     evaluation (a server's lock, so that jobs share the model one evaluation at a time). eps_scale:
-    samplers.scaled_noise's (1: the reference's sampling)."""
+    samplers.scaled_noise's; None is the model's own (model.eps_scale, from its Config.sampling)."""
     model.eval()
     device = next(model.parameters()).device
     unet = model.network.config
@@ -92,7 +92,7 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
         noise_fn = lambda: draw_noise(generators, tuple(noise.shape[1:]), device)
     run = samplers.get(sampler)
     denoise = samplers.scaled_noise(model.ema_denoiser(None if labels is None else labels.to(device), guidance),
-                                    eps_scale)
+                                    model.eps_scale if eps_scale is None else eps_scale)
     if callback is not None or guard is not None:
         denoise = _watched(denoise, model, callback, guard)
     pred_images = run(denoise, model.schedule, noise.to(device), times, eta=eta, noise_fn=noise_fn)

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Callable
 
-from . import conditioning, heap, precision, schedules
+from . import conditioning, heap, precision, samplers, schedules
 
 MAX_IMAGE_SIZE = 1024          # pixels per side
 MAX_LEVELS = 6                 # entries of unet.widths: the image is halved once per level
@@ -34,7 +34,6 @@ MAX_EVAL_SAMPLES = 50_000      # images scored by one evaluation (the usual FID 
 MAX_CLASSES = 100_000          # classes of a conditional network (ImageNet-21k has 21,841)
 MAX_CLASS_NAME = 200           # characters of one class name
 MAX_GUIDANCE = 100.0           # classifier-free guidance scale (useful values: 1 to 10)
-EPS_SCALES = (0.8, 1.2)        # epsilon scaling's range (useful values: 1 to about 1.02)
 MAX_IMAGES = 10_000_000        # corolla sample -n, streamed to --each
 MAX_HELD_BYTES = 2 ** 32       # generated images held at once as float32 (a grid, an evaluation)
 # drawing a labelled figure takes about this many bytes per pixel of its canvas (measured: 125-133
@@ -170,11 +169,15 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "keep_best": choice("", *KEEP_BEST_METRICS),
         "label_dropout": number(0, 1, high_open=True),
     },
+    "SamplingConfig": {
+        "eps_scale": number(*samplers.EPS_SCALES),
+    },
     "Config": {
         "preset": text(PRESET_NAME, "1 to 64 letters, digits, '_', '-' or '.'"),
     },
 }
-SECTION_NAMES = {"UNetConfig": "unet", "DataConfig": "data", "TrainConfig": "train", "Config": ""}
+SECTION_NAMES = {"UNetConfig": "unet", "DataConfig": "data", "TrainConfig": "train", "SamplingConfig": "sampling",
+                 "Config": ""}
 
 
 def check_section(section) -> None:
@@ -275,7 +278,7 @@ def out_of_memory(error: BaseException) -> str | None:
 def check_config(config) -> None:
     """A whole Config: each section, then what the sections must agree on, and that its
     config.json is one loading reads (many long class names are each allowed, not all together)."""
-    for section in (config, config.unet, config.data, config.train):
+    for section in (config, config.unet, config.data, config.train, config.sampling):
         check_section(section)
     levels = len(config.unet.widths)
     if config.data.image_size % 2 ** levels:

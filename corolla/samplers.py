@@ -56,11 +56,14 @@ class SamplingSettings:
     eta: float = 0.0
     batch_size: int = 64
     seed: int = 0
-    eps_scale: float = 1.0  # scaled_noise's; 1 is the reference's sampling
+    eps_scale: float | None = None  # scaled_noise's; None: the model's own (1, the reference's, unless it says)
 
     @property
     def time_grid(self) -> str:
         return self.grid or default_grid(self.sampler)
+
+
+EPS_SCALES = (0.8, 1.2)  # scaled_noise's allowed range (useful values: 1 to about 1.02)
 
 
 def scaled_noise(denoise: Denoiser, eps_scale: float) -> Denoiser:

@@ -279,6 +279,28 @@ def test_a_bad_checkpoint_is_one_clear_error(case, good_checkpoint, tmp_path, ca
     assert not (tmp_path / "x.png").exists()
 
 
+def test_the_sampling_section_says_how_to_draw_and_may_change_beside_the_weights(good_checkpoint):
+    """config.json's sampling.eps_scale is not checked against the config stored in the weights
+    (a released model's is set after measuring) and becomes the model's; a config.json written
+    before the section existed is the reference's sampling."""
+    assert checkpoint.load_model(good_checkpoint)[0].eps_scale == 1.0
+    _edit_config(good_checkpoint, "sampling", "eps_scale", 1.01)
+    model, config = checkpoint.load_model(good_checkpoint)
+    assert model.eps_scale == config.sampling.eps_scale == 1.01
+    raw = json.loads((good_checkpoint / "config.json").read_text())
+    del raw["sampling"]
+    (good_checkpoint / "config.json").write_text(json.dumps(raw))
+    assert checkpoint.load_model(good_checkpoint)[0].eps_scale == 1.0
+    raw["sampling"] = {"eps_scale": 3}
+    (good_checkpoint / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(checkpoint.CheckpointError, match="sampling.eps_scale = 3 is not allowed"):
+        checkpoint.load_model(good_checkpoint)
+    _edit_config(good_checkpoint, "sampling", "eps_scale", 1.0)
+    _edit_config(good_checkpoint, "train", "seed", 7)  # every other section must still match
+    with pytest.raises(checkpoint.CheckpointError, match="train.seed: 0 in the weights, 7 in config.json"):
+        checkpoint.load_model(good_checkpoint)
+
+
 def test_foreign_files_and_broken_run_folders_are_clear_errors(tmp_path, good_checkpoint):
     marker = tmp_path / "code-ran"
     torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, tmp_path / "model.pt")

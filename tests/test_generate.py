@@ -68,15 +68,19 @@ def test_eta_changes_ddim_images(model):
     assert (_generate(model) - _generate(model, eta=1.0)).abs().mean().item() > 0.005
 
 
-def test_epsilon_scaling_is_threaded_to_the_sampler(model):
-    """SamplingSettings.eps_scale divides every predicted noise (samplers.scaled_noise); 1 is the plain sampler."""
-    assert torch.equal(_generate(model), _generate(model, eps_scale=1.0))
+def test_epsilon_scaling_is_threaded_to_the_sampler(model, monkeypatch):
+    """SamplingSettings.eps_scale divides every predicted noise (samplers.scaled_noise); 1 is the
+    plain sampler; None (the default) is the model's own, its Config.sampling's."""
+    plain = _generate(model)
+    assert model.eps_scale == 1.0 and torch.equal(plain, _generate(model, eps_scale=1.0))
     scaled = _generate(model, eps_scale=1.05)
     noise = initial_noise(3, range(8), (3, SIZE, SIZE))
     by_hand = samplers.ddim(samplers.scaled_noise(model.ema_denoiser(), 1.05), model.schedule, noise,
                             samplers.uniform_grid(4, model.schedule))
     assert torch.allclose(scaled, model.normalizer.denormalize(by_hand), atol=1e-6)
-    assert (scaled - _generate(model)).abs().mean().item() > 0.005
+    assert (scaled - plain).abs().mean().item() > 0.005
+    monkeypatch.setattr(model, "eps_scale", 1.05)
+    assert torch.equal(_generate(model), scaled) and torch.equal(_generate(model, eps_scale=1.0), plain)
 
 
 def test_grid_is_threaded_to_the_sampler(model):

@@ -10,7 +10,7 @@ import torch
 
 from corolla import cli, figures, limits
 from corolla.cli import options
-from corolla.config import Config, DataConfig, TrainConfig, preset
+from corolla.config import Config, DataConfig, SamplingConfig, TrainConfig, preset
 from corolla.data import imagefolder
 from corolla.unet import UNet, UNetConfig
 
@@ -20,8 +20,8 @@ HUGE = "99999999999999999999999"
 # -- 8. configs ---------------------------------------------------------------------------------
 
 def test_every_config_field_has_a_rule_and_every_preset_follows_them():
-    for kind in (UNetConfig, DataConfig, TrainConfig, Config):
-        fields = {f.name for f in dataclasses.fields(kind)} - {"unet", "data", "train"}
+    for kind in (UNetConfig, DataConfig, TrainConfig, SamplingConfig, Config):
+        fields = {f.name for f in dataclasses.fields(kind)} - {"unet", "data", "train", "sampling"}
         assert fields == set(limits.SECTION_RULES[kind.__name__]), kind.__name__
     for name in ("seed64", "demo", "tiny"):
         limits.check_config(preset(name))

@@ -58,7 +58,7 @@ def test_a_conditional_run_whose_config_could_not_be_loaded_is_refused_before_it
 
 VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                       lambda inner: st.lists(inner, max_size=4), max_leaves=6)
-SECTIONS = {"unet": TINY.unet, "data": TINY.data, "train": TINY.train}
+SECTIONS = {"unet": TINY.unet, "data": TINY.data, "train": TINY.train, "sampling": TINY.sampling}
 FIELDS = [(section, field.name) for section, values in SECTIONS.items() for field in dataclasses.fields(values)]
 
 

@@ -179,12 +179,24 @@ def test_onnxruntime_gives_pytorchs_images(model, exported, sampler, eta, grid):
     assert np.abs(expected[0] - expected[1]).mean() > 0.01  # images that differ, not a constant
 
 
-def test_onnxruntime_scales_the_noise_as_pytorch_does(model, exported):
+def test_onnxruntime_scales_the_noise_as_pytorch_does(model, exported, tmp_path):
     settings = SamplingSettings(steps=5, seed=3, sampler="dpmpp_2m", eps_scale=1.05, batch_size=3)
     expected = generation.generate(model, 4, settings, image_size=SIZE).numpy()
     plain = generation.generate(model, 4, replace(settings, eps_scale=1.0), image_size=SIZE).numpy()
     assert np.abs(expected - plain).mean() > 0.005  # the scale changes the images
     assert np.abs(sampling.load(exported, threads=1).generate(4, settings) - expected).max() <= 1 / 255
+    # the export carries the model's own scale, the default where settings leave it None
+    spec = json.loads((Path(exported) / folder.SAMPLER_FILE).read_text())
+    assert spec["eps_scale"] == model.eps_scale == 1.0
+    copy = tmp_path / "scaled"
+    shutil.copytree(exported, copy)
+    (copy / folder.SAMPLER_FILE).write_text(json.dumps({**spec, "eps_scale": 1.05}))
+    got = sampling.load(copy, threads=1).generate(4, replace(settings, eps_scale=None))
+    assert np.abs(got - expected).max() <= 1 / 255
+    del spec["eps_scale"]  # an export written before the field: the plain sampler
+    (copy / folder.SAMPLER_FILE).write_text(json.dumps(spec))
+    got = sampling.load(copy, threads=1).generate(4, replace(settings, eps_scale=None))
+    assert np.abs(got - plain).max() <= 1 / 255
 
 
 @pytest.mark.parametrize("sampler,guidance", [("ddim", 3.0), ("dpmpp_2m", 3.0), ("unipc", 1.0), ("ddim", 0.0)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +64,21 @@ def test_corolla_sample_s_pngs_carry_recipes_that_make_them_again(conditional, t
         assert np.array_equal(pixels(path), to_uint8(recipes.remake(made, model))[0])
     again = save_image(recipes.remake(made, model)[0], tmp_path / "again.png", made)  # the file, made again
     assert (tmp_path / "again.png").read_bytes() == path.read_bytes() and again.name == "again.png"
+
+
+def test_a_recipe_records_the_model_s_own_eps_scale(conditional, tmp_path):
+    """Sampled without --eps-scale, a model whose config says 1.05 draws at 1.05, and its PNGs say so."""
+    model = checkpoint.load_model(conditional)[0]
+    scaled = checkpoint.save_pretrained(tmp_path / "scaled", model, CONFIG.replace(
+        unet={"classes": CLASSES}, sampling={"eps_scale": 1.05}))
+    for folder in (conditional, scaled):
+        assert cli.main(["sample", str(folder), "-n", "2", "--steps", "3", *CPU,
+                         "--out", str(tmp_path / f"{Path(folder).name}.png")]) == 0
+    made = recipes.read(tmp_path / "scaled.png")
+    assert made.eps_scale == 1.05 and recipes.read(tmp_path / "model.png").eps_scale == 1.0
+    again = to_uint8(recipes.remake(made, recipes.load_model(made)[0]))
+    assert np.array_equal(pixels(tmp_path / "scaled.png")[2:18, 2:18], again[0])
+    assert not np.array_equal(pixels(tmp_path / "scaled.png"), pixels(tmp_path / "model.png"))
 
 
 def test_edit_and_inpaint_pngs_carry_what_was_done(conditional, tmp_path):

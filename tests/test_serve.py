@@ -264,6 +264,16 @@ def test_a_result_png_s_recipe_makes_it_again_bit_for_bit(server, client, tiny, 
         assert np.array_equal(png(again[0]["image"]), png(gallery[2]["image"]))
 
 
+def test_a_recipe_at_another_eps_scale_than_the_page_s_is_refused_in_a_line(server, tiny, tmp_path):
+    """The page samples a model at its own epsilon scale and has no field for another: it would
+    make other images, so it says how to make them instead."""
+    assert cli.main(["sample", tiny, "-n", "1", "--steps", "2", "--eps-scale", "1.05", *CPU,
+                     "--out", str(tmp_path / "scaled.png")]) == 0
+    with pytest.raises(gr.Error, match=r"made with eps scale 1.05; this page samples .* at 1 \(corolla sample "
+                                       r"--eps-scale 1.05 makes it again\)"):
+        server.page.from_png(str(tmp_path / "scaled.png"))
+
+
 def test_stop_ends_a_long_job_within_one_step(server, client, tiny):
     evaluations = Evaluations(server.model(tiny).sampling_network)
     try:

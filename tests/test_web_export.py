@@ -14,6 +14,7 @@ import functools
 import http.server
 import io
 import json
+import shutil
 import socket
 import tarfile
 import threading
@@ -145,6 +146,25 @@ def test_the_page_gives_the_portable_samplers_images_and_loads_nothing_from_else
         elsewhere = [url for url in page.requests if not url.startswith((server.url, "data:", "blob:"))]
         assert elsewhere == []
         assert "/tiny/ort-wasm-simd-threaded.wasm" in server.served  # the runtime came from the folder
+    finally:
+        page.context.close()
+
+
+@pytest.mark.slow
+def test_the_page_scales_the_noise_as_the_export_says(browser, server, sites):
+    """sampler.json's eps_scale (the model's own epsilon scaling) divides the page's predicted noise
+    as it divides the portable sampler's."""
+    site = sites / "scaled"
+    shutil.copytree(sites / "tiny", site, dirs_exist_ok=True)
+    spec = json.loads((site / folder.SAMPLER_FILE).read_text())
+    (site / folder.SAMPLER_FILE).write_text(json.dumps({**spec, "eps_scale": 1.05}))
+    initial = write_noise(site)
+    page = open_page(browser, f"{server.url}/scaled/?seed={SEED}&n={COUNT}&steps={STEPS}&noise=noise.bin")
+    try:
+        portable = sampling.load(site, threads=1)
+        expected = portable.sample_from_noise(initial, STEPS)
+        assert np.abs(expected - portable.sample_from_noise(initial, STEPS, eps_scale=1.0)).mean() > 0.005
+        assert np.abs(page_images(page) - expected).max() <= TOLERANCE
     finally:
         page.context.close()
 

@@ -82,7 +82,8 @@ def run_class_grid(args) -> int:
     # row r is class numbers[r]; column j starts from image j's noise of the seed in every row
     rows = [generate(model, args.num_images, sampling_settings(args), image_size=config.data.image_size,
                      classes=number, guidance=args.guidance) for number in numbers]
+    scale = model.eps_scale if args.eps_scale is None else args.eps_scale
     title = f"guidance {args.guidance:g}, {args.steps} DDIM steps, seed {args.seed}" + (
-        f", eps scale {args.eps_scale:g}" if args.eps_scale != 1 else "")
+        f", eps scale {scale:g}" if scale != 1 else "")
     print(save_labelled_grid(torch.stack(rows), out, row_labels=[names[n] for n in numbers], title=title))
     return 0

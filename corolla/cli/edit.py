@@ -105,7 +105,7 @@ def run_edit(args) -> int:
     size = config.data.image_size
     count = len(paths) * args.num_images
     limits.check_held_images(count * (len(levels) + 1), size, "photos x -n x strengths")
-    settings = sampling_settings(args)
+    settings = sampling_settings(args, editing.EDITING)
     grid = settings.time_grid
     rows = [f"{_name(p)} #{v}" if args.num_images > 1 else _name(p) for p in paths for v in range(args.num_images)]
     columns = ["input"] + [f"strength {strength:g}" for strength in levels]

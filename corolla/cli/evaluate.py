@@ -77,6 +77,7 @@ def with_reasons(results: dict) -> dict:
 def results_table(results: dict) -> str:
     width = max(len(label) for _, label, _ in ROWS)
     lines = [f"{results['checkpoint']}: {results['samples']} images, {results['steps']} {results['sampler']} steps, "
+             f"eps scale {results['eps_scale']:g}, "
              f"seed {results['seed']}; {results['train_images']} training / {results['heldout_images']} "
              f"held-out images"]
     for key, label, form in ROWS:

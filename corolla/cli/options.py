@@ -68,7 +68,7 @@ def eta(text: str) -> float:
 
 def eps_scale(text: str) -> float:
     """samplers.scaled_noise's divisor of the predicted noise."""
-    low, high = limits.EPS_SCALES
+    low, high = samplers.EPS_SCALES
     try:
         value = float(text)
     except ValueError:
@@ -187,8 +187,9 @@ def add_sampling(p: argparse.ArgumentParser, names: tuple[str, ...] = SAMPLING_O
                           "default uniform for ddim, logsnr for the other samplers"),
         "eta": dict(type=eta, help="ddim only: 0 deterministic, 1 DDPM-like noise"),
         "eps_scale": dict(type=eps_scale, metavar="SCALE",
-                          help="epsilon scaling: divide each predicted noise by SCALE; a little above 1 (e.g. "
-                               "1.01) keeps fine detail the reference's sampling smooths away"),
+                          help="epsilon scaling: divide each predicted noise by SCALE; a little above 1 keeps fine "
+                               "detail that plain sampling smooths away; 1 is the reference's sampling (default: the "
+                               "model's own, its config.json's sampling.eps_scale: 1 for a model you train)"),
         "batch_size": dict(type=batch_size, help="images per network call (memory only: images do not depend on it)"),
     }
     for name in names:

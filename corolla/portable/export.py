@@ -145,7 +145,7 @@ def export_onnx(model: DiffusionModel, out_dir: str | os.PathLike, image_size: i
         schedule=model.schedule_name, image_size=image_size, channels=unet.config.channels,
         mean=tuple(model.normalizer.mean.flatten().tolist()),
         variance=tuple(model.normalizer.variance.flatten().tolist()),
-        classes=tuple(unet.config.classes), guidance=DEFAULT_GUIDANCE,
+        classes=tuple(unet.config.classes), guidance=DEFAULT_GUIDANCE, eps_scale=model.eps_scale,
         noise_kernel=noise.kernel_for_capability(torch.backends.cpu.get_cpu_capability()),
         model_sha256=model_sha256(model), onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(), opset=opset,
         check={"max_abs_error": error, "tolerance": tolerance, "batch": CHECK_BATCH},

@@ -11,6 +11,8 @@ sampler.json (format "corolla-onnx", version 1):
     classes           the class names of a conditional model ([] for an unconditional one); the
                       network's input `labels` takes their numbers, and len(classes) is the null label
     guidance          the default classifier-free guidance of a conditional model
+    eps_scale         the default epsilon scale (corolla.samplers.scaled_noise; the model's
+                      Config.sampling); absent in exports written before it: 1
     noise_kernel      the torch.randn kernel of the exporting machine (corolla.portable.noise), so
                       that a sampler elsewhere starts from the noise PyTorch drew there
     check             {"max_abs_error", "tolerance", "batch"}: onnxruntime against PyTorch at export
@@ -29,7 +31,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import schedules
+from .. import samplers, schedules
 from ..storage.digest import file_sha256
 from .noise import KERNELS
 
@@ -61,6 +63,7 @@ class SamplerSpec:
     opset: int
     check: dict
     exporter: dict
+    eps_scale: float = 1.0
 
     @property
     def null_label(self) -> int:
@@ -123,6 +126,7 @@ def _spec(raw, path: Path) -> SamplerSpec:
         return tuple(float(v) for v in values)
 
     classes = field("classes", list, lambda names: all(isinstance(n, str) for n in names))
+    low, high = samplers.EPS_SCALES
     return SamplerSpec(
         schedule=field("schedule", str, lambda name: name in schedules.SCHEDULES),
         image_size=field("image_size", int, lambda size: 1 <= size <= MAX_IMAGE_SIZE),
@@ -131,4 +135,6 @@ def _spec(raw, path: Path) -> SamplerSpec:
         guidance=float(field("guidance", (int, float), math.isfinite)),
         noise_kernel=field("noise_kernel", str, lambda kernel: kernel in KERNELS),
         model_sha256=field("model_sha256", str), onnx_sha256=field("onnx_sha256", str),
-        opset=field("opset", int), check=field("check", dict), exporter=field("exporter", dict))
+        opset=field("opset", int), check=field("check", dict), exporter=field("exporter", dict),
+        eps_scale=float(field("eps_scale", (int, float), lambda scale: low <= scale <= high)
+                        if "eps_scale" in raw else 1.0))

@@ -106,14 +106,16 @@ class PortableModel:
     def sample_from_noise(self, initial_noise: np.ndarray, steps: int, sampler: str = "ddim", eta: float = 0.0,
                           generators: list[noise.TorchGenerator] | None = None, grid: str | None = None,
                           labels: np.ndarray | None = None, guidance: float | None = None,
-                          eps_scale: float = 1.0) -> np.ndarray:
+                          eps_scale: float | None = None) -> np.ndarray:
         """Decode a batch of initial noises -> images in [0, 1], (B, C, H, W) float32, as
         corolla.generation.sample_from_noise; generators (one per image, past its initial noise)
-        feed stochastic steps; grid None: samplers.default_grid; eps_scale: samplers.scaled_noise's."""
+        feed stochastic steps; grid None: samplers.default_grid; eps_scale: samplers.scaled_noise's (None:
+        the export's, sampler.json's eps_scale)."""
         run = samplers.get(sampler)
         times = samplers.get_grid(grid or samplers.default_grid(sampler), steps, self.schedule, backend="numpy")
         noise_fn = None if generators is None else lambda: noise.draw_noise(generators, self.shape)
-        pred_images = run(samplers.scaled_noise(self.denoiser(labels, guidance), eps_scale), self.schedule,
+        scale = self.spec.eps_scale if eps_scale is None else eps_scale
+        pred_images = run(samplers.scaled_noise(self.denoiser(labels, guidance), scale), self.schedule,
                           initial_noise, times, eta=eta, noise_fn=noise_fn)
         if not np.isfinite(pred_images).all():
             raise NotFinite("the network's predictions hold NaN or infinite values: this model's weights do not "

@@ -221,7 +221,7 @@ class Engine:
         return Recipe(self.name, self.sha256, self.image_size, self.model.precision, request.seed, request.steps,
                       request.sampler, request.grid, request.eta, request.first, request.count,
                       tuple(None if c is None else self.classes[c] for c in request.classes),
-                      request.guidance if request.classes else None)
+                      request.guidance if request.classes else None, eps_scale=self.model.eps_scale)
 
     def _classes(self, params: dict) -> tuple[tuple[int | None, ...], float]:
         """`classes` (a list of names, numbers, and null or ANY_SPECIES for "any") and `guidance` ->

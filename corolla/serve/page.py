@@ -194,6 +194,10 @@ class Page:
                 if engine.model.precision != made.precision:
                     raise ValueError(f"the recipe was made in {made.precision}; this server runs {made.model} in "
                                      f"{engine.model.precision} (corolla serve --precision {made.precision})")
+                if engine.model.eps_scale != made.eps_scale:  # the page samples at the model's own
+                    raise ValueError(f"the recipe was made with eps scale {made.eps_scale:g}; this page samples "
+                                     f"{made.model} at {engine.model.eps_scale:g} (corolla sample --eps-scale "
+                                     f"{made.eps_scale:g} makes it again)")
         except ValueError as error:
             raise _refused(error) from None
         return (*self._fields(made, made.count), f"recipe read: {made.line()}. Press Generate to make it again.")
@@ -336,7 +340,8 @@ class Page:
             total, details = request.steps, {"first": request.first, "second": request.second}
         made = recipes.Recipe(engine.name, engine.sha256, engine.image_size, engine.model.precision, request.first,
                               request.steps, "ddim", "logsnr" if request.photos else "uniform", kind="interpolate",
-                              details={**details, "frames": request.frames})
+                              details={**details, "frames": request.frames},
+                              eps_scale=1.0 if request.photos else engine.model.eps_scale)
         async for update in _follow(work, total, engine, progress):
             if isinstance(update, jobs.Progress):
                 yield gr.skip(), update.text(), gr.skip(), gr.skip(), gr.skip()

@@ -377,7 +377,9 @@ def _flat(tree, prefix: str = "") -> dict:
 
 
 def _check_same_config(config: Config, metadata: dict[str, str], where: Path) -> None:
-    """config.json must describe the weights: the config saved inside them must match it."""
+    """config.json must describe the weights: the config saved inside them must match it, all but
+    its `sampling` section, which says how to draw from the weights, not what they are (a released
+    model's may be set after measuring, without rewriting the weights' file)."""
     if "config" not in metadata:
         return
     try:
@@ -390,7 +392,8 @@ def _check_same_config(config: Config, metadata: dict[str, str], where: Path) ->
         raise CheckpointError(f"{where}: its stored config is not a corolla config ({error})") from None
     current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as stored
     differences = [f"{key}: {stored.get(key)!r} in the weights, {value!r} in {CONFIG_FILE}"
-                   for key, value in _flat(current).items() if stored.get(key) != value]
+                   for key, value in _flat(current).items()
+                   if stored.get(key) != value and not key.startswith("sampling.")]
     if differences:
         raise CheckpointError(f"{where.parent / CONFIG_FILE} does not describe these weights "
                               f"({'; '.join(differences[:3])})")
@@ -398,7 +401,7 @@ def _check_same_config(config: Config, metadata: dict[str, str], where: Path) ->
 
 def _model_for(config: Config, where: Path) -> DiffusionModel:
     try:
-        return DiffusionModel(config.unet, config.train.schedule)
+        return DiffusionModel(config.unet, config.train.schedule, eps_scale=config.sampling.eps_scale)
     except (TypeError, ValueError, KeyError, RuntimeError) as error:
         raise CheckpointError(f"{where}: the config describes no valid network ({error})") from None
 

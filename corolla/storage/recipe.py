@@ -92,8 +92,8 @@ def for_checkpoint(checkpoint: str | os.PathLike, given: str | None, model, imag
     from .checkpoint import resolve
     return Recipe(model=given or Path(checkpoint).name, model_sha256=model_sha256(resolve(checkpoint)),
                   image_size=image_size, precision=model.precision, seed=settings.seed, steps=settings.steps,
-                  sampler=settings.sampler, grid=settings.time_grid, eta=settings.eta, eps_scale=settings.eps_scale,
-                  **fields)
+                  sampler=settings.sampler, grid=settings.time_grid, eta=settings.eta,
+                  eps_scale=model.eps_scale if settings.eps_scale is None else settings.eps_scale, **fields)
 
 
 def model_sha256(checkpoint_folder: str | os.PathLike) -> str:
@@ -149,7 +149,7 @@ def from_json(text: str) -> Recipe:
                   sampler=_field(raw, "sampler", _one_of(samplers.SAMPLERS)),
                   grid=_field(raw, "grid", _one_of(samplers.GRIDS)),
                   eta=float(_field(raw, "eta", limits.number(0, 1))),
-                  eps_scale=float(_field({"eps_scale": 1.0, **raw}, "eps_scale", limits.number(*limits.EPS_SCALES))),
+                  eps_scale=float(_field({"eps_scale": 1.0, **raw}, "eps_scale", limits.number(*samplers.EPS_SCALES))),
                   index=_field(raw, "index", whole(0, limits.MAX_IMAGES)),
                   count=_field(raw, "count", whole(1, limits.MAX_IMAGES)),
                   classes=tuple(classes), guidance=None if guidance is None else float(guidance),

@@ -114,6 +114,9 @@ function denoiser(batch, label, guidance) {
     } else {
       predNoises = await predictNoise(x, noiseRate, guidance === 0 ? nulls : labels);
     }
+    // epsilon scaling, as corolla.samplers.scaled_noise (sampler.json's eps_scale; absent: 1)
+    const scale = spec.eps_scale ?? 1;
+    if (scale !== 1) for (let j = 0; j < x.length; j++) predNoises[j] /= scale;
     const predImages = new Float32Array(x.length);
     for (let j = 0; j < x.length; j++) predImages[j] = (x[j] - noiseRate * predNoises[j]) / signalRate;
     return [predNoises, predImages];
