@@ -1,3 +1,4 @@
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def make_flowers(tmp_path_factory):
 
 
 CLASSES = ("daisy", "rose", "sunflower")
+
+
+def load_script(*parts: str):
+    """A script of the repository that is not a package module (a benchmark, the docs' hooks),
+    loaded from its path below the repository root as a module."""
+    path = Path(__file__).parent.parent.joinpath(*parts)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_labels_matter(network: torch.nn.Module, generator: torch.Generator) -> None:

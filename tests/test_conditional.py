@@ -1,12 +1,11 @@
 """Class-conditional training with classifier-free guidance (issue 16), on tiny networks."""
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, make_labels_matter
+from conftest import CLASSES, load_script, make_labels_matter
 from PIL import Image
 
 from corolla import cli, conditioning, figures, samplers
@@ -429,18 +428,10 @@ def test_a_stopped_and_resumed_conditional_run_equals_an_uninterrupted_one(class
 
 # -- the proof tooling ----------------------------------------------------------------------
 
-def _benchmark():
-    path = Path(__file__).parent.parent / "benchmarks" / "class_accuracy.py"
-    spec = importlib.util.spec_from_file_location("class_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_class_accuracy_benchmark_runs_end_to_end(run, tmp_path):
     """Its classifier learns a trivially separable toy set (one colour per class), and scoring a
     conditional checkpoint gives accuracy and SWD for each guidance."""
-    bench = _benchmark()
+    bench = load_script("benchmarks", "class_accuracy.py")
     generator = torch.Generator().manual_seed(0)
     colours = {"daisy": (230, 230, 230), "rose": (200, 30, 40), "sunflower": (240, 200, 20)}
     for split, count in (("train", 12), ("heldout", 4)):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import importlib.util
 import os
 import re
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from corolla import cli
 
@@ -20,14 +20,7 @@ README = ROOT / "README.md"
 MAX_README_LINES = 200
 
 
-def load_hooks():
-    spec = importlib.util.spec_from_file_location("corolla_docs_hooks", ROOT / "docs" / "hooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hooks = load_hooks()
+hooks = load_script("docs", "hooks.py")
 
 
 def sections(page: str) -> dict[str, str]:

@@ -2,16 +2,15 @@
 loading; the evaluator and `corolla evaluate` end to end on tiny models."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.linalg
 import scipy.ndimage
 import torch
+from conftest import load_script
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
@@ -219,19 +218,11 @@ def test_blur_to_fine_detail_hits_the_target_and_leaves_smoother_images_alone(fl
     assert metrics.blur_to_fine_detail(blurred, 2 * target) == (blurred, 0.0)
 
 
-def _image_statistics():
-    path = Path(__file__).parent.parent / "benchmarks" / "image_statistics.py"
-    spec = importlib.util.spec_from_file_location("image_statistics", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_trajectory_follows_each_evaluation_of_sampling(flowers16, monkeypatch):
     """benchmarks/image_statistics.py --trajectory: one row per network evaluation at the sampler's
     noise rates; the last prediction is the sampled image; a network that knew the photos would
     restore their fine detail in both columns at every step."""
-    bench, model = _image_statistics(), tiny_model(flowers16)
+    bench, model = load_script("benchmarks", "image_statistics.py"), tiny_model(flowers16)
     photos, settings = flowers16[:4].float() / 255, SamplingSettings(steps=3, seed=1)
     rows = bench.trajectory(model, photos, settings, 16)
     noise_rates, _ = model.schedule(samplers.uniform_times(3))

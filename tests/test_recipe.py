@@ -1,11 +1,11 @@
 """Recipe options beyond the reference, each off by default: the learning rate's warm-up and
 cool-down, horizontal flips, min-SNR-gamma loss weights."""
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from corolla import cli, schedules
 from corolla.cli import train as cli_train
@@ -102,15 +102,8 @@ def test_the_command_takes_the_recipe_options_and_refuses_bad_values(capsys):
     assert "must be 0 (off)" in capsys.readouterr().err
 
 
-def _recipe_study():
-    spec = importlib.util.spec_from_file_location("recipe_study", ROOT / "benchmarks" / "recipe_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_recipe_study_gives_every_variant_the_same_images_and_start():
-    study = _recipe_study()
+    study = load_script("benchmarks", "recipe_study.py")
     warm = {name: study.variant_changes(name, 6400, warm_start=True) for name in study.VARIANTS}
     assert warm["batch16"]["batch_size"] == 16 and warm["cooldown"]["lr_cooldown"] == 25  # a quarter of 100 steps
     assert warm["batch16"]["lr_warmup"] * 16 == warm["reference"]["lr_warmup"] * 64  # the same images of warm-up
@@ -125,7 +118,7 @@ def test_the_recipe_study_gives_every_variant_the_same_images_and_start():
 
 
 def test_a_recipe_change_wins_only_when_every_seed_beats_the_reference_by_more_than_the_spread():
-    study = _recipe_study()
+    study = load_script("benchmarks", "recipe_study.py")
     def rows(name, losses, swds):
         return [{"variant": name, "seed": s, "heldout_loss": loss, "swd": w}
                 for s, loss, w in zip((1, 2), losses, swds)]
