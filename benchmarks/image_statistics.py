@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import torch
 
@@ -35,13 +36,16 @@ def statistics(images: torch.Tensor) -> dict:
             "fine_detail": metrics.fine_detail(images)}
 
 
-def trajectory(model: DiffusionModel, photos: torch.Tensor, settings: SamplingSettings, image_size: int) -> list[dict]:
+def trajectory(model: DiffusionModel, photos: torch.Tensor, settings: SamplingSettings,
+               image_size: int) -> tuple[list[dict], torch.Tensor]:
     """Per network evaluation of sampling: its noise rate, the fine detail of the sampler's predicted
-    images and of the network's prediction from `photos` (N, C, H, W in [0, 1]) noised to that rate."""
+    images and of the network's prediction from `photos` (N, C, H, W in [0, 1]) noised to that rate;
+    and the sampled images (len(photos) of them, drawn in one batch so that each evaluation is one
+    callback: the images do not depend on the batch)."""
     sampled = []
-    generate(model, len(photos), settings, image_size=image_size,
-             callback=lambda done, predictions: sampled.append(metrics.fine_detail(predictions)))
-    times = samplers.get_grid(settings.time_grid, settings.steps, model.schedule)[:len(sampled)]
+    images = generate(model, len(photos), replace(settings, batch_size=len(photos)), image_size=image_size,
+                      callback=lambda done, predictions: sampled.append(metrics.fine_detail(predictions)))
+    times = samplers.get_grid(settings.time_grid, settings.steps, model.schedule)
     clean = model.normalizer.normalize(photos)
     noises = torch.randn(clean.shape, generator=torch.Generator().manual_seed(settings.seed))
     rows = []
@@ -52,7 +56,7 @@ def trajectory(model: DiffusionModel, photos: torch.Tensor, settings: SamplingSe
             _, predicted = model.denoise(signal_rates * clean + noise_rates * noises, noise_rates, signal_rates)
             rows.append({"noise_rate": float(noise_rates[0]), "sampled": detail,
                          "photos": metrics.fine_detail(model.normalizer.denormalize(predicted))})
-    return rows
+    return rows, images
 
 
 def main() -> None:
@@ -74,12 +78,13 @@ def main() -> None:
     for name in args.models:
         model, config = checkpoint.load_model(pretrained.path(name) if name in pretrained.names() else name)
         if args.trajectory:
-            steps[name] = trajectory(model, photos, settings, config.data.image_size)
+            steps[name], images = trajectory(model, photos, settings, config.data.image_size)
             print(f"{name}: fine detail of the predicted images at each evaluation (DDIM {args.steps} steps)")
             print("| noise rate | sampling | held-out photos noised to it |\n| --- | --- | --- |")
             for step in steps[name]:
                 print(f"| {step['noise_rate']:.3f} | {step['sampled']:.4f} | {step['photos']:.4f} |")
-        images = generate(model, args.images, settings, image_size=config.data.image_size)
+        else:
+            images = generate(model, args.images, settings, image_size=config.data.image_size)
         rows[name] = statistics(images)
     scale = "each model's own" if args.eps_scale is None else f"{args.eps_scale:g}"
     print(f"{args.images} images each; samples: DDIM {args.steps} steps, eta {args.eta:g}, eps scale {scale}, "

@@ -224,14 +224,15 @@ def test_the_trajectory_follows_each_evaluation_of_sampling(flowers16, monkeypat
     restore their fine detail in both columns at every step."""
     bench, model = load_script("benchmarks", "image_statistics.py"), tiny_model(flowers16)
     photos, settings = flowers16[:4].float() / 255, SamplingSettings(steps=3, seed=1)
-    rows = bench.trajectory(model, photos, settings, 16)
+    rows, images = bench.trajectory(model, photos, settings, 16)
     noise_rates, _ = model.schedule(samplers.uniform_times(3))
     assert [row["noise_rate"] for row in rows] == pytest.approx(noise_rates[:3].tolist())
-    assert rows[-1]["sampled"] == pytest.approx(metrics.fine_detail(generate(model, 4, settings, image_size=16)))
+    assert torch.equal(images, generate(model, 4, settings, image_size=16))
+    assert rows[-1]["sampled"] == pytest.approx(metrics.fine_detail(images))
     clean = model.normalizer.normalize(photos)
     monkeypatch.setattr(model, "denoise", lambda noisy, noise_rates, signal_rates, **_: (
         (noisy - signal_rates * clean) / noise_rates, clean))
-    for row in bench.trajectory(model, photos, settings, 16):
+    for row in bench.trajectory(model, photos, settings, 16)[0]:
         assert row["sampled"] == pytest.approx(metrics.fine_detail(photos), rel=1e-5)
         assert row["photos"] == pytest.approx(metrics.fine_detail(photos), rel=1e-5)
 

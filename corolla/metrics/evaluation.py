@@ -37,7 +37,7 @@ class EvalSettings:
     steps: int = SamplingSettings.steps
     sampler: str = SamplingSettings.sampler
     eta: float = SamplingSettings.eta
-    eps_scale: float = SamplingSettings.eps_scale
+    eps_scale: float | None = SamplingSettings.eps_scale  # None: the model's own
     seed: int = SamplingSettings.seed  # generation, held-out noise, SWD and KID subsets all derive from it
     batch_size: int = SamplingSettings.batch_size
     kid_subsets: int = 100
