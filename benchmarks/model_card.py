@@ -4,12 +4,12 @@
         [--samples 1024] [--steps 20] [--eps-scale S] [--loss-schedule NAME] [--json OUT] [--pairs-dir DIR]
 
 For each model (a shipped name or a checkpoint path): `corolla evaluate` with --heldout (SWD per
-resolution of --samples generated images against the held-out images, the held-out denoising
-loss, memorisation against the --train images, the nearest-pairs PNG), sampled at --eps-scale
+resolution of --samples generated images against the --train images, the denoising loss on the
+held-out images, memorisation against the --train images, the nearest-pairs PNG), sampled at --eps-scale
 (default: each model's own; the history rows before 2026-12-06 were scored at 1, so score a new
 stint at 1 as well to compare). Beside them the floor:
-the same SWD for --samples real training images, at each model's resolution: what a model that
-reproduced the training distribution exactly would score against images it never saw.
+the SWD of --samples real training images against the held-out ones, at each model's resolution:
+what two real samples of the data set score.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def main() -> None:
     Path(args.json).write_text(json.dumps({"models": results, "floor": {str(k): v for k, v in floors.items()},
                                            "samples": args.samples, "steps": args.steps}, indent=2) + "\n")
 
-    print(f"\n{args.samples} samples, {args.steps} DDIM steps, against {args.heldout}")
+    print(f"\n{args.samples} samples, {args.steps} DDIM steps; SWD against {args.train}, losses on {args.heldout}")
     print("| model | SWD x1e3 by resolution (floor: real training images) | held-out loss | training loss "
           "| nn ratio | near-copies |")
     print("| --- | --- | --- | --- | --- | --- |")

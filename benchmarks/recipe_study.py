@@ -14,8 +14,8 @@ continues it (`--init-from SOURCE`; the warm-up covers the same images in every 
 study is not mostly warm-up);
 `--source scratch` starts from random weights at --size pixels instead (the reference network
 at 32 px costs a quarter per image; the EMA warms up, as short runs need). Each run is then
-scored by `corolla evaluate` against the held-out images (held-out denoising loss; SWD of
---samples images x 20 DDIM steps). A change wins when it beats the reference in both figures for
+scored by `corolla evaluate` (denoising loss on the held-out images; SWD of --samples images x
+20 DDIM steps against the training images). A change wins when it beats the reference in both figures for
 every seed by more than the seeds' spread.
 """
 from __future__ import annotations

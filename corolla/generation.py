@@ -3,12 +3,13 @@
 Each image owns a torch.Generator seeded from (seed, image index), which draws its initial noise
 and then, for stochastic samplers, its per-step noise; batching only stacks these draws. A class
 asked of a conditional model draws nothing, so image i of a seed starts from the same noise
-whatever its class.
+whatever its class; a class drawn for it (ClassMix) comes from a stream of its own.
 """
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -20,7 +21,22 @@ from .limits import check_evaluation_memory
 from .portable.noise import stream_seed
 from .samplers import SamplingSettings
 
-Classes = int | str | Sequence[int | str] | None  # one class (name or number) for all images, one per image, or none
+
+@dataclass(frozen=True)
+class ClassMix:
+    """A class drawn for each image of a conditional model, with chances in proportion to `weights`
+    (one per class): the model sampled as the whole data set rather than one class at a time."""
+    weights: tuple[int, ...]
+
+    @classmethod
+    def of_training(cls, classes: Sequence[str], counts: Sequence[int]) -> ClassMix:
+        """The training set's mix (Config.data.class_counts); equal chances where a run kept no counts."""
+        return cls(tuple(counts) if any(counts) else (1,) * len(classes))
+
+
+# one class (name or number) for all images, one per image, a class drawn per image, or none
+Classes = int | str | Sequence[int | str] | ClassMix | None
+CLASS_DRAW = 1  # the stream (seed, image, CLASS_DRAW) draws a ClassMix's class of an image
 # called after each network evaluation with (evaluations so far, the predicted images in [0, 1] on
 # the CPU), as k-diffusion's samplers call theirs: previews, progress and a server's cancellation
 Callback = Callable[[int, torch.Tensor], None]
@@ -32,7 +48,8 @@ class NotFinite(ValueError):
 
 def seeded_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Generator:
     """The random stream of `keys` (portable.noise.stream_seed): image i of a seed draws from
-    (seed, i), whatever the batch; a training step's micro-batch from (seed, step, slot)."""
+    (seed, i), whatever the batch, and its drawn class from (seed, i, CLASS_DRAW); a training
+    step's micro-batch from (seed, step, slot)."""
     return torch.Generator(device=device).manual_seed(stream_seed(*keys))
 
 
@@ -48,20 +65,37 @@ def initial_noise(seed: int, indices: range | list[int], shape: tuple[int, int, 
     return draw_noise([seeded_generator(seed, i) for i in indices], shape)
 
 
+def class_names(model: DiffusionModel) -> tuple[str, ...]:
+    """A conditional model's classes; a ValueError for an unconditional one."""
+    if not model.network.config.classes:
+        raise ValueError("this model is not class-conditional (it was trained without --conditional): "
+                         "sample it without classes")
+    return model.network.config.classes
+
+
 def class_labels(model: DiffusionModel, classes: Classes, count: int) -> int | torch.Tensor | None:
     """`classes` as generate takes them -> None (unconditional), one class number for every image,
     or (count,) class numbers; names and numbers are checked against the model's classes."""
     if classes is None:
         return None
-    names = model.network.config.classes
-    if not names:
-        raise ValueError("this model is not class-conditional (it was trained without --conditional): "
-                         "sample it without classes")
+    names = class_names(model)
     if isinstance(classes, (int, str)):
         return class_number(names, classes)
     if len(classes) != count:
         raise ValueError(f"{len(classes)} classes for {count} images: give one class, or one per image")
     return torch.tensor([class_number(names, c) for c in classes], dtype=torch.long)
+
+
+def drawn_classes(model: DiffusionModel, mix: ClassMix, seed: int, indices: range) -> torch.Tensor:
+    """The classes `mix` draws for images `indices` of `seed` -> (len(indices),) class numbers;
+    image i's from its own stream, so it does not depend on the batch or on how many are drawn."""
+    names = class_names(model)
+    if len(mix.weights) != len(names) or not any(mix.weights):
+        raise ValueError(f"a mix of {len(mix.weights)} class weights for a model of {len(names)} classes: "
+                         f"give one weight per class, not all 0")
+    weights = torch.tensor(mix.weights, dtype=torch.float64)
+    return torch.tensor([int(torch.multinomial(weights, 1, generator=seeded_generator(seed, i, CLASS_DRAW)))
+                         for i in indices], dtype=torch.long)
 
 
 @torch.inference_mode()
@@ -128,7 +162,8 @@ def generate_batches(model: DiffusionModel, num_images: int, settings: SamplingS
     for every batch (the callback's count starts again with each batch)."""
     s = settings
     shape = (model.network.config.channels, image_size, image_size)
-    wanted = class_labels(model, classes, num_images)  # checked before any work
+    wanted = (drawn_classes(model, classes, s.seed, range(start, start + num_images)) if isinstance(classes, ClassMix)
+              else class_labels(model, classes, num_images))  # checked before any work
     for first in range(start, start + num_images, s.batch_size):
         indices = range(first, min(first + s.batch_size, start + num_images))
         generators = [seeded_generator(s.seed, i) for i in indices]

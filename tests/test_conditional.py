@@ -13,7 +13,7 @@ from corolla.cli import classes as cli_classes
 from corolla.config import Config, preset
 from corolla.data import imagefolder, labels
 from corolla.diffusion import DiffusionModel
-from corolla.generation import SamplingSettings, generate, initial_noise
+from corolla.generation import ClassMix, SamplingSettings, drawn_classes, generate, initial_noise
 from corolla.storage import checkpoint
 from corolla.storage.grids import to_uint8
 from corolla.storage.pretrained import export_release
@@ -209,6 +209,26 @@ def test_guided_generation_is_deterministic_and_image_i_does_not_depend_on_the_b
     assert (whole[0] - whole[3]).abs().mean() > 0.01  # one class, other noise: another image
 
 
+def test_a_class_mix_draws_each_image_s_class_by_its_weights_from_the_image_s_own_stream(model):
+    mix = ClassMix((1, 0, 3))
+    drawn = drawn_classes(model, mix, 0, range(400))
+    assert 1 not in drawn.tolist()  # weight 0: never drawn
+    assert 0.68 < (drawn == 2).float().mean() < 0.82  # 3 of 4 (0.75 +- 3 standard deviations)
+    assert torch.equal(drawn_classes(model, mix, 0, range(100, 110)), drawn[100:110])  # image i's, however many
+    assert not torch.equal(drawn_classes(model, mix, 1, range(400)), drawn)  # another seed, other classes
+    # generating with the mix is generating with the classes it draws, batch by batch or not
+    settings = SamplingSettings(steps=3, seed=0, batch_size=4)
+    mixed = generate(model, 6, settings, image_size=SIZE, start=2, classes=mix, guidance=2.0)
+    assert torch.equal(mixed, generate(model, 6, settings, image_size=SIZE, start=2, classes=drawn[2:8].tolist(),
+                                       guidance=2.0))
+    assert ClassMix.of_training(CLASSES, ()) == ClassMix((1, 1, 1))  # a run that kept no counts: equal chances
+    assert ClassMix.of_training(CLASSES, (4, 0, 2)) == ClassMix((4, 0, 2))
+    with pytest.raises(ValueError, match="a mix of 2 class weights for a model of 3 classes"):
+        drawn_classes(model, ClassMix((1, 1)), 0, range(2))
+    with pytest.raises(ValueError, match="not class-conditional"):
+        generate(DiffusionModel(TINY), 1, settings, image_size=SIZE, classes=mix)
+
+
 def test_classes_are_asked_by_name_or_number_and_an_unknown_name_suggests_the_closest():
     assert labels.class_number(CLASSES, "sunflower") == 2
     assert labels.class_number(CLASSES, " Rose ") == 1
@@ -373,14 +393,40 @@ def test_sample_refuses_bad_classes_in_one_line(run, tmp_path, capsys, arguments
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("arguments,message", [
+    (["sample", "--class", "rose", "--random-class"], "--class and --random-class both choose the classes"),
+    (["evaluate", "--guidance", "2"], "--guidance needs --random-class"),
+])
+def test_random_class_options_refuse_misuse_in_one_line(run, tmp_path, capsys, arguments, message):
+    assert cli.main([arguments[0], str(run), *arguments[1:], "--out" if arguments[0] == "sample" else "--json",
+                     str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_scores_a_conditional_model_at_its_training_mix(run, class_folder, tmp_path):
+    """--random-class scores the images of sample --random-class, not the unconditional ones."""
+    def evaluated(*options):
+        out = tmp_path / f"{len(options)}.json"
+        assert cli.main(["evaluate", str(run), "--data", str(class_folder), "--samples", "8", "--steps", "2",
+                         "--precision", "fp32", "--json", str(out), "--pairs", str(tmp_path / "pairs.png"),
+                         *options]) == 0
+        return json.loads(out.read_text())
+    plain, mixed = evaluated(), evaluated("--random-class", "--guidance", "1")
+    assert (plain["random_class"], mixed["random_class"], mixed["guidance"]) == (False, True, 1.0)
+    assert mixed["swd"] > 0 and mixed["swd"] != plain["swd"]
+
+
 def test_unconditional_models_and_runs_refuse_class_options(run, class_folder, tmp_path, capsys, make_flowers):
     plain = tmp_path / "plain"
     train(preset("tiny"), make_flowers(16), plain, progress=False, max_steps=1)
     assert cli.main(["classes", str(plain)]) == 2
     assert "not class-conditional" in capsys.readouterr().err
-    assert cli.main(["sample", str(plain), "-n", "1", "--steps", "1", "--class", "rose",
-                     "--out", str(tmp_path / "x.png")]) == 2
-    assert "not class-conditional" in capsys.readouterr().err
+    for choice in (["--class", "rose"], ["--random-class"]):
+        assert cli.main(["sample", str(plain), "-n", "1", "--steps", "1", *choice,
+                         "--out", str(tmp_path / "x.png")]) == 2
+        assert "not class-conditional" in capsys.readouterr().err
     assert cli.main(["train", str(class_folder), "--preset", "tiny", "--labels", "x.csv",
                      "--out", str(tmp_path / "r")]) == 2
     assert "add --conditional" in capsys.readouterr().err

@@ -237,6 +237,39 @@ def test_the_trajectory_follows_each_evaluation_of_sampling(flowers16, monkeypat
         assert row["photos"] == pytest.approx(metrics.fine_detail(photos), rel=1e-5)
 
 
+@pytest.fixture(scope="module")
+def flowers32():
+    images, _ = imagefolder.load_folder(imagefolder.bundled_dir(), 32, use_cache=False)
+    return images[:64]
+
+
+def test_the_coarse_structure_report_separates_colour_from_layout(flowers32):
+    """benchmarks/coarse_structure.py: the photos against themselves score the sampling floor, and
+    their patches' variances ratios of 1; a colour curve (each channel squared, a monotone map) is
+    undone by matching histograms, back to that floor; a blur takes the patches' curvature away."""
+    bench = load_script("benchmarks", "coarse_structure.py")
+    squared = ((flowers32.float() / 255) ** 2 * 255).round().to(torch.uint8)
+    blurred = torch.nn.functional.avg_pool2d(flowers32.float(), 5, 1, 2, count_include_pad=False)
+    result = bench.report(flowers32, {"same": flowers32.clone(), "squared": squared,
+                                      "blurred": blurred.round().to(torch.uint8)}, seed=0)
+    same, curve, blur = (result["sets"][name] for name in ("same", "squared", "blurred"))
+    floor = same["coarse"]["all"]
+    assert same["coarse"][bench.COLOURS_MATCHED] == floor and same["swd"][16] == floor
+    assert same["variance_ratios"] == pytest.approx([1.0] * bench.DIRECTIONS_SHOWN)
+    assert curve["coarse"]["all"] > 3 * floor and abs(curve["coarse"][bench.COLOURS_MATCHED] - floor) < 0.1 * floor
+    assert result["directions"][0] == "luminance, flat"
+    assert blur["swd"][32] > 3 * same["swd"][32] and min(blur["variance_ratios"][5:]) < 0.85
+
+
+def test_a_principal_direction_is_named_by_its_channels_and_form():
+    bench = load_script("benchmarks", "coarse_structure.py")
+    ramp = torch.arange(7.0).expand(7, 7) - 3
+    assert bench.pattern(torch.stack([ramp, 0.5 * ramp, ramp]).flatten(), 3) == "luminance, left-right"
+    opposed = torch.stack([torch.ones(7, 7), torch.zeros(7, 7), -torch.ones(7, 7)])
+    assert bench.pattern(opposed.flatten(), 3) == "colour, flat"
+    assert bench.pattern(torch.stack([ramp.T] * 3).flatten(), 3) == "luminance, top-bottom"
+
+
 # --- Held-out loss --------------------------------------------------------------------------
 
 def tiny_model(train):

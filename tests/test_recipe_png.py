@@ -16,6 +16,7 @@ from PIL import Image, PngImagePlugin
 from corolla import cli
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
+from corolla.generation import ClassMix, SamplingSettings, drawn_classes, generate
 from corolla.storage import checkpoint
 from corolla.storage import recipe as recipes
 from corolla.storage.digest import file_sha256
@@ -79,6 +80,33 @@ def test_a_recipe_records_the_model_s_own_eps_scale(conditional, tmp_path):
     again = to_uint8(recipes.remake(made, recipes.load_model(made)[0]))
     assert np.array_equal(pixels(tmp_path / "scaled.png")[2:18, 2:18], again[0])
     assert not np.array_equal(pixels(tmp_path / "scaled.png"), pixels(tmp_path / "model.png"))
+
+
+def test_a_random_class_grid_records_its_mix_and_makes_it_again(conditional, tmp_path):
+    """sample --random-class draws each image's class at the training mix (config data.class_counts)
+    and records the weights: the grid and each file are made again from the recipe alone."""
+    model = checkpoint.load_model(conditional)[0]
+    mixed = checkpoint.save_pretrained(tmp_path / "mixed", model, CONFIG.replace(
+        unet={"classes": CLASSES}, data={"class_counts": (3, 0, 1)}))
+    assert cli.main(["sample", str(mixed), "--random-class", "--guidance", "2", "-n", "4", "--steps", "3", *CPU,
+                     "--out", str(tmp_path / "grid.png"), "--each", str(tmp_path / "each")]) == 0
+    grid = recipes.read(tmp_path / "grid.png")
+    assert (grid.class_mix, grid.classes, grid.guidance, grid.count) == ((3, 0, 1), (), 2.0, 4)
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.text["parameters"].endswith(", class drawn by 3 weights, guidance 2")
+    loaded = recipes.load_model(grid)[0]
+    again = to_uint8(recipes.remake(grid, loaded))
+    drawn = generate(loaded, 4, SamplingSettings(steps=3), image_size=16, guidance=2.0,
+                     classes=[c for c in drawn_classes(loaded, ClassMix((3, 0, 1)), 0, range(4)).tolist()])
+    assert np.array_equal(again, to_uint8(drawn))  # the classes the mix drew, as if asked
+    assert np.array_equal(pixels(tmp_path / "grid.png")[2:18, 20:36], again[1])  # the grid's second cell
+    made = recipes.read(tmp_path / "each" / "00003.png")
+    assert (made.index, made.class_mix) == (3, (3, 0, 1))
+    assert np.array_equal(pixels(tmp_path / "each" / "00003.png"), to_uint8(recipes.remake(made, loaded))[0])
+    older = {k: v for k, v in json.loads(made.to_json()).items() if k != "class_mix"}
+    assert recipes.from_json(json.dumps(older)).class_mix == ()  # written before mixes: none
+    with pytest.raises(ValueError, match="the recipe's class_mix .* is not allowed"):
+        recipes.from_json(json.dumps({**older, "class_mix": [1, -1, 2]}))
 
 
 def test_edit_and_inpaint_pngs_carry_what_was_done(conditional, tmp_path):

@@ -274,6 +274,14 @@ def test_a_recipe_at_another_eps_scale_than_the_page_s_is_refused_in_a_line(serv
         server.page.from_png(str(tmp_path / "scaled.png"))
 
 
+def test_a_recipe_of_randomly_drawn_classes_is_refused_in_a_line(server, conditional, tmp_path):
+    assert cli.main(["sample", conditional, "-n", "1", "--steps", "2", "--random-class", *CPU,
+                     "--out", str(tmp_path / "mixed.png")]) == 0
+    with pytest.raises(gr.Error, match=r"classes were drawn at random \(corolla sample --random-class makes it "
+                                       r"again\); this page asks one species per row"):
+        server.page.from_png(str(tmp_path / "mixed.png"))
+
+
 def test_stop_ends_a_long_job_within_one_step(server, client, tiny):
     evaluations = Evaluations(server.model(tiny).sampling_network)
     try:

@@ -9,7 +9,7 @@ from ..inception import weights_help
 from ..metrics import EvalSettings, evaluate_checkpoint
 from ..storage import outputs
 from ..storage.atomic import replacing
-from .options import add_model_options, add_sampling, checkpoint_path, path_text, whole_number
+from .options import add_model_options, add_sampling, checkpoint_path, guidance, path_text, whole_number
 
 # (key, label, format); None values print as what they need
 ROWS = [
@@ -39,6 +39,12 @@ def register(sub) -> None:
                    help="images to generate (default %(default)s)")
     add_sampling(p, ("steps", "sampler", "eta", "eps_scale", "seed", "batch_size"),
                  seed="seeds generation, the held-out noise, SWD and KID subsets")
+    p.add_argument("--random-class", action="store_true",
+                   help="a conditional model's images each of a class drawn in proportion to its training images "
+                        "(as `corolla sample --random-class`; default: unconditional); without a checkpoint or "
+                        "--model: the shipped conditional model")
+    p.add_argument("--guidance", type=guidance, help="with --random-class: classifier-free guidance "
+                   f"(default {EvalSettings.guidance:g}; 1 is the conditional model alone)")
     p.add_argument("--loss-schedule", choices=sorted(schedules.SCHEDULES), default="",
                    help="score the losses at this schedule's noise levels (default: the model's own), to compare "
                         "models trained under different schedules")
@@ -93,11 +99,14 @@ def results_table(results: dict) -> str:
 
 
 def run_evaluate(args) -> int:
+    if args.guidance is not None and not args.random_class:
+        raise ValueError("--guidance needs --random-class: without classes the model is scored unconditionally")
     out = outputs.check_file(args.json, "--json")  # before the minutes of generating
     outputs.check_file(args.pairs, "--pairs")
     settings = EvalSettings(samples=args.samples, steps=args.steps, sampler=args.sampler, eta=args.eta,
                             eps_scale=args.eps_scale, seed=args.seed, batch_size=args.batch_size,
-                            loss_schedule=args.loss_schedule)
+                            loss_schedule=args.loss_schedule, random_class=args.random_class,
+                            guidance=EvalSettings.guidance if args.guidance is None else args.guidance)
     results = evaluate_checkpoint(checkpoint_path(args), args.data, settings, args.inception_weights, args.device,
                                   args.pairs, precision=args.precision, heldout_dir=args.heldout)
     if results is None:  # a torchrun process other than rank 0: its images went to rank 0

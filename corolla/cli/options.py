@@ -149,7 +149,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def checkpoint_path(args) -> str:
     """The checkpoint named on the command line, else the shipped model --model names, else the
     default: the class-conditional shipped model where the command draws or lists classes (sample
-    --class, classes, class-grid), the unconditional one elsewhere."""
+    --class or --random-class, evaluate --random-class, classes, class-grid), the unconditional one
+    elsewhere."""
     from ..storage import pretrained
     if args.checkpoint is not None and args.model is not None:
         raise ValueError(f"give a checkpoint ({args.checkpoint}) or --model {args.model}, not both")
@@ -158,7 +159,8 @@ def checkpoint_path(args) -> str:
             raise ValueError(f"no checkpoint folder {args.checkpoint!r} here; for the shipped model of that name "
                              f"give --model {args.checkpoint}")
         return args.checkpoint
-    wants_classes = getattr(args, "classes", None) or getattr(args, "lists_classes", False)
+    wants_classes = (getattr(args, "classes", None) or getattr(args, "random_class", False)
+                     or getattr(args, "lists_classes", False))
     return str(pretrained.path(args.model or (pretrained.CONDITIONAL if wants_classes else None)))
 
 

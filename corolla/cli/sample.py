@@ -33,9 +33,13 @@ def register(sub) -> None:
                    help="a class of a conditional model, by name or number (`corolla classes` lists them); "
                         "repeat for one row of -n images each; none: unconditional. Without a checkpoint or "
                         "--model: the shipped conditional model")
+    p.add_argument("--random-class", action="store_true",
+                   help="draw each image's class of a conditional model at random, in proportion to its training "
+                        "images of each class (the data set's mix; image i's class depends only on the seed and "
+                        "i); without a checkpoint or --model: the shipped conditional model")
     p.add_argument("--guidance", type=guidance,
-                   help="with --class: classifier-free guidance, 0 unconditional, 1 the conditional model, more "
-                        f"follows the class more closely at the cost of variety "
+                   help="with --class or --random-class: classifier-free guidance, 0 unconditional, 1 the "
+                        "conditional model, more follows the class more closely at the cost of variety "
                         f"(default {conditioning.DEFAULT_GUIDANCE:g})")
     add_progress(p)
     p.set_defaults(func=run_sample)
@@ -46,9 +50,12 @@ HELD_WHY = "-n (a grid holds every image; --each DIR without --out writes them o
 
 def _checked_request(args):
     """-> (grid file or None, --each folder or None), every output checked before any work (an
-    unwritable one must not cost the sampling), and --guidance only with --class."""
-    if args.guidance is not None and not args.classes:
-        raise ValueError("--guidance needs --class: without a class the model samples unconditionally")
+    unwritable one must not cost the sampling), and --guidance only with --class or --random-class."""
+    if args.classes and args.random_class:
+        raise ValueError("--class and --random-class both choose the classes: give one of them")
+    if args.guidance is not None and not (args.classes or args.random_class):
+        raise ValueError("--guidance needs --class or --random-class: without a class the model samples "
+                         "unconditionally")
     grid = outputs.check_file(args.out or "samples.png", "--out") if args.out or not args.each else None
     each = outputs.check_folder(args.each, "--each") if args.each else None
     return grid, each
@@ -61,7 +68,7 @@ def run_sample(args) -> int:
     from tqdm import tqdm
 
     from ..devices import resolve_device
-    from ..generation import class_labels
+    from ..generation import ClassMix, class_labels, class_names
     from ..storage import recipe as recipes
     from ..storage.grids import save_each, save_grid
     grid, each = _checked_request(args)
@@ -71,11 +78,13 @@ def run_sample(args) -> int:
     size = config.data.image_size
     # one row of -n images per --class (image j of every row starts from the same noise); checked now
     rows = [class_labels(model, name, 1) for name in args.classes] if args.classes else [None]
+    mix = ClassMix.of_training(class_names(model), config.data.class_counts) if args.random_class else None
     guided = conditioning.DEFAULT_GUIDANCE if args.guidance is None else args.guidance
     names = model.network.config.classes  # the recipe names each row's class as the model does
     made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, settings, count=args.num_images,
                                   classes=tuple(names[n] for n in rows) if args.classes else (),
-                                  guidance=guided if args.classes else None)
+                                  class_mix=mix.weights if mix else (),
+                                  guidance=guided if args.classes or mix else None)
     stream = each is not None and not world.distributed  # under torchrun, rank 0 writes all once gathered
     if grid is not None or not stream:
         limits.check_held_images(args.num_images * len(rows), size, HELD_WHY, model.network.config.channels)
@@ -90,8 +99,8 @@ def run_sample(args) -> int:
                 save_each(images, each, start=first, prefix=prefix, recipe=made.image(0, row))
             bar.update(len(images))
         kept.append(distributed.generate_all(model, args.num_images, settings, on_batch=batch_made,
-                                             keep=grid is not None or not stream, image_size=size, classes=number,
-                                             guidance=guided))
+                                             keep=grid is not None or not stream, image_size=size,
+                                             classes=mix or number, guidance=guided))
     bar.close()
     distributed.shutdown(world)
     if not world.is_main:
@@ -117,6 +126,9 @@ def _sample_exported(args) -> int:
         if getattr(args, name) != default:
             raise ValueError(f"--{name} is for PyTorch checkpoints: {args.checkpoint} is an ONNX export, which "
                              f"runs on onnxruntime in float32")
+    if args.random_class:  # an export keeps the class names, not how many images trained each
+        raise ValueError(f"--random-class is for PyTorch checkpoints: {args.checkpoint} is an ONNX export, which "
+                         f"keeps no class counts; give --class")
     try:
         from ..portable import sampling
         model = sampling.load(args.checkpoint)

@@ -18,10 +18,11 @@ import torch
 
 from .. import distributed, limits
 from .. import inception as inception_module
+from ..conditioning import DEFAULT_GUIDANCE
 from ..data import imagefolder, rundata
 from ..data.imagefolder import cache_dir
 from ..diffusion import DiffusionModel
-from ..generation import SamplingSettings, generate
+from ..generation import ClassMix, SamplingSettings, class_names, generate
 from ..storage import checkpoint
 from ..storage.grids import save_grid
 from .features import fid, kid
@@ -46,6 +47,10 @@ class EvalSettings:
     # the losses' noise levels: a schedule's name, "" for the model's own; naming one compares
     # models trained under different schedules at the same levels
     loss_schedule: str = ""
+    # a conditional model's images each of a class drawn at the training mix (generation.ClassMix),
+    # at this guidance, as conditional models are scored in the field; False: unconditional
+    random_class: bool = False
+    guidance: float = DEFAULT_GUIDANCE
 
     @property
     def sampling(self) -> SamplingSettings:
@@ -153,7 +158,9 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     s = settings
     limits.check_held_images(s.samples, config.data.image_size, "--samples", model.network.config.channels)
     # under torchrun every process makes its share of the images; rank 0 scores them all
-    generated = distributed.generate_all(model, s.samples, s.sampling, image_size=config.data.image_size)
+    classes = ClassMix.of_training(class_names(model), config.data.class_counts) if s.random_class else None
+    generated = distributed.generate_all(model, s.samples, s.sampling, image_size=config.data.image_size,
+                                         classes=classes, guidance=s.guidance)
     distributed.shutdown(world)
     if not world.is_main:
         return None

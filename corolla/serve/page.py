@@ -188,6 +188,9 @@ class Page:
             return (*[gr.skip()] * 10, "")
         try:
             made = recipes.read(path)
+            if made.class_mix:  # the page asks one species per row
+                raise ValueError("the recipe's classes were drawn at random (corolla sample --random-class makes it "
+                                 "again); this page asks one species per row")
             engine = self.engine(made.model) if made.model in self.catalogue.labels else None
             if engine is not None:
                 recipes.check_model(made, engine.sha256, engine.image_size)

@@ -1,7 +1,8 @@
 """What made an image, written into its PNG: the recipe (model name and hash, seed, image index,
 steps, sampler, time grid, eta, classes, guidance, precision), as Stable Diffusion UIs keep their
 "parameters", so that a file says how to make it again. eps_scale (samplers.scaled_noise) is
-written where it is not 1; a recipe without it is the reference's sampling.
+written where it is not 1; a recipe without it is the reference's sampling. class_mix: the
+weights a class was drawn with for each image (generation.ClassMix); empty where none was.
 
 A PNG carries two text chunks: `corolla`, the recipe as JSON (read back by `read`), and
 `parameters`, the same on one line for a person. A sampled image's recipe re-makes it bit for bit
@@ -34,7 +35,8 @@ MAX_RECIPE_BYTES = 64 * 1024
 class Recipe:
     """One image (count 1) or a grid of `count` images per row, from image `index` of `seed` on;
     `classes`: one row per entry (a class name, or None for the unconditional model); () is one
-    unconditional grid. `details`: what an edit adds (strength, the photo's SHA-256, ...)."""
+    unconditional grid; `class_mix`, where not empty, the weights each image's class was drawn
+    with (generation.ClassMix) instead. `details`: what an edit adds (strength, the photo's SHA-256, ...)."""
     model: str
     model_sha256: str
     image_size: int
@@ -51,6 +53,7 @@ class Recipe:
     kind: str = "sample"
     details: dict = field(default_factory=dict)
     eps_scale: float = 1.0
+    class_mix: tuple[int, ...] = ()
 
     def image(self, i: int, row: int = 0) -> Recipe:
         """The recipe of image i of row `row` of this one (a grid's or a batch's)."""
@@ -74,6 +77,8 @@ class Recipe:
             parts.insert(parts.index(f"eta {self.eta:g}") + 1, f"eps scale {self.eps_scale:g}")
         if self.classes:
             parts.append(f"class {rows}, guidance {self.guidance:g}")
+        if self.class_mix:
+            parts.append(f"class drawn by {len(self.class_mix)} weights, guidance {self.guidance:g}")
         parts += [f"{name} {value}" for name, value in sorted(self.details.items())]
         return ", ".join(parts)
 
@@ -138,6 +143,8 @@ def from_json(text: str) -> Recipe:
     guidance = _field(raw, "guidance", lambda v: None if v is None or limits.number(0, limits.MAX_GUIDANCE)(v) is None
                       else f"null or a number from 0 to {limits.MAX_GUIDANCE:g}")
     details = _field(raw, "details", lambda v: None if isinstance(v, dict) else "an object")
+    class_mix = _field({"class_mix": [], **raw}, "class_mix", limits.sequence(limits.integer(0, 2 ** 40), 0,
+                                                                            limits.MAX_CLASSES))
     return Recipe(model=_field(raw, "model", lambda v: None if isinstance(v, str) and 0 < len(v) <= 4096
                                else "a model name or path"),
                   model_sha256=_field(raw, "model_sha256", lambda v: None if isinstance(v, str) and len(v) == 64
@@ -153,7 +160,7 @@ def from_json(text: str) -> Recipe:
                   index=_field(raw, "index", whole(0, limits.MAX_IMAGES)),
                   count=_field(raw, "count", whole(1, limits.MAX_IMAGES)),
                   classes=tuple(classes), guidance=None if guidance is None else float(guidance),
-                  kind=_field(raw, "kind", _one_of(KINDS)), details=details)
+                  kind=_field(raw, "kind", _one_of(KINDS)), details=details, class_mix=tuple(class_mix))
 
 
 def read(path: str | os.PathLike) -> Recipe:
@@ -202,7 +209,7 @@ def remake(recipe: Recipe, model, batch_size: int = 64) -> torch.Tensor:
     """The images of a sampling recipe, from `model` (loaded in the recipe's precision; see
     check_model) -> (rows * count, C, H, W) in [0, 1], rows in the recipe's order."""
     from ..conditioning import DEFAULT_GUIDANCE
-    from ..generation import generate
+    from ..generation import ClassMix, generate
     from ..samplers import SamplingSettings
     if recipe.kind != "sample":
         raise ValueError(f"the recipe of an {recipe.kind} needs its photo: only sampled images are made again from "
@@ -214,7 +221,8 @@ def remake(recipe: Recipe, model, batch_size: int = 64) -> torch.Tensor:
     settings = SamplingSettings(recipe.steps, recipe.sampler, recipe.grid, recipe.eta, batch_size, recipe.seed,
                                 recipe.eps_scale)
     return torch.cat([generate(model, recipe.count, settings, image_size=recipe.image_size, start=recipe.index,
-                               classes=row, guidance=guidance) for row in recipe.classes or (None,)])
+                               classes=ClassMix(recipe.class_mix) if recipe.class_mix else row, guidance=guidance)
+                      for row in recipe.classes or (None,)])
 
 
 def columns(recipe: Recipe) -> int | None:
