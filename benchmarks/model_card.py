@@ -4,12 +4,12 @@
         [--samples 1024] [--steps 20] [--eps-scale S] [--loss-schedule NAME] [--json OUT] [--pairs-dir DIR]
 
 For each model (a shipped name or a checkpoint path): `corolla evaluate` with --heldout (SWD per
-resolution of --samples generated images against the --train images, the denoising loss on the
-held-out images, memorisation against the --train images, the nearest-pairs PNG), sampled at --eps-scale
-(default: each model's own; the history rows before 2026-12-06 were scored at 1, so score a new
-stint at 1 as well to compare). Beside them the floor:
+resolution of --samples generated images against the --train images and against the held-out
+images, the denoising loss on the held-out images, memorisation against the --train images, the
+nearest-pairs PNG), sampled at --eps-scale (default: each model's own; the history rows before
+2026-12-06 were scored at 1, so score a new stint at 1 as well to compare). Beside them the floor:
 the SWD of --samples real training images against the held-out ones, at each model's resolution:
-what two real samples of the data set score.
+what two real samples of the data set score (the floor of both SWD figures).
 """
 from __future__ import annotations
 
@@ -65,14 +65,15 @@ def main() -> None:
                                            "samples": args.samples, "steps": args.steps}, indent=2) + "\n")
 
     print(f"\n{args.samples} samples, {args.steps} DDIM steps; SWD against {args.train}, losses on {args.heldout}")
-    print("| model | SWD x1e3 by resolution (floor: real training images) | held-out loss | training loss "
-          "| nn ratio | near-copies |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | SWD x1e3 by resolution against the training images (floor) | against the held-out images "
+          "| held-out loss | training loss | nn ratio | near-copies |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         levels = [int(k[4:]) for k in r if k.startswith("swd_") and k[4:].isdigit()]
         size = r["image_size"]
         swd = ", ".join(f"{level} px {r[f'swd_{level}']:.1f} ({floors[size][level]:.1f})" for level in levels)
-        print(f"| {name} ({size} px) | {swd} | {r['heldout_loss']:.4f} | {r['train_loss']:.4f} | "
+        heldout = ", ".join(f"{level} px {r[f'heldout_swd_{level}']:.1f}" for level in levels)
+        print(f"| {name} ({size} px) | {swd} | {heldout} | {r['heldout_loss']:.4f} | {r['train_loss']:.4f} | "
               f"{r['nn_ratio']:.3f} | {r['nn_copy_fraction']:.3f} |")
     print(f"\nwrote {args.json}")
 

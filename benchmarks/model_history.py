@@ -6,11 +6,12 @@
         [--restarted-from STEPS]
     python benchmarks/model_history.py show MODEL_DIR      # the Markdown table; draws MODEL_DIR/history.png
 
-`add` appends a stint: its own steps and images, the running totals, and the held-out figures of
-`benchmarks/model_card.py --json` (SWD x1e3 at 64/32/16 px and the held-out loss of the weights the
-stint ended with), and sets the card's `steps` and `images_seen` to the totals. Both print the
-history table, write it into the model's README between the lines `<!-- history -->` and
-`<!-- /history -->`, and plot held-out loss and SWD against cumulative images (history.png).
+`add` appends a stint: its own steps and images, the running totals, and the figures of
+`benchmarks/model_card.py --json` (SWD x1e3 at 64/32/16 px against the training photos, as
+`corolla evaluate` scores it, and the held-out loss of the weights the stint ended with), and sets
+the card's `steps` and `images_seen` to the totals. Both print the history table, write it into the
+model's README between the lines `<!-- history -->` and `<!-- /history -->`, and plot held-out loss
+and SWD against cumulative images (history.png).
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def figure(history: list[dict], out: Path) -> None:
     loss_ax.set(title="held-out loss (L1 noise)", xlabel="cumulative images seen")
     for scale in SCALES:
         swd_ax.plot(images, [r.get(f"swd_{scale}") for r in history], "o-", label=f"{scale} px")
-    swd_ax.set(title="SWD x1e3 to held-out photos", xlabel="cumulative images seen")
+    swd_ax.set(title="SWD x1e3 to the training photos", xlabel="cumulative images seen")
     swd_ax.legend()
     for ax in (loss_ax, swd_ax):
         ax.grid(alpha=0.3)

@@ -431,6 +431,10 @@ def test_evaluator_is_deterministic_and_complete(flowers16, tmp_path):
                           "nn_heldout_median", "kid", "kid_std", "fid"}
     assert first["kid"] is None and first["fid"] is None
     assert first["swd"] == first["swd_16"] > 0
+    generated = evaluator.generate(model)  # SWD against the held-out images too, as the function scores it
+    assert first["heldout_swd_16"] == metrics.sliced_wasserstein(heldout, generated, settings.seed)[16]
+    assert first["heldout_swd_16"] != first["swd_16"]
+    assert "heldout_swd_16" not in metrics.Evaluator(train, heldout[:0], settings)(model)  # none held out
     assert len(first["heldout_loss_by_time"]) == metrics.LOSS_TIMES
     assert Image.open(tmp_path / "pairs.png").size == (2 * 66 + 2, 6 * 66 + 2)  # 16 px shown at 64
     with_features = metrics.Evaluator(train, heldout, settings, inception=SmallFeatures().eval())(model)

@@ -93,8 +93,11 @@ def results_table(results: dict) -> str:
         else:
             shown = form.format(value)
         lines.append(f"  {label:<{width}}  {shown}")
-    levels = [k for k in results if k.startswith("swd_")]
-    lines.append("  SWD x1e3 by resolution: " + ", ".join(f"{k[4:]}px {results[k]:.2f}" for k in levels))
+    for prefix, against in (("swd_", "the training images"), ("heldout_swd_", "the held-out images")):
+        levels = [k for k in results if k.startswith(prefix)]
+        if levels:
+            lines.append(f"  SWD x1e3 by resolution, against {against}: "
+                         + ", ".join(f"{k[len(prefix):]}px {results[k]:.2f}" for k in levels))
     return "\n".join(lines)
 
 

@@ -69,7 +69,8 @@ def quantise(images: torch.Tensor) -> torch.Tensor:
 
 class Evaluator:
     """Scores models against fixed data: training images (SWD, KID/FID and memorisation
-    reference), held-out images (loss) and fixed settings, so successive checkpoints compare.
+    reference), held-out images (loss, and SWD as heldout_swd_RES) and fixed settings, so
+    successive checkpoints compare.
 
     What does not depend on the model is computed once here: the training set's leave-one-out
     neighbour distances and, with an Inception network, the real images' features."""
@@ -102,6 +103,9 @@ class Evaluator:
         swd = sliced_wasserstein(self.train, generated, s.seed)
         results["swd"] = sum(swd.values()) / len(swd)
         results.update({f"swd_{resolution}": value for resolution, value in swd.items()})
+        # against images no model saw too: what the issue's goals and the model cards compare with
+        heldout_swd = sliced_wasserstein(self.heldout, generated, s.seed) if self.heldout.shape[0] else {}
+        results.update({f"heldout_swd_{resolution}": value for resolution, value in heldout_swd.items()})
         by_time = (denoising_loss(model, self.heldout, s.seed, batch_size=s.batch_size, schedule=s.loss_schedule)
                    if self.heldout.shape[0] else None)
         results["heldout_loss"] = sum(by_time) / len(by_time) if by_time else None
