@@ -1,7 +1,8 @@
 """The model card's figures: shipped models scored on real images none of them saw.
 
     python benchmarks/model_card.py --train DIR --heldout DIR [--models flowers64,flowers32]
-        [--samples 1024] [--steps 20] [--eps-scale S] [--loss-schedule NAME] [--json OUT] [--pairs-dir DIR]
+        [--samples 1024] [--steps 20] [--eps-scale S] [--guidance G] [--loss-schedule NAME] [--json OUT]
+        [--pairs-dir DIR]
 
 For each model (a shipped name or a checkpoint path): `corolla evaluate` with --heldout (SWD per
 resolution of --samples generated images against the --train images and against the held-out
@@ -10,10 +11,14 @@ nearest-pairs PNG), sampled at --eps-scale (default: each model's own; the histo
 2026-12-06 were scored at 1, so score a new stint at 1 as well to compare). Beside them the floor:
 the SWD of --samples real training images against the held-out ones, at each model's resolution:
 what two real samples of the data set score (the floor of both SWD figures).
+--guidance G scores a conditional model's images at its training mix of classes at guidance G
+(`corolla evaluate --random-class --guidance G`) instead of its unconditional ones; an
+unconditional model in the same list is scored as ever.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -43,6 +48,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eps-scale", type=float, help="epsilon scaling (default: each model's own)")
+    p.add_argument("--guidance", type=float, help="conditional models: their training mix of classes at this guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto")
     p.add_argument("--loss-schedule", default="", help="the losses' noise levels (default: each model's own)")
@@ -54,11 +60,14 @@ def main() -> None:
     results, floors = {}, {}
     for name in args.models.split(","):
         path = model_path(name)
-        size = checkpoint.load_config(checkpoint.resolve(path)).data.image_size
+        config = checkpoint.load_config(checkpoint.resolve(path))
+        size = config.data.image_size
+        mixed = args.guidance is not None and bool(config.unet.classes)
         if size not in floors:
             floors[size] = floor(args.train, args.heldout, size, args.samples, args.seed)
         pairs = Path(args.pairs_dir) / f"nearest_pairs_{Path(name).name}.png"
-        results[name] = metrics.evaluate_checkpoint(path, args.train, settings, pairs_png=pairs,
+        scored = dataclasses.replace(settings, random_class=True, guidance=args.guidance) if mixed else settings
+        results[name] = metrics.evaluate_checkpoint(path, args.train, scored, pairs_png=pairs,
                                                     precision=args.precision, heldout_dir=args.heldout)
         print(f"  scored {name}", flush=True)
     Path(args.json).write_text(json.dumps({"models": results, "floor": {str(k): v for k, v in floors.items()},
