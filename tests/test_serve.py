@@ -30,7 +30,7 @@ from corolla.config import preset
 from corolla.diffusion import DiffusionModel
 from corolla.generation import SamplingSettings, generate
 from corolla.serve import app as served
-from corolla.serve.engine import ANY_SPECIES, Limits
+from corolla.serve.engine import ANY_SPECIES, MIX_SPECIES, Limits
 from corolla.serve.guards import Turns
 from corolla.serve.models import Catalogue
 from corolla.serve.page import Page
@@ -274,12 +274,24 @@ def test_a_recipe_at_another_eps_scale_than_the_page_s_is_refused_in_a_line(serv
         server.page.from_png(str(tmp_path / "scaled.png"))
 
 
-def test_a_recipe_of_randomly_drawn_classes_is_refused_in_a_line(server, conditional, tmp_path):
-    assert cli.main(["sample", conditional, "-n", "1", "--steps", "2", "--random-class", *CPU,
-                     "--out", str(tmp_path / "mixed.png")]) == 0
-    with pytest.raises(gr.Error, match=r"classes were drawn at random \(corolla sample --random-class makes it "
-                                       r"again\); this page asks one species per row"):
-        server.page.from_png(str(tmp_path / "mixed.png"))
+def test_every_species_draws_each_image_s_species_as_corolla_sample_random_class(server, client, conditional,
+                                                                                  tmp_path):
+    _, _, gallery, grid, _ = generate_call(client, conditional, seed=9, count=4, steps=3, species=[MIX_SPECIES],
+                                           guidance=2.0)
+    assert cli.main(["sample", conditional, "--random-class", "--guidance", "2", "-n", "4", "--steps", "3",
+                     "--seed", "9", *CPU, "--out", str(tmp_path / "mix.png")]) == 0
+    assert np.array_equal(png(grid["value"]), png(tmp_path / "mix.png"))
+    assert recipes.read(grid["value"]) == recipes.read(tmp_path / "mix.png")  # class_mix: the training mix
+    assert [item["caption"] for item in gallery] == [f"seed 9 · image {i} · species drawn" for i in range(4)]
+    fields = server.page.from_png(grid["value"])  # the recipe back in the fields: Generate makes it again
+    assert (fields[1]["value"], fields[2]["value"]) == ([MIX_SPECIES], 2.0)
+    with pytest.raises(gradio_client.exceptions.AppError, match="draws every image's species: choose it alone"):
+        generate_call(client, conditional, species=[MIX_SPECIES, "daisy"])
+    other = recipes.read(grid["value"])
+    path = save_grid(torch.zeros(1, 3, 16, 16), tmp_path / "other.png",
+                     recipe=replace(other, class_mix=tuple(w + 1 for w in other.class_mix)))
+    with pytest.raises(gr.Error, match="drawn with other class weights than this model's training mix"):
+        server.page.from_png(str(path))
 
 
 def test_stop_ends_a_long_job_within_one_step(server, client, tiny):

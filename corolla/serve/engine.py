@@ -28,7 +28,7 @@ from ..conditioning import DEFAULT_GUIDANCE
 from ..data.imagefolder import MAX_IMAGE_PIXELS
 from ..data.labels import class_number
 from ..diffusion import DiffusionModel
-from ..generation import Callback, generate, sample_from_noise
+from ..generation import Callback, ClassMix, generate, sample_from_noise
 from ..samplers import SamplingSettings, default_grid
 from ..storage.recipe import Recipe
 from .guards import Invalid, Turns
@@ -37,6 +37,7 @@ BadRequest = Invalid  # a request the server refuses; its message is shown in th
 OnStep = Callable[[int, "torch.Tensor | None"], None]  # (evaluations so far, a preview or None)
 WHOLE_NUMBER = re.compile(r"-?[0-9]{1,20}")  # ASCII digits: "²".isdigit() is true, and int() refuses it
 ANY_SPECIES = "any species (unconditional)"  # a class entry (as null is) for a row of the unconditional model
+MIX_SPECIES = "every species, at the data set's mix"  # alone: a grid with each image's class drawn (ClassMix)
 
 
 class Cancelled(Exception):
@@ -110,6 +111,7 @@ class SampleRequest:
     classes: tuple[int | None, ...] = ()
     guidance: float = DEFAULT_GUIDANCE
     first: int = 0  # images first..first+count-1 of the seed (a result's own image: its index)
+    mix: ClassMix | None = None  # instead of classes: each image's class drawn, in one square grid
 
     @property
     def columns(self) -> int | None:
@@ -175,7 +177,7 @@ class Engine:
     every result's recipe names."""
 
     def __init__(self, model: DiffusionModel, image_size: int, name: str, limits: Limits = Limits(),
-                 turns: Turns | None = None, sha256: str = "0" * 64):
+                 turns: Turns | None = None, sha256: str = "0" * 64, class_counts: tuple[int, ...] = ()):
         self.model = model.eval()
         self.image_size = image_size
         self.name = name
@@ -183,6 +185,8 @@ class Engine:
         self.sha256 = sha256
         self.channels = model.network.config.channels
         self.classes = model.network.config.classes  # () for an unconditional model
+        # MIX_SPECIES's draw: the training images of each class (Config.data.class_counts)
+        self.mix = ClassMix.of_training(self.classes, class_counts) if self.classes else None
         self.device = next(model.parameters()).device
         self.turns = turns or Turns()
         self.turns.watch(model.sampling_network)
@@ -206,7 +210,7 @@ class Engine:
 
     def sample_request(self, params: dict) -> SampleRequest:
         steps = self._steps(params)
-        classes, guidance = self._classes(params)
+        classes, guidance, mix = self._classes(params)
         rows = max(1, len(classes))
         count = _whole(params, "count", 1, self.max_images // rows, min(16, self.max_images // rows),
                        f" (this server's --max-images at {self.image_size}x{self.image_size}"
@@ -214,18 +218,20 @@ class Engine:
         seed = _whole(params, "seed", 0, limits.MAX_SEED, SamplingSettings.seed)
         first = _whole(params, "first", 0, limits.MAX_IMAGES, 0)
         sampler, grid, eta = _sampler(params)
-        return SampleRequest(seed, count, steps, sampler, grid, eta, classes, guidance, first)
+        return SampleRequest(seed, count, steps, sampler, grid, eta, classes, guidance, first, mix)
 
     def recipe(self, request: SampleRequest) -> Recipe:
         """The recipe of a request's grid (Recipe.image: each image's)."""
         return Recipe(self.name, self.sha256, self.image_size, self.model.precision, request.seed, request.steps,
                       request.sampler, request.grid, request.eta, request.first, request.count,
                       tuple(None if c is None else self.classes[c] for c in request.classes),
-                      request.guidance if request.classes else None, eps_scale=self.model.eps_scale)
+                      request.guidance if request.classes or request.mix else None, eps_scale=self.model.eps_scale,
+                      class_mix=request.mix.weights if request.mix else ())
 
-    def _classes(self, params: dict) -> tuple[tuple[int | None, ...], float]:
-        """`classes` (a list of names, numbers, and null or ANY_SPECIES for "any") and `guidance` ->
-        (class numbers, guidance), checked as `corolla sample` checks --class and --guidance."""
+    def _classes(self, params: dict) -> tuple[tuple[int | None, ...], float, ClassMix | None]:
+        """`classes` (a list of names, numbers, and null or ANY_SPECIES for "any", or MIX_SPECIES
+        alone) and `guidance` -> (class numbers, guidance, the mix of MIX_SPECIES or None), checked
+        as `corolla sample` checks --class, --random-class and --guidance."""
         wanted = params.get("classes", [])
         if not isinstance(wanted, list):
             raise BadRequest(f"classes {limits.short(wanted)} is not a list of class names or numbers")
@@ -236,6 +242,11 @@ class Engine:
             raise BadRequest(f"{len(wanted):,} classes are too many: one row of images each, and at most "
                              f"{self.max_images} images (this server's --max-images at "
                              f"{self.image_size}x{self.image_size})")
+        guidance = lambda: _number(params, "guidance", 0.0, limits.MAX_GUIDANCE, DEFAULT_GUIDANCE)
+        if MIX_SPECIES in wanted:
+            if len(wanted) > 1:
+                raise BadRequest(f"{MIX_SPECIES!r} draws every image's species: choose it alone")
+            return (), guidance(), self.mix
         try:
             classes = tuple(None if c is None or c == ANY_SPECIES else class_number(self.classes, c) for c in wanted)
         except ValueError as error:  # an unknown name, with the closest ones
@@ -244,7 +255,7 @@ class Engine:
             classes = ()
         if "guidance" in params and not classes:
             raise BadRequest("guidance needs a class: without one the model samples unconditionally")
-        return classes, _number(params, "guidance", 0.0, limits.MAX_GUIDANCE, DEFAULT_GUIDANCE)
+        return classes, guidance(), None
 
     def interpolation_request(self, params: dict) -> InterpolationRequest:
         photos = [bool(params.get(key)) for key in ("first_photo", "second_photo")]
@@ -302,7 +313,7 @@ class Engine:
             on_step(evaluations, torch.cat([*rows, preview]))
         for number in request.classes or (None,):  # the same images of the seed in every row
             rows.append(generate(self.model, request.count, request.settings, image_size=self.image_size,
-                                 start=request.first, classes=number, guidance=request.guidance,
+                                 start=request.first, classes=request.mix or number, guidance=request.guidance,
                                  callback=self._watch(step, cancelled), guard=self.lock))
         return torch.cat(rows)
 

@@ -68,7 +68,7 @@ class Catalogue:
             if label not in self.loaded or self.loaded[label][0] != folder:
                 model, config = checkpoint.load_for_sampling(folder, self.device, self.precision)
                 self.loaded[label] = folder, Engine(model, config.data.image_size, label, self.limits, self.turns,
-                                                    model_sha256(folder))
+                                                    model_sha256(folder), config.data.class_counts)
             return self.loaded[label][1]
 
     def describe(self, label: str) -> str:

@@ -25,7 +25,7 @@ from ..conditioning import DEFAULT_GUIDANCE
 from ..storage import recipe as recipes
 from ..storage.grids import grid_array, to_uint8
 from . import jobs, photos
-from .engine import ANY_SPECIES, Engine, box_request
+from .engine import ANY_SPECIES, MIX_SPECIES, Engine, box_request
 from .models import Catalogue, step_of
 from .results import Result, Results, caption, title
 from .run import RunPanel
@@ -60,8 +60,9 @@ def number(*args, **kwargs) -> gr.Number:
 
 
 def species_choices(classes: tuple[str, ...]) -> list[str]:
-    """A conditional model's species picker: "any" (a row of the unconditional model), then its classes."""
-    return [ANY_SPECIES, *classes]
+    """A conditional model's species picker: "any" (a row of the unconditional model), "every" (alone:
+    each image's species drawn at the data set's mix), then its classes."""
+    return [ANY_SPECIES, MIX_SPECIES, *classes]
 
 
 def _pixels(images: torch.Tensor, columns: int | None = None) -> np.ndarray:
@@ -176,9 +177,8 @@ class Page:
         if made.model not in self.catalogue.labels:
             raise gr.Error(f"this page does not serve the recipe's model {made.model!r}")
         classes = self.engine(made.model).classes  # the species field follows the model
-        return (made.model, gr.update(choices=species_choices(classes),
-                                      value=[ANY_SPECIES if c is None else c for c in made.classes],
-                                      visible=bool(classes)),
+        chosen = [MIX_SPECIES] if made.class_mix else [ANY_SPECIES if c is None else c for c in made.classes]
+        return (made.model, gr.update(choices=species_choices(classes), value=chosen, visible=bool(classes)),
                 gr.update(value=DEFAULT_GUIDANCE if made.guidance is None else made.guidance, visible=bool(classes)),
                 made.seed, made.index, count, made.steps, made.sampler, made.grid, made.eta)
 
@@ -188,9 +188,6 @@ class Page:
             return (*[gr.skip()] * 10, "")
         try:
             made = recipes.read(path)
-            if made.class_mix:  # the page asks one species per row
-                raise ValueError("the recipe's classes were drawn at random (corolla sample --random-class makes it "
-                                 "again); this page asks one species per row")
             engine = self.engine(made.model) if made.model in self.catalogue.labels else None
             if engine is not None:
                 recipes.check_model(made, engine.sha256, engine.image_size)
@@ -201,6 +198,9 @@ class Page:
                     raise ValueError(f"the recipe was made with eps scale {made.eps_scale:g}; this page samples "
                                      f"{made.model} at {engine.model.eps_scale:g} (corolla sample --eps-scale "
                                      f"{made.eps_scale:g} makes it again)")
+                if made.class_mix and (engine.mix is None or made.class_mix != engine.mix.weights):
+                    raise ValueError("the recipe's species were drawn with other class weights than this model's "
+                                     "training mix (corolla sample --random-class with that model makes it again)")
         except ValueError as error:
             raise _refused(error) from None
         return (*self._fields(made, made.count), f"recipe read: {made.line()}. Press Generate to make it again.")

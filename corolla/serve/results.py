@@ -59,6 +59,8 @@ def caption(recipe: Recipe) -> str:
     parts = [f"seed {recipe.seed}", f"image {recipe.index}"] if recipe.kind == "sample" else [what]
     if recipe.classes:  # a row of a generation by species
         parts.append(recipe.classes[0] or "any")
+    if recipe.class_mix:
+        parts.append("species drawn")
     return " · ".join(parts)
 
 
@@ -66,7 +68,7 @@ def title(recipe: Recipe) -> str:
     """A result's title in the history: what made it, its seed and images."""
     if recipe.kind != "sample":
         return f"{recipe.kind} · seed {recipe.seed}"
-    rows = ", ".join("any" if c is None else c for c in recipe.classes)
+    rows = "every species" if recipe.class_mix else ", ".join("any" if c is None else c for c in recipe.classes)
     return f"{Path(recipe.model).name} · seed {recipe.seed} · {recipe.count} images" + (f" · {rows}" if rows else "")
 
 
