@@ -97,12 +97,15 @@ def test_a_random_class_grid_records_its_mix_and_makes_it_again(conditional, tmp
     loaded = recipes.load_model(grid)[0]
     again = to_uint8(recipes.remake(grid, loaded))
     drawn = generate(loaded, 4, SamplingSettings(steps=3), image_size=16, guidance=2.0,
-                     classes=[c for c in drawn_classes(loaded, ClassMix((3, 0, 1)), 0, range(4)).tolist()])
+                     classes=drawn_classes(loaded, ClassMix((3, 0, 1)), 0, range(4)).tolist())
     assert np.array_equal(again, to_uint8(drawn))  # the classes the mix drew, as if asked
     assert np.array_equal(pixels(tmp_path / "grid.png")[2:18, 20:36], again[1])  # the grid's second cell
-    made = recipes.read(tmp_path / "each" / "00003.png")
+    classes = drawn_classes(loaded, ClassMix((3, 0, 1)), 0, range(4)).tolist()
+    files = [tmp_path / "each" / f"class{c}-{i:05d}.png" for i, c in enumerate(classes)]  # named by drawn class
+    assert sorted((tmp_path / "each").iterdir()) == sorted(files)
+    made = recipes.read(files[3])
     assert (made.index, made.class_mix) == (3, (3, 0, 1))
-    assert np.array_equal(pixels(tmp_path / "each" / "00003.png"), to_uint8(recipes.remake(made, loaded))[0])
+    assert np.array_equal(pixels(files[3]), to_uint8(recipes.remake(made, loaded))[0])
     older = {k: v for k, v in json.loads(made.to_json()).items() if k != "class_mix"}
     assert recipes.from_json(json.dumps(older)).class_mix == ()  # written before mixes: none
     with pytest.raises(ValueError, match="the recipe's class_mix .* is not allowed"):

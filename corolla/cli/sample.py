@@ -68,7 +68,7 @@ def run_sample(args) -> int:
     from tqdm import tqdm
 
     from ..devices import resolve_device
-    from ..generation import ClassMix, class_labels, class_names
+    from ..generation import ClassMix, class_labels, class_names, drawn_classes
     from ..storage import recipe as recipes
     from ..storage.grids import save_each, save_grid
     grid, each = _checked_request(args)
@@ -92,11 +92,17 @@ def run_sample(args) -> int:
     bar = tqdm(total=len(share) * len(rows), desc="sampling", unit="image", dynamic_ncols=True,
                disable=args.no_progress or not world.is_main)
     prefixes = ["" if number is None else f"class{number}-" for number in rows]  # image j of class c: classC-0000j.png
+
+    def named(first: int, count: int, prefix: str):
+        """Files named by class: a drawn class (--random-class) names each image's own."""
+        return [f"class{c}-" for c in drawn_classes(model, mix, settings.seed, range(first, first + count))] \
+            if mix else prefix
     kept = []
     for row, (number, prefix) in enumerate(zip(rows, prefixes)):
         def batch_made(first: int, images, prefix=prefix, row=row) -> None:
             if stream:
-                save_each(images, each, start=first, prefix=prefix, recipe=made.image(0, row))
+                save_each(images, each, start=first, prefix=named(first, len(images), prefix),
+                          recipe=made.image(0, row))
             bar.update(len(images))
         kept.append(distributed.generate_all(model, args.num_images, settings, on_batch=batch_made,
                                              keep=grid is not None or not stream, image_size=size,
@@ -110,7 +116,7 @@ def run_sample(args) -> int:
     if each is not None:
         if not stream:
             for row, (prefix, images) in enumerate(zip(prefixes, kept)):
-                save_each(images, each, prefix=prefix, recipe=made.image(0, row))
+                save_each(images, each, prefix=named(0, len(images), prefix), recipe=made.image(0, row))
         print(f"wrote {args.num_images * len(rows)} images to {each}")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,15 +74,18 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, recipe: Recipe | No
     return path
 
 
-def save_each(images: torch.Tensor, folder: str | os.PathLike, start: int = 0, prefix: str = "",
+def save_each(images: torch.Tensor, folder: str | os.PathLike, start: int = 0, prefix: str | Sequence[str] = "",
               recipe: Recipe | None = None) -> list[Path]:
-    """One PNG per image, named by the image's index (so images from -n 8 and -n 64 line up).
-    recipe: the batch's, from its image 0; image i's PNG gets recipe.image(start + i)."""
+    """One PNG per image, named by the image's index (so images from -n 8 and -n 64 line up) after
+    `prefix`, or after its own of a sequence of prefixes (one per image). recipe: the batch's, from
+    its image 0; image i's PNG gets recipe.image(start + i)."""
     folder = Path(folder)
-    remove_stale_temporaries(folder, lambda name: name.startswith(prefix) and name.endswith(".png"))  # once
+    prefixes = [prefix] * len(images) if isinstance(prefix, str) else list(prefix)
+    remove_stale_temporaries(folder, lambda name: name.startswith(tuple(set(prefixes)))  # once
+                             and name.endswith(".png"))
     paths = []
     for i, pixels in enumerate(to_uint8(images)):
-        path = folder / f"{prefix}{start + i:05d}.png"
+        path = folder / f"{prefixes[i]}{start + i:05d}.png"
         _save_png(pixels, path, clean=False, recipe=recipe.image(start + i) if recipe else None)
         paths.append(path)
     return paths
