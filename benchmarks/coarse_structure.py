@@ -22,7 +22,7 @@ import torch
 
 from corolla import metrics
 from corolla.data import imagefolder
-from corolla.generation import ClassMix, SamplingSettings, class_names, generate
+from corolla.generation import SamplingSettings, generate, training_mix
 from corolla.metrics.evaluation import quantise
 from corolla.metrics.swd import PATCH, PATCHES_PER_IMAGE, _descriptors, laplacian_pyramid, swd_resolutions
 from corolla.storage import checkpoint, pretrained
@@ -114,7 +114,7 @@ def sample(spec: str, count: int, settings: SamplingSettings, precision: str) ->
     name, _, guidance = spec.partition("@")
     model, config = checkpoint.load_for_sampling(pretrained.path(name) if name in pretrained.names() else name,
                                                  torch.device("cpu"), precision)
-    mix = ClassMix.of_training(class_names(model), config.data.class_counts) if guidance else None
+    mix = training_mix(model, config.data.class_counts) if guidance else None
     return quantise(generate(model, count, settings, image_size=config.data.image_size, classes=mix,
                              guidance=float(guidance) if guidance else 1.0))
 

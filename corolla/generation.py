@@ -73,6 +73,12 @@ def class_names(model: DiffusionModel) -> tuple[str, ...]:
     return model.network.config.classes
 
 
+def training_mix(model: DiffusionModel, class_counts: Sequence[int]) -> ClassMix:
+    """A conditional model's training mix of classes (its Config.data.class_counts); a ValueError
+    for an unconditional model."""
+    return ClassMix.of_training(class_names(model), class_counts)
+
+
 def class_labels(model: DiffusionModel, classes: Classes, count: int) -> int | torch.Tensor | None:
     """`classes` as generate takes them -> None (unconditional), one class number for every image,
     or (count,) class numbers; names and numbers are checked against the model's classes."""

@@ -68,7 +68,7 @@ def run_sample(args) -> int:
     from tqdm import tqdm
 
     from ..devices import resolve_device
-    from ..generation import ClassMix, class_labels, class_names, drawn_classes
+    from ..generation import class_labels, drawn_classes, training_mix
     from ..storage import recipe as recipes
     from ..storage.grids import save_each, save_grid
     grid, each = _checked_request(args)
@@ -78,7 +78,7 @@ def run_sample(args) -> int:
     size = config.data.image_size
     # one row of -n images per --class (image j of every row starts from the same noise); checked now
     rows = [class_labels(model, name, 1) for name in args.classes] if args.classes else [None]
-    mix = ClassMix.of_training(class_names(model), config.data.class_counts) if args.random_class else None
+    mix = training_mix(model, config.data.class_counts) if args.random_class else None
     guided = conditioning.DEFAULT_GUIDANCE if args.guidance is None else args.guidance
     names = model.network.config.classes  # the recipe names each row's class as the model does
     made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, settings, count=args.num_images,

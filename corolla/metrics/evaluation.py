@@ -22,7 +22,7 @@ from ..conditioning import DEFAULT_GUIDANCE
 from ..data import imagefolder, rundata
 from ..data.imagefolder import cache_dir
 from ..diffusion import DiffusionModel
-from ..generation import ClassMix, SamplingSettings, class_names, generate
+from ..generation import SamplingSettings, generate, training_mix
 from ..storage import checkpoint
 from ..storage.grids import save_grid
 from .features import fid, kid
@@ -162,7 +162,7 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     s = settings
     limits.check_held_images(s.samples, config.data.image_size, "--samples", model.network.config.channels)
     # under torchrun every process makes its share of the images; rank 0 scores them all
-    classes = ClassMix.of_training(class_names(model), config.data.class_counts) if s.random_class else None
+    classes = training_mix(model, config.data.class_counts) if s.random_class else None
     generated = distributed.generate_all(model, s.samples, s.sampling, image_size=config.data.image_size,
                                          classes=classes, guidance=s.guidance)
     distributed.shutdown(world)
