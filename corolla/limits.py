@@ -130,6 +130,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "classes": class_names,
         "class_modulation": choice(*conditioning.MODULATIONS),
         "class_with_noise": boolean,
+        "noise_in_blocks": boolean,
     },
     "DataConfig": {
         "image_size": integer(8, MAX_IMAGE_SIZE),

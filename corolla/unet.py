@@ -10,7 +10,9 @@ Initialisation follows Keras (Glorot-uniform kernels, zero biases) and BatchNorm
 A class-conditional network (config.classes not empty) learns a vector per class, which every
 residual block maps to a shift of its features, or a scale and a shift (config.class_modulation;
 corolla.conditioning), optionally after joining it with the noise level (config.class_with_noise);
-without classes it is the reference.
+without classes it is the reference. config.noise_in_blocks gives every residual block the noise
+level too, as a learned shift of its features (BlockNoise), as DDPM's and ADM's U-Nets take their
+timestep embedding; the reference takes the noise level only at the input.
 """
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ class UNetConfig:
     # whether the class vector passes through a learned layer with the noise level's embedding
     # before the blocks (ClassNoiseJoin), so that its effect can change with the noise level
     class_with_noise: bool = False
+    # whether every residual block also shifts its features by a learned function of the noise
+    # level (BlockNoise); off in the reference, which reads the noise level only at the input
+    noise_in_blocks: bool = False
 
 
 def sinusoidal_embedding(noise_variances: torch.Tensor, size: int = 32,
@@ -70,12 +75,26 @@ def _keras_conv(in_ch: int, out_ch: int, kernel: int, zero: bool = False) -> nn.
     return conv
 
 
-class ResidualBlock(nn.Module):
-    """x + conv3x3(swish(conv3x3(BN(x)) [x (1 + class scale)] [+ class shift])), with a 1x1 conv on
-    the skip when widths differ; the class terms only in a conditional network (class_size > 0),
-    the scale only with class_scale."""
+class BlockNoise(nn.Module):
+    """The noise level's embedding -> one vector per image, swish(linear(embedding)), that every
+    residual block maps to a shift of its features (a ClassMap, zero at first: a network given
+    this part starts as exactly its twin without it, so a reference model can be continued with it)."""
 
-    def __init__(self, in_ch: int, width: int, class_size: int = 0, class_scale: bool = False):
+    def __init__(self, size: int, out: int):
+        super().__init__()
+        self.linear = nn.Linear(size, out)
+
+    def forward(self, noise_embedding: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.linear(noise_embedding))
+
+
+class ResidualBlock(nn.Module):
+    """x + conv3x3(swish(conv3x3(BN(x)) [x (1 + class scale)] [+ class shift] [+ noise shift])), with
+    a 1x1 conv on the skip when widths differ; the class terms only in a conditional network
+    (class_size > 0), the scale only with class_scale, the noise shift only with noise_size > 0."""
+
+    def __init__(self, in_ch: int, width: int, class_size: int = 0, class_scale: bool = False,
+                 noise_size: int = 0):
         super().__init__()
         self.residual = _keras_conv(in_ch, width, 1) if in_ch != width else nn.Identity()
         self.norm = nn.BatchNorm2d(in_ch, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM, affine=False)
@@ -83,14 +102,18 @@ class ResidualBlock(nn.Module):
         self.conv2 = _keras_conv(width, width, 3)
         self.class_shift = ClassMap(class_size, width) if class_size else None
         self.class_scale = ClassMap(class_size, width) if class_size and class_scale else None
+        self.noise_shift = ClassMap(noise_size, width) if noise_size else None
 
-    def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, classes: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
         residual = self.residual(x)
         x = self.conv1(self.norm(x))
         if self.class_scale is not None:
             x = torch.addcmul(self.class_shift(classes), x, 1 + self.class_scale(classes))
         elif self.class_shift is not None:
             x += self.class_shift(classes)
+        if self.noise_shift is not None:
+            x += self.noise_shift(noise)
         # In place where autograd allows, on tensors this block has just made: a fresh tensor as
         # large as the activations costs the CPU its page faults (with BatchNorm folded, 7 % of an
         # evaluation on the 2-core EPYC: benchmarks/README.md, "Folded BatchNorm"). swish keeps its
@@ -101,29 +124,34 @@ class ResidualBlock(nn.Module):
 
 
 class DownBlock(nn.Module):
-    def __init__(self, in_ch: int, width: int, depth: int, class_size: int = 0, class_scale: bool = False):
+    def __init__(self, in_ch: int, width: int, depth: int, class_size: int = 0, class_scale: bool = False,
+                 noise_size: int = 0):
         super().__init__()
-        self.blocks = nn.ModuleList(ResidualBlock(in_ch if i == 0 else width, width, class_size, class_scale)
+        self.blocks = nn.ModuleList(ResidualBlock(in_ch if i == 0 else width, width, class_size, class_scale,
+                                                  noise_size)
                                     for i in range(depth))
 
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], classes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], classes: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, classes)
+            x = block(x, classes, noise)
             skips.append(x)
         return F.avg_pool2d(x, 2)
 
 
 class UpBlock(nn.Module):
-    def __init__(self, in_ch: int, skip_chs: list[int], width: int, class_size: int = 0, class_scale: bool = False):
+    def __init__(self, in_ch: int, skip_chs: list[int], width: int, class_size: int = 0, class_scale: bool = False,
+                 noise_size: int = 0):
         super().__init__()
         chans = [in_ch] + [width] * (len(skip_chs) - 1)
-        self.blocks = nn.ModuleList(ResidualBlock(c + s, width, class_size, class_scale)
+        self.blocks = nn.ModuleList(ResidualBlock(c + s, width, class_size, class_scale, noise_size)
                                     for c, s in zip(chans, skip_chs))
 
-    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], classes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor], classes: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
         x = upsample2x(x)
         for block in self.blocks:
-            x = block(torch.cat([x, skips.pop()], dim=1), classes)
+            x = block(torch.cat([x, skips.pop()], dim=1), classes, noise)
         return x
 
 
@@ -151,24 +179,27 @@ class UNet(nn.Module):
         joined = JOIN_WIDTH * c.embedding_size
         shift = (joined if c.class_with_noise else c.embedding_size) if c.classes else 0
         scale = c.class_modulation == "scale-shift"
+        noise = joined if c.noise_in_blocks else 0
         self.down = nn.ModuleList()
         skip_chs: list[int] = []
         for width in c.widths:
-            self.down.append(DownBlock(ch, width, c.block_depth, shift, scale))
+            self.down.append(DownBlock(ch, width, c.block_depth, shift, scale, noise))
             skip_chs += [width] * c.block_depth
             ch = width
-        self.middle = nn.ModuleList(ResidualBlock(ch if i == 0 else c.bottom_width, c.bottom_width, shift, scale)
+        self.middle = nn.ModuleList(ResidualBlock(ch if i == 0 else c.bottom_width, c.bottom_width, shift, scale,
+                                                  noise)
                                     for i in range(2))
         ch = c.bottom_width
         self.up = nn.ModuleList()
         for width in reversed(c.widths):
             popped = [skip_chs.pop() for _ in range(c.block_depth)]
-            self.up.append(UpBlock(ch, popped, width, shift, scale))
+            self.up.append(UpBlock(ch, popped, width, shift, scale, noise))
             ch = width
         self.head = _keras_conv(ch, c.channels, 1, zero=True)
         # last, so that every weight above is the one the same seed gives the unconditional network
         self.class_embedding = ClassEmbedding(len(c.classes), c.embedding_size) if c.classes else None
         self.class_join = ClassNoiseJoin(c.embedding_size, joined) if c.classes and c.class_with_noise else None
+        self.block_noise = BlockNoise(c.embedding_size, joined) if c.noise_in_blocks else None
 
     def forward(self, noisy_images: torch.Tensor, noise_variances: torch.Tensor,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -185,6 +216,7 @@ class UNet(nn.Module):
         emb = sinusoidal_embedding(noise_variances, c.embedding_size, c.embedding_max_frequency)
         if self.class_join is not None:
             classes = self.class_join(classes, emb.flatten(1))
+        noise = self.block_noise(emb.flatten(1)) if self.block_noise is not None else None
         emb = emb.to(x.dtype)
         # nearest upsampling of a 1x1 map is a broadcast over the image
         emb = emb.expand(-1, -1, x.shape[2], x.shape[3])
@@ -195,11 +227,11 @@ class UNet(nn.Module):
         x = torch.cat([x, emb], dim=1)
         skips: list[torch.Tensor] = []
         for block in self.down:
-            x = block(x, skips, classes)
+            x = block(x, skips, classes, noise)
         for block in self.middle:
-            x = block(x, classes)
+            x = block(x, classes, noise)
         for block in self.up:
-            x = block(x, skips, classes)
+            x = block(x, skips, classes, noise)
         return self.head(x)
 
 

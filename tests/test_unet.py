@@ -73,3 +73,30 @@ def test_inference_in_place_gives_the_training_forward_and_leaves_the_inputs(cla
     trained.square().sum().backward()
     block = net.down[0].blocks[0]
     assert block.conv1.weight.grad is not None and block.conv1.weight.grad.abs().max() > 0
+
+
+def test_noise_in_blocks_adds_a_noise_shift_to_every_block_and_starts_as_the_reference():
+    seed64 = preset("seed64").unet
+    torch.manual_seed(5)
+    plain = UNet(seed64)
+    torch.manual_seed(5)
+    shifted = UNet(UNetConfig(**{**seed64.__dict__, "noise_in_blocks": True}))
+    blocks = 2 * (32 + 64 + 96) + 2 * 128 + 2 * (96 + 64 + 32)
+    # BlockNoise's Linear(32 -> 128) and a 128 -> width map in each of the 14 blocks
+    assert count_parameters(shifted) == 1_950_627 + 32 * 128 + 128 + blocks * 128
+    # drawn last and its maps zero: the reference's weights and output
+    assert all(torch.equal(value, shifted.state_dict()[key]) for key, value in plain.state_dict().items())
+    x, v = torch.randn(2, 3, 64, 64), torch.tensor([0.1, 0.9]).view(2, 1, 1, 1)
+    with torch.no_grad():
+        plain.head.weight.normal_()
+        shifted.head.weight.copy_(plain.head.weight)
+        plain.eval()
+        shifted.eval()
+        assert torch.equal(plain(x, v), shifted(x, v))
+        # once learned, a block's shift changes with the noise level
+        block = shifted.down[0].blocks[0]
+        block.noise_shift.weight.normal_()
+        embedding = sinusoidal_embedding(v, 32, 1000.0).flatten(1)
+        shifts = block.noise_shift(shifted.block_noise(embedding))
+        assert shifts.shape == (2, 32, 1, 1) and not torch.allclose(shifts[0], shifts[1])
+        assert not torch.equal(plain(x, v), shifted(x, v))

@@ -49,6 +49,23 @@ def test_both_networks_start_as_the_sources_ema_and_a_conditional_one_as_its_unc
         assert torch.equal(model.network(x, v), expected)
 
 
+def test_a_run_with_noise_in_blocks_starts_as_its_source_and_needs_them_in_a_source_that_has_them(source, tmp_path):
+    trained, _ = checkpoint.load_model(source)
+    config = preset("tiny").replace(unet={"noise_in_blocks": True})
+    model = DiffusionModel(config.unet)
+    warmstart.load_into(model, config, source)
+    maps = [value for key, value in model.network.state_dict().items() if "noise_shift" in key]
+    assert len(maps) == 6 and not any(m.any() for m in maps)
+    model.eval()
+    x, v = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(model.ema_network(x, v), trained.ema_network(x, v))
+    checkpoint.save_pretrained(tmp_path / "shifted", model, config, ema_only=True)
+    plain = preset("tiny")
+    with pytest.raises(ValueError, match="not this run's.*--noise-in-blocks"):
+        warmstart.load_into(DiffusionModel(plain.unet), plain, tmp_path / "shifted")
+
+
 def test_other_networks_and_classes_are_refused_and_another_schedule_continues(source, tmp_path):
     config = preset("tiny")
     wider = config.replace(unet={"widths": (8, 16, 32)})
@@ -105,6 +122,21 @@ def test_the_command_starts_a_conditional_run_from_an_unconditional_one_and_resu
     assert cli.main(["train", str(class_folder), "--preset", "demo", "--init-from", str(source),
                      "--out", str(tmp_path / "demo"), "--no-progress"]) == 2
     assert "not this run's" in capsys.readouterr().err
+
+
+def test_the_command_continues_an_unconditional_model_with_noise_in_blocks_and_samples_it(
+        source, make_flowers, tmp_path, capsys):
+    out = tmp_path / "shifted"
+    assert cli.main(["train", str(make_flowers(16)), "--preset", "tiny", "--init-from", str(source),
+                     "--noise-in-blocks", "--out", str(out), "--max-steps", "1", "--no-progress"]) == 0
+    model, config = checkpoint.load_model(out)
+    assert config.unet.noise_in_blocks and not config.unet.classes
+    assert any(m.any() for k, m in model.network.state_dict().items() if "noise_shift" in k)  # a step moved them
+    assert cli.main(["sample", str(out), "-n", "2", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 0
+    capsys.readouterr()
+    assert cli.main(["train", "--preset", "tiny", "--out", str(out), "--resume", "--noise-in-blocks"]) == 2
+    assert "--noise-in-blocks set the shape of a new network" in capsys.readouterr().err
 
 
 def test_the_command_keeps_the_sources_schedule_unless_one_is_named(tmp_path, make_flowers):

@@ -26,8 +26,9 @@ from .options import (
     whole_number,
 )
 
-# options that shape a conditional network: fields of its unet section
-NETWORK_OPTIONS = ("class_modulation", "class_with_noise")
+# options that shape a new network (fields of its unet section), the first two a conditional one's
+CLASS_OPTIONS = ("class_modulation", "class_with_noise")
+NETWORK_OPTIONS = (*CLASS_OPTIONS, "noise_in_blocks")
 
 
 def register(sub) -> None:
@@ -161,6 +162,10 @@ def _add_classes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-with-noise", action="store_const", const=True,
                    help="with --conditional: join the class with the noise level in a learned layer before the "
                         "blocks, so that the class can act differently at each noise level")
+    p.add_argument("--noise-in-blocks", action="store_const", const=True,
+                   help="give every residual block the noise level as a learned shift of its features, as "
+                        "DDPM's and ADM's U-Nets do (the reference reads it only at the input); with "
+                        "--init-from a model without it, the run starts as exactly that model")
 
 
 def train_config(args: argparse.Namespace, base: configs.Config | None = None) -> configs.Config:
@@ -207,8 +212,10 @@ def run_train(args) -> int:
         raise ValueError("--init-from starts a new run from a model's weights, --resume continues one: give one")
     flags = {name: f"--{name.replace('_', '-')}" for name in NETWORK_OPTIONS}
     shaping = [flag for name, flag in flags.items() if getattr(args, name)]
-    if not args.conditional and not args.resume and (args.labels or args.label_dropout is not None or shaping):
-        raise ValueError(f"--labels, --label-dropout, {', '.join(flags.values())} are for a class-conditional "
+    class_flags = [flags[name] for name in CLASS_OPTIONS]
+    if not args.conditional and not args.resume and (args.labels or args.label_dropout is not None
+                                                     or set(shaping) & set(class_flags)):
+        raise ValueError(f"--labels, --label-dropout, {', '.join(class_flags)} are for a class-conditional "
                          f"run: add --conditional")
     if args.resume and shaping:
         raise ValueError(f"{' and '.join(shaping)} set the shape of a new network; a resumed run keeps its own: leave "
