@@ -4,7 +4,7 @@ The source's EMA network (the weights a release holds) becomes both the trained 
 EMA network of the new run; the optimiser, the step count and the data statistics are the new
 run's own. The architecture must be the same, except that an unconditional source may start a
 class-conditional run, and a source without the blocks' noise shifts a run with them
-(unet.noise_in_blocks): those terms start at zero (corolla.conditioning), so the new network
+(unet.noise_in_blocks): those terms start at zero (corolla.conditioning, corolla.unet), so the new network
 begins as exactly the source and only has to learn what they add. The schedule may
 differ: the network takes the noise variance, not the diffusion time, so another schedule
 continues it on another spread of noise levels (`corolla train` keeps the source's unless one is

@@ -26,7 +26,7 @@ from .options import (
     whole_number,
 )
 
-# options that shape a new network (fields of its unet section), the first two a conditional one's
+# options that shape a new network (fields of its unet section); CLASS_OPTIONS only a conditional one's
 CLASS_OPTIONS = ("class_modulation", "class_with_noise")
 NETWORK_OPTIONS = (*CLASS_OPTIONS, "noise_in_blocks")
 
@@ -212,11 +212,10 @@ def run_train(args) -> int:
         raise ValueError("--init-from starts a new run from a model's weights, --resume continues one: give one")
     flags = {name: f"--{name.replace('_', '-')}" for name in NETWORK_OPTIONS}
     shaping = [flag for name, flag in flags.items() if getattr(args, name)]
-    class_flags = [flags[name] for name in CLASS_OPTIONS]
     if not args.conditional and not args.resume and (args.labels or args.label_dropout is not None
-                                                     or set(shaping) & set(class_flags)):
-        raise ValueError(f"--labels, --label-dropout, {', '.join(class_flags)} are for a class-conditional "
-                         f"run: add --conditional")
+                                                     or any(getattr(args, name) for name in CLASS_OPTIONS)):
+        raise ValueError(f"--labels, --label-dropout, {', '.join(flags[name] for name in CLASS_OPTIONS)} are for "
+                         f"a class-conditional run: add --conditional")
     if args.resume and shaping:
         raise ValueError(f"{' and '.join(shaping)} set the shape of a new network; a resumed run keeps its own: leave "
                          f"{'them' if len(shaping) > 1 else 'it'} out")
