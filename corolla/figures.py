@@ -232,14 +232,16 @@ class SweepResult:
 
 
 def step_sweep(model: DiffusionModel, step_counts: Sequence[int], num_images: int, seed: int,
-               image_size: int) -> list[SweepResult]:
-    """The same initial noises (images 0..n-1 of `seed`) decoded with each number of DDIM steps."""
+               image_size: int, eps_scale: float | None = None) -> list[SweepResult]:
+    """The same initial noises (images 0..n-1 of `seed`) decoded with each number of DDIM steps
+    (eps_scale: sample_from_noise's; None is the model's own)."""
     noise = initial_noise(seed, range(num_images), (model.network.config.channels, image_size, image_size))
     sample_from_noise(model, noise[:1], 1)  # warm-up: first-call allocations are not the sampler's time
     results = []
     for steps in step_counts:
         started = time.perf_counter()
-        images = sample_from_noise(model, noise, steps)  # returns on the CPU, so the device has finished
+        # returns on the CPU, so the device has finished
+        images = sample_from_noise(model, noise, steps, eps_scale=eps_scale)
         results.append(SweepResult(steps, images, time.perf_counter() - started))
     return results
 
@@ -324,14 +326,15 @@ class Trajectory:
 
 
 @torch.inference_mode()
-def ddim_trajectory(model: DiffusionModel, noise: torch.Tensor, steps: int) -> Trajectory:
+def ddim_trajectory(model: DiffusionModel, noise: torch.Tensor, steps: int,
+                    eps_scale: float | None = None) -> Trajectory:
     """samplers.ddim at eta = 0 for one image (noise: (C, H, W)), keeping every step's state:
     each samplers.ddim_step separates x_t into the predicted image and noise, then remixes them
-    at t_next (DDIM eq. 12, sigma = 0)."""
+    at t_next (DDIM eq. 12, sigma = 0). eps_scale: None is the model's own, as corolla sample's."""
     model.eval()
     device = next(model.parameters()).device
     times = samplers.uniform_times(steps).tolist()
-    denoise = samplers.scaled_noise(model.ema_denoiser(), model.eps_scale)  # as corolla sample draws it
+    denoise = samplers.scaled_noise(model.ema_denoiser(), model.eps_scale if eps_scale is None else eps_scale)
     x = noise.unsqueeze(0).to(device)
     preds, xs = [], [x]
     for t, t_next in zip(times[:-1], times[1:]):

@@ -332,6 +332,10 @@ def test_interpolate_mixes_seeds_and_photos_in_command_line_order(model, checkpo
     assert np.abs(last - to_uint8(editing.decode(model, noise, settings))[0]).max() <= 1
     code, _, err = run(["interpolate", checkpoint_dir, "--images", source, "--out", tmp_path / "j.png"], capsys)
     assert code == 2 and "pairs of ends" in err
+    # a photo comes back only at the scale it was inverted at
+    code, _, err = run(["interpolate", checkpoint_dir, "--seeds", "3", "--images", source, "--eps-scale", "1.05",
+                        "--out", tmp_path / "k.png"], capsys)
+    assert code == 2 and "--eps-scale 1.05 is for seed ends" in err and not (tmp_path / "k.png").exists()
 
 
 def test_interpolate_between_seeds_on_the_new_path_makes_the_old_path_s_frames(model, checkpoint_dir, tmp_path,

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from corolla import cli, editing, figures, samplers, schedules
+from corolla.cli.options import eps_scale_note
 from corolla.config import preset
 from corolla.data import imagefolder
 from corolla.generation import SamplingSettings, generate, initial_noise
@@ -174,6 +175,54 @@ def test_step_sweep_decodes_the_same_noises_as_generate(model, tmp_path):
     image = png(path)
     assert image.size == (geo.width, geo.height)
     assert np.array_equal(cell_pixels(image, geo, 1, 1), enlarged(results[1].images[1], geo.scale))
+
+
+def test_the_figures_draw_at_the_eps_scale_asked_for_else_the_model_s(model, monkeypatch):
+    """sweep, trajectory and interpolate decode as corolla sample does: --eps-scale, else the model's own."""
+    def sampled(eps_scale, count=2):  # images 0..count-1 of seed 5, as corolla sample draws them
+        return generate(model, count, SamplingSettings(steps=3, seed=5, eps_scale=eps_scale), image_size=16)
+    plain, scaled = sampled(1.0), sampled(1.05)
+    assert not torch.equal(plain, scaled)
+    assert torch.equal(figures.step_sweep(model, [3], 2, 5, 16, eps_scale=1.05)[0].images, scaled)
+    noise = initial_noise(5, [0], (3, 16, 16))[0]
+    final = lambda trajectory: model.normalizer.denormalize(trajectory.final[None])
+    assert torch.equal(final(figures.ddim_trajectory(model, noise, 3, eps_scale=1.05)), sampled(1.05, 1))
+    frames = figures.interpolate(model, [(5, 7)], 3, SamplingSettings(steps=3, eps_scale=1.05, batch_size=1),
+                                 image_size=16)
+    assert torch.equal(frames[0, :1], sampled(1.05, 1))
+    monkeypatch.setattr(model, "eps_scale", 1.05)  # a model whose config.json says 1.05
+    assert torch.equal(figures.step_sweep(model, [3], 2, 5, 16)[0].images, scaled)
+    assert torch.equal(final(figures.ddim_trajectory(model, noise, 3)), sampled(1.05, 1))
+    assert torch.equal(final(figures.ddim_trajectory(model, noise, 3, eps_scale=1.0)), sampled(1.0, 1))
+    assert eps_scale_note(model, None) == ", eps scale 1.05" and eps_scale_note(model, 1.0) == ""
+    monkeypatch.setattr(model, "eps_scale", 1.0)
+    assert eps_scale_note(model, None) == "" and eps_scale_note(model, 1.02) == ", eps scale 1.02"
+
+
+def test_the_figure_commands_pass_eps_scale_on(run_dir, tmp_path, capsys, monkeypatch):
+    """--eps-scale reaches the library call of sweep, trajectory and interpolate; left out, None (the model's)."""
+    seen = []
+
+    def recording(function, scale_of):
+        def wrapper(*args, **kwargs):
+            seen.append(scale_of(*args, **kwargs))
+            return function(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(figures, "step_sweep", recording(figures.step_sweep, lambda *a, **k: a[5]))
+    monkeypatch.setattr(figures, "ddim_trajectory", recording(figures.ddim_trajectory, lambda *a, **k: a[3]))
+    # both of interpolate's paths (seed pairs, and --each) decode through editing.interpolate
+    monkeypatch.setattr(editing, "interpolate", recording(editing.interpolate, lambda *a, **k: a[3].eps_scale))
+    commands = (["sweep", "--steps", "2", "-n", "1"], ["trajectory", "--steps", "2"],
+                ["interpolate", "--steps", "2", "--frames", "2"],
+                ["interpolate", "--steps", "2", "--frames", "2", "--each", str(tmp_path / "each")])
+    for i, (command, *extra) in enumerate(commands):
+        for scale in ([], ["--eps-scale", "1.1"]):
+            out = str(tmp_path / f"{i}-{len(scale)}.png")
+            assert cli.main([command, str(run_dir), *extra, *scale, "--out", out]) == 0, command
+    assert seen == [None, 1.1] * 4
+    capsys.readouterr()
+    assert cli.main(["trajectory", str(run_dir), "--eps-scale", "2", "--out", str(tmp_path / "t.png")]) == 2
+    assert "must be 0.8 to 1.2" in capsys.readouterr().err
 
 
 def test_sweep_command(run_dir, tmp_path, capsys):

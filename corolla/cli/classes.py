@@ -10,6 +10,7 @@ from .options import (
     add_out,
     add_sampling,
     checkpoint_path,
+    eps_scale_note,
     guidance,
     load_model_for,
     path_text,
@@ -82,8 +83,7 @@ def run_class_grid(args) -> int:
     # row r is class numbers[r]; column j starts from image j's noise of the seed in every row
     rows = [generate(model, args.num_images, sampling_settings(args), image_size=config.data.image_size,
                      classes=number, guidance=args.guidance) for number in numbers]
-    scale = model.eps_scale if args.eps_scale is None else args.eps_scale
-    title = f"guidance {args.guidance:g}, {args.steps} DDIM steps, seed {args.seed}" + (
-        f", eps scale {scale:g}" if scale != 1 else "")
+    title = f"guidance {args.guidance:g}, {args.steps} DDIM steps, seed {args.seed}" + eps_scale_note(
+        model, args.eps_scale)
     print(save_labelled_grid(torch.stack(rows), out, row_labels=[names[n] for n in numbers], title=title))
     return 0

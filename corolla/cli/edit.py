@@ -23,6 +23,7 @@ from .options import (
     add_out,
     add_sampling,
     checkpoint_path,
+    eps_scale_note,
     load_model_for,
     path_text,
     sampling_settings,
@@ -219,6 +220,9 @@ def run_interpolate_ends(args) -> int:
     if len(ends) < 2 or len(ends) % 2:
         raise ValueError(f"interpolate takes pairs of ends (--seeds and --images, in order), got {len(ends)}")
     photo_ends = [value for kind, value in ends if kind == "images"]
+    if photo_ends and args.eps_scale not in (None, 1):
+        raise ValueError(f"--eps-scale {args.eps_scale:g} is for seed ends: photo ends are inverted and decoded at "
+                         f"1, so that each photo comes back (leave it out, or give 1)")
     model, config = _load(args)
     size = config.data.image_size
     figure = outputs.check_file(args.out, "--out")
@@ -240,8 +244,8 @@ def run_interpolate_ends(args) -> int:
     labels = [_name(value) if kind == "images" else f"seed {value}" for kind, value in ends]
     rows = [f"{a} -> {b}" for a, b in zip(labels[::2], labels[1::2])]
     weights = editing.interpolation_weights(args.frames)
-    title = (f"spherical interpolation of initial noise, {settings.steps} DDIM steps, {settings.time_grid} grid "
-             f"({config.preset})")
+    title = (f"spherical interpolation of initial noise, {settings.steps} DDIM steps, {settings.time_grid} grid"
+             f"{eps_scale_note(model, settings.eps_scale)} ({config.preset})")
     print(f"wrote {figures.save_labelled_grid(frames, figure, [f'w = {w:.2f}' for w in weights], rows, title)}")
     if gif is not None:
         print(f"wrote {figures.save_gif(frames, gif)}")

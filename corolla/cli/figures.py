@@ -13,6 +13,7 @@ from .options import (
     add_model_options,
     add_out,
     add_sampling,
+    eps_scale_note,
     load_model_for,
     path_text,
     positive_int,
@@ -81,9 +82,11 @@ def run_sweep(args) -> int:
     outputs.check_file(args.out, "--out")
     model, config = _load(args)
     figures.check_grid_size(args.num_images, len(args.steps), config.data.image_size)
-    results = figures.step_sweep(model, args.steps, args.num_images, args.seed, config.data.image_size)
+    results = figures.step_sweep(model, args.steps, args.num_images, args.seed, config.data.image_size,
+                                 args.eps_scale)
     print(figures.sweep_table(results))
-    title = f"DDIM steps vs image ({config.preset}, seed {args.seed}, {next(model.parameters()).device})"
+    title = (f"DDIM steps vs image ({config.preset}, seed {args.seed}{eps_scale_note(model, args.eps_scale)}, "
+             f"{next(model.parameters()).device})")
     print(f"wrote {figures.plot_sweep(results, args.out, title)}")
     return 0
 
@@ -105,7 +108,8 @@ def run_interpolate(args) -> int:
     model, config = _load(args)
     figures.check_grid_size(len(pairs), args.frames, config.data.image_size)
     images = figures.interpolate(model, pairs, args.frames, sampling_settings(args), image_size=config.data.image_size)
-    title = f"spherical interpolation of initial noise, {args.steps} DDIM steps ({config.preset})"
+    title = (f"spherical interpolation of initial noise, {args.steps} DDIM steps"
+             f"{eps_scale_note(model, args.eps_scale)} ({config.preset})")
     print(f"wrote {figures.plot_interpolation(images, pairs, args.out, title)}")
     if args.gif:
         print(f"wrote {figures.save_gif(images, args.gif)}")
@@ -119,8 +123,9 @@ def run_trajectory(args) -> int:
     size = config.data.image_size
     figures.check_grid_size(2 * -(-args.steps // args.per_row), min(args.steps, args.per_row), size)
     noise = initial_noise(args.seed, [args.index], (model.network.config.channels, size, size))[0]
-    trajectory = figures.ddim_trajectory(model, noise, args.steps)
-    title = f"reverse diffusion of seed {args.seed} image {args.index}, {args.steps} DDIM steps ({config.preset})"
+    trajectory = figures.ddim_trajectory(model, noise, args.steps, args.eps_scale)
+    title = (f"reverse diffusion of seed {args.seed} image {args.index}, {args.steps} DDIM steps"
+             f"{eps_scale_note(model, args.eps_scale)} ({config.preset})")
     print(f"wrote {figures.plot_trajectory(model, trajectory, args.out, args.per_row, title)}")
     return 0
 
@@ -157,7 +162,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int_list, default=int_list("1,2,3,5,10,20,50"),
                    help="comma-separated DDIM step counts (default 1,2,3,5,10,20,50)")
     p.add_argument("-n", "--num-images", type=positive_int, default=8)
-    add_sampling(p, ("seed",))
+    add_sampling(p, ("seed", "eps_scale"))
     add_out(p, "sweep.png", "PNG to write")
     p.set_defaults(func=run_sweep)
 
@@ -173,7 +178,9 @@ def register(sub) -> None:
     p.add_argument("--each", metavar="DIR", help="also write one PNG per frame into DIR")
     p.add_argument("--frames", type=whole_number(2, 1000), default=editing.FRAMES,
                    help="images per row, ends included")
-    add_sampling(p, ("steps", "batch_size"), steps="DDIM steps, as corolla sample's --steps")
+    add_sampling(p, ("steps", "eps_scale", "batch_size"), steps="DDIM steps, as corolla sample's --steps",
+                 eps_scale="epsilon scaling of the decoding, as corolla sample's --eps-scale (default: the model's "
+                           "own; seed ends only: photo ends are inverted and decoded at 1)")
     p.add_argument("--gif", metavar="PATH", type=path_text, help="also write an animated GIF")
     add_out(p, "interp.png", "PNG to write")
     p.set_defaults(func=run_interpolate)
@@ -182,7 +189,7 @@ def register(sub) -> None:
     add_model_options(p)
     add_sampling(p, ("seed",))
     p.add_argument("--index", type=whole_number(0, limits.MAX_IMAGES), default=0, help="which image of the seed")
-    add_sampling(p, ("steps",), steps="DDIM steps")
+    add_sampling(p, ("steps", "eps_scale"), steps="DDIM steps")
     p.add_argument("--per-row", type=positive_int, default=10, help="steps per band of the figure")
     add_out(p, "traj.png", "PNG to write")
     p.set_defaults(func=run_trajectory)

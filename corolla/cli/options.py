@@ -202,6 +202,13 @@ def add_sampling(p: argparse.ArgumentParser, names: tuple[str, ...] = SAMPLING_O
         p.add_argument("--" + name.replace("_", "-"), default=default, **option)
 
 
+def eps_scale_note(model, chosen: float | None) -> str:
+    """', eps scale S' for a figure's title when the images are drawn at a scale other than 1
+    (chosen: the command's --eps-scale; None is the model's own)."""
+    scale = model.eps_scale if chosen is None else chosen
+    return f", eps scale {scale:g}" if scale != 1 else ""
+
+
 def sampling_settings(args: argparse.Namespace, defaults: SamplingSettings = SamplingSettings()) -> SamplingSettings:
     """The SamplingSettings a command's arguments choose (add_sampling's options; the rest, and an
     option left None such as an unchosen --grid, keep `defaults`' values)."""
