@@ -131,6 +131,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "class_modulation": choice(*conditioning.MODULATIONS),
         "class_with_noise": boolean,
         "noise_in_blocks": boolean,
+        "attention": boolean,
     },
     "DataConfig": {
         "image_size": integer(8, MAX_IMAGE_SIZE),

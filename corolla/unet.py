@@ -12,7 +12,9 @@ residual block maps to a shift of its features, or a scale and a shift (config.c
 corolla.conditioning), optionally after joining it with the noise level (config.class_with_noise);
 without classes it is the reference. config.noise_in_blocks gives every residual block the noise
 level too, as a learned shift of its features (BlockNoise), as DDPM's and ADM's U-Nets take their
-timestep embedding; the reference takes the noise level only at the input.
+timestep embedding; the reference takes the noise level only at the input. config.attention puts
+self-attention between the bottom's two residual blocks (BottomAttention), as those U-Nets attend
+at their coarsest resolutions; the reference has none.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from .resample import upsample2x
 KERAS_BN_EPS = 1e-3
 KERAS_BN_MOMENTUM = 0.01  # PyTorch's momentum is 1 - Keras' 0.99
 JOIN_WIDTH = 4  # ClassNoiseJoin's output, in embedding sizes
+HEAD_WIDTH = 32  # BottomAttention's channels per head
+NORM_GROUPS = 32  # BottomAttention's GroupNorm, as DDPM's and ADM's (fewer where the width is not a multiple)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class UNetConfig:
     # whether every residual block also shifts its features by a learned function of the noise
     # level (BlockNoise); off in the reference, which reads the noise level only at the input
     noise_in_blocks: bool = False
+    # whether self-attention joins the bottom's two residual blocks (BottomAttention), so that every
+    # position of the coarsest features sees all the others; off in the reference
+    attention: bool = False
 
 
 def sinusoidal_embedding(noise_variances: torch.Tensor, size: int = 32,
@@ -86,6 +93,30 @@ class BlockNoise(nn.Module):
 
     def forward(self, noise_embedding: torch.Tensor) -> torch.Tensor:
         return F.silu(self.linear(noise_embedding))
+
+
+class BottomAttention(nn.Module):
+    """x + out(attention(norm(x))): multi-head self-attention over the positions of (B, C, H, W)
+    features, HEAD_WIDTH channels per head. The reference's convolutions see a neighbourhood; here
+    each position weighs every other, which is what an image's layout (one flower, or fragments
+    that do not agree) depends on. `out` starts at zero, so the block is the identity at first and
+    a network given it starts as exactly its twin without it (a reference model can be continued)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = width // HEAD_WIDTH if width % HEAD_WIDTH == 0 else 1
+        self.norm = nn.GroupNorm(math.gcd(NORM_GROUPS, width), width)
+        self.qkv = _keras_conv(width, 3 * width, 1)
+        self.out = _keras_conv(width, width, 1, zero=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        # (B, heads, positions, positions); the softmax in float32, whatever the autocast
+        scores = torch.einsum("bncp,bncq->bnpq", q, k) / math.sqrt(c // self.heads)
+        weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        attended = torch.einsum("bnpq,bncq->bncp", weights, v).reshape(b, c, h, w)
+        return x + self.out(attended)
 
 
 class ResidualBlock(nn.Module):
@@ -200,6 +231,7 @@ class UNet(nn.Module):
         self.class_embedding = ClassEmbedding(len(c.classes), c.embedding_size) if c.classes else None
         self.class_join = ClassNoiseJoin(c.embedding_size, joined) if c.classes and c.class_with_noise else None
         self.block_noise = BlockNoise(c.embedding_size, joined) if c.noise_in_blocks else None
+        self.attention = BottomAttention(c.bottom_width) if c.attention else None
 
     def forward(self, noisy_images: torch.Tensor, noise_variances: torch.Tensor,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -228,7 +260,9 @@ class UNet(nn.Module):
         skips: list[torch.Tensor] = []
         for block in self.down:
             x = block(x, skips, classes, noise)
-        for block in self.middle:
+        for i, block in enumerate(self.middle):
+            if i == 1 and self.attention is not None:
+                x = self.attention(x)
             x = block(x, classes, noise)
         for block in self.up:
             x = block(x, skips, classes, noise)

@@ -47,12 +47,12 @@ def load_script(*parts: str):
 
 
 def make_labels_matter(network: torch.nn.Module, generator: torch.Generator) -> None:
-    """Draw a network's head, class shifts and scales and noise shifts at random (all start at
-    zero), so that an untrained network's output is not zero and depends on the label."""
+    """Draw a network's head, class shifts and scales, noise shifts and attention output at random
+    (all start at zero), so that an untrained network's output is not zero and depends on the label."""
     with torch.no_grad():
         network.head.weight.normal_(0.0, 0.2, generator=generator)
         for name, weight in network.named_parameters():
-            if "class_shift" in name or "class_scale" in name or "noise_shift" in name:
+            if any(part in name for part in ("class_shift", "class_scale", "noise_shift", "attention.out")):
                 weight.normal_(0.0, 0.5, generator=generator)
 
 

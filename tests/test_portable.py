@@ -124,7 +124,8 @@ def test_the_onnx_network_predicts_what_pytorch_does(conditional, exported_condi
 
 @pytest.mark.parametrize("design, part", [({"class_modulation": "scale-shift"}, "class_scale"),
                                           ({"class_with_noise": True}, "class_join"),
-                                          ({"noise_in_blocks": True}, "noise_shift")])
+                                          ({"noise_in_blocks": True}, "noise_shift"),
+                                          ({"attention": True}, "attention.out")])
 def test_the_other_network_designs_are_exported_with_their_parts(tmp_path, design, part):
     film = _tiny(CLASSES, seed=9, **design)
     session = onnxruntime.InferenceSession(str(export.export_onnx(film, tmp_path / "film", SIZE) / folder.ONNX_FILE),

@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from corolla.config import preset
-from corolla.unet import UNet, UNetConfig, count_parameters, sinusoidal_embedding
+from corolla.unet import BottomAttention, UNet, UNetConfig, count_parameters, sinusoidal_embedding
 
 
 def test_seed64_parameter_count_matches_keras_reference():
@@ -100,3 +101,47 @@ def test_noise_in_blocks_adds_a_noise_shift_to_every_block_and_starts_as_the_ref
         shifts = block.noise_shift(shifted.block_noise(embedding))
         assert shifts.shape == (2, 32, 1, 1) and not torch.allclose(shifts[0], shifts[1])
         assert not torch.equal(plain(x, v), shifted(x, v))
+
+
+def test_attention_joins_the_bottom_and_starts_as_the_reference():
+    seed64 = preset("seed64").unet
+    torch.manual_seed(5)
+    plain = UNet(seed64)
+    torch.manual_seed(5)
+    attending = UNet(UNetConfig(**{**seed64.__dict__, "attention": True}))
+    # GroupNorm's scale and shift, the 1x1 convolutions to q, k, v and out, at the 128-wide bottom
+    assert count_parameters(attending) == 1_950_627 + 2 * 128 + (128 * 384 + 384) + (128 * 128 + 128)
+    assert attending.attention.heads == 4 and attending.attention.norm.num_groups == 32
+    # drawn last and its output zero: the reference's weights and output
+    assert all(torch.equal(value, attending.state_dict()[key]) for key, value in plain.state_dict().items())
+    x, v = torch.randn(2, 3, 64, 64), torch.tensor([0.1, 0.9]).view(2, 1, 1, 1)
+    with torch.no_grad():
+        plain.head.weight.normal_()
+        attending.head.weight.copy_(plain.head.weight)
+        plain.eval()
+        attending.eval()
+        assert torch.equal(plain(x, v), attending(x, v))
+        attending.attention.out.weight.normal_(0.0, 0.1)
+        assert not torch.allclose(plain(x, v), attending(x, v))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = attending(x, v)
+        assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+
+
+def test_bottom_attention_is_scaled_dot_product_attention_over_positions():
+    torch.manual_seed(0)
+    block = BottomAttention(64)
+    with torch.no_grad():
+        block.out.weight.normal_(0.0, 0.2)
+        block.norm.weight.uniform_(0.5, 1.5)
+        x = torch.randn(2, 64, 5, 3)
+        q, k, v = block.qkv(block.norm(x)).reshape(2, 3, 2, 32, 15).unbind(1)
+        expected = F.scaled_dot_product_attention(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3))
+        expected = x + block.out(expected.transpose(2, 3).reshape(2, 64, 5, 3))
+        assert torch.allclose(block(x), expected, atol=1e-5)
+        # every position weighs all the others: a change at one position moves the output everywhere
+        moved = x.clone()
+        moved[:, :, 0, 0] += 1.0
+        assert (block(moved) - block(x))[:, :, 4, 2].abs().max() > 1e-3
+        # a width that is not a multiple of 32 channels per head gets one head
+        assert BottomAttention(16).heads == 1 and BottomAttention(16).norm.num_groups == 16

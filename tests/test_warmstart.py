@@ -66,6 +66,22 @@ def test_a_run_with_noise_in_blocks_starts_as_its_source_and_needs_them_in_a_sou
         warmstart.load_into(DiffusionModel(plain.unet), plain, tmp_path / "shifted")
 
 
+def test_a_run_with_attention_starts_as_its_source_and_needs_it_in_a_source_that_has_it(source, tmp_path):
+    trained, _ = checkpoint.load_model(source)
+    config = preset("tiny").replace(unet={"attention": True})
+    model = DiffusionModel(config.unet)
+    warmstart.load_into(model, config, source)
+    assert not model.network.attention.out.weight.any() and model.network.attention.qkv.weight.any()
+    model.eval()
+    x, v = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 1, 1)
+    with torch.no_grad():
+        assert torch.equal(model.ema_network(x, v), trained.ema_network(x, v))
+    checkpoint.save_pretrained(tmp_path / "attending", model, config, ema_only=True)
+    plain = preset("tiny")
+    with pytest.raises(ValueError, match="not this run's.*--attention"):
+        warmstart.load_into(DiffusionModel(plain.unet), plain, tmp_path / "attending")
+
+
 def test_other_networks_and_classes_are_refused_and_another_schedule_continues(source, tmp_path):
     config = preset("tiny")
     wider = config.replace(unet={"widths": (8, 16, 32)})
@@ -137,6 +153,20 @@ def test_the_command_continues_an_unconditional_model_with_noise_in_blocks_and_s
     capsys.readouterr()
     assert cli.main(["train", "--preset", "tiny", "--out", str(out), "--resume", "--noise-in-blocks"]) == 2
     assert "--noise-in-blocks set the shape of a new network" in capsys.readouterr().err
+
+
+def test_the_command_continues_a_model_with_attention_and_samples_it(source, make_flowers, tmp_path, capsys):
+    out = tmp_path / "attending"
+    assert cli.main(["train", str(make_flowers(16)), "--preset", "tiny", "--init-from", str(source),
+                     "--attention", "--out", str(out), "--max-steps", "1", "--no-progress"]) == 0
+    model, config = checkpoint.load_model(out)
+    assert config.unet.attention and not config.unet.noise_in_blocks
+    assert model.network.attention.out.weight.any()  # a step moved it from zero
+    assert cli.main(["sample", str(out), "-n", "2", "--steps", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 0
+    capsys.readouterr()
+    assert cli.main(["train", "--preset", "tiny", "--out", str(out), "--resume", "--attention"]) == 2
+    assert "--attention set the shape of a new network" in capsys.readouterr().err
 
 
 def test_the_command_keeps_the_sources_schedule_unless_one_is_named(tmp_path, make_flowers):

@@ -28,7 +28,7 @@ from .options import (
 
 # options that shape a new network (fields of its unet section); CLASS_OPTIONS only a conditional one's
 CLASS_OPTIONS = ("class_modulation", "class_with_noise")
-NETWORK_OPTIONS = (*CLASS_OPTIONS, "noise_in_blocks")
+NETWORK_OPTIONS = (*CLASS_OPTIONS, "noise_in_blocks", "attention")
 
 
 def register(sub) -> None:
@@ -166,6 +166,11 @@ def _add_classes(p: argparse.ArgumentParser) -> None:
                    help="give every residual block the noise level as a learned shift of its features, as "
                         "DDPM's and ADM's U-Nets do (the reference reads it only at the input); with "
                         "--init-from a model without it, the run starts as exactly that model")
+    p.add_argument("--attention", action="store_const", const=True,
+                   help="self-attention between the bottom's two residual blocks, so that every position of "
+                        "the coarsest features sees the whole image (DDPM's and ADM's U-Nets attend there; the "
+                        "reference does not); with --init-from a model without it, the run starts as exactly "
+                        "that model")
 
 
 def train_config(args: argparse.Namespace, base: configs.Config | None = None) -> configs.Config:
