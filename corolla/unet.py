@@ -112,10 +112,11 @@ class BottomAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        # (B, heads, positions, positions); the softmax in float32, whatever the autocast
-        scores = torch.einsum("bncp,bncq->bnpq", q, k) / math.sqrt(c // self.heads)
+        # (B, heads, positions, positions); the softmax in float32, whatever the autocast. Plain
+        # matrix products: the ONNX export's MatMul runs wherever ONNX does (the browser included)
+        scores = q.transpose(2, 3) @ k / math.sqrt(c // self.heads)
         weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-        attended = torch.einsum("bnpq,bncq->bncp", weights, v).reshape(b, c, h, w)
+        attended = (v @ weights.transpose(2, 3)).reshape(b, c, h, w)
         return x + self.out(attended)
 
 

@@ -74,10 +74,11 @@ def ort_tarball(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sites(ort_tarball, tmp_path_factory) -> Path:
-    """ROOT/tiny and ROOT/conditional: `corolla export --web` of an unconditional and a
-    conditional tiny model."""
+    """ROOT/tiny, ROOT/conditional and ROOT/attention: `corolla export --web` of an unconditional,
+    a conditional and an attending (unet.attention) tiny model."""
     root = tmp_path_factory.mktemp("sites")
-    for name, model in (("tiny", _tiny()), ("conditional", _tiny(CLASSES, seed=5))):
+    for name, model in (("tiny", _tiny()), ("conditional", _tiny(CLASSES, seed=5)),
+                        ("attention", _tiny(seed=3, attention=True))):
         saved = _checkpoint(model, tmp_path_factory.mktemp("checkpoint") / name)
         assert main(["export", str(saved), "--web", "--out", str(root / name), "--ort", str(ort_tarball)]) == 0
     return root
@@ -146,6 +147,18 @@ def test_the_page_gives_the_portable_samplers_images_and_loads_nothing_from_else
         elsewhere = [url for url in page.requests if not url.startswith((server.url, "data:", "blob:"))]
         assert elsewhere == []
         assert "/tiny/ort-wasm-simd-threaded.wasm" in server.served  # the runtime came from the folder
+    finally:
+        page.context.close()
+
+
+@pytest.mark.slow
+def test_the_page_runs_a_network_with_attention_as_onnxruntime_does(browser, server, sites):
+    site = sites / "attention"
+    initial = write_noise(site)
+    page = open_page(browser, f"{server.url}/attention/?seed={SEED}&n={COUNT}&steps={STEPS}&noise=noise.bin")
+    try:
+        expected = sampling.load(site, threads=1).sample_from_noise(initial, STEPS, "ddim")
+        assert np.abs(page_images(page) - expected).max() <= TOLERANCE
     finally:
         page.context.close()
 
