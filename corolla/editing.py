@@ -197,8 +197,7 @@ def _per_image(model: DiffusionModel, images: torch.Tensor, seed: int, indices: 
     if len(indices) != images.shape[0]:
         raise ValueError(f"{len(indices)} indices for {images.shape[0]} images")
     shape = tuple(images.shape[1:])
-    unet = model.network.config
-    check_evaluation_memory(unet.widths, unet.bottom_width, min(batch_size, images.shape[0]), shape[-1], device)
+    check_evaluation_memory(model.network, min(batch_size, images.shape[0]), shape[-1], device)
     out = []
     for first in range(0, images.shape[0], batch_size):
         rows = slice(first, min(first + batch_size, images.shape[0]))

@@ -122,10 +122,8 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
     samplers.scaled_noise's; None is the model's own (model.eps_scale, from its Config.sampling)."""
     model.eval()
     device = next(model.parameters()).device
-    unet = model.network.config
     guided = labels is not None and guidance not in (0, 1)  # both predictions in one batch of 2B
-    check_evaluation_memory(unet.widths, unet.bottom_width, noise.shape[0] * (2 if guided else 1),
-                            noise.shape[-1], device)
+    check_evaluation_memory(model.network, noise.shape[0] * (2 if guided else 1), noise.shape[-1], device)
     times = samplers.get_grid(grid, steps, model.schedule)
     noise_fn = None
     if generators is not None:

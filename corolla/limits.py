@@ -217,10 +217,16 @@ EVALUATION_BYTES_PER_PIXEL = 2_600
 REFERENCE_WIDTH_SUM = 32 + 64 + 96 + 128
 
 
-def evaluation_bytes(widths: tuple[int, ...], bottom_width: int, batch: int, size: int) -> int:
-    """About how much memory one network evaluation of `batch` images of size x size takes."""
+def evaluation_bytes(widths: tuple[int, ...], bottom_width: int, batch: int, size: int,
+                     attention_heads: int = 0) -> int:
+    """About how much memory one network evaluation of `batch` images of size x size takes, with
+    the bottom's attention (unet.BottomAttention) when it has heads: its float32 scores, their
+    softmax and its cast, three (heads, P, P) arrays per image for P positions at the bottom,
+    which grow with the fourth power of the size."""
     scale = (sum(widths) + bottom_width) / REFERENCE_WIDTH_SUM
-    return math.ceil(EVALUATION_BYTES_PER_PIXEL * scale * batch * size * size)
+    positions = (size >> len(widths)) ** 2
+    return math.ceil(EVALUATION_BYTES_PER_PIXEL * scale * batch * size * size
+                     + 3 * 4 * attention_heads * positions ** 2 * batch)
 
 
 def available_bytes(device) -> int | None:
@@ -240,14 +246,16 @@ def available_bytes(device) -> int | None:
     return None if line is None else int(line.split()[1]) * 1024 + heap.free_bytes_held()
 
 
-def check_evaluation_memory(widths: tuple[int, ...], bottom_width: int, batch: int, size: int, device) -> None:
-    """Refuse, before allocating, a batch whose network evaluations cannot fit in the free memory
-    (a guided batch is evaluated twice over: give it as such)."""
+def check_evaluation_memory(network, batch: int, size: int, device) -> None:
+    """Refuse, before allocating, a batch whose evaluations of `network` (a corolla.unet.UNet) cannot
+    fit in the free memory (a guided batch is evaluated twice over: give it as such)."""
     free = available_bytes(device)
-    needed = evaluation_bytes(widths, bottom_width, batch, size)
+    c = network.config
+    heads = network.attention.heads if network.attention is not None else 0
+    needed = evaluation_bytes(c.widths, c.bottom_width, batch, size, heads)
     if free is None or needed <= free:
         return
-    most = free // evaluation_bytes(widths, bottom_width, 1, size)
+    most = free // evaluation_bytes(c.widths, c.bottom_width, 1, size, heads)
     fits = (f"at most {most:,} images at once at this size" if most else
             "not even one image fits at this size")
     raise ValueError(f"{batch:,} images of {size}x{size} at once need about {needed / 2 ** 30:.1f} GiB for the "

@@ -104,6 +104,21 @@ def test_running_out_of_memory_is_one_line_saying_what_to_lower(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_the_memory_check_counts_the_bottom_s_attention(monkeypatch):
+    config = TINY.replace(unet={"attention": True}, data={"image_size": 64})  # bottom 16 wide: one head
+    model, _ = build(config, torch.device("cpu"))
+    widths, bottom = config.unet.widths, config.unet.bottom_width
+    plain = limits.evaluation_bytes(widths, bottom, 4, 64)
+    # 16 x 16 positions at the bottom of 64 px (two halvings): 3 float32 arrays of 256 x 256 per image
+    one = limits.evaluation_bytes(widths, bottom, 1, 64, attention_heads=1)
+    assert one == math.ceil(limits.EVALUATION_BYTES_PER_PIXEL / 8 * 64 * 64 + 3 * 4 * 256 ** 2)
+    monkeypatch.setattr(limits, "available_bytes", lambda device: plain)  # 4 fit without the attention
+    with pytest.raises(ValueError, match=f"at most {plain // one} images at once at this size"):
+        limits.check_evaluation_memory(model.network, 4, 64, torch.device("cpu"))
+    assert plain // one == 2
+    limits.check_evaluation_memory(model.network, 2, 64, torch.device("cpu"))
+
+
 def test_a_batch_that_cannot_fit_is_refused_before_sampling(tmp_path, monkeypatch, capsys):
     config = TINY.replace(data={"image_size": 64})  # widths 8/16, bottom 16: 1/8 of the reference's per pixel
     model, _ = build(config, torch.device("cpu"))
@@ -112,6 +127,11 @@ def test_a_batch_that_cannot_fit_is_refused_before_sampling(tmp_path, monkeypatc
     assert limits.evaluation_bytes((32, 64, 96), 128, 1, 64) == per_pixel * 64 * 64
     one = limits.evaluation_bytes(config.unet.widths, config.unet.bottom_width, 1, 64)
     assert one == math.ceil(per_pixel / 8 * 64 * 64)
+    # the bottom's attention: 3 float32 (heads, P, P) arrays for P = 8 x 8 positions at 64 px, 16 x 16 at 128
+    assert limits.evaluation_bytes((32, 64, 96), 128, 2, 64, attention_heads=4) == 2 * (
+        per_pixel * 64 * 64 + 3 * 4 * 4 * 64 ** 2)
+    assert limits.evaluation_bytes((32, 64, 96), 128, 1, 128, attention_heads=4) == (
+        per_pixel * 128 * 128 + 3 * 4 * 4 * 256 ** 2)
     monkeypatch.setattr(limits, "available_bytes", lambda device: 10 * one + 1)
     monkeypatch.setattr(generation.samplers, "get_grid", lambda *a: pytest.fail("got as far as sampling"))
     code = cli.main(["sample", str(tmp_path / "model"), "-n", "16", "--batch-size", "16", "--steps", "1",
