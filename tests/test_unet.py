@@ -76,24 +76,32 @@ def test_inference_in_place_gives_the_training_forward_and_leaves_the_inputs(cla
     assert block.conv1.weight.grad is not None and block.conv1.weight.grad.abs().max() > 0
 
 
-def test_noise_in_blocks_adds_a_noise_shift_to_every_block_and_starts_as_the_reference():
+def _reference_and_twin(option: str):
+    """seed64's network and its twin with `option` on, drawn from the same seed, their heads at
+    random: the twin must hold every weight of the reference and compute its output, since what
+    the option adds is drawn last and starts at zero -> (reference, twin, x, v)."""
     seed64 = preset("seed64").unet
     torch.manual_seed(5)
     plain = UNet(seed64)
     torch.manual_seed(5)
-    shifted = UNet(UNetConfig(**{**seed64.__dict__, "noise_in_blocks": True}))
-    blocks = 2 * (32 + 64 + 96) + 2 * 128 + 2 * (96 + 64 + 32)
-    # BlockNoise's Linear(32 -> 128) and a 128 -> width map in each of the 14 blocks
-    assert count_parameters(shifted) == 1_950_627 + 32 * 128 + 128 + blocks * 128
-    # drawn last and its maps zero: the reference's weights and output
-    assert all(torch.equal(value, shifted.state_dict()[key]) for key, value in plain.state_dict().items())
+    twin = UNet(UNetConfig(**{**seed64.__dict__, option: True}))
+    assert all(torch.equal(value, twin.state_dict()[key]) for key, value in plain.state_dict().items())
     x, v = torch.randn(2, 3, 64, 64), torch.tensor([0.1, 0.9]).view(2, 1, 1, 1)
     with torch.no_grad():
         plain.head.weight.normal_()
-        shifted.head.weight.copy_(plain.head.weight)
+        twin.head.weight.copy_(plain.head.weight)
         plain.eval()
-        shifted.eval()
-        assert torch.equal(plain(x, v), shifted(x, v))
+        twin.eval()
+        assert torch.equal(plain(x, v), twin(x, v))
+    return plain, twin, x, v
+
+
+def test_noise_in_blocks_adds_a_noise_shift_to_every_block_and_starts_as_the_reference():
+    plain, shifted, x, v = _reference_and_twin("noise_in_blocks")
+    blocks = 2 * (32 + 64 + 96) + 2 * 128 + 2 * (96 + 64 + 32)
+    # BlockNoise's Linear(32 -> 128) and a 128 -> width map in each of the 14 blocks
+    assert count_parameters(shifted) == 1_950_627 + 32 * 128 + 128 + blocks * 128
+    with torch.no_grad():
         # once learned, a block's shift changes with the noise level
         block = shifted.down[0].blocks[0]
         block.noise_shift.weight.normal_()
@@ -104,23 +112,11 @@ def test_noise_in_blocks_adds_a_noise_shift_to_every_block_and_starts_as_the_ref
 
 
 def test_attention_joins_the_bottom_and_starts_as_the_reference():
-    seed64 = preset("seed64").unet
-    torch.manual_seed(5)
-    plain = UNet(seed64)
-    torch.manual_seed(5)
-    attending = UNet(UNetConfig(**{**seed64.__dict__, "attention": True}))
+    plain, attending, x, v = _reference_and_twin("attention")
     # GroupNorm's scale and shift, the 1x1 convolutions to q, k, v and out, at the 128-wide bottom
     assert count_parameters(attending) == 1_950_627 + 2 * 128 + (128 * 384 + 384) + (128 * 128 + 128)
     assert attending.attention.heads == 4 and attending.attention.norm.num_groups == 32
-    # drawn last and its output zero: the reference's weights and output
-    assert all(torch.equal(value, attending.state_dict()[key]) for key, value in plain.state_dict().items())
-    x, v = torch.randn(2, 3, 64, 64), torch.tensor([0.1, 0.9]).view(2, 1, 1, 1)
     with torch.no_grad():
-        plain.head.weight.normal_()
-        attending.head.weight.copy_(plain.head.weight)
-        plain.eval()
-        attending.eval()
-        assert torch.equal(plain(x, v), attending(x, v))
         attending.attention.out.weight.normal_(0.0, 0.1)
         assert not torch.allclose(plain(x, v), attending(x, v))
         with torch.autocast("cpu", dtype=torch.bfloat16):

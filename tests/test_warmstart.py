@@ -49,37 +49,28 @@ def test_both_networks_start_as_the_sources_ema_and_a_conditional_one_as_its_unc
         assert torch.equal(model.network(x, v), expected)
 
 
-def test_a_run_with_noise_in_blocks_starts_as_its_source_and_needs_them_in_a_source_that_has_them(source, tmp_path):
+# the parts a network option adds that start at zero, so that a run with them starts as its source
+ADDED_AT_ZERO = {"noise_in_blocks": lambda net: [v for k, v in net.state_dict().items() if "noise_shift" in k],
+                 "attention": lambda net: [net.attention.out.weight, net.attention.out.bias]}
+
+
+@pytest.mark.parametrize("option", sorted(ADDED_AT_ZERO))
+def test_a_run_with_an_added_part_starts_as_its_source_and_needs_it_in_a_source_that_has_it(source, tmp_path,
+                                                                                           option):
     trained, _ = checkpoint.load_model(source)
-    config = preset("tiny").replace(unet={"noise_in_blocks": True})
+    config = preset("tiny").replace(unet={option: True})
     model = DiffusionModel(config.unet)
     warmstart.load_into(model, config, source)
-    maps = [value for key, value in model.network.state_dict().items() if "noise_shift" in key]
-    assert len(maps) == 6 and not any(m.any() for m in maps)
+    added = ADDED_AT_ZERO[option](model.network)
+    assert added and not any(part.any() for part in added)
     model.eval()
     x, v = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 1, 1)
     with torch.no_grad():
         assert torch.equal(model.ema_network(x, v), trained.ema_network(x, v))
-    checkpoint.save_pretrained(tmp_path / "shifted", model, config, ema_only=True)
+    checkpoint.save_pretrained(tmp_path / option, model, config, ema_only=True)
     plain = preset("tiny")
-    with pytest.raises(ValueError, match="not this run's.*--noise-in-blocks"):
-        warmstart.load_into(DiffusionModel(plain.unet), plain, tmp_path / "shifted")
-
-
-def test_a_run_with_attention_starts_as_its_source_and_needs_it_in_a_source_that_has_it(source, tmp_path):
-    trained, _ = checkpoint.load_model(source)
-    config = preset("tiny").replace(unet={"attention": True})
-    model = DiffusionModel(config.unet)
-    warmstart.load_into(model, config, source)
-    assert not model.network.attention.out.weight.any() and model.network.attention.qkv.weight.any()
-    model.eval()
-    x, v = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 1, 1)
-    with torch.no_grad():
-        assert torch.equal(model.ema_network(x, v), trained.ema_network(x, v))
-    checkpoint.save_pretrained(tmp_path / "attending", model, config, ema_only=True)
-    plain = preset("tiny")
-    with pytest.raises(ValueError, match="not this run's.*--attention"):
-        warmstart.load_into(DiffusionModel(plain.unet), plain, tmp_path / "attending")
+    with pytest.raises(ValueError, match=f"not this run's.*--{option.replace('_', '-')}"):
+        warmstart.load_into(DiffusionModel(plain.unet), plain, tmp_path / option)
 
 
 def test_other_networks_and_classes_are_refused_and_another_schedule_continues(source, tmp_path):
