@@ -90,6 +90,10 @@ class DiffusionModel(nn.Module):
         self.precision = "fp32"
         self._forward: dict[bool, Callable] = {}  # compiled or folded forwards, keyed by `ema`; not submodules
 
+    def sampling_eps_scale(self, chosen: float | None) -> float:
+        """The epsilon scale images are drawn at: `chosen` (a command's --eps-scale), else the model's own."""
+        return self.eps_scale if chosen is None else chosen
+
     def accelerate(self, channels_last: bool = False, compile: bool = False,
                    compile_ema: bool = False, precision: str | None = None,
                    fold: bool = False) -> "DiffusionModel":

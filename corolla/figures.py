@@ -334,7 +334,7 @@ def ddim_trajectory(model: DiffusionModel, noise: torch.Tensor, steps: int,
     model.eval()
     device = next(model.parameters()).device
     times = samplers.uniform_times(steps).tolist()
-    denoise = samplers.scaled_noise(model.ema_denoiser(), model.eps_scale if eps_scale is None else eps_scale)
+    denoise = samplers.scaled_noise(model.ema_denoiser(), model.sampling_eps_scale(eps_scale))
     x = noise.unsqueeze(0).to(device)
     preds, xs = [], [x]
     for t, t_next in zip(times[:-1], times[1:]):

@@ -111,10 +111,11 @@ class BottomAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        head_width = c // self.heads
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, head_width, h * w).unbind(1)
         # (B, heads, positions, positions); the softmax in float32, whatever the autocast. Plain
         # matrix products: the ONNX export's MatMul runs wherever ONNX does (the browser included)
-        scores = q.transpose(2, 3) @ k / math.sqrt(c // self.heads)
+        scores = q.transpose(2, 3) @ k / math.sqrt(head_width)
         weights = torch.softmax(scores.float(), dim=-1).to(v.dtype)
         attended = (v @ weights.transpose(2, 3)).reshape(b, c, h, w)
         return x + self.out(attended)
@@ -261,10 +262,11 @@ class UNet(nn.Module):
         skips: list[torch.Tensor] = []
         for block in self.down:
             x = block(x, skips, classes, noise)
-        for i, block in enumerate(self.middle):
-            if i == 1 and self.attention is not None:
-                x = self.attention(x)
-            x = block(x, classes, noise)
+        first, second = self.middle
+        x = first(x, classes, noise)
+        if self.attention is not None:
+            x = self.attention(x)
+        x = second(x, classes, noise)
         for block in self.up:
             x = block(x, skips, classes, noise)
         return self.head(x)

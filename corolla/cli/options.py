@@ -205,7 +205,7 @@ def add_sampling(p: argparse.ArgumentParser, names: tuple[str, ...] = SAMPLING_O
 def eps_scale_note(model, chosen: float | None) -> str:
     """', eps scale S' for a figure's title when the images are drawn at a scale other than 1
     (chosen: the command's --eps-scale; None is the model's own)."""
-    scale = model.eps_scale if chosen is None else chosen
+    scale = model.sampling_eps_scale(chosen)
     return f", eps scale {scale:g}" if scale != 1 else ""
 
 

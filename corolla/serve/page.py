@@ -344,8 +344,8 @@ class Page:
         made = recipes.Recipe(engine.name, engine.sha256, engine.image_size, engine.model.precision, request.first,
                               request.steps, "ddim", "logsnr" if request.photos else "uniform", kind="interpolate",
                               details={**details, "frames": request.frames},
-                              eps_scale=engine.model.eps_scale if request.settings.eps_scale is None
-                              else request.settings.eps_scale)  # editing.INVERSION's 1 between photos
+                              # editing.INVERSION's 1 between photos
+                              eps_scale=engine.model.sampling_eps_scale(request.settings.eps_scale))
         async for update in _follow(work, total, engine, progress):
             if isinstance(update, jobs.Progress):
                 yield gr.skip(), update.text(), gr.skip(), gr.skip(), gr.skip()
