@@ -1,17 +1,20 @@
 """What makes a model's images differ from photos at SWD's coarsest level: colour, or layout.
 
     python benchmarks/coarse_structure.py --train DIR --heldout DIR MODEL [MODEL ...] [--samples 1024]
-        [--steps 20] [--seed 0] [--precision bf16] [--json OUT]
+        [--steps 20] [--seed 0] [--eps-scale S] [--precision bf16] [--json OUT]
 
 MODEL: a shipped model's name or a checkpoint; NAME@G samples a conditional model with each
 image's class drawn at the training mix at guidance G (`corolla sample --random-class --guidance
-G`). Each draws --samples images (DDIM --steps, seed --seed, the model's own eps scale); beside them
+G`). Each draws --samples images (DDIM --steps, seed --seed, the model's own eps scale unless
+--eps-scale is given); beside them
 the floor, --samples real training photos. Each set is compared with the held-out photos: SWD x1e3
 at every pyramid level (corolla.metrics), then at the coarsest (16 px for 64 px images) with one
 channel at a time, with the luminance alone, and with each channel's histogram matched to the
 photos' (the part colour explains), and the variance of the level's 7x7 patches (SWD's
 descriptors) along the photos' first principal directions, each as a ratio to the photos' and
-named by its pattern (1: as in photos; below 1: less of it).
+named by its pattern (1: as in photos; below 1: less of it). Last, what a viewer sees in those
+numbers: each set's mean colour, its share of white pixels (every channel above 0.7) and of images
+a tenth white or more, and the contrast between an image's centre and its top and bottom rows.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from corolla.storage import checkpoint, pretrained
 
 LUMINANCE = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601, as PIL's convert("L")
 DIRECTIONS_SHOWN = 8
+WHITE = 0.7             # a pixel is white when every channel is above this
+WHITE_IMAGE = 0.1       # an image is "white" when this share of its pixels is
 COLOURS_MATCHED = "photos' colours"
 
 
@@ -87,6 +92,22 @@ def principal_variances(real: torch.Tensor, sets: dict[str, torch.Tensor], shown
     return [pattern(directions[:, i].float(), channels) for i in range(shown)], ratios
 
 
+def colour_facts(images: torch.Tensor) -> dict[str, float]:
+    """uint8 (N, 3, H, W) -> mean R, G, B; share of white pixels and of images at least WHITE_IMAGE
+    white; mean |centre - ground| over channels, the centre the middle 3/8 of each side and the
+    ground the top and bottom eighths (a flower on a contrasting ground scores high)."""
+    x = images.float() / 255
+    size = x.shape[-1]
+    white = (x.min(dim=1).values > WHITE).float().mean(dim=(1, 2))
+    lo, hi, edge = 5 * size // 16, 11 * size // 16, size // 8
+    centre = x[:, :, lo:hi, lo:hi].mean(dim=(2, 3))
+    ground = torch.cat([x[:, :, :edge], x[:, :, -edge:]], dim=2).mean(dim=(2, 3))
+    mean = x.mean(dim=(0, 2, 3)).tolist()
+    return {"red": mean[0], "green": mean[1], "blue": mean[2], "white pixels": float(white.mean()),
+            "white images": float((white >= WHITE_IMAGE).float().mean()),
+            "centre-ground contrast": float((centre - ground).abs().mean())}
+
+
 def coarse_swd(heldout: torch.Tensor, images: torch.Tensor, seed: int) -> dict[str, float]:
     coarsest = swd_resolutions(images.shape[-1])[-1]
     swd = lambda a, b: metrics.sliced_wasserstein(a, b, seed=seed)[coarsest]
@@ -105,8 +126,10 @@ def report(heldout: torch.Tensor, sets: dict[str, torch.Tensor], seed: int) -> d
                                                for name, images in sets.items()}, channels=heldout.shape[1])
     return {"directions": names,
             "sets": {name: {"swd": metrics.sliced_wasserstein(heldout, images, seed=seed),
-                            "coarse": coarse_swd(heldout, images, seed), "variance_ratios": ratios[name]}
-                     for name, images in sets.items()}}
+                            "coarse": coarse_swd(heldout, images, seed), "variance_ratios": ratios[name],
+                            "colour": colour_facts(images)}
+                     for name, images in sets.items()},
+            "photos' colour": colour_facts(heldout)}
 
 
 def sample(spec: str, count: int, settings: SamplingSettings, precision: str) -> torch.Tensor:
@@ -127,18 +150,19 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eps-scale", type=float, help="every model's epsilon scale (default: each model's own)")
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     p.add_argument("--json")
     args = p.parse_args()
     heldout, _ = imagefolder.load_folder(args.heldout, 64)
     train, _ = imagefolder.load_folder(args.train, 64)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + 1))[:args.samples]
-    settings = SamplingSettings(steps=args.steps, seed=args.seed)
+    settings = SamplingSettings(steps=args.steps, seed=args.seed, eps_scale=args.eps_scale)
     sets = {"training photos (floor)": train[pick],
             **{spec: sample(spec, args.samples, settings, args.precision) for spec in args.models}}
     result = report(heldout, sets, args.seed)
     print(f"{args.samples} images each against {len(heldout)} held-out photos; DDIM {args.steps} steps, seed "
-          f"{args.seed}, {args.precision}, each model's own eps scale")
+          f"{args.seed}, {args.precision}, eps scale {args.eps_scale or 'of each model'}")
     print("| images | SWD x1e3 by level | coarsest: all | R / G / B alone | luminance | photos' colours |\n"
           "| --- | --- | --- | --- | --- | --- |")
     for name, row in result["sets"].items():
@@ -151,6 +175,12 @@ def main() -> None:
     for i, direction in enumerate(result["directions"]):
         print(f"| {i + 1}: {direction} | " + " | ".join(f"{row['variance_ratios'][i]:.2f}"
                                                          for row in result["sets"].values()) + " |")
+    print("\nwhat a viewer sees: mean colour, white pixels, images a tenth white, centre against ground")
+    print("| images | R / G / B | white pixels | white images | centre-ground contrast |\n| --- | --- | --- | --- | --- |")
+    for name, facts in {"held-out photos": result["photos' colour"],
+                        **{name: row["colour"] for name, row in result["sets"].items()}}.items():
+        print(f"| {name} | {facts['red']:.3f} / {facts['green']:.3f} / {facts['blue']:.3f} | "
+              f"{facts['white pixels']:.3f} | {facts['white images']:.3f} | {facts['centre-ground contrast']:.3f} |")
     if args.json:
         with open(args.json, "w") as out:
             json.dump({**vars(args), **result}, out, indent=2)

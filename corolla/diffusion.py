@@ -10,10 +10,9 @@ import copy
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import conditioning, schedules
+from . import conditioning, losses, schedules
 from . import precision as precisions
 from .folding import fold_batchnorm
 from .unet import UNet, UNetConfig
@@ -56,14 +55,6 @@ class Normalizer(nn.Module):
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         return (self.mean + images * self.variance.sqrt()).clamp(0.0, 1.0)
-
-
-def min_snr_weights(noise_rates: torch.Tensor, signal_rates: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weights for noise prediction, min(SNR, gamma) / SNR with SNR = s^2 / n^2
-    (Hang et al. 2023, eq. 10 for the epsilon target): the nearly clean times, whose noise is hard
-    to see and whose images hardly change, stop dominating the gradient. Float32, like the rates."""
-    snr = (signal_rates.float() / noise_rates.float()) ** 2
-    return gamma / snr.clamp(min=gamma)  # = min(SNR, gamma) / SNR, and 1 at SNR 0
 
 
 class DiffusionModel(nn.Module):
@@ -168,21 +159,23 @@ class DiffusionModel(nn.Module):
 
     def noise_loss(self, images: torch.Tensor, noises: torch.Tensor, diffusion_times: torch.Tensor,
                    ema: bool = False, labels: torch.Tensor | None = None, min_snr_gamma: float = 0.0,
-                   schedule: schedules.Schedule | None = None) -> torch.Tensor:
-        """Mean absolute error between the drawn and the predicted noise.
+                   schedule: schedules.Schedule | None = None, loss: str = "l1") -> torch.Tensor:
+        """Mean error between the drawn and the predicted noise: absolute (`loss` "l1", the
+        reference's) or squared ("mse"); corolla.losses.
 
         images: (B,C,H,W) in [0, 1]; noises like images; diffusion_times (B,1,1,1); labels (B,)
         the classes of a conditional network, or None. min_snr_gamma > 0 weights each image's
-        error by min_snr_weights (0: the reference's unweighted mean). schedule: the noise levels'
-        (default: the model's own; another compares models of different schedules)."""
+        error by losses.min_snr_weights (0: the reference's unweighted mean). schedule: the noise
+        levels' (default: the model's own; another compares models of different schedules)."""
         images = self.normalizer.normalize(images)
         noise_rates, signal_rates = (schedule or self.schedule)(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
         pred_noises, _ = self.denoise(noisy_images, noise_rates, signal_rates, ema=ema, labels=labels)
+        errors = losses.errors(pred_noises, noises, loss)
         if not min_snr_gamma:
-            return F.l1_loss(pred_noises, noises)
-        errors = (pred_noises - noises).abs().float().mean(dim=(1, 2, 3))
-        return (min_snr_weights(noise_rates, signal_rates, min_snr_gamma).flatten() * errors).mean()
+            return errors.mean()
+        weights = losses.min_snr_weights(noise_rates, signal_rates, min_snr_gamma).flatten()
+        return (weights * errors.mean(dim=(1, 2, 3))).mean()
 
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Callable
 
-from . import conditioning, heap, precision, samplers, schedules
+from . import conditioning, heap, losses, precision, samplers, schedules
 
 MAX_IMAGE_SIZE = 1024          # pixels per side
 MAX_LEVELS = 6                 # entries of unet.widths: the image is halved once per level
@@ -149,6 +149,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "lr_cooldown": integer(0, MAX_LR_RAMP),
         "hflip": boolean,
         "min_snr_gamma": number(0, MAX_SNR_GAMMA),
+        "loss": choice(*losses.LOSSES),
         "weight_decay": number(0),
         "adam_eps": number(0, low_open=True),
         "keras_adam_step": boolean,

@@ -75,9 +75,11 @@ def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
 def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor],
                generators: list[torch.Generator], decay: float, ddp: DistributedDataParallel | None = None,
                world: distributed.World = distributed.World(), micro_labels: list[torch.Tensor] | None = None,
-               label_dropout: float = 0.0, hflip: bool = False, min_snr_gamma: float = 0.0) -> torch.Tensor:
-    """The reference's train step over one global batch: noise at uniform random times, L1 noise
-    loss of the online network, an AdamW step, then the EMA update.
+               label_dropout: float = 0.0, hflip: bool = False, min_snr_gamma: float = 0.0, loss: str = "l1"
+               ) -> torch.Tensor:
+    """The reference's train step over one global batch: noise at uniform random times, the noise
+    loss of the online network (`loss`, DiffusionModel.noise_loss's: the reference's L1 by
+    default), an AdamW step, then the EMA update.
 
     micro_batches: this process's (B_micro, C, H, W) batches in [0, 1], one generator each; their
     gradients are averaged (accumulation here, DDP's all-reduce across processes) -> the mean loss
@@ -99,9 +101,9 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
             if hflip:  # drawn last, so the draws before it are a run's without flips
                 images = random_flips(images, generator)
             # in the model's precision (autocast)
-            loss = model.noise_loss(images, noises, times, labels=classes, min_snr_gamma=min_snr_gamma)
-            (loss / len(micro_batches)).backward()
-        total += loss.detach()
+            error = model.noise_loss(images, noises, times, labels=classes, min_snr_gamma=min_snr_gamma, loss=loss)
+            (error / len(micro_batches)).backward()
+        total += error.detach()
     optimizer.step()
     distributed.average_buffers(model.network, world)  # BatchNorm statistics, so the EMA agrees
     model.update_ema(decay)
@@ -445,7 +447,7 @@ def _train(config: Config, sources: Sources, run_dir: Path, world: distributed.W
                 generators = [seeded_generator(tc.seed, p.step, j, device=dev) for j in slots]
                 _set_rates(run.optimizer, config, p.step, last_step)
                 loss = train_step(model, run.optimizer, micro_batches, generators, ema_decay(config, p.step), ddp,
-                                  world, micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma)
+                                  world, micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma, tc.loss)
                 p.step, p.batch_in_epoch, p.losses_since_log = p.step + 1, p.batch_in_epoch + 1, p.losses_since_log + 1
                 seen += tc.batch_size
                 run.running += loss

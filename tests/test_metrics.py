@@ -261,6 +261,20 @@ def test_the_coarse_structure_report_separates_colour_from_layout(flowers32):
     assert blur["swd"][32] > 3 * same["swd"][32] and min(blur["variance_ratios"][5:]) < 0.85
 
 
+def test_the_colour_facts_count_white_pixels_and_a_flower_against_its_ground():
+    bench = load_script("benchmarks", "coarse_structure.py")
+    images = torch.full((4, 3, 32, 32), 40, dtype=torch.uint8)
+    images[0] = 250                                # all white
+    images[1, :, 12:20, 12:20] = 200                # a white square inside the centre (10..22)
+    images[2, 0] = 230                              # red everywhere: not white
+    facts = bench.colour_facts(images)
+    assert facts["white pixels"] == pytest.approx((1 + 64 / 1024) / 4)
+    assert facts["white images"] == 0.25            # the square is 6 % of its image
+    assert facts["red"] == pytest.approx(((250 + 40 + 230 + 40) / 4 + 160 * 64 / 1024 / 4) / 255)
+    centre_share = 64 / 144                         # the square's share of the 12x12 centre
+    assert facts["centre-ground contrast"] == pytest.approx(centre_share * 160 / 255 / 4, rel=1e-5)
+
+
 def test_a_principal_direction_is_named_by_its_channels_and_form():
     bench = load_script("benchmarks", "coarse_structure.py")
     ramp = torch.arange(7.0).expand(7, 7) - 3

@@ -1,5 +1,5 @@
 """Recipe options beyond the reference, each off by default: the learning rate's warm-up and
-cool-down, horizontal flips, min-SNR-gamma loss weights."""
+cool-down, horizontal flips, min-SNR-gamma loss weights, the squared error."""
 import math
 from pathlib import Path
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import load_script
 
-from corolla import cli, schedules
+from corolla import cli, losses, schedules
 from corolla.cli import train as cli_train
 from corolla.config import preset
-from corolla.diffusion import DiffusionModel, min_snr_weights
+from corolla.diffusion import DiffusionModel
 from corolla.generation import seeded_generator
 from corolla.rates import learning_rate
 from corolla.storage import checkpoint
@@ -68,8 +68,8 @@ def test_min_snr_weights_are_min_snr_gamma_over_snr():
     noise_rates, signal_rates = schedule(times)
     snr = (signal_rates / noise_rates) ** 2
     expected = torch.minimum(snr, torch.tensor(5.0)) / snr
-    assert torch.allclose(min_snr_weights(noise_rates, signal_rates, 5.0), expected, rtol=1e-6)
-    assert min_snr_weights(torch.ones(1), torch.zeros(1), 5.0).item() == 1.0  # pure noise: SNR 0
+    assert torch.allclose(losses.min_snr_weights(noise_rates, signal_rates, 5.0), expected, rtol=1e-6)
+    assert losses.min_snr_weights(torch.ones(1), torch.zeros(1), 5.0).item() == 1.0  # pure noise: SNR 0
 
 
 def test_min_snr_gamma_weights_each_images_error_and_zero_is_the_reference_loss():
@@ -80,7 +80,7 @@ def test_min_snr_gamma_weights_each_images_error_and_zero_is_the_reference_loss(
     plain = model.noise_loss(images, noises, times)
     assert torch.equal(model.noise_loss(images, noises, times, min_snr_gamma=0.0), plain)
     noise_rates, signal_rates = model.schedule(times)
-    weights = min_snr_weights(noise_rates, signal_rates, 1.0).flatten()
+    weights = losses.min_snr_weights(noise_rates, signal_rates, 1.0).flatten()
     assert weights[0] < 1 and weights[-1] == 1  # only the nearly clean image is weighted down
     with torch.no_grad():
         normalized = model.normalizer.normalize(images)
@@ -90,12 +90,58 @@ def test_min_snr_gamma_weights_each_images_error_and_zero_is_the_reference_loss(
                         (weights * errors).mean().item(), rel_tol=1e-5)
 
 
+def _predicted(model: DiffusionModel, images: torch.Tensor, noises: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    noise_rates, signal_rates = model.schedule(times)
+    with torch.no_grad():
+        normalized = model.normalizer.normalize(images)
+        return model.denoise(signal_rates * normalized + noise_rates * noises, noise_rates, signal_rates, ema=False)[0]
+
+
+def test_the_squared_error_is_the_mean_square_and_l1_stays_the_references_mean_absolute_error():
+    torch.manual_seed(2)
+    model = DiffusionModel(preset("tiny").unet)
+    torch.nn.init.normal_(model.network.head.weight, std=0.1)  # a prediction other than zeros
+    images, noises = torch.rand(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    times = torch.tensor([0.1, 0.5, 0.9]).view(-1, 1, 1, 1)
+    differences = _predicted(model, images, noises, times) - noises
+    assert model.noise_loss(images, noises, times).item() == pytest.approx(differences.abs().mean().item(), rel=1e-6)
+    squared = model.noise_loss(images, noises, times, loss="mse").item()
+    assert squared == pytest.approx(differences.square().mean().item(), rel=1e-6)
+    assert squared != pytest.approx(differences.abs().mean().item(), rel=1e-2)
+    noise_rates, signal_rates = model.schedule(times)
+    weights = losses.min_snr_weights(noise_rates, signal_rates, 1.0).flatten()
+    assert model.noise_loss(images, noises, times, min_snr_gamma=1.0, loss="mse").item() == pytest.approx(
+        (weights * differences.square().mean(dim=(1, 2, 3))).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown loss 'huber'; choose one of l1, mse"):
+        model.noise_loss(images, noises, times, loss="huber")
+
+
+def test_the_l1_loss_is_least_at_the_median_and_the_squared_error_at_the_mean():
+    """What each loss makes a network predict, on a constant fitted to skewed draws (1 with
+    probability 0.8, else -4: median 1, mean 0): the reason a sampler's ODE wants "mse"."""
+    draws = torch.where(torch.rand(10_000, generator=torch.Generator().manual_seed(0)) < 0.8, 1.0, -4.0)
+    fitted = {}
+    for loss in ("l1", "mse"):
+        constant = torch.zeros((), requires_grad=True)
+        optimizer = torch.optim.Adam([constant], lr=0.05)
+        for _ in range(400):
+            optimizer.zero_grad()
+            losses.errors(constant.expand_as(draws), draws, loss).mean().backward()
+            optimizer.step()
+        fitted[loss] = constant.item()
+    assert fitted["l1"] == pytest.approx(1.0, abs=0.05)
+    assert fitted["mse"] == pytest.approx(draws.mean().item(), abs=0.05)
+
+
 def test_the_command_takes_the_recipe_options_and_refuses_bad_values(capsys):
-    args = cli.parser().parse_args(["train", "--lr-cooldown", "100", "--hflip", "--min-snr-gamma", "5"])
+    args = cli.parser().parse_args(["train", "--lr-cooldown", "100", "--hflip", "--min-snr-gamma", "5",
+                                    "--loss", "mse"])
     train_config = cli_train.train_config(args).train
-    assert (train_config.lr_cooldown, train_config.hflip, train_config.min_snr_gamma) == (100, True, 5.0)
-    assert cli_train.train_config(cli.parser().parse_args(["train"])).train.hflip is False
-    for bad in (["--min-snr-gamma", "-1"], ["--min-snr-gamma", "nan"], ["--lr-cooldown", "-3"]):
+    assert (train_config.lr_cooldown, train_config.hflip, train_config.min_snr_gamma, train_config.loss) == (
+        100, True, 5.0, "mse")
+    plain = cli_train.train_config(cli.parser().parse_args(["train"])).train
+    assert (plain.hflip, plain.loss) == (False, "l1")
+    for bad in (["--min-snr-gamma", "-1"], ["--min-snr-gamma", "nan"], ["--lr-cooldown", "-3"], ["--loss", "huber"]):
         with pytest.raises(SystemExit) as stop:
             cli.parser().parse_args(["train", *bad])
         assert stop.value.code == 2

@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .. import config as configs
-from .. import limits, schedules, warmstart
+from .. import limits, losses, schedules, warmstart
 from ..conditioning import MODULATIONS
 from ..storage import checkpoint, outputs, runfolder
 from .options import (
@@ -89,6 +89,9 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
                    help="mirror each training image left-right with probability 1/2 (default off: the reference)")
     p.add_argument("--min-snr-gamma", type=snr_gamma, metavar="GAMMA",
                    help="weight each image's loss by min(SNR, GAMMA) / SNR (Hang et al. 2023); 0: off, the reference")
+    p.add_argument("--loss", choices=sorted(losses.LOSSES),
+                   help="error of the predicted noise: l1 (the reference's) or mse (squared, as DDPM; its "
+                        "minimum is the mean prediction the samplers assume)")
     p.add_argument("--repetitions", type=whole_number(1, limits.MAX_REPETITIONS),
                    help="times the data set is repeated per epoch")
     p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
