@@ -6,15 +6,15 @@
 MODEL: a shipped model's name or a checkpoint; NAME@G samples a conditional model with each
 image's class drawn at the training mix at guidance G (`corolla sample --random-class --guidance
 G`). Each draws --samples images (DDIM --steps, seed --seed, the model's own eps scale unless
---eps-scale is given); beside them
-the floor, --samples real training photos. Each set is compared with the held-out photos: SWD x1e3
-at every pyramid level (corolla.metrics), then at the coarsest (16 px for 64 px images) with one
-channel at a time, with the luminance alone, and with each channel's histogram matched to the
-photos' (the part colour explains), and the variance of the level's 7x7 patches (SWD's
-descriptors) along the photos' first principal directions, each as a ratio to the photos' and
-named by its pattern (1: as in photos; below 1: less of it). Last, what a viewer sees in those
-numbers: each set's mean colour, its share of white pixels (every channel above 0.7) and of images
-a tenth white or more, and the contrast between an image's centre and its top and bottom rows.
+--eps-scale is given); beside them the floor, --samples real training photos. Each set is compared
+with the held-out photos: SWD x1e3 at every pyramid level (corolla.metrics), then at the coarsest
+(16 px for 64 px images) with one channel at a time, with the luminance alone, and with each
+channel's histogram matched to the photos' (the part colour explains), and the variance of the
+level's 7x7 patches (SWD's descriptors) along the photos' first principal directions, each as a
+ratio to the photos' and named by its pattern (1: as in photos; below 1: less of it). Last, what a
+viewer sees in those numbers: each set's mean colour, its share of white pixels (every channel
+above 0.7) and of images a tenth white or more, and the contrast between an image's centre and its
+top and bottom rows.
 """
 from __future__ import annotations
 
@@ -176,7 +176,8 @@ def main() -> None:
         print(f"| {i + 1}: {direction} | " + " | ".join(f"{row['variance_ratios'][i]:.2f}"
                                                          for row in result["sets"].values()) + " |")
     print("\nwhat a viewer sees: mean colour, white pixels, images a tenth white, centre against ground")
-    print("| images | R / G / B | white pixels | white images | centre-ground contrast |\n| --- | --- | --- | --- | --- |")
+    print("| images | R / G / B | white pixels | white images | centre-ground contrast |\n"
+          "| --- | --- | --- | --- | --- |")
     for name, facts in {"held-out photos": result["photos' colour"],
                         **{name: row["colour"] for name, row in result["sets"].items()}}.items():
         print(f"| {name} | {facts['red']:.3f} / {facts['green']:.3f} / {facts['blue']:.3f} | "
