@@ -31,8 +31,8 @@ class TrainConfig:
     lr_warmup: int | None = None
     lr_cooldown: int = 0          # steps of linear decay to 0 at the end of the run (its last epoch or --max-steps)
     hflip: bool = False           # each training image mirrored left-right with probability 1/2
-    min_snr_gamma: float = 0.0    # > 0: min-SNR-gamma loss weights (corolla.diffusion.min_snr_weights)
-    loss: str = "l1"              # of the noise: "l1" the reference's, "mse" (corolla.diffusion.LOSSES)
+    min_snr_gamma: float = 0.0    # > 0: min-SNR-gamma loss weights (corolla.losses.min_snr_weights)
+    loss: str = "l1"              # of the noise: "l1" the reference's, "mse" (corolla.losses.LOSSES)
     weight_decay: float = 1e-4
     adam_eps: float = 1e-7        # Keras' AdamW default
     # the reference's effective AdamW step: it back-propagates the *sum* of its per-pixel L1 map
