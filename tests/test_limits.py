@@ -36,6 +36,7 @@ def test_every_config_field_has_a_rule_and_every_preset_follows_them():
     ({"train": {"lr": float("inf")}}, "train.lr = inf is not allowed: must be a finite number above 0"),
     ({"train": {"epochs": True}}, "train.epochs = True is not allowed"),
     ({"train": {"keep_best": "loss"}}, "train.keep_best = 'loss' is not allowed: must be one of '', 'swd'"),
+    ({"train": {"loss": "huber"}}, "train.loss = 'huber' is not allowed: must be one of 'l1', 'mse'"),
     ({"unet": UNetConfig(embedding_size=31)}, "unet.embedding_size = 31 is not allowed: must be an even whole number"),
     ({"unet": UNetConfig(widths=(32,) * 7)}, "unet.widths = (32, 32, 32, 32, 32, 32, 32) is not allowed"),
 ])
