@@ -72,6 +72,14 @@ def test_min_snr_weights_are_min_snr_gamma_over_snr():
     assert losses.min_snr_weights(torch.ones(1), torch.zeros(1), 5.0).item() == 1.0  # pure noise: SNR 0
 
 
+def _predicted(model: DiffusionModel, images: torch.Tensor, noises: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """The noise the online network (the one noise_loss trains) predicts for images noised at times."""
+    noise_rates, signal_rates = model.schedule(times)
+    with torch.no_grad():
+        normalized = model.normalizer.normalize(images)
+        return model.denoise(signal_rates * normalized + noise_rates * noises, noise_rates, signal_rates, ema=False)[0]
+
+
 def test_min_snr_gamma_weights_each_images_error_and_zero_is_the_reference_loss():
     torch.manual_seed(1)
     model = DiffusionModel(preset("tiny").unet)
@@ -82,19 +90,9 @@ def test_min_snr_gamma_weights_each_images_error_and_zero_is_the_reference_loss(
     noise_rates, signal_rates = model.schedule(times)
     weights = losses.min_snr_weights(noise_rates, signal_rates, 1.0).flatten()
     assert weights[0] < 1 and weights[-1] == 1  # only the nearly clean image is weighted down
-    with torch.no_grad():
-        normalized = model.normalizer.normalize(images)
-        pred, _ = model.denoise(signal_rates * normalized + noise_rates * noises, noise_rates, signal_rates)
-    errors = (pred - noises).abs().mean(dim=(1, 2, 3))
+    errors = (_predicted(model, images, noises, times) - noises).abs().mean(dim=(1, 2, 3))
     assert math.isclose(model.noise_loss(images, noises, times, min_snr_gamma=1.0).item(),
                         (weights * errors).mean().item(), rel_tol=1e-5)
-
-
-def _predicted(model: DiffusionModel, images: torch.Tensor, noises: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-    noise_rates, signal_rates = model.schedule(times)
-    with torch.no_grad():
-        normalized = model.normalizer.normalize(images)
-        return model.denoise(signal_rates * normalized + noise_rates * noises, noise_rates, signal_rates, ema=False)[0]
 
 
 def test_the_squared_error_is_the_mean_square_and_l1_stays_the_references_mean_absolute_error():
