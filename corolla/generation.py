@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -18,25 +17,12 @@ from .conditioning import DEFAULT_GUIDANCE
 from .data.labels import class_number
 from .diffusion import Denoiser, DiffusionModel
 from .limits import check_evaluation_memory
+from .portable.mix import ClassMix
 from .portable.noise import stream_seed
 from .samplers import SamplingSettings
 
-
-@dataclass(frozen=True)
-class ClassMix:
-    """A class drawn for each image of a conditional model, with chances in proportion to `weights`
-    (one per class): the model sampled as the whole data set rather than one class at a time."""
-    weights: tuple[int, ...]
-
-    @classmethod
-    def of_training(cls, classes: Sequence[str], counts: Sequence[int]) -> ClassMix:
-        """The training set's mix (Config.data.class_counts); equal chances where a run kept no counts."""
-        return cls(tuple(counts) if any(counts) else (1,) * len(classes))
-
-
 # one class (name or number) for all images, one per image, a class drawn per image, or none
 Classes = int | str | Sequence[int | str] | ClassMix | None
-CLASS_DRAW = 1  # the stream (seed, image, CLASS_DRAW) draws a ClassMix's class of an image
 # called after each network evaluation with (evaluations so far, the predicted images in [0, 1] on
 # the CPU), as k-diffusion's samplers call theirs: previews, progress and a server's cancellation
 Callback = Callable[[int, torch.Tensor], None]
@@ -48,7 +34,7 @@ class NotFinite(ValueError):
 
 def seeded_generator(*keys: int, device: str | torch.device = "cpu") -> torch.Generator:
     """The random stream of `keys` (portable.noise.stream_seed): image i of a seed draws from
-    (seed, i), whatever the batch, and its drawn class from (seed, i, CLASS_DRAW); a training
+    (seed, i), whatever the batch, and its drawn class from (seed, i, portable.mix.CLASS_DRAW); a training
     step's micro-batch from (seed, step, slot)."""
     return torch.Generator(device=device).manual_seed(stream_seed(*keys))
 
@@ -93,15 +79,9 @@ def class_labels(model: DiffusionModel, classes: Classes, count: int) -> int | t
 
 
 def drawn_classes(model: DiffusionModel, mix: ClassMix, seed: int, indices: range) -> torch.Tensor:
-    """The classes `mix` draws for images `indices` of `seed` -> (len(indices),) class numbers;
-    image i's from its own stream, so it does not depend on the batch or on how many are drawn."""
-    names = class_names(model)
-    if len(mix.weights) != len(names) or not any(mix.weights):
-        raise ValueError(f"a mix of {len(mix.weights)} class weights for a model of {len(names)} classes: "
-                         f"give one weight per class, not all 0")
-    weights = torch.tensor(mix.weights, dtype=torch.float64)
-    return torch.tensor([int(torch.multinomial(weights, 1, generator=seeded_generator(seed, i, CLASS_DRAW)))
-                         for i in indices], dtype=torch.long)
+    """The classes `mix` draws for images `indices` of `seed` -> (len(indices),) class numbers
+    (portable.mix: image i's from its own stream, the same in the ONNX sampler)."""
+    return torch.tensor(mix.draw(seed, indices, len(class_names(model))), dtype=torch.long)
 
 
 @torch.inference_mode()

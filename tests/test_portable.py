@@ -30,6 +30,7 @@ from corolla import generation  # noqa: E402
 from corolla.cli import main  # noqa: E402
 from corolla.config import preset  # noqa: E402
 from corolla.diffusion import DiffusionModel  # noqa: E402
+from corolla.generation import ClassMix  # noqa: E402
 from corolla.portable import export, folder, noise, sampling  # noqa: E402
 from corolla.samplers import SamplingSettings  # noqa: E402
 from corolla.storage import checkpoint  # noqa: E402
@@ -97,6 +98,7 @@ def test_the_folder_says_what_a_sampler_needs(model, exported):
     # float32 rounding; the noise embedding's sin(2 pi 1000 v) makes it 1e-5 rather than 1e-7
     assert spec["check"]["max_abs_error"] <= 5e-5 and spec["check"]["tolerance"] == export.DEFAULT_TOLERANCE
     assert spec["noise_kernel"] == noise.kernel_for_capability(torch.backends.cpu.get_cpu_capability())
+    assert spec["class_mix"] == []  # an unconditional model draws no classes
 
 
 def test_batchnorm_is_folded_away_and_the_batch_is_free(exported, exported_conditional):
@@ -167,6 +169,11 @@ def test_a_torn_or_altered_folder_is_refused(exported, tmp_path):
     (copy / folder.SAMPLER_FILE).write_text(json.dumps({**_spec(exported), "schedule": "quadratic"}))
     with pytest.raises(folder.FolderError, match="schedule"):
         sampling.load(copy)
+    for mix in ([1, 2], [1, -1, 2], [0, 0, 0], [1, True, 2], [1, 2 ** 60, 1]):  # the conditional export's 3 classes
+        (copy / folder.SAMPLER_FILE).write_text(json.dumps({**_spec(exported), "classes": list(CLASSES),
+                                                            "class_mix": mix}))
+        with pytest.raises(folder.FolderError, match="class_mix is missing or invalid"):
+            sampling.load(copy)
     with pytest.raises(folder.FolderError, match="not an exported corolla model"):
         sampling.load(tmp_path)
 
@@ -212,6 +219,24 @@ def test_onnxruntime_gives_pytorchs_images_of_the_classes_asked(conditional, exp
     if guidance:  # the class changes the image
         unconditional = portable.generate(4, settings, guidance=guidance)
         assert np.abs(got - unconditional).mean() > 0.005
+
+
+def test_onnxruntime_draws_pytorchs_classes_at_a_mix(conditional, exported_conditional, tmp_path, capsys):
+    settings = SamplingSettings(steps=4, seed=2, batch_size=3)
+    mix = ClassMix((3, 0, 1))
+    expected = generation.generate(conditional, 5, settings, image_size=SIZE, classes=mix, guidance=2.0).numpy()
+    portable = sampling.load(exported_conditional, threads=1)
+    assert np.abs(portable.generate(5, settings, classes=mix, guidance=2.0) - expected).max() <= 1 / 255
+    drawn = portable.drawn_classes(mix, 2, range(5))
+    assert drawn == generation.drawn_classes(conditional, mix, 2, range(5)).tolist() and 1 not in drawn
+    # the export keeps the training mix: equal chances for a model whose run counted no images
+    assert portable.training_mix == ClassMix((1, 1, 1)) and _spec(exported_conditional)["class_mix"] == [1, 1, 1]
+    copy = shutil.copytree(exported_conditional, tmp_path / "older")
+    (copy / folder.SAMPLER_FILE).write_text(json.dumps({k: v for k, v in _spec(copy).items() if k != "class_mix"}))
+    assert main(["sample", str(copy), "--random-class", "-n", "1", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "keeps no training mix" in err and "export the model again" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_classes_are_checked_before_any_work(exported, exported_conditional):
@@ -278,8 +303,11 @@ corolla.UNet
 
 
 def _checkpoint(model: DiffusionModel, path: Path) -> Path:
-    """`model` saved as a checkpoint folder, as `corolla export --onnx` reads one."""
-    config = preset("tiny").replace(unet=dict(model.ema_network.config.__dict__), data={"image_size": SIZE})
+    """`model` saved as a checkpoint folder, as `corolla export --onnx` reads one; a conditional
+    model trained on 3, 0 and 1 images of its classes."""
+    counts = (3, 0, 1) if model.ema_network.config.classes else ()
+    config = preset("tiny").replace(unet=dict(model.ema_network.config.__dict__),
+                                    data={"image_size": SIZE, "class_counts": counts})
     return checkpoint.save_pretrained(path, model, config)
 
 
@@ -287,7 +315,8 @@ def _pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
-@pytest.mark.parametrize("classes", [[], ["--class", CLASSES[1], "--class", "0"]], ids=["unconditional", "classes"])
+@pytest.mark.parametrize("classes", [[], ["--class", CLASSES[1], "--class", "0"],
+                                     ["--random-class", "--guidance", "2"]], ids=["unconditional", "classes", "mix"])
 def test_the_command_exports_a_checkpoint_and_samples_the_folder_as_pytorch_does(model, conditional, classes,
                                                                                    tmp_path):
     saved = _checkpoint(conditional if classes else model, tmp_path / "checkpoint")
@@ -301,14 +330,20 @@ def test_the_command_exports_a_checkpoint_and_samples_the_folder_as_pytorch_does
     onnx_grid, torch_grid = _pixels(tmp_path / "onnx.png"), _pixels(tmp_path / "torch.png")
     assert onnx_grid.shape == torch_grid.shape and np.abs(onnx_grid - torch_grid).max() <= 1  # within 1/255
     assert onnx_grid.std() > 5  # images, not a flat grid
-    rows = len(classes) // 2 or 1
+    rows = 2 if "--class" in classes else 1
     assert len(list((tmp_path / "each").glob("*.png"))) == 3 * rows
+    if "--random-class" in classes:  # drawn at the training mix the export keeps, named by class
+        assert _spec(out)["class_mix"] == [3, 0, 1]
+        drawn = generation.drawn_classes(conditional, ClassMix((3, 0, 1)), 2, range(3)).tolist()
+        assert sorted(p.name for p in (tmp_path / "each").iterdir()) == [f"class{c}-{i:05d}.png"
+                                                                          for i, c in enumerate(drawn)]
 
 
 def test_the_commands_refuse_what_an_export_cannot_do_in_one_line(exported, tmp_path, capsys):
     cases = [(["sample", str(exported), "--precision", "bf16"], "--precision is for PyTorch checkpoints"),
              (["sample", str(exported), "--device", "cuda"], "--device is for PyTorch checkpoints"),
              (["sample", str(exported), "--class", "0"], "not class-conditional"),
+             (["sample", str(exported), "--random-class"], "not class-conditional"),
              (["sample", str(exported), "--guidance", "2"], "--guidance needs --class"),
              (["export", str(exported), "--onnx", "--float32", "--out", str(tmp_path / "x")], "always float32"),
              (["export", str(tmp_path / "missing"), "--onnx", "--out", str(tmp_path / "y")], "does not exist")]

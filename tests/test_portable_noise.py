@@ -1,5 +1,6 @@
 """torch's CPU generator in numpy (corolla.portable.noise): the same bits as torch.randn and
-torch.rand, for every size rule of torch's kernel, continued draws and corolla's image streams."""
+torch.rand, for every size rule of torch's kernel, continued draws and corolla's image streams;
+and the class a mix draws (corolla.portable.mix), torch.multinomial's."""
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from corolla import generation
-from corolla.portable import noise
+from corolla.portable import mix, noise
 
 # this machine's torch.randn kernel; the other one is checked in a subprocess below
 KERNEL = noise.kernel_for_capability(torch.backends.cpu.get_cpu_capability())
@@ -39,6 +40,32 @@ def test_continued_draws_and_the_cached_value_follow_torch():
         for shape in sequence:
             assert np.array_equal(_bits(mine.randn(shape)), _bits(torch.randn(shape, generator=g).numpy()))
         assert np.array_equal(mine.uniform(40), torch.rand(40, generator=g).numpy())
+
+
+def test_doubles_are_torchs_and_exponentials_within_one_rounding():
+    for seed in [0, 3, 2 ** 40 + 1]:
+        expected = torch.rand(40, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).numpy()
+        assert np.array_equal(noise.TorchGenerator(seed).uniform64(40), expected)
+        expected = torch.empty(300, dtype=torch.float64).exponential_(generator=torch.Generator().manual_seed(seed))
+        got = noise.TorchGenerator(seed).exponential64(300)
+        assert np.all(np.abs(got - expected.numpy()) <= np.spacing(expected.numpy()))
+
+
+def test_a_mix_draws_torch_multinomials_classes_in_proportion_to_its_weights():
+    """corolla drew with torch.multinomial before portable.mix: the same seeds keep their classes."""
+    flowers = mix.ClassMix(tuple(int(w) for w in np.random.default_rng(0).integers(0, 200, 102)))
+    for weights in [(1, 0, 3), flowers.weights]:
+        drawn = mix.ClassMix(weights).draw(11, range(1500), len(weights))
+        expected = [int(torch.multinomial(torch.tensor(weights, dtype=torch.float64), 1,
+                                          generator=generation.seeded_generator(11, i, mix.CLASS_DRAW)))
+                    for i in range(1500)]
+        assert drawn == expected
+    counts = np.bincount(mix.ClassMix((1, 0, 3)).draw(0, range(4000), 3), minlength=3)
+    assert counts[1] == 0 and abs(counts[2] / 4000 - 0.75) < 0.03  # 0.75 +- 4.4 standard deviations
+    with pytest.raises(ValueError, match="a mix of 3 class weights for a model of 2 classes"):
+        mix.ClassMix((1, 0, 3)).draw(0, range(2), 2)
+    with pytest.raises(ValueError, match="none negative, not all 0"):
+        mix.ClassMix((1, -1)).draw(0, range(2), 2)
 
 
 def test_image_streams_are_generations():

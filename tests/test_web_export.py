@@ -197,11 +197,49 @@ def test_the_page_guides_towards_the_species_asked_as_the_portable_sampler_does(
         unguided = portable.sample_from_noise(initial, STEPS, "dpmpp_2m")
         assert np.abs(got - unguided).mean() > 0.005  # the species changed the images
         # the form offers the species and shows what the query asked
-        assert page.locator("#class option").all_text_contents() == ["(none: unconditional)", *CLASSES]
+        assert page.locator("#class option").all_text_contents() == [
+            "(none: unconditional)", "(every species, at the data set's mix)", *CLASSES]
         assert (page.input_value("#class"), page.input_value("#guidance")) == ("1", "2.5")
         assert page.text_content("#message").endswith(f", {CLASSES[1]} at guidance 2.5")
     finally:
         page.context.close()
+
+
+@pytest.mark.slow
+def test_the_page_draws_each_species_at_the_training_mix_and_guides_it_as_the_portable_sampler(browser, server,
+                                                                                               sites):
+    """random-class: each image's species drawn from the export's class_mix (3, 0, 1: never the
+    second), from its own stream of the page; the images are the portable sampler's for those species."""
+    site = sites / "conditional"
+    initial = write_noise(site)
+    page = open_page(browser, f"{server.url}/conditional/?seed={SEED}&n={COUNT}&steps={STEPS}&random-class"
+                              f"&guidance=2&noise=noise.bin")
+    try:
+        got, labels = page_images(page), page.evaluate("window.corollaLabels")
+        portable = sampling.load(site, threads=1)
+        expected = portable.sample_from_noise(initial, STEPS, labels=np.int64(labels), guidance=2.0)
+        assert np.abs(got - expected).max() <= TOLERANCE
+        assert [page.get_attribute(f"#images canvas >> nth={i}", "title") for i in range(COUNT)] == [
+            CLASSES[label] for label in labels]  # each image says its species
+        assert (page.input_value("#class"), page.text_content("#message").split(", ", 4)[-1]) == (
+            "mix", "every species at the data set's mix at guidance 2")
+        drawn = np.bincount(page.evaluate("""async () => {
+            const {imageClass} = await import('./sampler.js');
+            return Array.from({length: 4000}, (_, i) => imageClass(5, i, [3, 0, 1])); }"""), minlength=3)
+        assert drawn[1] == 0 and abs(drawn[0] / 4000 - 0.75) < 0.03  # 0.75 +- 4.4 standard deviations
+        assert page.evaluate("""async () => {
+            const {imageClass} = await import('./sampler.js');
+            return [imageClass(5, 7, [3, 0, 1]), imageClass(5, 7, [3, 0, 1])]; }""") in ([0, 0], [2, 2])  # seeded
+    finally:
+        page.context.close()
+    for where, message in (("tiny/?seed=0&n=1&random-class", "this model is not class-conditional"),
+                           (f"conditional/?seed=0&n=1&random-class&class={CLASSES[0]}", "not both")):
+        page = open_page(browser, f"{server.url}/{where}")
+        try:
+            assert page.evaluate("document.body.dataset.state") == "error"
+            assert message in page.text_content("#message.error")
+        finally:
+            page.context.close()
 
 
 @pytest.mark.slow

@@ -95,8 +95,7 @@ def run_sample(args) -> int:
 
     def named(first: int, count: int, prefix: str):
         """Files named by class: a drawn class (--random-class) names each image's own."""
-        return [f"class{c}-" for c in drawn_classes(model, mix, settings.seed, range(first, first + count))] \
-            if mix else prefix
+        return drawn_prefixes(drawn_classes(model, mix, settings.seed, range(first, first + count))) if mix else prefix
     kept = []
     for row, (number, prefix) in enumerate(zip(rows, prefixes)):
         def batch_made(first: int, images, prefix=prefix, row=row) -> None:
@@ -121,6 +120,11 @@ def run_sample(args) -> int:
     return 0
 
 
+def drawn_prefixes(classes) -> list[str]:
+    """Each image's file prefix where its class was drawn: classC- (as --class names a row's)."""
+    return [f"class{int(c)}-" for c in classes]
+
+
 def _sample_exported(args) -> int:
     """`corolla sample DIR` of a `corolla export --onnx` folder: the same images, on onnxruntime
     (corolla.portable.sampling) instead of PyTorch; its PNGs carry no recipe."""
@@ -132,9 +136,6 @@ def _sample_exported(args) -> int:
         if getattr(args, name) != default:
             raise ValueError(f"--{name} is for PyTorch checkpoints: {args.checkpoint} is an ONNX export, which "
                              f"runs on onnxruntime in float32")
-    if args.random_class:  # an export keeps the class names, not how many images trained each
-        raise ValueError(f"--random-class is for PyTorch checkpoints: {args.checkpoint} is an ONNX export, which "
-                         f"keeps no class counts; give --class")
     try:
         from ..portable import sampling
         model = sampling.load(args.checkpoint)
@@ -144,6 +145,7 @@ def _sample_exported(args) -> int:
     grid, each = _checked_request(args)
     settings = sampling_settings(args)
     rows = [model.class_labels(name, 1)[0] for name in args.classes] if args.classes else [None]
+    mix = model.training_mix if args.random_class else None
     if grid is not None:
         limits.check_held_images(args.num_images * len(rows), model.spec.image_size,
                                  HELD_WHY, model.spec.channels)
@@ -153,11 +155,13 @@ def _sample_exported(args) -> int:
     for number in rows:
         prefix = "" if number is None else f"class{number}-"
         for first, images in model.generate_batches(args.num_images, settings,
-                                                    classes=None if number is None else int(number),
+                                                    classes=mix or (None if number is None else int(number)),
                                                     guidance=args.guidance):
             images = torch.from_numpy(images)
             if each is not None:
-                save_each(images, each, start=first, prefix=prefix)
+                names = drawn_prefixes(model.drawn_classes(mix, settings.seed, range(first, first + len(images)))) \
+                    if mix else prefix
+                save_each(images, each, start=first, prefix=names)
             if grid is not None:
                 kept.append(images)
             bar.update(len(images))

@@ -266,7 +266,7 @@ def _export_onnx(args) -> int:
     from ..portable.export import export_onnx
     from ..warmstart import source_path
     model, config = checkpoint.load_model(source_path(args.checkpoint))
-    print(f"wrote {export_onnx(model, out, config.data.image_size)}")
+    print(f"wrote {export_onnx(model, out, config.data.image_size, class_counts=config.data.class_counts)}")
     return 0
 
 
@@ -279,6 +279,6 @@ def _export_web(args) -> int:
     from ..portable import web
     from ..warmstart import source_path
     model, config = checkpoint.load_model(source_path(args.checkpoint))
-    folder = web.build(model, out, config.data.image_size, args.ort)
+    folder = web.build(model, out, config.data.image_size, args.ort, config.data.class_counts)
     print(f"wrote {folder}: serve it with any static file server, e.g. python -m http.server -d {folder}")
     return 0

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from ..storage.atomic import replacing
 from ..storage.checkpoint import model_tensors
 from ..unet import UNet
 from . import folder, noise
+from .mix import ClassMix
 
 DEFAULT_TOLERANCE = 1e-4  # of the largest |predicted noise| (at least 1): float32 rounding is ~1e-6
 EXPORT_BATCH, CHECK_BATCH = 2, 3  # the example batch and a different one, to check the free batch size
@@ -125,11 +126,12 @@ def onnx_error(onnx_bytes: bytes, network: UNet, image_size: int) -> float:
 
 
 def export_onnx(model: DiffusionModel, out_dir: str | os.PathLike, image_size: int,
-                tolerance: float = DEFAULT_TOLERANCE) -> Path:
+                tolerance: float = DEFAULT_TOLERANCE, class_counts: Sequence[int] = ()) -> Path:
     """Write denoiser.onnx and sampler.json for `model` at `image_size` into `out_dir` (made if
-    missing; earlier exports there are replaced) -> out_dir. Refuses with a ValueError, writing
-    nothing, when onnxruntime's predictions differ from PyTorch's beyond `tolerance` (module
-    docstring)."""
+    missing; earlier exports there are replaced) -> out_dir. class_counts: a conditional model's
+    training images of each class (Config.data.class_counts), kept as sampler.json's class_mix.
+    Refuses with a ValueError, writing nothing, when onnxruntime's predictions differ from
+    PyTorch's beyond `tolerance` (module docstring)."""
     unet = model.ema_network
     if image_size < 1 or image_size % 2 ** len(unet.config.widths):
         raise ValueError(f"image_size {image_size} must be a positive multiple of {2 ** len(unet.config.widths)} "
@@ -146,6 +148,7 @@ def export_onnx(model: DiffusionModel, out_dir: str | os.PathLike, image_size: i
         mean=tuple(model.normalizer.mean.flatten().tolist()),
         variance=tuple(model.normalizer.variance.flatten().tolist()),
         classes=tuple(unet.config.classes), guidance=DEFAULT_GUIDANCE, eps_scale=model.eps_scale,
+        class_mix=ClassMix.of_training(unet.config.classes, class_counts).weights if unet.config.classes else (),
         noise_kernel=noise.kernel_for_capability(torch.backends.cpu.get_cpu_capability()),
         model_sha256=model_sha256(model), onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(), opset=opset,
         check={"max_abs_error": error, "tolerance": tolerance, "batch": CHECK_BATCH},

@@ -11,6 +11,9 @@ sampler.json (format "corolla-onnx", version 1):
     classes           the class names of a conditional model ([] for an unconditional one); the
                       network's input `labels` takes their numbers, and len(classes) is the null label
     guidance          the default classifier-free guidance of a conditional model
+    class_mix         a conditional model's training images of each class (corolla.portable.mix:
+                      the weights `--random-class` draws each image's class with); [] for an
+                      unconditional model, absent in exports written before it
     eps_scale         the default epsilon scale (corolla.samplers.scaled_noise; the model's
                       Config.sampling); absent in exports written before it: 1
     noise_kernel      the torch.randn kernel of the exporting machine (corolla.portable.noise), so
@@ -64,6 +67,7 @@ class SamplerSpec:
     check: dict
     exporter: dict
     eps_scale: float = 1.0
+    class_mix: tuple[int, ...] = ()
 
     @property
     def null_label(self) -> int:
@@ -126,6 +130,8 @@ def _spec(raw, path: Path) -> SamplerSpec:
         return tuple(float(v) for v in values)
 
     classes = field("classes", list, lambda names: all(isinstance(n, str) for n in names))
+    counts = lambda mix: (not mix or len(mix) == len(classes) and any(mix)
+                          and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 2 ** 53 for n in mix))
     low, high = samplers.EPS_SCALES
     return SamplerSpec(
         schedule=field("schedule", str, lambda name: name in schedules.SCHEDULES),
@@ -137,4 +143,5 @@ def _spec(raw, path: Path) -> SamplerSpec:
         model_sha256=field("model_sha256", str), onnx_sha256=field("onnx_sha256", str),
         opset=field("opset", int), check=field("check", dict), exporter=field("exporter", dict),
         eps_scale=float(field("eps_scale", (int, float), lambda scale: low <= scale <= high)
-                        if "eps_scale" in raw else 1.0))
+                        if "eps_scale" in raw else 1.0),
+        class_mix=tuple(field("class_mix", list, counts) if "class_mix" in raw else ()))

@@ -81,13 +81,24 @@ class TorchGenerator:
             out[-BLOCK:] = box_muller(self.uniform(BLOCK).reshape(1, BLOCK)).ravel()
         return out.reshape(shape)
 
+    def uniform64(self, count: int) -> np.ndarray:
+        """`count` float64 uniforms in [0, 1), as torch's doubles: 53 bits of two outputs (the first high)."""
+        raw = self._uint32(2 * count).astype(np.uint64)
+        bits = (raw[0::2] << np.uint64(32) | raw[1::2]) & np.uint64(2 ** 53 - 1)
+        return bits.astype(np.float64) * 2.0 ** -53
+
+    def exponential64(self, count: int) -> np.ndarray:
+        """`count` float64 Exp(1) draws, as torch.empty(count, dtype=torch.float64).exponential_():
+        -log1p(-u) of uniform64's u, where torch's vectorised log1p may round to the neighbouring
+        double (1 in 14 values, never further)."""
+        return -np.log1p(-self.uniform64(count))
+
     def _normal64(self) -> float:
         """torch's at::normal_distribution<double>: two 53-bit uniforms per pair of values."""
         if self._next_normal is not None:
             value, self._next_normal = self._next_normal, None
             return value
-        u1, u2 = (((int(hi) << 32 | int(lo)) & (2 ** 53 - 1)) * 2.0 ** -53
-                  for hi, lo in self._uint32(4).reshape(2, 2))
+        u1, u2 = (float(u) for u in self.uniform64(2))
         radius = math.sqrt(-2.0 * math.log1p(-u2))
         theta = 2.0 * math.pi * u1
         self._next_normal = radius * math.sin(theta)

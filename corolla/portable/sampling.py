@@ -5,13 +5,15 @@
     model = sampling.load("exported/")               # a folder written by corolla.portable.export
     images = model.generate(8)                       # (8, C, H, W) float32 in [0, 1]: 20 DDIM steps, seed 0
     images = model.generate(8, SamplingSettings(steps=10, sampler="dpmpp_2m"), classes="sunflower", guidance=3.0)
+    images = model.generate(8, classes=model.training_mix)  # each image's class drawn at the training mix
 
 The samplers and grids are corolla's own (corolla.samplers, corolla.schedules), run on numpy
 arrays; the network is denoiser.onnx in an onnxruntime session; image i of a seed starts from
 the noise PyTorch gives it (corolla.portable.noise), and stochastic DDIM (eta > 0) continues
 that image's stream. So the images are PyTorch's float32 images for the same arguments, to
 within 1/255 (tests/test_portable.py), as corolla.generate gives them: batches do not change an
-image, and a class asked of a conditional model draws nothing.
+image, a class asked of a conditional model draws nothing, and a class drawn at a mix is the one
+PyTorch draws (corolla.portable.mix).
 
 Dependencies: numpy and onnxruntime (CPU; the CUDA provider where onnxruntime-gpu is installed,
 whose TF32 convolutions may round more than 1/255 away). Importing corolla.portable.sampling
@@ -28,8 +30,9 @@ import numpy as np
 from .. import samplers, schedules
 from ..samplers import SamplingSettings
 from . import folder, noise
+from .mix import ClassMix
 
-Classes = int | str | Sequence[int | str] | None  # as corolla.generation.Classes
+Classes = int | str | Sequence[int | str] | ClassMix | None  # as corolla.generation.Classes
 
 
 class NotFinite(ValueError):
@@ -59,6 +62,17 @@ class PortableModel:
         shape = (1, self.spec.channels, 1, 1)
         self.mean = np.asarray(self.spec.mean, np.float32).reshape(shape)
         self.variance = np.asarray(self.spec.variance, np.float32).reshape(shape)
+
+    @property
+    def training_mix(self) -> ClassMix:
+        """The mix of classes the model was trained on (sampler.json's class_mix), as `corolla sample
+        --random-class` draws them; a ValueError where the export has none."""
+        if not self.spec.classes:
+            raise ValueError("this model is not class-conditional: sample it without classes")
+        if not self.spec.class_mix:
+            raise ValueError("this export keeps no training mix (it was written before corolla exported one): "
+                             "export the model again, or give classes")
+        return ClassMix(self.spec.class_mix)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -126,7 +140,8 @@ class PortableModel:
                          classes: Classes = None, guidance: float | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """generate() one batch at a time -> (index of the batch's first image, its images)."""
         s = settings
-        wanted = self.class_labels(classes, num_images)  # checked before any work
+        wanted = (np.array(self.drawn_classes(classes, s.seed, range(start, start + num_images)), np.int64)
+                  if isinstance(classes, ClassMix) else self.class_labels(classes, num_images))  # checked first
         for first in range(start, start + num_images, s.batch_size):
             indices = range(first, min(first + s.batch_size, start + num_images))
             generators = [noise.image_generator(s.seed, i, self.spec.noise_kernel) for i in indices]
@@ -140,9 +155,16 @@ class PortableModel:
         """Images start..start+num_images-1 of settings.seed -> (num_images, C, H, W) float32 in
         [0, 1]: corolla.generate's arguments and images (the same settings.time_grid). classes: one
         class (name or number) for every image or one per image, of a conditional model; None
-        samples unconditionally."""
+        samples unconditionally; a ClassMix draws each image's class (training_mix: as `corolla sample
+        --random-class`)."""
         return np.concatenate([images for _, images in self.generate_batches(
             num_images, settings, start=start, classes=classes, guidance=guidance)])
+
+    def drawn_classes(self, mix: ClassMix, seed: int, indices: Sequence[int]) -> list[int]:
+        """The classes `mix` draws for images `indices` of `seed`, as corolla.generation.drawn_classes."""
+        if not self.spec.classes:
+            raise ValueError("this model is not class-conditional: sample it without classes")
+        return mix.draw(seed, indices, len(self.spec.classes))
 
     def class_labels(self, classes: Classes, count: int) -> np.ndarray | None:
         """`classes` as generate takes them -> None or (count,) int64 class numbers."""

@@ -26,6 +26,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -137,9 +138,11 @@ def _copy_package(path: Path, dest: Path) -> None:
             raise ValueError(f"--ort {path}: cannot copy dist/{name} ({error.strerror or error})") from None
 
 
-def build(model, out: str | os.PathLike, image_size: int, ort: str | os.PathLike | None = None) -> Path:
+def build(model, out: str | os.PathLike, image_size: int, ort: str | os.PathLike | None = None,
+          class_counts: Sequence[int] = ()) -> Path:
     """Write the web folder for `model` (a DiffusionModel) into `out` -> out: onnxruntime-web is
-    fetched or read first, so that a failure writes nothing; then the export, the page and the runtime."""
+    fetched or read first, so that a failure writes nothing; then the export (class_counts:
+    export_onnx's), the page and the runtime."""
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="corolla-ort-") as staging:
         source = Path(staging)
@@ -147,7 +150,7 @@ def build(model, out: str | os.PathLike, image_size: int, ort: str | os.PathLike
             source = cached_ort()
         else:
             given_ort(ort, source)
-        export_onnx(model, out, image_size)
+        export_onnx(model, out, image_size, class_counts=class_counts)
         for written in ORT_FILES.values():
             shutil.copyfile(source / written, out / written)
     page = resources.files("corolla.portable") / "web"

@@ -1,15 +1,18 @@
 // The page: loads sampler.json and denoiser.onnx (onnxruntime-web, WASM on the CPU), reads the form,
 // samples with sampler.js and draws the predicted images after every step.
-// A query ?seed=S&n=N&steps=K[&sampler=NAME][&class=NAME][&guidance=G][&noise=FILE] generates at
-// load; noise=FILE (float32 little-endian, N x C x H x W, on this server) replaces the page's own
-// initial noise, so that a test can start from the noise corolla's Python sampler starts from.
-// body[data-state] tells a test where the page is: loading, ready, running, done or error; when
-// done, window.corollaImages holds the images (Float32Array, N x C x H x W, in [0, 1]).
-import {DEFAULT_GRID, GRIDS, SAMPLERS, SCHEDULES, imageNoise} from "./sampler.js";
+// A query ?seed=S&n=N&steps=K[&sampler=NAME][&class=NAME|&random-class][&guidance=G][&noise=FILE]
+// generates at load; random-class draws each image's species at the training mix (sampler.json's
+// class_mix), as `corolla sample --random-class`; noise=FILE (float32 little-endian, N x C x H x W,
+// on this server) replaces the page's own initial noise, so that a test can start from the noise
+// corolla's Python sampler starts from. body[data-state] tells a test where the page is: loading,
+// ready, running, done or error; when done, window.corollaImages holds the images (Float32Array,
+// N x C x H x W, in [0, 1]) and window.corollaLabels each image's class (null: unconditional).
+import {DEFAULT_GRID, GRIDS, SAMPLERS, SCHEDULES, imageClass, imageNoise} from "./sampler.js";
 
 const BATCH = 8;  // images sampled together: previews of a batch at once, bounded memory
 const LIMITS = {seed: [0, 4294967295], count: [1, 64], steps: [1, 1000]};
 const MAX_GUIDANCE = 100;  // corolla.limits.MAX_GUIDANCE
+const MIX = "mix";  // the class menu's value for a species drawn per image (species' values are numbers)
 const $ = (id) => document.getElementById(id);
 
 let spec, session;
@@ -36,6 +39,7 @@ async function load() {
   session = await ort.InferenceSession.create("denoiser.onnx", {executionProviders: ["wasm"]});
   if (spec.classes.length) {
     $("class").append(new Option("(none: unconditional)", ""),
+                      ...(spec.class_mix?.length ? [new Option("(every species, at the data set's mix)", MIX)] : []),
                       ...spec.classes.map((name, number) => new Option(name, String(number))));
     $("class").value = "0";
     $("guidance").value = String(spec.guidance);
@@ -55,16 +59,12 @@ function wholeNumber(text, name) {
 // the form (or the query) -> the run's settings; RangeError with what is allowed
 function settings(fields) {
   const run = {seed: wholeNumber(fields.seed, "seed"), count: wholeNumber(fields.count, "count"),
-               steps: wholeNumber(fields.steps, "steps"), sampler: fields.sampler, label: null,
+               steps: wholeNumber(fields.steps, "steps"), sampler: fields.sampler, labels: null, mix: Boolean(fields.mix),
                guidance: spec.guidance, noise: fields.noise || null};
   if (!SAMPLERS[run.sampler]) throw new RangeError(`sampler must be one of ${Object.keys(SAMPLERS).join(", ")}`);
-  if (fields.label) {
+  if (fields.label || fields.mix) {
     if (!spec.classes.length) throw new RangeError("this model is not class-conditional: it takes no species");
-    const byName = spec.classes.indexOf(fields.label);
-    run.label = byName >= 0 ? byName : Number(fields.label);
-    if (!Number.isInteger(run.label) || run.label < 0 || run.label >= spec.classes.length) {
-      throw new RangeError(`unknown species ${fields.label}`);
-    }
+    run.labels = fields.mix ? drawnLabels(run, fields.label) : new Array(run.count).fill(speciesNumber(fields.label));
     if (fields.guidance !== undefined && fields.guidance !== "") run.guidance = Number(fields.guidance);
     if (!(run.guidance >= 0 && run.guidance <= MAX_GUIDANCE)) {
       throw new RangeError(`guidance must be a number from 0 to ${MAX_GUIDANCE}; 1 is the conditional model alone`);
@@ -73,9 +73,27 @@ function settings(fields) {
   return run;
 }
 
+function speciesNumber(label) {  // a species by name or number -> its number
+  const byName = spec.classes.indexOf(label), number = byName >= 0 ? byName : Number(label);
+  if (!Number.isInteger(number) || number < 0 || number >= spec.classes.length) {
+    throw new RangeError(`unknown species ${label}`);
+  }
+  return number;
+}
+
+function drawnLabels(run, label) {  // each image's species drawn at the training mix
+  if (label) throw new RangeError("give one species or random-class, not both");
+  if (!spec.class_mix?.length) {
+    throw new RangeError("this export keeps no training mix of species (it was written before corolla exported " +
+                         "one): export the model again, or choose a species");
+  }
+  return Array.from({length: run.count}, (_, i) => imageClass(run.seed, i, spec.class_mix));
+}
+
 function formFields() {
+  const chosen = $("class-field").hidden ? "" : $("class").value;
   return {seed: $("seed").value, count: $("count").value, steps: $("steps").value, sampler: $("sampler").value,
-          label: $("class-field").hidden ? "" : $("class").value, guidance: $("guidance").value};
+          label: chosen === MIX ? "" : chosen, mix: chosen === MIX, guidance: $("guidance").value};
 }
 
 // the network on a batch; labels (BigInt64Array) for a conditional model
@@ -91,11 +109,12 @@ async function predictNoise(x, noiseRate, labels) {
   return output.pred_noises.data;
 }
 
-// the denoiser a sampler calls, guided as corolla.portable.sampling.PortableModel.denoiser guides
-function denoiser(batch, label, guidance) {
+// the denoiser a sampler calls, guided as corolla.portable.sampling.PortableModel.denoiser guides;
+// chosen: each image's class, or null (unconditional)
+function denoiser(batch, chosen, guidance) {
   const nulls = new BigInt64Array(batch).fill(BigInt(spec.classes.length));
-  const labels = label === null ? nulls : new BigInt64Array(batch).fill(BigInt(label));
-  const mixing = label !== null && guidance !== 0 && guidance !== 1;
+  const labels = chosen === null ? nulls : BigInt64Array.from(chosen, BigInt);
+  const mixing = chosen !== null && guidance !== 0 && guidance !== 1;
   return async (x, noiseRate, signalRate) => {
     let predNoises;
     if (mixing) {
@@ -173,9 +192,10 @@ async function generate(run) {
   $("download").hidden = true;
   const imageSize = spec.channels * spec.image_size * spec.image_size;
   const noise = await initialNoise(run);
-  const canvases = Array.from({length: run.count}, () => {
+  const canvases = Array.from({length: run.count}, (_, i) => {
     const canvas = document.createElement("canvas");
     canvas.width = canvas.height = spec.image_size;
+    if (run.labels !== null) canvas.title = spec.classes[run.labels[i]];  // which species, on hovering
     return canvas;
   });
   $("images").replaceChildren(...canvases);
@@ -191,13 +211,16 @@ async function generate(run) {
       await nextFrame();
     };
     const x = noise.slice(first * imageSize, (first + batch) * imageSize);
-    const images = await SAMPLERS[run.sampler](denoiser(batch, run.label, run.guidance), schedule, x, times, show);
+    const chosen = run.labels === null ? null : run.labels.slice(first, first + batch);
+    const images = await SAMPLERS[run.sampler](denoiser(batch, chosen, run.guidance), schedule, x, times, show);
     result.set(denormalize(images), first * imageSize);
   }
   window.corollaImages = result;
+  window.corollaLabels = run.labels;
   await offerDownload(canvases, run);
   say(`done: ${run.count} images, seed ${run.seed}, ${run.steps} steps, ${run.sampler}` +
-      (run.label === null ? "" : `, ${spec.classes[run.label]} at guidance ${run.guidance}`));
+      (run.labels === null ? "" : `, ${run.mix ? "every species at the data set's mix" : spec.classes[run.labels[0]]}` +
+       ` at guidance ${run.guidance}`));
   setState("done");
 }
 
@@ -234,12 +257,13 @@ async function attempt(work) {
 function fromQuery(query) {  // the query's fields, shown in the form too
   const fields = {seed: query.get("seed") ?? "0", count: query.get("n") ?? "4", steps: query.get("steps") ?? "20",
                   sampler: query.get("sampler") ?? "ddim", label: query.get("class") ?? "",
-                  guidance: query.get("guidance") ?? "", noise: query.get("noise")};
+                  mix: query.has("random-class"), guidance: query.get("guidance") ?? "", noise: query.get("noise")};
   $("seed").value = fields.seed;
   $("count").value = fields.count;
   $("steps").value = fields.steps;
   if (SAMPLERS[fields.sampler]) $("sampler").value = fields.sampler;
   if (spec.classes.includes(fields.label)) $("class").value = String(spec.classes.indexOf(fields.label));
+  if (fields.mix && spec.class_mix?.length) $("class").value = MIX;
   if (fields.guidance) $("guidance").value = fields.guidance;
   return fields;
 }

@@ -146,6 +146,21 @@ function xoshiro128(seed, index) {
   };
 }
 
+// The class of image `index` of `seed` drawn with chances in proportion to `weights` (sampler.json's
+// class_mix): one uniform against the cumulative weights, from the stream of image index + 2^31,
+// which no image's noise uses (the page makes at most 64), so a drawn class never moves the noise.
+export function imageClass(seed, index, weights) {
+  const next = xoshiro128(seed >>> 0, (index + 0x80000000) >>> 0);
+  const total = weights.reduce((sum, weight) => sum + weight, 0);
+  const target = (next() / 4294967296) * total;
+  let cumulative = 0;
+  for (let c = 0; c < weights.length; c++) {
+    cumulative += weights[c];
+    if (target < cumulative) return c;
+  }
+  return weights.findLastIndex((weight) => weight > 0);  // where rounding reached the total
+}
+
 export function imageNoise(seed, index, size) {
   const next = xoshiro128(seed >>> 0, index >>> 0);
   const uniform = () => (next() + 0.5) / 4294967296;  // in (0, 1): log never sees 0
