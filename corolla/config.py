@@ -68,7 +68,8 @@ class SamplingConfig:
     """How the model is best drawn from when a command or caller does not say: not part of the
     weights (a checkpoint's weights are checked against every other section), so a released model's
     config.json may set it after measuring."""
-    eps_scale: float = 1.0        # samplers.scaled_noise's divisor; 1 is the reference's sampling
+    eps_scale: float = 1.0        # samplers.scaled_noise's divisor for DDIM; 1 is the reference's sampling
+    multistep_eps_scale: float | None = None  # dpmpp_2m's, dpmpp_3m's and unipc's; None: eps_scale
 
 
 @dataclass(frozen=True)

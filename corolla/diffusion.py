@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import conditioning, losses, schedules
+from . import conditioning, losses, samplers, schedules
 from . import precision as precisions
 from .folding import fold_batchnorm
 from .unet import UNet, UNetConfig
@@ -59,10 +59,10 @@ class Normalizer(nn.Module):
 
 class DiffusionModel(nn.Module):
     """Holds the trained network, its EMA copy, the normaliser and the schedule's name, and the
-    epsilon scale it is sampled with unless a caller chooses one (Config.sampling)."""
+    epsilon scales it is sampled with unless a caller chooses one (Config.sampling)."""
 
     def __init__(self, unet: UNetConfig = UNetConfig(), schedule: str = "offset_cosine",
-                 ema_init: str = "copy", eps_scale: float = 1.0):
+                 ema_init: str = "copy", eps_scale: float = 1.0, multistep_eps_scale: float | None = None):
         super().__init__()
         self.network = UNet(unet)
         if ema_init == "copy":
@@ -77,13 +77,17 @@ class DiffusionModel(nn.Module):
         self.schedule_name = schedule
         self.schedule = schedules.get(schedule)
         self.eps_scale = eps_scale
+        self.multistep_eps_scale = multistep_eps_scale
         self._channels_last = False
         self.precision = "fp32"
         self._forward: dict[bool, Callable] = {}  # compiled or folded forwards, keyed by `ema`; not submodules
 
-    def sampling_eps_scale(self, chosen: float | None) -> float:
-        """The epsilon scale images are drawn at: `chosen` (a command's --eps-scale), else the model's own."""
-        return self.eps_scale if chosen is None else chosen
+    def sampling_eps_scale(self, chosen: float | None, sampler: str = "ddim") -> float:
+        """The epsilon scale images are drawn at with `sampler`: `chosen` (a command's --eps-scale),
+        else the model's own for that sampler (samplers.own_eps_scale)."""
+        if chosen is not None:
+            return chosen
+        return samplers.own_eps_scale(sampler, self.eps_scale, self.multistep_eps_scale)
 
     def accelerate(self, channels_last: bool = False, compile: bool = False,
                    compile_ema: bool = False, precision: str | None = None,

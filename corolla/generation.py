@@ -110,7 +110,7 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
         noise_fn = lambda: draw_noise(generators, tuple(noise.shape[1:]), device)
     run = samplers.get(sampler)
     denoise = samplers.scaled_noise(model.ema_denoiser(None if labels is None else labels.to(device), guidance),
-                                    model.sampling_eps_scale(eps_scale))
+                                    model.sampling_eps_scale(eps_scale, sampler))
     if callback is not None or guard is not None:
         denoise = _watched(denoise, model, callback, guard)
     pred_images = run(denoise, model.schedule, noise.to(device), times, eta=eta, noise_fn=noise_fn)

@@ -295,6 +295,15 @@ def test_the_sampling_section_says_how_to_draw_and_may_change_beside_the_weights
     (good_checkpoint / "config.json").write_text(json.dumps(raw))
     with pytest.raises(checkpoint.CheckpointError, match="sampling.eps_scale = 3 is not allowed"):
         checkpoint.load_model(good_checkpoint)
+    raw["sampling"] = {"eps_scale": 1.01, "multistep_eps_scale": 1.02}
+    (good_checkpoint / "config.json").write_text(json.dumps(raw))
+    model = checkpoint.load_model(good_checkpoint)[0]
+    assert (model.sampling_eps_scale(None), model.sampling_eps_scale(None, "unipc")) == (1.01, 1.02)
+    raw["sampling"] = {"multistep_eps_scale": "1.02"}
+    (good_checkpoint / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(checkpoint.CheckpointError, match="sampling.multistep_eps_scale = '1.02' is not allowed"):
+        checkpoint.load_model(good_checkpoint)
+    _edit_config(good_checkpoint, "sampling", "multistep_eps_scale", None)
     _edit_config(good_checkpoint, "sampling", "eps_scale", 1.0)
     _edit_config(good_checkpoint, "train", "seed", 7)  # every other section must still match
     with pytest.raises(checkpoint.CheckpointError, match="train.seed: 0 in the weights, 7 in config.json"):

@@ -83,6 +83,19 @@ def test_epsilon_scaling_is_threaded_to_the_sampler(model, monkeypatch):
     assert torch.equal(_generate(model), scaled) and torch.equal(_generate(model, eps_scale=1.0), plain)
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m", "unipc"])
+def test_the_multistep_samplers_take_the_model_s_own_multistep_scale(model, monkeypatch, sampler):
+    """Config.sampling.multistep_eps_scale is the multistep samplers' default (samplers.own_eps_scale);
+    DDIM keeps eps_scale, and a model without one samples every sampler at eps_scale."""
+    at = lambda scale, kind=sampler: _generate(model, sampler=kind, eps_scale=scale)
+    monkeypatch.setattr(model, "eps_scale", 1.01)
+    assert model.multistep_eps_scale is None and torch.equal(_generate(model, sampler=sampler), at(1.01))
+    monkeypatch.setattr(model, "multistep_eps_scale", 1.05)
+    assert torch.equal(_generate(model, sampler=sampler), at(1.05)) and torch.equal(_generate(model), at(1.01, "ddim"))
+    assert (at(1.05) - at(1.01)).abs().mean().item() > 0.003  # the scale changes the images
+    assert torch.equal(_generate(model, sampler=sampler, eps_scale=1.0), at(1.0))  # a chosen scale wins
+
+
 def test_grid_is_threaded_to_the_sampler(model):
     # generate == the sampler called by hand on the named grid, the EMA network and seeded noise
     noise = initial_noise(3, range(8), (3, SIZE, SIZE))

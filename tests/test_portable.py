@@ -196,12 +196,18 @@ def test_onnxruntime_scales_the_noise_as_pytorch_does(model, exported, tmp_path)
     assert np.abs(sampling.load(exported, threads=1).generate(4, settings) - expected).max() <= 1 / 255
     # the export carries the model's own scale, the default where settings leave it None
     spec = json.loads((Path(exported) / folder.SAMPLER_FILE).read_text())
-    assert spec["eps_scale"] == model.eps_scale == 1.0
+    assert spec["eps_scale"] == model.eps_scale == 1.0 and spec["multistep_eps_scale"] is None
     copy = tmp_path / "scaled"
     shutil.copytree(exported, copy)
     (copy / folder.SAMPLER_FILE).write_text(json.dumps({**spec, "eps_scale": 1.05}))
     got = sampling.load(copy, threads=1).generate(4, replace(settings, eps_scale=None))
     assert np.abs(got - expected).max() <= 1 / 255
+    # the multistep samplers' own scale, where the export has one (DDIM keeps eps_scale)
+    (copy / folder.SAMPLER_FILE).write_text(json.dumps({**spec, "eps_scale": 1.0, "multistep_eps_scale": 1.05}))
+    multistep = sampling.load(copy, threads=1)
+    assert np.abs(multistep.generate(4, replace(settings, eps_scale=None)) - expected).max() <= 1 / 255
+    ddim = replace(settings, sampler="ddim", eps_scale=None)
+    assert np.array_equal(multistep.generate(4, ddim), sampling.load(exported, threads=1).generate(4, ddim))
     del spec["eps_scale"]  # an export written before the field: the plain sampler
     (copy / folder.SAMPLER_FILE).write_text(json.dumps(spec))
     got = sampling.load(copy, threads=1).generate(4, replace(settings, eps_scale=None))

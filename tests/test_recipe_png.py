@@ -77,6 +77,14 @@ def test_a_recipe_records_the_model_s_own_eps_scale(conditional, tmp_path):
                          "--out", str(tmp_path / f"{Path(folder).name}.png")]) == 0
     made = recipes.read(tmp_path / "scaled.png")
     assert made.eps_scale == 1.05 and recipes.read(tmp_path / "model.png").eps_scale == 1.0
+    # the multistep samplers' own scale, where the model has one, is what their PNGs record
+    multistep = checkpoint.save_pretrained(tmp_path / "multistep", model, CONFIG.replace(
+        unet={"classes": CLASSES}, sampling={"eps_scale": 1.05, "multistep_eps_scale": 1.02}))
+    for sampler in ("ddim", "dpmpp_2m"):
+        assert cli.main(["sample", str(multistep), "-n", "1", "--steps", "3", "--sampler", sampler, *CPU,
+                         "--out", str(tmp_path / f"{sampler}.png")]) == 0
+    assert (recipes.read(tmp_path / "ddim.png").eps_scale, recipes.read(tmp_path / "dpmpp_2m.png").eps_scale) == (
+        1.05, 1.02)
     again = to_uint8(recipes.remake(made, recipes.load_model(made)[0]))
     assert np.array_equal(pixels(tmp_path / "scaled.png")[2:18, 2:18], again[0])
     assert not np.array_equal(pixels(tmp_path / "scaled.png"), pixels(tmp_path / "model.png"))

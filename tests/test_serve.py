@@ -269,8 +269,8 @@ def test_a_recipe_at_another_eps_scale_than_the_page_s_is_refused_in_a_line(serv
     make other images, so it says how to make them instead."""
     assert cli.main(["sample", tiny, "-n", "1", "--steps", "2", "--eps-scale", "1.05", *CPU,
                      "--out", str(tmp_path / "scaled.png")]) == 0
-    with pytest.raises(gr.Error, match=r"made with eps scale 1.05; this page samples .* at 1 \(corolla sample "
-                                       r"--eps-scale 1.05 makes it again\)"):
+    with pytest.raises(gr.Error, match=r"made with eps scale 1.05; this page samples .* at 1 with ddim "
+                                       r"\(corolla sample --eps-scale 1.05 makes it again\)"):
         server.page.from_png(str(tmp_path / "scaled.png"))
 
 

@@ -166,20 +166,23 @@ def test_the_page_runs_a_network_with_attention_as_onnxruntime_does(browser, ser
 @pytest.mark.slow
 def test_the_page_scales_the_noise_as_the_export_says(browser, server, sites):
     """sampler.json's eps_scale (the model's own epsilon scaling) divides the page's predicted noise
-    as it divides the portable sampler's."""
+    with ddim as it divides the portable sampler's, and its multistep_eps_scale with dpmpp_2m."""
     site = sites / "scaled"
     shutil.copytree(sites / "tiny", site, dirs_exist_ok=True)
     spec = json.loads((site / folder.SAMPLER_FILE).read_text())
-    (site / folder.SAMPLER_FILE).write_text(json.dumps({**spec, "eps_scale": 1.05}))
+    (site / folder.SAMPLER_FILE).write_text(json.dumps({**spec, "eps_scale": 1.05, "multistep_eps_scale": 0.95}))
     initial = write_noise(site)
-    page = open_page(browser, f"{server.url}/scaled/?seed={SEED}&n={COUNT}&steps={STEPS}&noise=noise.bin")
-    try:
-        portable = sampling.load(site, threads=1)
-        expected = portable.sample_from_noise(initial, STEPS)
-        assert np.abs(expected - portable.sample_from_noise(initial, STEPS, eps_scale=1.0)).mean() > 0.005
-        assert np.abs(page_images(page) - expected).max() <= TOLERANCE
-    finally:
-        page.context.close()
+    portable = sampling.load(site, threads=1)
+    for sampler, scale in (("ddim", 1.05), ("dpmpp_2m", 0.95)):
+        page = open_page(browser, f"{server.url}/scaled/?seed={SEED}&n={COUNT}&steps={STEPS}&sampler={sampler}"
+                                  f"&noise=noise.bin")
+        try:
+            expected = portable.sample_from_noise(initial, STEPS, sampler)
+            assert np.array_equal(expected, portable.sample_from_noise(initial, STEPS, sampler, eps_scale=scale))
+            assert np.abs(expected - portable.sample_from_noise(initial, STEPS, sampler, eps_scale=1.0)).mean() > 0.005
+            assert np.abs(page_images(page) - expected).max() <= TOLERANCE
+        finally:
+            page.context.close()
 
 
 @pytest.mark.slow

@@ -191,7 +191,9 @@ def add_sampling(p: argparse.ArgumentParser, names: tuple[str, ...] = SAMPLING_O
         "eps_scale": dict(type=eps_scale, metavar="SCALE",
                           help="epsilon scaling: divide each predicted noise by SCALE; a little above 1 keeps fine "
                                "detail that plain sampling smooths away; 1 is the reference's sampling (default: the "
-                               "model's own, its config.json's sampling.eps_scale: 1 for a model you train)"),
+                               "model's own, its config.json's sampling.eps_scale for ddim and "
+                               "sampling.multistep_eps_scale, where it has one, for the others: 1 for a model you "
+                               "train)"),
         "batch_size": dict(type=batch_size, help="images per network call (memory only: images do not depend on it)"),
     }
     for name in names:

@@ -148,6 +148,7 @@ def export_onnx(model: DiffusionModel, out_dir: str | os.PathLike, image_size: i
         mean=tuple(model.normalizer.mean.flatten().tolist()),
         variance=tuple(model.normalizer.variance.flatten().tolist()),
         classes=tuple(unet.config.classes), guidance=DEFAULT_GUIDANCE, eps_scale=model.eps_scale,
+        multistep_eps_scale=model.multistep_eps_scale,
         class_mix=ClassMix.of_training(unet.config.classes, class_counts).weights if unet.config.classes else (),
         noise_kernel=noise.kernel_for_capability(torch.backends.cpu.get_cpu_capability()),
         model_sha256=model_sha256(model), onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(), opset=opset,

@@ -14,8 +14,10 @@ sampler.json (format "corolla-onnx", version 1):
     class_mix         a conditional model's training images of each class (corolla.portable.mix:
                       the weights `--random-class` draws each image's class with); [] for an
                       unconditional model, absent in exports written before it
-    eps_scale         the default epsilon scale (corolla.samplers.scaled_noise; the model's
-                      Config.sampling); absent in exports written before it: 1
+    eps_scale         the default epsilon scale for DDIM (corolla.samplers.scaled_noise; the
+                      model's Config.sampling); absent in exports written before it: 1
+    multistep_eps_scale  the multistep samplers' own (samplers.own_eps_scale); null or absent:
+                      eps_scale
     noise_kernel      the torch.randn kernel of the exporting machine (corolla.portable.noise), so
                       that a sampler elsewhere starts from the noise PyTorch drew there
     check             {"max_abs_error", "tolerance", "batch"}: onnxruntime against PyTorch at export
@@ -68,6 +70,7 @@ class SamplerSpec:
     exporter: dict
     eps_scale: float = 1.0
     class_mix: tuple[int, ...] = ()
+    multistep_eps_scale: float | None = None
 
     @property
     def null_label(self) -> int:
@@ -144,4 +147,6 @@ def _spec(raw, path: Path) -> SamplerSpec:
         opset=field("opset", int), check=field("check", dict), exporter=field("exporter", dict),
         eps_scale=float(field("eps_scale", (int, float), lambda scale: low <= scale <= high)
                         if "eps_scale" in raw else 1.0),
-        class_mix=tuple(field("class_mix", list, counts) if "class_mix" in raw else ()))
+        class_mix=tuple(field("class_mix", list, counts) if "class_mix" in raw else ()),
+        multistep_eps_scale=float(field("multistep_eps_scale", (int, float), lambda scale: low <= scale <= high))
+        if raw.get("multistep_eps_scale") is not None else None)

@@ -124,11 +124,12 @@ class PortableModel:
         """Decode a batch of initial noises -> images in [0, 1], (B, C, H, W) float32, as
         corolla.generation.sample_from_noise; generators (one per image, past its initial noise)
         feed stochastic steps; grid None: samplers.default_grid; eps_scale: samplers.scaled_noise's (None:
-        the export's, sampler.json's eps_scale)."""
+        the export's own for `sampler`, from sampler.json: samplers.own_eps_scale)."""
         run = samplers.get(sampler)
         times = samplers.get_grid(grid or samplers.default_grid(sampler), steps, self.schedule, backend="numpy")
         noise_fn = None if generators is None else lambda: noise.draw_noise(generators, self.shape)
-        scale = self.spec.eps_scale if eps_scale is None else eps_scale
+        scale = samplers.own_eps_scale(sampler, self.spec.eps_scale, self.spec.multistep_eps_scale) \
+            if eps_scale is None else eps_scale
         pred_images = run(samplers.scaled_noise(self.denoiser(labels, guidance), scale), self.schedule,
                           initial_noise, times, eta=eta, noise_fn=noise_fn)
         if not np.isfinite(pred_images).all():

@@ -225,7 +225,8 @@ class Engine:
         return Recipe(self.name, self.sha256, self.image_size, self.model.precision, request.seed, request.steps,
                       request.sampler, request.grid, request.eta, request.first, request.count,
                       tuple(None if c is None else self.classes[c] for c in request.classes),
-                      request.guidance if request.classes or request.mix else None, eps_scale=self.model.eps_scale,
+                      request.guidance if request.classes or request.mix else None,
+                      eps_scale=self.model.sampling_eps_scale(None, request.sampler),
                       class_mix=request.mix.weights if request.mix else ())
 
     def _classes(self, params: dict) -> tuple[tuple[int | None, ...], float, ClassMix | None]:

@@ -194,9 +194,10 @@ class Page:
                 if engine.model.precision != made.precision:
                     raise ValueError(f"the recipe was made in {made.precision}; this server runs {made.model} in "
                                      f"{engine.model.precision} (corolla serve --precision {made.precision})")
-                if engine.model.eps_scale != made.eps_scale:  # the page samples at the model's own
+                own = engine.model.sampling_eps_scale(None, made.sampler)  # the page samples at the model's own
+                if own != made.eps_scale:
                     raise ValueError(f"the recipe was made with eps scale {made.eps_scale:g}; this page samples "
-                                     f"{made.model} at {engine.model.eps_scale:g} (corolla sample --eps-scale "
+                                     f"{made.model} at {own:g} with {made.sampler} (corolla sample --eps-scale "
                                      f"{made.eps_scale:g} makes it again)")
                 if made.class_mix and (engine.mix is None or made.class_mix != engine.mix.weights):
                     raise ValueError("the recipe's species were drawn with other class weights than this model's "

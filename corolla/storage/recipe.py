@@ -98,7 +98,7 @@ def for_checkpoint(checkpoint: str | os.PathLike, given: str | None, model, imag
     return Recipe(model=given or Path(checkpoint).name, model_sha256=model_sha256(resolve(checkpoint)),
                   image_size=image_size, precision=model.precision, seed=settings.seed, steps=settings.steps,
                   sampler=settings.sampler, grid=settings.time_grid, eta=settings.eta,
-                  eps_scale=model.sampling_eps_scale(settings.eps_scale), **fields)
+                  eps_scale=model.sampling_eps_scale(settings.eps_scale, settings.sampler), **fields)
 
 
 def model_sha256(checkpoint_folder: str | os.PathLike) -> str:

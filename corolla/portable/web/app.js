@@ -111,7 +111,7 @@ async function predictNoise(x, noiseRate, labels) {
 
 // the denoiser a sampler calls, guided as corolla.portable.sampling.PortableModel.denoiser guides;
 // chosen: each image's class, or null (unconditional)
-function denoiser(batch, chosen, guidance) {
+function denoiser(batch, chosen, guidance, scale) {
   const nulls = new BigInt64Array(batch).fill(BigInt(spec.classes.length));
   const labels = chosen === null ? nulls : BigInt64Array.from(chosen, BigInt);
   const mixing = chosen !== null && guidance !== 0 && guidance !== 1;
@@ -133,13 +133,18 @@ function denoiser(batch, chosen, guidance) {
     } else {
       predNoises = await predictNoise(x, noiseRate, guidance === 0 ? nulls : labels);
     }
-    // epsilon scaling, as corolla.samplers.scaled_noise (sampler.json's eps_scale; absent: 1)
-    const scale = spec.eps_scale ?? 1;
+    // epsilon scaling, as corolla.samplers.scaled_noise at the export's own scale for the sampler
+    // (samplers.own_eps_scale: sampler.json's eps_scale for ddim, its multistep_eps_scale for the others)
     if (scale !== 1) for (let j = 0; j < x.length; j++) predNoises[j] /= scale;
     const predImages = new Float32Array(x.length);
     for (let j = 0; j < x.length; j++) predImages[j] = (x[j] - noiseRate * predNoises[j]) / signalRate;
     return [predNoises, predImages];
   };
+}
+
+function ownEpsScale(sampler) {  // samplers.own_eps_scale; absent fields: 1, then eps_scale
+  const ddim = spec.eps_scale ?? 1;
+  return sampler === "ddim" ? ddim : spec.multistep_eps_scale ?? ddim;
 }
 
 function denormalize(images) {  // clip(mean + x sqrt(variance), 0, 1), per channel
@@ -212,7 +217,8 @@ async function generate(run) {
     };
     const x = noise.slice(first * imageSize, (first + batch) * imageSize);
     const chosen = run.labels === null ? null : run.labels.slice(first, first + batch);
-    const images = await SAMPLERS[run.sampler](denoiser(batch, chosen, run.guidance), schedule, x, times, show);
+    const images = await SAMPLERS[run.sampler](denoiser(batch, chosen, run.guidance, ownEpsScale(run.sampler)),
+                                               schedule, x, times, show);
     result.set(denormalize(images), first * imageSize);
   }
   window.corollaImages = result;
