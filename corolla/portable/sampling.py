@@ -67,8 +67,7 @@ class PortableModel:
     def training_mix(self) -> ClassMix:
         """The mix of classes the model was trained on (sampler.json's class_mix), as `corolla sample
         --random-class` draws them; a ValueError where the export has none."""
-        if not self.spec.classes:
-            raise ValueError("this model is not class-conditional: sample it without classes")
+        self._classes()
         if not self.spec.class_mix:
             raise ValueError("this export keeps no training mix (it was written before corolla exported one): "
                              "export the model again, or give classes")
@@ -163,21 +162,24 @@ class PortableModel:
 
     def drawn_classes(self, mix: ClassMix, seed: int, indices: Sequence[int]) -> list[int]:
         """The classes `mix` draws for images `indices` of `seed`, as corolla.generation.drawn_classes."""
-        if not self.spec.classes:
-            raise ValueError("this model is not class-conditional: sample it without classes")
-        return mix.draw(seed, indices, len(self.spec.classes))
+        return mix.draw(seed, indices, len(self._classes()))
 
     def class_labels(self, classes: Classes, count: int) -> np.ndarray | None:
         """`classes` as generate takes them -> None or (count,) int64 class numbers."""
         if classes is None:
             return None
-        if not self.spec.classes:
-            raise ValueError("this model is not class-conditional: sample it without classes")
+        names = self._classes()
         if isinstance(classes, (int, str)):
-            return np.full(count, class_number(self.spec.classes, classes), np.int64)
+            return np.full(count, class_number(names, classes), np.int64)
         if len(classes) != count:
             raise ValueError(f"{len(classes)} classes for {count} images: give one class, or one per image")
-        return np.array([class_number(self.spec.classes, c) for c in classes], np.int64)
+        return np.array([class_number(names, c) for c in classes], np.int64)
+
+    def _classes(self) -> tuple[str, ...]:
+        """A conditional export's class names; a ValueError for an unconditional one."""
+        if not self.spec.classes:
+            raise ValueError("this model is not class-conditional: sample it without classes")
+        return self.spec.classes
 
 
 def class_number(classes: Sequence[str], wanted: int | str) -> int:
