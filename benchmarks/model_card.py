@@ -33,11 +33,15 @@ def model_path(name: str) -> str:
     return str(pretrained.path(name)) if name in pretrained.names() else name
 
 
+def floor_pick(count: int, samples: int, seed: int) -> torch.Tensor:
+    """Which training photos stand for the floor: `samples` of `count`, drawn with `seed`."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:samples]
+
+
 def floor(train_dir: str, heldout_dir: str, size: int, samples: int, seed: int) -> dict[int, float]:
     train, _ = imagefolder.load_folder(train_dir, size)
     heldout, _ = imagefolder.load_folder(heldout_dir, size)
-    pick = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(seed))[:samples]
-    return metrics.sliced_wasserstein(heldout, train[pick], seed=seed)
+    return metrics.sliced_wasserstein(heldout, train[floor_pick(train.shape[0], samples, seed)], seed=seed)
 
 
 def main() -> None:

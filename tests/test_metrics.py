@@ -284,6 +284,25 @@ def test_a_principal_direction_is_named_by_its_channels_and_form():
     assert bench.pattern(torch.stack([ramp.T] * 3).flatten(), 3) == "luminance, top-bottom"
 
 
+def test_the_sample_size_report_scores_first_n_and_disjoint_sets_each_beside_its_floor(flowers32):
+    """benchmarks/swd_sample_size.py: the first n images are scored as `corolla evaluate --samples n`
+    scores them, beside model_card.py's floor of n photos; each disjoint set of n beside its own n
+    photos, so the photos the floors are drawn from score exactly 1 set by set."""
+    bench = load_script("benchmarks", "swd_sample_size.py")
+    card = load_script("benchmarks", "model_card.py")
+    heldout, train = flowers32[:32], flowers32[32:]
+    order = torch.randperm(32, generator=torch.Generator().manual_seed(1))  # the sets' floors: seed + 1
+    blurred = torch.nn.functional.avg_pool2d(train.float(), 5, 1, 2, count_include_pad=False).round().to(torch.uint8)
+    result = bench.score(heldout, train, {"photos": train[order], "blurred": blurred}, n=8, seed=0)
+    card_floor = list(metrics.sliced_wasserstein(heldout, train[card.floor_pick(32, 8, 0)], seed=0).values())
+    assert result["floor"] == card_floor
+    photos, blur = result["models"]["photos"], result["models"]["blurred"]
+    assert photos["swd"] == list(metrics.sliced_wasserstein(heldout, train[order][:8], seed=0).values())
+    assert photos["ratio"] == pytest.approx([a / b for a, b in zip(photos["swd"], card_floor)])
+    assert photos["subset_ratios"] == [[1.0, 1.0]] * 4
+    assert len(blur["subset_ratios"]) == 4 and min(r[0] for r in blur["subset_ratios"]) > 1.5
+
+
 # --- Held-out loss --------------------------------------------------------------------------
 
 def tiny_model(train):
