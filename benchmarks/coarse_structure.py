@@ -142,8 +142,9 @@ def sample(spec: str, count: int, settings: SamplingSettings, precision: str) ->
                              guidance=float(guidance) if guidance else 1.0))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def models_against_photos(description: str) -> argparse.ArgumentParser:
+    """The arguments of a script that samples MODELs as `sample` does and scores them against photos."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--train", required=True)
     p.add_argument("--heldout", required=True)
@@ -153,7 +154,11 @@ def main() -> None:
     p.add_argument("--eps-scale", type=float, help="every model's epsilon scale (default: each model's own)")
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     p.add_argument("--json")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = models_against_photos(__doc__.splitlines()[0]).parse_args()
     heldout, _ = imagefolder.load_folder(args.heldout, 64)
     train, _ = imagefolder.load_folder(args.train, 64)
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + 1))[:args.samples]

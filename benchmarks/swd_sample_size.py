@@ -17,7 +17,6 @@ distance, which has a bias of its own: the ratio grows with n.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from corolla.data import imagefolder
 from corolla.generation import SamplingSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from coarse_structure import sample  # noqa: E402  (a sibling script)
+from coarse_structure import models_against_photos, sample  # noqa: E402  (a sibling script)
 from model_card import floor_pick  # noqa: E402
 
 
@@ -56,20 +55,11 @@ def score(heldout: torch.Tensor, train: torch.Tensor, sets: dict[str, torch.Tens
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("models", nargs="+", metavar="MODEL")
-    p.add_argument("--train", required=True)
-    p.add_argument("--heldout", required=True)
-    p.add_argument("--samples", type=int, default=1024)
+    p = models_against_photos(__doc__.splitlines()[0])
     p.add_argument("--sizes", default="256,512,1024")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eps-scale", type=float, help="every model's epsilon scale (default: each model's own)")
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
-    p.add_argument("--json")
     args = p.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    if not sizes or min(sizes) < 1 or max(sizes) > args.samples:
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip().isdigit()]
+    if len(sizes) != len(args.sizes.split(",")) or min(sizes) < 1 or max(sizes) > args.samples:
         p.error(f"--sizes: whole numbers from 1 to --samples ({args.samples}), got {args.sizes}")
     heldout, _ = imagefolder.load_folder(args.heldout, 64)
     train, _ = imagefolder.load_folder(args.train, 64)
