@@ -94,8 +94,11 @@ def run_sample(args) -> int:
     prefixes = ["" if number is None else f"class{number}-" for number in rows]  # image j of class c: classC-0000j.png
 
     # files named by class: a drawn class (--random-class) names each image's own, drawn once here
-    drawn = drawn_prefixes(drawn_classes(model, mix, settings.seed, range(args.num_images))) if mix else None
-    named = lambda first, count, prefix: drawn[first:first + count] if mix else prefix
+    drawn = (drawn_prefixes(drawn_classes(model, mix, settings.seed, range(args.num_images)))
+             if mix and each is not None else None)
+
+    def named(first: int, count: int, prefix: str):
+        return drawn[first:first + count] if drawn else prefix
     kept = []
     for row, (number, prefix) in enumerate(zip(rows, prefixes)):
         def batch_made(first: int, images, prefix=prefix, row=row) -> None:
@@ -146,7 +149,8 @@ def _sample_exported(args) -> int:
     settings = sampling_settings(args)
     rows = [model.class_labels(name, 1)[0] for name in args.classes] if args.classes else [None]
     mix = model.training_mix if args.random_class else None
-    drawn = drawn_prefixes(model.drawn_classes(mix, settings.seed, range(args.num_images))) if mix else None
+    drawn = (drawn_prefixes(model.drawn_classes(mix, settings.seed, range(args.num_images)))
+             if mix and each is not None else None)
     if grid is not None:
         limits.check_held_images(args.num_images * len(rows), model.spec.image_size,
                                  HELD_WHY, model.spec.channels)
@@ -160,7 +164,7 @@ def _sample_exported(args) -> int:
                                                     guidance=args.guidance):
             images = torch.from_numpy(images)
             if each is not None:
-                save_each(images, each, start=first, prefix=drawn[first:first + len(images)] if mix else prefix)
+                save_each(images, each, start=first, prefix=drawn[first:first + len(images)] if drawn else prefix)
             if grid is not None:
                 kept.append(images)
             bar.update(len(images))
