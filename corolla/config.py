@@ -33,6 +33,7 @@ class TrainConfig:
     hflip: bool = False           # each training image mirrored left-right with probability 1/2
     min_snr_gamma: float = 0.0    # > 0: min-SNR-gamma loss weights (corolla.losses.min_snr_weights)
     loss: str = "l1"              # of the noise: "l1" the reference's, "mse" (corolla.losses.LOSSES)
+    loss_scales: int = 1          # > 1: the loss also at coarser levels (corolla.losses.coarse_errors)
     weight_decay: float = 1e-4
     adam_eps: float = 1e-7        # Keras' AdamW default
     # the reference's effective AdamW step: it back-propagates the *sum* of its per-pixel L1 map

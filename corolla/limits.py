@@ -29,6 +29,7 @@ MAX_BATCH = 4096
 MAX_EPOCHS = 1_000_000
 MAX_LR_RAMP = 10_000_000      # optimiser steps of learning-rate warm-up or cool-down
 MAX_SNR_GAMMA = 1e6            # min-SNR-gamma (useful values: 1 to 20)
+MAX_LOSS_SCALES = 6            # levels of the multiscale loss: a 64 px image down to 2 px
 MAX_REPETITIONS = 1000         # the data set repeated per epoch (the reference: 5)
 MAX_EVAL_SAMPLES = 50_000      # images scored by one evaluation (the usual FID count)
 MAX_CLASSES = 100_000          # classes of a conditional network (ImageNet-21k has 21,841)
@@ -150,6 +151,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "hflip": boolean,
         "min_snr_gamma": number(0, MAX_SNR_GAMMA),
         "loss": choice(*losses.LOSSES),
+        "loss_scales": integer(1, MAX_LOSS_SCALES),
         "weight_decay": number(0),
         "adam_eps": number(0, low_open=True),
         "keras_adam_step": boolean,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 # The error of each predicted noise value. The reference's mean absolute error is minimised by the
 # per-pixel median of the noise given the noisy image; the squared error (DDPM's) by its mean, which
@@ -17,6 +18,22 @@ def errors(pred_noises: torch.Tensor, noises: torch.Tensor, loss: str) -> torch.
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
     return LOSSES[loss]((pred_noises - noises).float())
+
+
+def coarse_errors(pred_noises: torch.Tensor, noises: torch.Tensor, loss: str, scales: int) -> torch.Tensor:
+    """Per image (B,), float32: the `loss` error of the noise average-pooled to 1/2, 1/4, ...,
+    1/2^(scales-1) of the resolution, summed over those coarser levels; 0 for scales 1.
+
+    A k x k mean of white noise has 1/k its standard deviation, so each pooled error is multiplied
+    by k: an uninformed prediction costs as much at every level. Per frequency that weights the
+    coarse layout, which the per-pixel error sees as 1/16 of a 64 px image's values at 16 px, up
+    with each level (the multiscale loss of Hoogeboom et al. 2023, "simple diffusion", sec. 3.3)."""
+    total = torch.zeros(noises.shape[0], device=noises.device)
+    for level in range(1, scales):
+        k = 2 ** level
+        pooled = errors(F.avg_pool2d(pred_noises.float(), k) * k, F.avg_pool2d(noises.float(), k) * k, loss)
+        total += pooled.mean(dim=(1, 2, 3))
+    return total
 
 
 def min_snr_weights(noise_rates: torch.Tensor, signal_rates: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -76,8 +76,8 @@ def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
 def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor],
                generators: list[torch.Generator], decay: float, ddp: DistributedDataParallel | None = None,
                world: distributed.World = distributed.World(), micro_labels: list[torch.Tensor] | None = None,
-               label_dropout: float = 0.0, hflip: bool = False, min_snr_gamma: float = 0.0, loss: str = "l1"
-               ) -> torch.Tensor:
+               label_dropout: float = 0.0, hflip: bool = False, min_snr_gamma: float = 0.0, loss: str = "l1",
+               loss_scales: int = 1) -> torch.Tensor:
     """The reference's train step over one global batch: noise at uniform random times, the noise
     loss of the online network (`loss`, DiffusionModel.noise_loss's: the reference's L1 by
     default), an AdamW step, then the EMA update.
@@ -86,7 +86,8 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
     gradients are averaged (accumulation here, DDP's all-reduce across processes) -> the mean loss
     of this process, without a host sync. micro_labels: their class numbers (B_micro,) in a
     conditional run, each dropped to the null label with probability label_dropout. hflip mirrors
-    each image with probability 1/2; min_snr_gamma > 0 weights the loss (DiffusionModel.noise_loss)."""
+    each image with probability 1/2; min_snr_gamma > 0 weights the loss and loss_scales > 1 adds
+    coarser levels to it (DiffusionModel.noise_loss)."""
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=micro_batches[0].device)
     for j, (images, generator) in enumerate(zip(micro_batches, generators)):
@@ -102,7 +103,8 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
             if hflip:  # drawn last, so the draws before it are a run's without flips
                 images = random_flips(images, generator)
             # in the model's precision (autocast)
-            error = model.noise_loss(images, noises, times, labels=classes, min_snr_gamma=min_snr_gamma, loss=loss)
+            error = model.noise_loss(images, noises, times, labels=classes, min_snr_gamma=min_snr_gamma, loss=loss,
+                                     loss_scales=loss_scales)
             (error / len(micro_batches)).backward()
         total += error.detach()
     optimizer.step()
@@ -448,7 +450,8 @@ def _train(config: Config, sources: Sources, run_dir: Path, world: distributed.W
                 generators = [seeded_generator(tc.seed, p.step, j, device=dev) for j in slots]
                 _set_rates(run.optimizer, config, p.step, last_step)
                 loss = train_step(model, run.optimizer, micro_batches, generators, ema_decay(config, p.step), ddp,
-                                  world, micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma, tc.loss)
+                                  world, micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma, tc.loss,
+                                  tc.loss_scales)
                 p.step, p.batch_in_epoch, p.losses_since_log = p.step + 1, p.batch_in_epoch + 1, p.losses_since_log + 1
                 seen += tc.batch_size
                 run.running += loss

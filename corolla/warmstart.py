@@ -6,7 +6,9 @@ run's own. The architecture must be the same, except that an unconditional sourc
 class-conditional run, and a source without the blocks' noise shifts or the bottom's attention a
 run with them (unet.noise_in_blocks, unet.attention): those terms start at zero
 (corolla.conditioning, corolla.unet), so the new network begins as exactly the source and only has
-to learn what they add. The schedule may differ: the network takes the noise variance, not the
+to learn what they add. And a conditional source whose class is joined with the noise level may
+start an unconditional run with the blocks' noise shifts as its null-label network, exactly
+(null_label_twin). The schedule may differ: the network takes the noise variance, not the
 diffusion time, so another schedule continues it on another spread of noise levels (`corolla
 train` keeps the source's unless one is named).
 """
@@ -15,9 +17,12 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+import torch
+
 from .config import Config
 from .diffusion import DiffusionModel
 from .storage import checkpoint, pretrained
+from .unet import UNetConfig
 
 
 def source_path(source: str | os.PathLike):
@@ -33,6 +38,12 @@ def load_into(model: DiffusionModel, config: Config, source: str | os.PathLike) 
     where = source_path(source)
     trained, trained_config = checkpoint.load_model(where)
     theirs, ours = trained_config.unet, config.unet
+    weights = trained.ema_network.state_dict()
+    if theirs.classes and not ours.classes:
+        if not ours.noise_in_blocks:
+            raise ValueError(f"--init-from {source}: a conditional model starts an unconditional run only as its "
+                             f"null-label network, which needs --noise-in-blocks (or add --conditional)")
+        theirs, weights = null_label_twin(theirs, weights, source)
     # an unconditional source has no class terms, so it starts a conditional run of any class design
     neutral = {"classes": ()} if theirs.classes else {"classes": (), "class_modulation": ours.class_modulation,
                                                       "class_with_noise": ours.class_with_noise}
@@ -46,9 +57,28 @@ def load_into(model: DiffusionModel, config: Config, source: str | os.PathLike) 
     if theirs.classes and theirs.classes != ours.classes:
         raise ValueError(f"--init-from {source}: a conditional model starts only a run of its own "
                          f"{len(theirs.classes)} classes, in the same order")
-    weights = trained.ema_network.state_dict()
     for network in (model.network, model.ema_network):
         missing, unexpected = network.load_state_dict(weights, strict=False)
         assert not unexpected and all("class_" in k or "noise" in k or k.startswith("attention.") for k in missing), \
             (missing, unexpected)
     return str(where)
+
+
+def null_label_twin(theirs: UNetConfig, weights: dict[str, torch.Tensor], source: str | os.PathLike
+                    ) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
+    """A conditional network whose class vector is joined with the noise level and shifts each
+    block's features -> the unconditional network with the blocks' noise shifts that computes its
+    null-label prediction exactly, and its weights. The join is swish(W [c; e] + b) for class vector
+    c and noise embedding e; at the null label c is one fixed vector, so it is swish(W_e e + b'),
+    b' = b + W_c c: corolla.unet.BlockNoise's form, and each block's class shift becomes its noise
+    shift. Raises ValueError for a design that has no such twin."""
+    if not theirs.class_with_noise or theirs.class_modulation != "shift" or theirs.noise_in_blocks:
+        raise ValueError(f"--init-from {source}: only a conditional model with --class-with-noise, shifts alone "
+                         f"and no --noise-in-blocks of its own has an unconditional twin")
+    null = weights["class_embedding.weight"][-1]
+    join, bias = weights["class_join.linear.weight"], weights["class_join.linear.bias"]
+    twin = {key.replace(".class_shift.", ".noise_shift."): value for key, value in weights.items()
+            if not key.startswith(("class_embedding.", "class_join."))}
+    twin["block_noise.linear.weight"] = join[:, null.shape[0]:]
+    twin["block_noise.linear.bias"] = bias + join[:, :null.shape[0]] @ null
+    return replace(theirs, classes=(), class_with_noise=False, noise_in_blocks=True), twin

@@ -1,5 +1,5 @@
 """Recipe options beyond the reference, each off by default: the learning rate's warm-up and
-cool-down, horizontal flips, min-SNR-gamma loss weights, the squared error."""
+cool-down, horizontal flips, min-SNR-gamma loss weights, the squared error, the multiscale loss."""
 import math
 from pathlib import Path
 
@@ -131,15 +131,53 @@ def test_the_l1_loss_is_least_at_the_median_and_the_squared_error_at_the_mean():
     assert fitted["mse"] == pytest.approx(draws.mean().item(), abs=0.05)
 
 
+def test_coarse_errors_pool_the_noise_and_weigh_each_level_as_the_full_resolution():
+    # a known difference: 4x4 blocks of one value each, so 2x2 and 4x4 means keep it exactly
+    blocks = torch.tensor([[1.0, -2.0], [3.0, 0.5]]).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    pred, noises = blocks.expand(2, 3, 8, 8).clone(), torch.zeros(2, 3, 8, 8)
+    pred[1] *= 2
+    mean_abs = blocks.abs().mean().item()  # 1.625
+    # level 1/2 scaled by 2, level 1/4 by 4: each the per-pixel mean absolute difference times k
+    assert losses.coarse_errors(pred, noises, "l1", 3).tolist() == pytest.approx(
+        [(2 + 4) * mean_abs, (2 + 4) * 2 * mean_abs])
+    assert losses.coarse_errors(pred, noises, "mse", 2).tolist() == pytest.approx(
+        [4 * blocks.square().mean().item(), 16 * blocks.square().mean().item()])
+    assert losses.coarse_errors(pred, noises, "l1", 1).tolist() == [0.0, 0.0]
+    # white noise loses its fine detail in the mean, not its size: every level costs about what 1 does
+    white = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    level_one = losses.errors(white, torch.zeros(()), "l1").mean().item()
+    assert losses.coarse_errors(white, torch.zeros_like(white), "l1", 4).mean().item() == pytest.approx(
+        3 * level_one, rel=0.02)
+
+
+def test_loss_scales_add_the_coarse_errors_and_one_is_the_reference_loss():
+    torch.manual_seed(3)
+    model = DiffusionModel(preset("tiny").unet)
+    torch.nn.init.normal_(model.network.head.weight, std=0.1)
+    images, noises = torch.rand(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    times = torch.tensor([0.1, 0.5, 0.9]).view(-1, 1, 1, 1)
+    plain = model.noise_loss(images, noises, times)
+    assert torch.equal(model.noise_loss(images, noises, times, loss_scales=1), plain)
+    predicted = _predicted(model, images, noises, times)
+    per_image = (predicted - noises).abs().mean(dim=(1, 2, 3)) + losses.coarse_errors(predicted, noises, "l1", 3)
+    assert model.noise_loss(images, noises, times, loss_scales=3).item() == pytest.approx(
+        per_image.mean().item(), rel=1e-5)
+    noise_rates, signal_rates = model.schedule(times)
+    weights = losses.min_snr_weights(noise_rates, signal_rates, 1.0).flatten()
+    assert model.noise_loss(images, noises, times, min_snr_gamma=1.0, loss_scales=3).item() == pytest.approx(
+        (weights * per_image).mean().item(), rel=1e-5)
+
+
 def test_the_command_takes_the_recipe_options_and_refuses_bad_values(capsys):
     args = cli.parser().parse_args(["train", "--lr-cooldown", "100", "--hflip", "--min-snr-gamma", "5",
-                                    "--loss", "mse"])
+                                    "--loss", "mse", "--loss-scales", "3"])
     train_config = cli_train.train_config(args).train
-    assert (train_config.lr_cooldown, train_config.hflip, train_config.min_snr_gamma, train_config.loss) == (
-        100, True, 5.0, "mse")
+    assert (train_config.lr_cooldown, train_config.hflip, train_config.min_snr_gamma, train_config.loss,
+            train_config.loss_scales) == (100, True, 5.0, "mse", 3)
     plain = cli_train.train_config(cli.parser().parse_args(["train"])).train
-    assert (plain.hflip, plain.loss) == (False, "l1")
-    for bad in (["--min-snr-gamma", "-1"], ["--min-snr-gamma", "nan"], ["--lr-cooldown", "-3"], ["--loss", "huber"]):
+    assert (plain.hflip, plain.loss, plain.loss_scales) == (False, "l1", 1)
+    for bad in (["--min-snr-gamma", "-1"], ["--min-snr-gamma", "nan"], ["--lr-cooldown", "-3"], ["--loss", "huber"],
+                ["--loss-scales", "0"], ["--loss-scales", "7"]):
         with pytest.raises(SystemExit) as stop:
             cli.parser().parse_args(["train", *bad])
         assert stop.value.code == 2

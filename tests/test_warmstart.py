@@ -100,6 +100,49 @@ def test_other_networks_and_classes_are_refused_and_another_schedule_continues(s
         warmstart.load_into(DiffusionModel(config.unet), config, tmp_path / "nothing")
 
 
+def _trained_conditional(tmp_path, modulation="shift", with_noise=True):
+    """A saved conditional tiny model whose class terms and output layer are not zero, as after training."""
+    model, config = _conditional_tiny(modulation=modulation, with_noise=with_noise)
+    with torch.no_grad():
+        for key, value in model.ema_network.state_dict().items():
+            if ("class_" in key or key.startswith("head.")) and value.is_floating_point():
+                value.copy_(torch.randn(value.shape, generator=torch.Generator().manual_seed(len(key))) * 0.3)
+    folder = tmp_path / f"{modulation}-{with_noise}"
+    checkpoint.save_pretrained(folder, model, config, ema_only=True)
+    return model, folder
+
+
+def test_a_conditional_source_starts_an_unconditional_run_as_its_null_label_network(tmp_path, make_flowers,
+                                                                                    capsys):
+    conditional, folder = _trained_conditional(tmp_path)
+    config = preset("tiny").replace(unet={"noise_in_blocks": True})
+    model = DiffusionModel(config.unet)
+    warmstart.load_into(model, config, folder)
+    model.eval(), conditional.eval()
+    x, v = torch.randn(3, 3, 16, 16), torch.rand(3, 1, 1, 1)
+    with torch.no_grad():
+        null = conditional.ema_network(x, v)
+        assert not torch.allclose(conditional.ema_network(x, v, torch.tensor([0, 1, 2])), null, atol=1e-3)
+        assert torch.allclose(model.ema_network(x, v), null, atol=1e-5)
+        assert torch.allclose(model.network(x, v), null, atol=1e-5)
+    plain = preset("tiny")
+    with pytest.raises(ValueError, match="only as its null-label network, which needs --noise-in-blocks"):
+        warmstart.load_into(DiffusionModel(plain.unet), plain, folder)
+    for design in ({"with_noise": False}, {"modulation": "scale-shift"}):  # a class term no noise shift computes
+        _, other = _trained_conditional(tmp_path, **design)
+        with pytest.raises(ValueError, match="only a conditional model with --class-with-noise, shifts alone"):
+            warmstart.load_into(DiffusionModel(config.unet), config, other)
+    out = tmp_path / "unconditional"
+    assert cli.main(["train", str(make_flowers(16)), "--preset", "tiny", "--init-from", str(folder),
+                     "--noise-in-blocks", "--out", str(out), "--max-steps", "1", "--no-progress"]) == 0
+    trained, trained_config = checkpoint.load_model(out)
+    assert trained_config.unet.noise_in_blocks and not trained_config.unet.classes
+    capsys.readouterr()
+    assert cli.main(["train", str(make_flowers(16)), "--preset", "tiny", "--init-from", str(folder),
+                     "--out", str(tmp_path / "refused"), "--max-steps", "1", "--no-progress"]) == 2
+    assert "needs --noise-in-blocks (or add --conditional)" in capsys.readouterr().err
+
+
 def test_a_shipped_models_name_is_a_source():
     assert warmstart.source_path(pretrained.DEFAULT) == pretrained.path()
 

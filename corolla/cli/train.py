@@ -69,7 +69,8 @@ def _add_train(sub) -> None:
     p.add_argument("--init-from", metavar="MODEL", type=path_text,
                    help="start from a trained model's weights (a checkpoint, a run folder or a shipped model's "
                         "name) instead of random ones: the same network, or its unconditional twin for "
-                        "--conditional; the optimiser starts afresh")
+                        "--conditional, or (with --noise-in-blocks) a conditional model's null-label network; "
+                        "the optimiser starts afresh")
     p.set_defaults(func=run_train)
 
 
@@ -92,6 +93,9 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=sorted(losses.LOSSES),
                    help="error of the predicted noise: l1 (the reference's) or mse (squared, as DDPM; its "
                         "minimum is the mean prediction the samplers assume)")
+    p.add_argument("--loss-scales", type=whole_number(1, limits.MAX_LOSS_SCALES), metavar="N",
+                   help="add the loss of the noise average-pooled to 1/2, 1/4, ... of the resolution, N levels in "
+                        "all, so the coarse layout weighs more (Hoogeboom et al. 2023); 1: off, the reference")
     p.add_argument("--repetitions", type=whole_number(1, limits.MAX_REPETITIONS),
                    help="times the data set is repeated per epoch")
     p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
