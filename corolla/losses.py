@@ -28,11 +28,12 @@ def coarse_errors(pred_noises: torch.Tensor, noises: torch.Tensor, loss: str, sc
     by k: an uninformed prediction costs as much at every level. Per frequency that weights the
     coarse layout, which the per-pixel error sees as 1/16 of a 64 px image's values at 16 px, up
     with each level (the multiscale loss of Hoogeboom et al. 2023, "simple diffusion", sec. 3.3)."""
+    # pooling is linear, so the difference is pooled once per level, each from the level before
+    difference = (pred_noises - noises).float()
     total = torch.zeros(noises.shape[0], device=noises.device)
     for level in range(1, scales):
-        k = 2 ** level
-        pooled = errors(F.avg_pool2d(pred_noises.float(), k) * k, F.avg_pool2d(noises.float(), k) * k, loss)
-        total += pooled.mean(dim=(1, 2, 3))
+        difference = F.avg_pool2d(difference, 2)
+        total += errors(difference * 2 ** level, torch.zeros((), device=difference.device), loss).mean(dim=(1, 2, 3))
     return total
 
 
