@@ -34,6 +34,8 @@ class TrainConfig:
     min_snr_gamma: float = 0.0    # > 0: min-SNR-gamma loss weights (corolla.losses.min_snr_weights)
     loss: str = "l1"              # of the noise: "l1" the reference's, "mse" (corolla.losses.LOSSES)
     loss_scales: int = 1          # > 1: the loss also at coarser levels (corolla.losses.coarse_errors)
+    time_range: tuple[float, float] = (0.0, 1.0)  # diffusion times drawn from [lo, hi): a part of the levels
+    loss_space: str = "noise"     # the error on the noise (the reference), the image it implies, or the larger
     weight_decay: float = 1e-4
     adam_eps: float = 1e-7        # Keras' AdamW default
     # the reference's effective AdamW step: it back-propagates the *sum* of its per-pixel L1 map

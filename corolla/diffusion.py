@@ -162,27 +162,29 @@ class DiffusionModel(nn.Module):
                                             labels, guidance, len(self.network.config.classes))
 
     def noise_loss(self, images: torch.Tensor, noises: torch.Tensor, diffusion_times: torch.Tensor,
-                   ema: bool = False, labels: torch.Tensor | None = None, min_snr_gamma: float = 0.0,
-                   schedule: schedules.Schedule | None = None, loss: str = "l1", loss_scales: int = 1
+                   ema: bool = False, labels: torch.Tensor | None = None,
+                   objective: losses.Objective = losses.Objective(), schedule: schedules.Schedule | None = None
                    ) -> torch.Tensor:
-        """Mean error between the drawn and the predicted noise: absolute (`loss` "l1", the
-        reference's) or squared ("mse"); corolla.losses.
+        """Mean error between the drawn and the predicted noise, as `objective` says (its times
+        aside: the caller draws them): absolute (the reference's) or squared, of the noise or of the
+        image it implies (losses.in_space); min_snr_gamma > 0 weights each image's error
+        (losses.min_snr_weights); scales > 1 adds the error at coarser levels (losses.coarse_errors).
 
         images: (B,C,H,W) in [0, 1]; noises like images; diffusion_times (B,1,1,1); labels (B,)
-        the classes of a conditional network, or None. min_snr_gamma > 0 weights each image's
-        error by losses.min_snr_weights (0: the reference's unweighted mean). schedule: the noise
-        levels' (default: the model's own; another compares models of different schedules).
-        loss_scales > 1 adds the error at that many coarser levels (losses.coarse_errors)."""
+        the classes of a conditional network, or None. schedule: the noise levels' (default: the
+        model's own; another compares models of different schedules)."""
         images = self.normalizer.normalize(images)
         noise_rates, signal_rates = (schedule or self.schedule)(diffusion_times)
         noisy_images = signal_rates * images + noise_rates * noises
         pred_noises, _ = self.denoise(noisy_images, noise_rates, signal_rates, ema=ema, labels=labels)
-        errors = losses.errors(pred_noises, noises, loss)
-        if not min_snr_gamma and loss_scales == 1:
+        pred_noises, noises = losses.in_space(pred_noises, noises, noise_rates, signal_rates, objective.space)
+        errors = losses.errors(pred_noises, noises, objective.loss)
+        if not objective.min_snr_gamma and objective.scales == 1:
             return errors.mean()
-        per_image = errors.mean(dim=(1, 2, 3)) + losses.coarse_errors(pred_noises, noises, loss, loss_scales)
-        if min_snr_gamma:
-            per_image = losses.min_snr_weights(noise_rates, signal_rates, min_snr_gamma).flatten() * per_image
+        per_image = errors.mean(dim=(1, 2, 3)) + losses.coarse_errors(pred_noises, noises, objective.loss,
+                                                                      objective.scales)
+        if objective.min_snr_gamma:
+            per_image = losses.min_snr_weights(noise_rates, signal_rates, objective.min_snr_gamma).flatten() * per_image
         return per_image.mean()
 
     @torch.no_grad()

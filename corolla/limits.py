@@ -103,6 +103,14 @@ def sequence(item: Rule, min_length: int, max_length: int) -> Rule:
     return rule
 
 
+def interval(low: float, high: float) -> Rule:
+    """Two numbers [lo, hi] with low <= lo < hi <= high."""
+    allowed = f"two numbers lo < hi, from {low:g} to {high:g}"
+    bound = number(low, high)
+    return lambda v: None if (isinstance(v, (tuple, list)) and len(v) == 2 and all(bound(x) is None for x in v)
+                              and v[0] < v[1]) else allowed
+
+
 def text(pattern: re.Pattern, meaning: str) -> Rule:
     return lambda v: None if isinstance(v, str) and pattern.fullmatch(v) else meaning
 
@@ -152,6 +160,8 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "min_snr_gamma": number(0, MAX_SNR_GAMMA),
         "loss": choice(*losses.LOSSES),
         "loss_scales": integer(1, MAX_LOSS_SCALES),
+        "time_range": interval(0, 1),
+        "loss_space": choice(*losses.SPACES),
         "weight_decay": number(0),
         "adam_eps": number(0, low_open=True),
         "keras_adam_step": boolean,

@@ -2,6 +2,7 @@
 of each noise level. Kept apart from the model so that the config's limits can name the choices."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -11,6 +12,49 @@ import torch.nn.functional as F
 # per-pixel median of the noise given the noisy image; the squared error (DDPM's) by its mean, which
 # is what DDIM's ODE and every other sampler's step assume.
 LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"l1": torch.abs, "mse": torch.square}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a run trains the noise prediction on, from its TrainConfig: the error `loss` (a LOSSES
+    name), min-SNR weights when min_snr_gamma > 0, the error at `scales` levels in all
+    (coarse_errors), over the diffusion times drawn uniformly from `times` = [lo, hi) (the whole
+    range by default; a part of it trains an expert for those noise levels, as eDiff-I's, Balaji
+    et al. 2022), measured in `space` (a SPACES name). The defaults are the reference's."""
+    loss: str = "l1"
+    min_snr_gamma: float = 0.0
+    scales: int = 1
+    times: tuple[float, float] = (0.0, 1.0)
+    space: str = "noise"
+
+    def draw_times(self, count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """(count, 1, 1, 1) diffusion times, uniform over `times`; the whole range draws exactly torch.rand's."""
+        low, high = self.times
+        times = torch.rand((count, 1, 1, 1), generator=generator, device=device)
+        return times if (low, high) == (0.0, 1.0) else low + (high - low) * times
+
+
+# Where the error of the predicted noise is measured: on the noise itself (the reference), on the
+# image it implies, x0 = (x - n eps) / s, whose error is (n / s) times the noise's, or on whichever
+# of the two is larger (Salimans & Ho 2022's "truncated SNR" weighting: the noise's where the image
+# is clearer than the noise, the image's where it is fainter). At the noisiest levels, where a
+# sample's layout is decided, the noise's error hardly sees the image (n / s is 50 at t = 1 of the
+# offset cosine schedule), so the image's error weighs them up.
+SPACES = ("noise", "image", "max")
+
+
+def in_space(pred_noises: torch.Tensor, noises: torch.Tensor, noise_rates: torch.Tensor,
+             signal_rates: torch.Tensor, space: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, target) whose difference is the error in `space`: the noises, or both times n / s
+    ("image"), or times max(n / s, 1) ("max")."""
+    if space not in SPACES:
+        raise ValueError(f"unknown loss space {space!r}; choose one of {', '.join(SPACES)}")
+    if space == "noise":
+        return pred_noises, noises
+    ratio = (noise_rates / signal_rates).float()
+    if space == "max":
+        ratio = ratio.clamp(min=1.0)
+    return pred_noises.float() * ratio, noises * ratio
 
 
 def errors(pred_noises: torch.Tensor, noises: torch.Tensor, loss: str) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import conditioning, distributed, loggers, warmstart
+from . import conditioning, distributed, loggers, losses, warmstart
 from . import precision as precisions
 from .config import Config
 from .data import imagefolder, rundata
@@ -76,18 +76,17 @@ def random_flips(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
 def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_batches: list[torch.Tensor],
                generators: list[torch.Generator], decay: float, ddp: DistributedDataParallel | None = None,
                world: distributed.World = distributed.World(), micro_labels: list[torch.Tensor] | None = None,
-               label_dropout: float = 0.0, hflip: bool = False, min_snr_gamma: float = 0.0, loss: str = "l1",
-               loss_scales: int = 1) -> torch.Tensor:
+               label_dropout: float = 0.0, hflip: bool = False, objective: losses.Objective = losses.Objective()
+               ) -> torch.Tensor:
     """The reference's train step over one global batch: noise at uniform random times, the noise
-    loss of the online network (`loss`, DiffusionModel.noise_loss's: the reference's L1 by
-    default), an AdamW step, then the EMA update.
+    loss of the online network (DiffusionModel.noise_loss; `objective` the reference's by
+    default, its times drawn here), an AdamW step, then the EMA update.
 
     micro_batches: this process's (B_micro, C, H, W) batches in [0, 1], one generator each; their
     gradients are averaged (accumulation here, DDP's all-reduce across processes) -> the mean loss
     of this process, without a host sync. micro_labels: their class numbers (B_micro,) in a
     conditional run, each dropped to the null label with probability label_dropout. hflip mirrors
-    each image with probability 1/2; min_snr_gamma > 0 weights the loss and loss_scales > 1 adds
-    coarser levels to it (DiffusionModel.noise_loss)."""
+    each image with probability 1/2."""
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=micro_batches[0].device)
     for j, (images, generator) in enumerate(zip(micro_batches, generators)):
@@ -95,7 +94,7 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
         sync = ddp is None or j == len(micro_batches) - 1
         with contextlib.nullcontext() if sync else ddp.no_sync():
             noises = torch.randn(images.shape, generator=generator, device=images.device)
-            times = torch.rand((images.shape[0], 1, 1, 1), generator=generator, device=images.device)
+            times = objective.draw_times(images.shape[0], generator, images.device)
             classes = None
             if micro_labels is not None:  # drawn after the noise and times: those stay an unconditional run's
                 classes = conditioning.drop_labels(micro_labels[j], label_dropout,
@@ -103,8 +102,7 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
             if hflip:  # drawn last, so the draws before it are a run's without flips
                 images = random_flips(images, generator)
             # in the model's precision (autocast)
-            error = model.noise_loss(images, noises, times, labels=classes, min_snr_gamma=min_snr_gamma, loss=loss,
-                                     loss_scales=loss_scales)
+            error = model.noise_loss(images, noises, times, labels=classes, objective=objective)
             (error / len(micro_batches)).backward()
         total += error.detach()
     optimizer.step()
@@ -115,10 +113,12 @@ def train_step(model: DiffusionModel, optimizer: torch.optim.Optimizer, micro_ba
 
 @torch.no_grad()
 def validation_loss(model: DiffusionModel, images: torch.Tensor, batch_size: int, seed: int,
-                    device: torch.device, labels: torch.Tensor | None = None) -> float:
+                    device: torch.device, labels: torch.Tensor | None = None,
+                    times: tuple[float, float] = (0.0, 1.0)) -> float:
     """The reference's test step (EMA network, BatchNorm statistics frozen) over held-out images,
     with noise and times drawn from a fixed seed so epochs compare fairly. With labels (a
-    conditional run), the loss of the conditional prediction, no label dropped."""
+    conditional run), the loss of the conditional prediction, no label dropped. `times`: the
+    range the run trains on (losses.Objective), its loss being the one that run can lower."""
     if images.shape[0] == 0:
         return float("nan")
     model.eval()
@@ -127,9 +127,9 @@ def validation_loss(model: DiffusionModel, images: torch.Tensor, batch_size: int
     for first in range(0, images.shape[0], batch_size):
         batch = _as_float(images[first:first + batch_size], device)
         noises = torch.randn(batch.shape, generator=generator).to(device)
-        times = torch.rand((batch.shape[0], 1, 1, 1), generator=generator).to(device)
+        drawn = losses.Objective(times=times).draw_times(batch.shape[0], generator, torch.device("cpu")).to(device)
         classes = None if labels is None else labels[first:first + batch_size].to(device)
-        total += model.noise_loss(batch, noises, times, ema=True, labels=classes).item() * batch.shape[0]
+        total += model.noise_loss(batch, noises, drawn, ema=True, labels=classes).item() * batch.shape[0]
         count += batch.shape[0]
     return total / count
 
@@ -358,7 +358,8 @@ class _Run:
         p.epoch, p.batch_in_epoch = p.epoch + 1, 0
         val = float("nan")
         if self.world.is_main:
-            val = validation_loss(self.model, self.data.val, tc.batch_size, tc.seed, self.dev, self.data.val_labels)
+            val = validation_loss(self.model, self.data.val, tc.batch_size, tc.seed, self.dev, self.data.val_labels,
+                                  tuple(tc.time_range))
             grid = _epoch_grid(self.model, self.config, self.run_dir, p.epoch)
             if grid is None:
                 self.say(f"epoch {p.epoch}: the EMA network's samples are not finite; no sample grid written")
@@ -409,6 +410,10 @@ def _set_up(config: Config, sources: Sources, run_dir: Path, world: distributed.
             runlog.truncate(run_dir / "metrics.jsonl", progress.log_lines)
         say(f"resuming {run_dir} at step {progress.step} (epoch {progress.epoch + 1}, "
             f"batch {progress.batch_in_epoch})")
+    if tuple(config.train.time_range) != (0.0, 1.0):
+        low, high = config.train.time_range
+        say(f"this network learns the diffusion times [{low:g}, {high:g}) only: alone it does not sample; it is "
+            f"an expert beside a whole model (benchmarks/noise_levels.py --expert)")
     running = torch.full((), float(progress.running_loss), device=dev)
     return _Run(config, run_dir, world, dev, data, sources, identity, model, optimizer, progress, say, running,
                 resuming)
@@ -426,6 +431,7 @@ def _train(config: Config, sources: Sources, run_dir: Path, world: distributed.W
     slots = range(world.rank * tc.accumulate, (world.rank + 1) * tc.accumulate)  # this rank's micro-batches
     train_images = run.data.train.to(dev)  # uint8 on the device: no host copies in the loop
     train_labels = None if run.data.train_labels is None else run.data.train_labels.to(dev)
+    objective = losses.Objective(tc.loss, tc.min_snr_gamma, tc.loss_scales, tuple(tc.time_range), tc.loss_space)
     evaluator = make_evaluator(config, run.data, dev) if tc.eval_every and world.is_main else None
     ddp = _distribute(model, world, dev, tc.compile) if world.distributed else None
     if max_steps is not None and p.step >= max_steps:
@@ -450,8 +456,7 @@ def _train(config: Config, sources: Sources, run_dir: Path, world: distributed.W
                 generators = [seeded_generator(tc.seed, p.step, j, device=dev) for j in slots]
                 _set_rates(run.optimizer, config, p.step, last_step)
                 loss = train_step(model, run.optimizer, micro_batches, generators, ema_decay(config, p.step), ddp,
-                                  world, micro_labels, tc.label_dropout, tc.hflip, tc.min_snr_gamma, tc.loss,
-                                  tc.loss_scales)
+                                  world, micro_labels, tc.label_dropout, tc.hflip, objective)
                 p.step, p.batch_in_epoch, p.losses_since_log = p.step + 1, p.batch_in_epoch + 1, p.losses_since_log + 1
                 seen += tc.batch_size
                 run.running += loss

@@ -533,3 +533,28 @@ def test_corolla_evaluate_with_inception_weights_caches_real_features(tmp_path, 
     assert len(cached) == 1
     assert main(args) == 0  # the second run reads the cached real features and agrees
     assert json.loads((tmp_path / "out.json").read_text())["fid"] == pytest.approx(results["fid"], rel=1e-6)
+
+
+def test_an_expert_takes_the_sampling_calls_from_its_split_up_and_photos_restart_at_their_time(flowers16,
+                                                                                                monkeypatch):
+    """benchmarks/noise_levels.py: with an expert from t = 0.5, DDIM-20's evaluations at 1.0 ... 0.5
+    go to it and those at 0.45 ... 0.05 to the model; noised photos restart with round(20 T0) steps,
+    and a network that knew the photos gives them back from any time."""
+    bench = load_script("benchmarks", "noise_levels.py")
+    model, expert = tiny_model(flowers16), tiny_model(flowers16)
+    calls = {"model": [], "expert": []}
+    for name, net in (("model", model), ("expert", expert)):
+        net.ema_network.register_forward_pre_hook(lambda module, args, name=name: calls[name].append(
+            round(float(args[1].flatten()[0]), 6)))
+    bench.with_expert(model, expert, 0.5)
+    generate(model, 2, SamplingSettings(steps=20), image_size=16)
+    variances = model.schedule(samplers.uniform_times(20))[0][:20] ** 2
+    assert calls["expert"] == pytest.approx(variances[:11].tolist(), rel=1e-5)
+    assert calls["model"] == pytest.approx(variances[11:].tolist(), rel=1e-5)
+    photos = flowers16[:4]
+    clean = model.normalizer.normalize(photos.float() / 255)
+    seen = []
+    monkeypatch.setattr(expert, "denoise", lambda noisy, noise_rates, signal_rates, **_: (
+        seen.append(1) or ((noisy - signal_rates * clean) / noise_rates, clean)))
+    restored = bench.from_photos(expert, photos, 0.3, 20, 1.0)
+    assert len(seen) == 6 and (restored.int() - photos.int()).abs().max() <= 1

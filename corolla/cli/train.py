@@ -96,6 +96,14 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss-scales", type=whole_number(1, limits.MAX_LOSS_SCALES), metavar="N",
                    help="add the loss of the noise average-pooled to 1/2, 1/4, ... of the resolution, N levels in "
                         "all, so the coarse layout weighs more (Hoogeboom et al. 2023); 1: off, the reference")
+    p.add_argument("--loss-space", choices=losses.SPACES,
+                   help="measure the error on the noise (the reference), on the image the predicted noise "
+                        "implies (the error times noise/signal rate: the noisiest levels, where the layout is "
+                        "decided, weigh up to 50x, the cleanest a third), or on the larger of the two (max)")
+    p.add_argument("--time-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="draw the training diffusion times from [LO, HI) instead of [0, 1): a network for those "
+                        "noise levels only (1 is pure noise), an expert (eDiff-I, Balaji et al. 2022); its "
+                        "validation loss is over the same range")
     p.add_argument("--repetitions", type=whole_number(1, limits.MAX_REPETITIONS),
                    help="times the data set is repeated per epoch")
     p.add_argument("--val-fraction", type=fraction, help="share of images held out for the validation loss")
