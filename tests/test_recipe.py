@@ -96,11 +96,17 @@ def test_min_snr_gamma_weights_each_images_error_and_zero_is_the_reference_loss(
                         (weights * errors).mean().item(), rel_tol=1e-5)
 
 
-def test_the_squared_error_is_the_mean_square_and_l1_stays_the_references_mean_absolute_error():
-    torch.manual_seed(2)
+def _model_and_draws(seed: int) -> tuple[DiffusionModel, torch.Tensor, torch.Tensor]:
+    """A tiny network whose zero-initialised head is drawn at random (a prediction other than zeros),
+    three images and their noises."""
+    torch.manual_seed(seed)
     model = DiffusionModel(preset("tiny").unet)
-    torch.nn.init.normal_(model.network.head.weight, std=0.1)  # a prediction other than zeros
-    images, noises = torch.rand(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    torch.nn.init.normal_(model.network.head.weight, std=0.1)
+    return model, torch.rand(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+
+
+def test_the_squared_error_is_the_mean_square_and_l1_stays_the_references_mean_absolute_error():
+    model, images, noises = _model_and_draws(2)
     times = torch.tensor([0.1, 0.5, 0.9]).view(-1, 1, 1, 1)
     differences = _predicted(model, images, noises, times) - noises
     assert model.noise_loss(images, noises, times).item() == pytest.approx(differences.abs().mean().item(), rel=1e-6)
@@ -152,10 +158,7 @@ def test_coarse_errors_pool_the_noise_and_weigh_each_level_as_the_full_resolutio
 
 
 def test_loss_scales_add_the_coarse_errors_and_one_is_the_reference_loss():
-    torch.manual_seed(3)
-    model = DiffusionModel(preset("tiny").unet)
-    torch.nn.init.normal_(model.network.head.weight, std=0.1)
-    images, noises = torch.rand(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    model, images, noises = _model_and_draws(3)
     times = torch.tensor([0.1, 0.5, 0.9]).view(-1, 1, 1, 1)
     plain = model.noise_loss(images, noises, times)
     assert torch.equal(model.noise_loss(images, noises, times, objective=losses.Objective(scales=1)), plain)
@@ -170,10 +173,7 @@ def test_loss_scales_add_the_coarse_errors_and_one_is_the_reference_loss():
 
 
 def test_the_image_space_error_is_the_error_of_the_image_the_predicted_noise_implies_and_max_the_larger():
-    torch.manual_seed(6)
-    model = DiffusionModel(preset("tiny").unet)
-    torch.nn.init.normal_(model.network.head.weight, std=0.1)
-    images, noises = torch.rand(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    model, images, noises = _model_and_draws(6)
     times = torch.tensor([0.1, 0.5, 0.95]).view(-1, 1, 1, 1)
     normalized = model.normalizer.normalize(images)
     noise_rates, signal_rates = model.schedule(times)
