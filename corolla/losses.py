@@ -27,11 +27,21 @@ class Objective:
     times: tuple[float, float] = (0.0, 1.0)
     space: str = "noise"
 
+    @classmethod
+    def of(cls, train) -> "Objective":
+        """The objective of a TrainConfig."""
+        return cls(train.loss, train.min_snr_gamma, train.loss_scales, tuple(train.time_range), train.loss_space)
+
     def draw_times(self, count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """(count, 1, 1, 1) diffusion times, uniform over `times`; the whole range draws exactly torch.rand's."""
-        low, high = self.times
-        times = torch.rand((count, 1, 1, 1), generator=generator, device=device)
-        return times if (low, high) == (0.0, 1.0) else low + (high - low) * times
+        return uniform_times(self.times, count, generator, device)
+
+
+def uniform_times(span: tuple[float, float], count: int, generator: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    """(count, 1, 1, 1) diffusion times uniform over span = [lo, hi); for [0, 1) exactly torch.rand's
+    numbers (0 + 1 * u is u in floating point)."""
+    low, high = span
+    return low + (high - low) * torch.rand((count, 1, 1, 1), generator=generator, device=device)
 
 
 # Where the error of the predicted noise is measured: on the noise itself (the reference), on the

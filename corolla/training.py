@@ -127,7 +127,7 @@ def validation_loss(model: DiffusionModel, images: torch.Tensor, batch_size: int
     for first in range(0, images.shape[0], batch_size):
         batch = _as_float(images[first:first + batch_size], device)
         noises = torch.randn(batch.shape, generator=generator).to(device)
-        drawn = losses.Objective(times=times).draw_times(batch.shape[0], generator, torch.device("cpu")).to(device)
+        drawn = losses.uniform_times(times, batch.shape[0], generator, torch.device("cpu")).to(device)
         classes = None if labels is None else labels[first:first + batch_size].to(device)
         total += model.noise_loss(batch, noises, drawn, ema=True, labels=classes).item() * batch.shape[0]
         count += batch.shape[0]
@@ -359,7 +359,7 @@ class _Run:
         val = float("nan")
         if self.world.is_main:
             val = validation_loss(self.model, self.data.val, tc.batch_size, tc.seed, self.dev, self.data.val_labels,
-                                  tuple(tc.time_range))
+                                  losses.Objective.of(tc).times)
             grid = _epoch_grid(self.model, self.config, self.run_dir, p.epoch)
             if grid is None:
                 self.say(f"epoch {p.epoch}: the EMA network's samples are not finite; no sample grid written")
@@ -410,8 +410,8 @@ def _set_up(config: Config, sources: Sources, run_dir: Path, world: distributed.
             runlog.truncate(run_dir / "metrics.jsonl", progress.log_lines)
         say(f"resuming {run_dir} at step {progress.step} (epoch {progress.epoch + 1}, "
             f"batch {progress.batch_in_epoch})")
-    if tuple(config.train.time_range) != (0.0, 1.0):
-        low, high = config.train.time_range
+    low, high = losses.Objective.of(config.train).times
+    if (low, high) != (0.0, 1.0):
         say(f"this network learns the diffusion times [{low:g}, {high:g}) only: alone it does not sample; it is "
             f"an expert beside a whole model (benchmarks/noise_levels.py --expert)")
     running = torch.full((), float(progress.running_loss), device=dev)
@@ -431,7 +431,7 @@ def _train(config: Config, sources: Sources, run_dir: Path, world: distributed.W
     slots = range(world.rank * tc.accumulate, (world.rank + 1) * tc.accumulate)  # this rank's micro-batches
     train_images = run.data.train.to(dev)  # uint8 on the device: no host copies in the loop
     train_labels = None if run.data.train_labels is None else run.data.train_labels.to(dev)
-    objective = losses.Objective(tc.loss, tc.min_snr_gamma, tc.loss_scales, tuple(tc.time_range), tc.loss_space)
+    objective = losses.Objective.of(tc)
     evaluator = make_evaluator(config, run.data, dev) if tc.eval_every and world.is_main else None
     ddp = _distribute(model, world, dev, tc.compile) if world.distributed else None
     if max_steps is not None and p.step >= max_steps:
