@@ -27,16 +27,16 @@ from corolla.data import imagefolder
 from corolla.diffusion import DiffusionModel
 from corolla.generation import SamplingSettings, generate
 from corolla.metrics.evaluation import quantise
-from corolla.storage import checkpoint, pretrained
+from corolla.storage import checkpoint
 from corolla.training import validation_loss
+from corolla.warmstart import source_path
 
 BATCH = 128
 LOSS_SEED = 8  # the seed of the expert study's runs, whose validation draws these repeat
 
 
 def load(name: str, precision: str) -> DiffusionModel:
-    path = pretrained.path(name) if name in pretrained.names() else name
-    return checkpoint.load_for_sampling(path, torch.device("cpu"), precision)[0]
+    return checkpoint.load_for_sampling(source_path(name), torch.device("cpu"), precision)[0]
 
 
 def swd(heldout: torch.Tensor, images: torch.Tensor) -> dict[int, float]:
