@@ -2,6 +2,7 @@
 
     python benchmarks/noise_levels.py --train DIR --heldout DIR [--model flowers64] --starts 1,0.9,0.8
     python benchmarks/noise_levels.py --train DIR --heldout DIR [--model flowers64] --expert CKPT --split T
+    python benchmarks/noise_levels.py --train DIR --heldout DIR [--model flowers64] --layout CKPT --starts 0.8
         [--samples 1024] [--steps 20] [--eps-scale S] [--precision bf16] [--json OUT]
 
 --starts: DDIM from --samples training photos noised to each time T0 (their own noise, seeded), with
@@ -14,6 +15,12 @@ eps scale, which is set for trajectories from pure noise.
 at diffusion times below T and CKPT's (a run trained with `--time-range`) from T up; beside them the
 model alone, and each network's held-out loss over [T, 1) (noise and times from seed 8, the
 study's). eDiff-I's ensemble of expert denoisers (Balaji et al. 2022) in its simplest form.
+
+--layout: a cascade. CKPT, a model of smaller images (a run trained with `--image-size 32`), draws
+--samples images of seed 0 at its own eps scale; each is upsampled to the model's size and taken, in
+place of the training photos, to each of --starts: the model's DDIM finishes it. Beside them the
+upsampled images alone (their coarse levels are the layout model's). Cascaded diffusion (Ho et al.
+2021) without its conditioning: the small model decides the layout, the large one the detail.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import argparse
 import json
 
 import torch
+import torch.nn.functional as F
 
 from corolla import metrics, samplers
 from corolla.data import imagefolder
@@ -59,6 +67,16 @@ def from_photos(model: DiffusionModel, photos: torch.Tensor, start: float, steps
     return torch.cat(out)
 
 
+def layout_images(path: str, precision: str, count: int, size: int, steps: int, eps_scale: float | None
+                  ) -> torch.Tensor:
+    """`count` images of seed 0 from the model at `path`, at its own size and `eps_scale` (None: its
+    own), upsampled to `size` -> uint8."""
+    layout, config = checkpoint.load_for_sampling(source_path(path), torch.device("cpu"), precision)
+    settings = SamplingSettings(steps=steps, eps_scale=layout.sampling_eps_scale(eps_scale))
+    small = generate(layout, count, settings, image_size=config.data.image_size)
+    return quantise(F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False))
+
+
 def with_expert(model: DiffusionModel, expert: DiffusionModel, split: float) -> DiffusionModel:
     """`model`, its sampling calls at noise rates from time `split` up sent to `expert`'s EMA network
     (every sampler evaluates one time per batch)."""
@@ -77,6 +95,8 @@ def main() -> None:
     p.add_argument("--starts", type=lambda v: [float(t) for t in v.split(",")])
     p.add_argument("--expert")
     p.add_argument("--split", type=float, default=0.8)
+    p.add_argument("--layout")
+    p.add_argument("--layout-eps-scale", type=float)
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--eps-scale", type=float)
@@ -93,6 +113,11 @@ def main() -> None:
         train, _ = imagefolder.load_folder(args.train, 64)
         photos = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:args.samples]]
         result["floor"] = swd(heldout, photos)
+        if args.layout:
+            photos = layout_images(args.layout, args.precision, args.samples, 64, args.steps,
+                                   args.layout_eps_scale)
+            result.update(layout=args.layout, layout_alone=swd(heldout, photos))
+            print("layout alone", result["layout_alone"], flush=True)
         result["starts"] = {}
         for start in args.starts:
             signal = float(model.schedule(torch.tensor(start))[1])

@@ -535,6 +535,25 @@ def test_corolla_evaluate_with_inception_weights_caches_real_features(tmp_path, 
     assert json.loads((tmp_path / "out.json").read_text())["fid"] == pytest.approx(results["fid"], rel=1e-6)
 
 
+def test_a_layout_model_draws_at_its_own_size_and_is_upsampled_keeping_each_images_colour(flowers16, tmp_path):
+    """benchmarks/noise_levels.py --layout: the small model's images of seed 0, drawn at the size its
+    checkpoint was trained at (16 here) and upsampled bilinearly to the large model's: each image's
+    mean colour is kept and the new pixels are interpolated, not repeated."""
+    bench = load_script("benchmarks", "noise_levels.py")
+    model = tiny_model(flowers16)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.ema_network.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    folder = checkpoint.save_pretrained(tmp_path / "small", model, configs.preset("tiny"))
+    large = bench.layout_images(str(folder), "fp32", 3, 32, 4, 1.0)
+    small = generate(model, 3, SamplingSettings(steps=4, eps_scale=1.0), image_size=16)
+    assert large.shape == (3, 3, 32, 32) and large.dtype == torch.uint8
+    assert small.std() > 0.05  # images, not a constant
+    assert (large.float().mean(dim=(2, 3)) / 255 - small.mean(dim=(2, 3))).abs().max() < 1 / 255
+    assert (large[:, :, 0::2, 0::2].int() - large[:, :, 1::2, 1::2].int()).abs().max() > 0
+
+
 def test_an_expert_takes_the_sampling_calls_from_its_split_up_and_photos_restart_at_their_time(flowers16,
                                                                                                 monkeypatch):
     """benchmarks/noise_levels.py: with an expert from t = 0.5, DDIM-20's evaluations at 1.0 ... 0.5
