@@ -3,6 +3,7 @@
     python benchmarks/noise_levels.py --train DIR --heldout DIR [--model flowers64] --starts 1,0.9,0.8
     python benchmarks/noise_levels.py --train DIR --heldout DIR [--model flowers64] --expert CKPT --split T
     python benchmarks/noise_levels.py --train DIR --heldout DIR [--model flowers64] --layout CKPT --starts 0.8
+        [--layout-eps-scale S]
         [--samples 1024] [--steps 20] [--eps-scale S] [--precision bf16] [--json OUT]
 
 --starts: DDIM from --samples training photos noised to each time T0 (their own noise, seeded), with
@@ -17,8 +18,8 @@ model alone, and each network's held-out loss over [T, 1) (noise and times from 
 study's). eDiff-I's ensemble of expert denoisers (Balaji et al. 2022) in its simplest form.
 
 --layout: a cascade. CKPT, a model of smaller images (a run trained with `--image-size 32`), draws
---samples images of seed 0 at its own eps scale; each is upsampled to the model's size and taken, in
-place of the training photos, to each of --starts: the model's DDIM finishes it. Beside them the
+--samples images of seed 0 at --layout-eps-scale (else its own); each is upsampled to the model's
+size and taken, in place of the training photos, to each of --starts: the model's DDIM finishes it. Beside them the
 upsampled images alone (their coarse levels are the layout model's). Cascaded diffusion (Ho et al.
 2021) without its conditioning: the small model decides the layout, the large one the detail.
 """
@@ -105,6 +106,8 @@ def main() -> None:
     args = p.parse_args()
     if not (args.starts or args.expert):
         p.error("give --starts or --expert")
+    if args.layout and not args.starts:
+        p.error("--layout needs --starts: the times the model takes the layout model's images from")
     heldout, _ = imagefolder.load_folder(args.heldout, 64)
     model = load(args.model, args.precision)
     eps_scale = model.sampling_eps_scale(args.eps_scale)
