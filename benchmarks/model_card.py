@@ -4,7 +4,8 @@
         [--samples 1024] [--steps 20] [--eps-scale S] [--guidance G] [--loss-schedule NAME] [--json OUT]
         [--pairs-dir DIR]
 
-For each model (a shipped name or a checkpoint path): `corolla evaluate` with --heldout (SWD per
+For each model (a shipped name or a checkpoint path; MODEL+LAYOUT, e.g. flowers64+layout32, is the
+cascade `corolla sample --layout` draws): `corolla evaluate` with --heldout (SWD per
 resolution of --samples generated images against the --train images and against the held-out
 images, the denoising loss on the held-out images, memorisation against the --train images, the
 nearest-pairs PNG), sampled at --eps-scale (default: each model's own; the history rows before
@@ -63,16 +64,18 @@ def main() -> None:
                                     eps_scale=args.eps_scale, loss_schedule=args.loss_schedule)
     results, floors = {}, {}
     for name in args.models.split(","):
-        path = model_path(name)
+        path, _, layout = name.partition("+")
+        path = model_path(path)
         config = checkpoint.load_config(checkpoint.resolve(path))
         size = config.data.image_size
         mixed = args.guidance is not None and bool(config.unet.classes)
         if size not in floors:
             floors[size] = floor(args.train, args.heldout, size, args.samples, args.seed)
-        pairs = Path(args.pairs_dir) / f"nearest_pairs_{Path(name).name}.png"
+        pairs = Path(args.pairs_dir) / f"nearest_pairs_{Path(name).name.replace('+', '_')}.png"
         scored = dataclasses.replace(settings, random_class=True, guidance=args.guidance) if mixed else settings
         results[name] = metrics.evaluate_checkpoint(path, args.train, scored, pairs_png=pairs,
-                                                    precision=args.precision, heldout_dir=args.heldout)
+                                                    precision=args.precision, heldout_dir=args.heldout,
+                                                    layout=layout or None)
         print(f"  scored {name}", flush=True)
     Path(args.json).write_text(json.dumps({"models": results, "floor": {str(k): v for k, v in floors.items()},
                                            "samples": args.samples, "steps": args.steps}, indent=2) + "\n")

@@ -73,6 +73,9 @@ class SamplingConfig:
     config.json may set it after measuring."""
     eps_scale: float = 1.0        # samplers.scaled_noise's divisor for DDIM; 1 is the reference's sampling
     multistep_eps_scale: float | None = None  # dpmpp_2m's, dpmpp_3m's and unipc's; None: eps_scale
+    # a cascade's (corolla.cascade): the scale this model finishes an image handed over below t = 1
+    # at; None: its own for the sampler. A handed-over image needs more than sampling from noise.
+    handover_eps_scale: float | None = None
 
 
 @dataclass(frozen=True)

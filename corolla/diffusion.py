@@ -62,7 +62,8 @@ class DiffusionModel(nn.Module):
     epsilon scales it is sampled with unless a caller chooses one (Config.sampling)."""
 
     def __init__(self, unet: UNetConfig = UNetConfig(), schedule: str = "offset_cosine",
-                 ema_init: str = "copy", eps_scale: float = 1.0, multistep_eps_scale: float | None = None):
+                 ema_init: str = "copy", eps_scale: float = 1.0, multistep_eps_scale: float | None = None,
+                 handover_eps_scale: float | None = None):
         super().__init__()
         self.network = UNet(unet)
         if ema_init == "copy":
@@ -78,6 +79,7 @@ class DiffusionModel(nn.Module):
         self.schedule = schedules.get(schedule)
         self.eps_scale = eps_scale
         self.multistep_eps_scale = multistep_eps_scale
+        self.handover_eps_scale = handover_eps_scale
         self._channels_last = False
         self.precision = "fp32"
         self._forward: dict[bool, Callable] = {}  # compiled or folded forwards, keyed by `ema`; not submodules
@@ -88,6 +90,13 @@ class DiffusionModel(nn.Module):
         if chosen is not None:
             return chosen
         return samplers.own_eps_scale(sampler, self.eps_scale, self.multistep_eps_scale)
+
+    def handover_scale(self, chosen: float | None, sampler: str = "ddim") -> float:
+        """The epsilon scale it finishes a cascade's handed-over images at: `chosen`, else its
+        Config.sampling.handover_eps_scale, else its own for `sampler`."""
+        if chosen is None and self.handover_eps_scale is not None:
+            return self.handover_eps_scale
+        return self.sampling_eps_scale(chosen, sampler)
 
     def accelerate(self, channels_last: bool = False, compile: bool = False,
                    compile_ema: bool = False, precision: str | None = None,

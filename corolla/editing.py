@@ -57,26 +57,6 @@ def check_strength(strength: float) -> float:
 
 # --- SDEdit -------------------------------------------------------------------------------------
 
-def noise_images(schedule: Schedule, images: torch.Tensor, noise: torch.Tensor, t: float) -> torch.Tensor:
-    """The forward process at time t: signal(t) x0 + noise(t) eps. At t = 1 it is the noise alone:
-    every sampler, as the reference's, starts from pure noise there, although the offset cosine
-    keeps a signal rate of 0.02 at t = 1; so strength 1 is plain sampling from the same noise."""
-    if t >= 1:
-        return noise
-    noise_rates, signal_rates = _rates(schedule, t, images)
-    return signal_rates * images + noise_rates * noise
-
-
-def edit_times(times: torch.Tensor, strength: float) -> torch.Tensor:
-    """The part of a sampling grid below `strength`: [strength, the grid's evaluation times below
-    it, times[-1]]; the whole grid at strength 1. A grid time within 1e-9 of strength is strength."""
-    if strength >= 1:
-        return times
-    evaluations = times[:-1]
-    below = evaluations[evaluations < strength - 1e-9]
-    return torch.cat([torch.tensor([strength], dtype=times.dtype), below, times[-1:]])
-
-
 def sdedit(denoise: Denoiser, schedule: Schedule, images: torch.Tensor, noise: torch.Tensor,
            times: torch.Tensor, strength: float, sampler: str = "ddim", eta: float = 0.0,
            noise_fn: samplers.NoiseFn | None = None) -> torch.Tensor:
@@ -86,8 +66,9 @@ def sdedit(denoise: Denoiser, schedule: Schedule, images: torch.Tensor, noise: t
     strength = check_strength(strength)
     if strength == 0:
         return images
-    start = noise_images(schedule, images, noise, strength)
-    return samplers.get(sampler)(denoise, schedule, start, edit_times(times, strength), eta=eta, noise_fn=noise_fn)
+    start = samplers.noised(schedule, images, noise, strength)
+    return samplers.get(sampler)(denoise, schedule, start, samplers.times_from(times, strength), eta=eta,
+                                 noise_fn=noise_fn)
 
 
 # --- DDIM inversion -----------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from . import samplers
+from . import cascade, samplers
+from .cascade import Layout
 from .conditioning import DEFAULT_GUIDANCE
 from .data.labels import class_number
 from .diffusion import Denoiser, DiffusionModel
@@ -89,8 +90,8 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
                       eta: float = 0.0, generators: list[torch.Generator] | None = None,
                       grid: str = "uniform", labels: torch.Tensor | None = None,
                       guidance: float = DEFAULT_GUIDANCE, callback: Callback | None = None,
-                      guard: contextlib.AbstractContextManager | None = None, eps_scale: float | None = None
-                      ) -> torch.Tensor:
+                      guard: contextlib.AbstractContextManager | None = None, eps_scale: float | None = None,
+                      start: float = 1.0) -> torch.Tensor:
     """Decode a batch of initial noises with the EMA network -> images in [0, 1], (B,C,H,W).
 
     `steps` network evaluations on the named time grid (samplers.GRIDS; "uniform" is the
@@ -99,18 +100,21 @@ def sample_from_noise(model: DiffusionModel, noise: torch.Tensor, steps: int, sa
     (corolla.conditioning); None samples it unconditionally. callback: see Callback; an exception
     it raises stops the sampling. guard: a reusable context manager held around each network
     evaluation (a server's lock, so that jobs share the model one evaluation at a time). eps_scale:
-    samplers.scaled_noise's; None is the model's own (model.eps_scale, from its Config.sampling)."""
+    samplers.scaled_noise's; None is the model's own (model.eps_scale, from its Config.sampling).
+    start < 1: `noise` is a state already noised to that time (a cascade's hand-over), sampled over
+    the grid's part below it at the model's hand-over scale (DiffusionModel.handover_scale)."""
     model.eval()
     device = next(model.parameters()).device
     guided = labels is not None and guidance not in (0, 1)  # both predictions in one batch of 2B
     check_evaluation_memory(model.network, noise.shape[0] * (2 if guided else 1), noise.shape[-1], device)
-    times = samplers.get_grid(grid, steps, model.schedule)
+    times = samplers.times_from(samplers.get_grid(grid, steps, model.schedule), start)
     noise_fn = None
     if generators is not None:
         noise_fn = lambda: draw_noise(generators, tuple(noise.shape[1:]), device)
     run = samplers.get(sampler)
     denoise = samplers.scaled_noise(model.ema_denoiser(None if labels is None else labels.to(device), guidance),
-                                    model.sampling_eps_scale(eps_scale, sampler))
+                                    model.sampling_eps_scale(eps_scale, sampler) if start >= 1
+                                    else model.handover_scale(eps_scale, sampler))
     if callback is not None or guard is not None:
         denoise = _watched(denoise, model, callback, guard)
     pred_images = run(denoise, model.schedule, noise.to(device), times, eta=eta, noise_fn=noise_fn)
@@ -140,7 +144,8 @@ def _watched(denoise: Denoiser, model: DiffusionModel, callback: Callback | None
 def generate_batches(model: DiffusionModel, num_images: int, settings: SamplingSettings = SamplingSettings(), *,
                      image_size: int = 64, start: int = 0, classes: Classes = None,
                      guidance: float = DEFAULT_GUIDANCE, callback: Callback | None = None,
-                     guard: contextlib.AbstractContextManager | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+                     guard: contextlib.AbstractContextManager | None = None, layout: Layout | None = None
+                     ) -> Iterator[tuple[int, torch.Tensor]]:
     """generate() one batch at a time -> (index of the batch's first image, its images), so that
     any number of images can be written as they are made. callback and guard: sample_from_noise's,
     for every batch (the callback's count starts again with each batch)."""
@@ -148,20 +153,40 @@ def generate_batches(model: DiffusionModel, num_images: int, settings: SamplingS
     shape = (model.network.config.channels, image_size, image_size)
     wanted = (drawn_classes(model, classes, s.seed, range(start, start + num_images)) if isinstance(classes, ClassMix)
               else class_labels(model, classes, num_images))  # checked before any work
+    if layout is not None:
+        cascade.check_layout(layout, model, image_size)
+        if wanted is not None:
+            raise ValueError("a cascade draws unconditional images: give no classes with a layout model")
     for first in range(start, start + num_images, s.batch_size):
         indices = range(first, min(first + s.batch_size, start + num_images))
         generators = [seeded_generator(s.seed, i) for i in indices]
-        noise = draw_noise(generators, shape)
+        noise, begin = _first_state(model, layout, generators, shape, s, guard)
         labels = (None if wanted is None else torch.full((len(indices),), wanted) if isinstance(wanted, int)
                   else wanted[first - start:first - start + len(indices)])
         yield first, sample_from_noise(model, noise, s.steps, s.sampler, s.eta, generators if s.eta > 0 else None,
-                                       s.time_grid, labels, guidance, callback, guard, s.eps_scale)
+                                       s.time_grid, labels, guidance, callback, guard, s.eps_scale, begin)
+
+
+def _first_state(model: DiffusionModel, layout: Layout | None, generators: list[torch.Generator],
+                 shape: tuple[int, int, int], s: SamplingSettings, guard: contextlib.AbstractContextManager | None
+                 ) -> tuple[torch.Tensor, float]:
+    """-> (the state a batch's sampling starts from, its time). Without a layout: each image's
+    initial noise at t = 1. With one: each image's stream draws the layout model's initial noise
+    (and its steps' noise), the layout is sampled with the same settings at the layout model's own
+    scale, then the stream draws the noise that takes it to layout.start."""
+    if layout is None:
+        return draw_noise(generators, shape), 1.0
+    small = (shape[0], layout.image_size, layout.image_size)
+    layouts = sample_from_noise(layout.model, draw_noise(generators, small), s.steps, s.sampler, s.eta,
+                                generators if s.eta > 0 else None, s.time_grid, guard=guard)
+    noise = draw_noise(generators, shape, next(model.parameters()).device)
+    return cascade.handed_over(model, layouts, noise, layout.start), layout.start
 
 
 def generate(model: DiffusionModel, num_images: int, settings: SamplingSettings = SamplingSettings(), *,
              image_size: int = 64, start: int = 0, classes: Classes = None, guidance: float = DEFAULT_GUIDANCE,
-             callback: Callback | None = None, guard: contextlib.AbstractContextManager | None = None
-             ) -> torch.Tensor:
+             callback: Callback | None = None, guard: contextlib.AbstractContextManager | None = None,
+             layout: Layout | None = None) -> torch.Tensor:
     """Images start..start+num_images-1 of settings.seed -> (num_images, C, H, W) in [0, 1].
 
     The time grid is settings.time_grid, as `corolla sample` draws: the reference's uniform one for
@@ -169,7 +194,9 @@ def generate(model: DiffusionModel, num_images: int, settings: SamplingSettings 
     model): one class for every image or one per image, each a name or a number
     (labels.class_number), drawn at classifier-free `guidance` (corolla.conditioning: 0 is
     unconditional, 1 conditional, more is more of the class); None samples unconditionally.
-    callback and guard: sample_from_noise's, for every batch."""
+    callback and guard: sample_from_noise's, for every batch (the callback sees the full-size
+    model's evaluations). layout: a cascade's first stage (corolla.cascade), whose images the model
+    finishes from layout.start; unconditional only."""
     return torch.cat([images for _, images in generate_batches(
         model, num_images, settings, image_size=image_size, start=start, classes=classes, guidance=guidance,
-        callback=callback, guard=guard)])
+        callback=callback, guard=guard, layout=layout)])

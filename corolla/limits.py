@@ -187,6 +187,7 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
     "SamplingConfig": {
         "eps_scale": number(*samplers.EPS_SCALES),
         "multistep_eps_scale": optional(number(*samplers.EPS_SCALES)),
+        "handover_eps_scale": optional(number(*samplers.EPS_SCALES)),
     },
     "Config": {
         "preset": text(PRESET_NAME, "1 to 64 letters, digits, '_', '-' or '.'"),

@@ -101,6 +101,27 @@ def _rates(schedule: Schedule, t: float, like: Array) -> tuple[Array, Array]:
     return noise_rate, signal_rate
 
 
+def times_from(times: Array, start: float) -> Array:
+    """The part of a time grid from `start` down, for a trajectory that starts from an image noised
+    to `start` (an edit, a cascade's hand-over): [start, the grid's evaluation times below it,
+    times[-1]]; the whole grid at start 1. A grid time within 1e-9 of start is start."""
+    if start >= 1:
+        return times
+    values = times.tolist()
+    below = [t for t in values[:-1] if t < start - 1e-9]
+    return arrays.of(times).like([start, *below, values[-1]], times)
+
+
+def noised(schedule: Schedule, images: Array, noise: Array, t: float) -> Array:
+    """The forward process at time t: signal(t) x0 + noise(t) eps. At t = 1 it is the noise alone:
+    every sampler, as the reference's, starts from pure noise there, although the offset cosine
+    keeps a signal rate of 0.02 at t = 1; so starting at 1 is plain sampling from the same noise."""
+    if t >= 1:
+        return noise
+    noise_rates, signal_rates = _rates(schedule, t, images)
+    return signal_rates * images + noise_rates * noise
+
+
 def ddim_step(denoise: Denoiser, schedule: Schedule, x: Array, t: float, t_next: float,
               eta: float = 0.0, noise_fn: NoiseFn | None = None) -> tuple[Array, Array]:
     """One DDIM step from time t to t_next -> (x at t_next, predicted image at t). With eta = 0

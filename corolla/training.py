@@ -48,7 +48,7 @@ class Interrupted(Exception):
 def build(config: Config, device: torch.device) -> tuple[DiffusionModel, torch.optim.Optimizer]:
     torch.manual_seed(config.train.seed)  # the networks' initial weights, the same on every rank
     model = DiffusionModel(config.unet, config.train.schedule, config.train.ema_init, config.sampling.eps_scale,
-                           config.sampling.multistep_eps_scale)
+                           config.sampling.multistep_eps_scale, config.sampling.handover_eps_scale)
     if config.train.sync_bn:
         if device.type != "cuda":
             raise ValueError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPUs each "

@@ -103,10 +103,10 @@ def test_operations_that_step_with_ddim_refuse_another_sampler_and_inversion_an_
 
 def test_an_edit_runs_the_part_of_the_grid_below_its_strength():
     times = samplers.get_grid("uniform", 20, schedules.offset_cosine)
-    part = editing.edit_times(times, 0.6)
+    part = samplers.times_from(times, 0.6)
     assert part.tolist() == pytest.approx([0.6] + [1 - k / 20 for k in range(9, 20)] + [0.0])
-    assert torch.equal(editing.edit_times(times, 1.0), times)
-    assert editing.edit_times(times, 0.62).tolist()[:2] == pytest.approx([0.62, 0.6])
+    assert torch.equal(samplers.times_from(times, 1.0), times)
+    assert samplers.times_from(times, 0.62).tolist()[:2] == pytest.approx([0.62, 0.6])
     calls = []
 
     def counting(x, n, s):

@@ -4,12 +4,21 @@ from __future__ import annotations
 import json
 import math
 
-from .. import limits, schedules
+from .. import cascade, limits, schedules
 from ..inception import weights_help
 from ..metrics import EvalSettings, evaluate_checkpoint
 from ..storage import outputs
 from ..storage.atomic import replacing
-from .options import add_model_options, add_sampling, checkpoint_path, guidance, path_text, whole_number
+from .options import (
+    add_layout,
+    add_model_options,
+    add_sampling,
+    checkpoint_path,
+    guidance,
+    layout_request,
+    path_text,
+    whole_number,
+)
 
 # (key, label, format); None values print as what they need
 ROWS = [
@@ -45,6 +54,7 @@ def register(sub) -> None:
                         "--model: the shipped conditional model")
     p.add_argument("--guidance", type=guidance, help="with --random-class: classifier-free guidance "
                    f"(default {EvalSettings.guidance:g}; 1 is the conditional model alone)")
+    add_layout(p)
     p.add_argument("--loss-schedule", choices=sorted(schedules.SCHEDULES), default="",
                    help="score the losses at this schedule's noise levels (default: the model's own), to compare "
                         "models trained under different schedules")
@@ -102,6 +112,7 @@ def results_table(results: dict) -> str:
 
 
 def run_evaluate(args) -> int:
+    layout, layout_start = layout_request(args) or (None, cascade.LAYOUT_START)
     if args.guidance is not None and not args.random_class:
         raise ValueError("--guidance needs --random-class: without classes the model is scored unconditionally")
     out = outputs.check_file(args.json, "--json")  # before the minutes of generating
@@ -111,7 +122,8 @@ def run_evaluate(args) -> int:
                             loss_schedule=args.loss_schedule, random_class=args.random_class,
                             guidance=EvalSettings.guidance if args.guidance is None else args.guidance)
     results = evaluate_checkpoint(checkpoint_path(args), args.data, settings, args.inception_weights, args.device,
-                                  args.pairs, precision=args.precision, heldout_dir=args.heldout)
+                                  args.pairs, precision=args.precision, heldout_dir=args.heldout,
+                                  layout=layout, layout_start=layout_start)
     if results is None:  # a torchrun process other than rank 0: its images went to rank 0
         return 0
     results = with_reasons(results)

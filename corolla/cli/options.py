@@ -7,7 +7,7 @@ import os
 from dataclasses import fields, replace
 from typing import Callable
 
-from .. import limits, samplers
+from .. import cascade, limits, samplers
 from .. import precision as precisions
 from ..samplers import SamplingSettings
 from ..storage import checkpoint
@@ -79,6 +79,14 @@ def eps_scale(text: str) -> float:
     return value
 
 
+def layout_start(text: str) -> float:
+    """A cascade's hand-over time (corolla.cascade.check_start)."""
+    try:
+        return cascade.check_start(_number(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def path_text(text: str) -> str:
     """A file or folder argument: an empty one would silently mean '.' or the default."""
     if not text.strip():
@@ -144,6 +152,36 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="NAME", help="a shipped model by name (`corolla models` lists them)")
     add_precision(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
+
+
+def add_layout(p: argparse.ArgumentParser) -> None:
+    """A cascade's options (corolla.cascade)."""
+    p.add_argument("--layout", metavar="MODEL", type=path_text,
+                   help="a cascade: MODEL, a model of smaller images (a checkpoint or run folder, or a shipped model "
+                        "by name: layout32 for flowers64), draws each image's layout and the model finishes it "
+                        "(unconditional models; PyTorch checkpoints)")
+    p.add_argument("--layout-start", type=layout_start, metavar="T",
+                   help=f"with --layout: the diffusion time in (0, 1) at which the model takes the upsampled layout "
+                        f"over (default {cascade.LAYOUT_START:g})")
+
+
+def layout_request(args) -> tuple[str, float] | None:
+    """add_layout's options, checked -> (the layout model as given, the hand-over time), or None."""
+    if args.layout is None:
+        if args.layout_start is not None:
+            raise ValueError("--layout-start needs --layout: the layout model whose images the model takes over")
+        return None
+    if getattr(args, "classes", None) or getattr(args, "random_class", False):
+        raise ValueError("--layout draws unconditional images: it cannot be combined with --class or --random-class")
+    return args.layout, cascade.LAYOUT_START if args.layout_start is None else args.layout_start
+
+
+def layout_for(args, model, config, device) -> "cascade.Layout | None":
+    """The cascade's first stage that add_layout's options ask for, checked against `model`, in the
+    command's precision; None without --layout."""
+    request = layout_request(args)
+    return None if request is None else cascade.load(request[0], model, config.data.image_size, device,
+                                                     args.precision, request[1])
 
 
 def checkpoint_path(args) -> str:

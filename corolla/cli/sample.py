@@ -7,12 +7,14 @@ from .. import conditioning, distributed, limits
 from ..portable import folder
 from ..storage import outputs
 from .options import (
+    add_layout,
     add_model_options,
     add_out,
     add_progress,
     add_sampling,
     checkpoint_path,
     guidance,
+    layout_for,
     load_model_for,
     path_text,
     sampling_settings,
@@ -41,6 +43,7 @@ def register(sub) -> None:
                    help="with --class or --random-class: classifier-free guidance, 0 unconditional, 1 the "
                         "conditional model, more follows the class more closely at the cost of variety "
                         f"(default {conditioning.DEFAULT_GUIDANCE:g})")
+    add_layout(p)
     add_progress(p)
     p.set_defaults(func=run_sample)
 
@@ -75,6 +78,7 @@ def run_sample(args) -> int:
     settings = sampling_settings(args)
     world, device = distributed.init(resolve_device(args.device))
     model, config, _ = load_model_for(args, device)
+    layout = layout_for(args, model, config, device)
     size = config.data.image_size
     # one row of -n images per --class (image j of every row starts from the same noise); checked now
     rows = [class_labels(model, name, 1) for name in args.classes] if args.classes else [None]
@@ -85,6 +89,9 @@ def run_sample(args) -> int:
                                   classes=tuple(names[n] for n in rows) if args.classes else (),
                                   class_mix=mix.weights if mix else (),
                                   guidance=guided if args.classes or mix else None)
+    if layout is not None:
+        made = recipes.with_layout(made, args.layout, layout,
+                                   model.handover_scale(settings.eps_scale, settings.sampler))
     stream = each is not None and not world.distributed  # under torchrun, rank 0 writes all once gathered
     if grid is not None or not stream:
         limits.check_held_images(args.num_images * len(rows), size, HELD_WHY, model.network.config.channels)
@@ -108,7 +115,7 @@ def run_sample(args) -> int:
             bar.update(len(images))
         kept.append(distributed.generate_all(model, args.num_images, settings, on_batch=batch_made,
                                              keep=grid is not None or not stream, image_size=size,
-                                             classes=mix or number, guidance=guided))
+                                             classes=mix or number, guidance=guided, layout=layout))
     bar.close()
     distributed.shutdown(world)
     if not world.is_main:
@@ -135,10 +142,11 @@ def _sample_exported(args) -> int:
     from tqdm import tqdm
 
     from ..storage.grids import save_each, save_grid
-    for name, default in (("model", None), ("precision", "auto"), ("device", "auto")):
+    for name, default in (("model", None), ("precision", "auto"), ("device", "auto"), ("layout", None),
+                          ("layout_start", None)):
         if getattr(args, name) != default:
-            raise ValueError(f"--{name} is for PyTorch checkpoints: {args.checkpoint} is an ONNX export, which "
-                             f"runs on onnxruntime in float32")
+            raise ValueError(f"--{name.replace('_', '-')} is for PyTorch checkpoints: {args.checkpoint} is an ONNX "
+                             f"export, which runs on onnxruntime in float32")
     try:
         from ..portable import sampling
         model = sampling.load(args.checkpoint)

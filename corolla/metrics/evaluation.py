@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, limits
+from .. import cascade, distributed, limits
 from .. import inception as inception_module
 from ..conditioning import DEFAULT_GUIDANCE
 from ..data import imagefolder, rundata
@@ -148,13 +148,15 @@ def cached_real_features(network: torch.nn.Module, images: torch.Tensor, weights
 def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                         settings: EvalSettings = EvalSettings(), inception_weights: str | os.PathLike | None = None,
                         device: str = "auto", pairs_png: str | os.PathLike | None = None, precision: str = "auto",
-                        heldout_dir: str | os.PathLike | None = None) -> dict | None:
+                        heldout_dir: str | os.PathLike | None = None, layout: str | None = None,
+                        layout_start: float = cascade.LAYOUT_START) -> dict | None:
     """`corolla evaluate` from Python: load a checkpoint and the data folder it was trained on
     (default: the bundled flowers), split it as training did, and score the checkpoint ->
     the metrics with what they were measured on (None on ranks other than 0). heldout_dir: real
     images the model never saw, scored against instead of the split's held-out share. KID and FID
     need Inception weights (the argument, $COROLLA_INCEPTION_WEIGHTS or the cache copy); without
-    them they are None."""
+    them they are None. layout: a cascade's layout model (corolla.cascade) whose images the model
+    finishes from layout_start."""
     from ..devices import resolve_device
     started = time.perf_counter()
     world, dev = distributed.init(resolve_device(device))
@@ -163,8 +165,10 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     limits.check_held_images(s.samples, config.data.image_size, "--samples", model.network.config.channels)
     # under torchrun every process makes its share of the images; rank 0 scores them all
     classes = training_mix(model, config.data.class_counts) if s.random_class else None
+    first = None if layout is None else cascade.load(layout, model, config.data.image_size, dev, precision,
+                                                     layout_start)
     generated = distributed.generate_all(model, s.samples, s.sampling, image_size=config.data.image_size,
-                                         classes=classes, guidance=s.guidance)
+                                         classes=classes, guidance=s.guidance, layout=first)
     distributed.shutdown(world)
     if not world.is_main:
         return None
@@ -180,6 +184,8 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
             "image_size": config.data.image_size,
             "train_images": parts.train.shape[0], "heldout_images": parts.val.shape[0],
             **dataclasses.asdict(settings), "eps_scale": model.sampling_eps_scale(s.eps_scale, s.sampler),
+            **({} if first is None else {"layout": str(first.folder), "layout_start": first.start,
+                                         "eps_scale": model.handover_scale(s.eps_scale, s.sampler)}),
             "inception_weights": str(weights) if weights else None,
             "pairs_png": str(pairs_png) if pairs_png else None, **results,
             "seconds": time.perf_counter() - started}

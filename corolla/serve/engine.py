@@ -338,7 +338,7 @@ class Engine:
         if request.strength == 0:
             return 0
         times = samplers.get_grid(request.grid, request.steps, schedule)
-        return len(editing.edit_times(times, request.strength)) - 1
+        return len(samplers.times_from(times, request.strength)) - 1
 
     def edit(self, request: EditRequest, photo: torch.Tensor, on_step: OnStep,
              cancelled: threading.Event) -> torch.Tensor:

@@ -402,7 +402,8 @@ def _check_same_config(config: Config, metadata: dict[str, str], where: Path) ->
 def _model_for(config: Config, where: Path) -> DiffusionModel:
     try:
         return DiffusionModel(config.unet, config.train.schedule, eps_scale=config.sampling.eps_scale,
-                              multistep_eps_scale=config.sampling.multistep_eps_scale)
+                              multistep_eps_scale=config.sampling.multistep_eps_scale,
+                              handover_eps_scale=config.sampling.handover_eps_scale)
     except (TypeError, ValueError, KeyError, RuntimeError) as error:
         raise CheckpointError(f"{where}: the config describes no valid network ({error})") from None
 

@@ -1,0 +1,75 @@
+"""A cascade (Ho et al. 2021, "Cascaded diffusion models", in its simplest form, without their
+conditioning): a model of smaller images draws each image's layout; it is upsampled, noised to a
+hand-over time and finished by the model of the full size (corolla.generation draws both).
+
+Why: the reference's U-Net at 64x64 decides each image's layout at the noisiest tenth of the
+diffusion times, and there it draws fewer white flowers and less contrast between flower and
+ground than the photos have; the same network trained at 32x32 draws them at nearly the photos'
+rate, and what a 64x64 model is given at t = 0.8 it keeps (benchmarks/README.md, "A cascade").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import samplers
+from .diffusion import DiffusionModel
+from .storage import checkpoint
+from .warmstart import source_path
+
+LAYOUT_START = 0.8  # the hand-over time: the layout is settled above it, the detail is drawn below
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The first stage of a cascade: `model` draws image_size x image_size images, which the full-size
+    model takes over at diffusion time `start`; `folder` holds its weights (for an image's recipe)."""
+    model: DiffusionModel
+    image_size: int
+    start: float = LAYOUT_START
+    folder: Path | None = None
+
+
+def check_start(start: float) -> float:
+    if not 0 < start < 1:  # also refuses NaN
+        raise ValueError(f"layout start {start} is not allowed: it is the diffusion time in (0, 1) at which the "
+                         f"model takes over the layout model's images (default {LAYOUT_START})")
+    return float(start)
+
+
+def check_layout(layout: Layout, model: DiffusionModel, image_size: int) -> None:
+    """A ValueError unless `layout` can draw the first stage of `model`'s image_size images."""
+    check_start(layout.start)
+    if layout.model.network.config.classes:
+        raise ValueError("the layout model is class-conditional: a cascade draws unconditional layouts, "
+                         "so give an unconditional layout model")
+    if layout.image_size >= image_size:
+        raise ValueError(f"the layout model draws {layout.image_size}x{layout.image_size} images: it must draw "
+                         f"smaller ones than the model's {image_size}x{image_size}")
+
+
+def load(source: str, model: DiffusionModel, image_size: int, device: torch.device, precision: str,
+         start: float = LAYOUT_START) -> Layout:
+    """The layout model `source` (a checkpoint or run folder, or a shipped model's name) as the first
+    stage of `model`'s image_size images, in `precision` on `device`, checked (check_layout)."""
+    folder = checkpoint.resolve(source_path(source))
+    layout_model, config = checkpoint.load_for_sampling(folder, device, precision)
+    layout = Layout(layout_model, config.data.image_size, check_start(start), folder)
+    check_layout(layout, model, image_size)
+    return layout
+
+
+def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, h, w) in [0, 1] -> (N, C, size, size), bicubic: at the hand-over it keeps more of a 32x32
+    image's own detail than bilinear (benchmarks/README.md, "A cascade")."""
+    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+
+
+def handed_over(model: DiffusionModel, layouts: torch.Tensor, noise: torch.Tensor, start: float) -> torch.Tensor:
+    """The layout images (N, C, h, w) in [0, 1], upsampled to noise's size and noised to `start` with
+    `noise` -> the state in model's normalised space its sampler starts from at `start`."""
+    clean = model.normalizer.normalize(upsample(layouts, noise.shape[-1]).to(noise.device))
+    return samplers.noised(model.schedule, clean, noise, start)
