@@ -5,9 +5,11 @@
 
 MODEL: a shipped model's name or a checkpoint; NAME@G samples a conditional model with each
 image's class drawn at the training mix at guidance G (`corolla sample --random-class --guidance
-G`). Each draws --samples images (DDIM --steps, seed --seed, the model's own eps scale unless
---eps-scale is given); beside them the floor, --samples real training photos. Each set is compared
-with the held-out photos: SWD x1e3 at every pyramid level (corolla.metrics), then at the coarsest
+G`); NAME+LAYOUT is the cascade `corolla sample NAME --layout LAYOUT` draws; a model of smaller
+images than the photos is upsampled to them as a cascade upsamples its layouts. Each draws
+--samples images (DDIM --steps, seed --seed, the model's own eps scale unless --eps-scale is
+given); beside them the floor, --samples real training photos. Each set is compared with the
+held-out photos: SWD x1e3 at every pyramid level (corolla.metrics), then at the coarsest
 (16 px for 64 px images) with one channel at a time, with the luminance alone, and with each
 channel's histogram matched to the photos' (the part colour explains), and the variance of the
 level's 7x7 patches (SWD's descriptors) along the photos' first principal directions, each as a
@@ -23,7 +25,7 @@ import json
 
 import torch
 
-from corolla import metrics
+from corolla import cascade, metrics
 from corolla.data import imagefolder
 from corolla.generation import SamplingSettings, generate, training_mix
 from corolla.metrics.evaluation import quantise
@@ -132,14 +134,19 @@ def report(heldout: torch.Tensor, sets: dict[str, torch.Tensor], seed: int) -> d
             "photos' colour": colour_facts(heldout)}
 
 
-def sample(spec: str, count: int, settings: SamplingSettings, precision: str) -> torch.Tensor:
-    """uint8 images of MODEL or MODEL@G (the training mix of classes at guidance G)."""
+def sample(spec: str, count: int, settings: SamplingSettings, precision: str, size: int = 64) -> torch.Tensor:
+    """uint8 images of MODEL, MODEL@G (the training mix of classes at guidance G) or MODEL+LAYOUT (the
+    cascade), upsampled to `size` where smaller."""
+    spec, _, layout = spec.partition("+")
     name, _, guidance = spec.partition("@")
+    cpu = torch.device("cpu")
     model, config = checkpoint.load_for_sampling(pretrained.path(name) if name in pretrained.names() else name,
-                                                 torch.device("cpu"), precision)
+                                                 cpu, precision)
     mix = training_mix(model, config.data.class_counts) if guidance else None
-    return quantise(generate(model, count, settings, image_size=config.data.image_size, classes=mix,
-                             guidance=float(guidance) if guidance else 1.0))
+    first = cascade.load(layout, model, config.data.image_size, cpu, precision) if layout else None
+    images = generate(model, count, settings, image_size=config.data.image_size, classes=mix,
+                      guidance=float(guidance) if guidance else 1.0, layout=first)
+    return quantise(cascade.upsample(images, size) if images.shape[-1] < size else images)
 
 
 def models_against_photos(description: str) -> argparse.ArgumentParser:
