@@ -18,9 +18,10 @@ model alone, and each network's held-out loss over [T, 1) (noise and times from 
 study's). eDiff-I's ensemble of expert denoisers (Balaji et al. 2022) in its simplest form.
 
 --layout: a cascade. CKPT, a model of smaller images (a run trained with `--image-size 32`), draws
---samples images of seed 0 at --layout-eps-scale (else its own); each is upsampled to the model's
-size and taken, in place of the training photos, to each of --starts: the model's DDIM finishes it. Beside them the
-upsampled images alone (their coarse levels are the layout model's). Cascaded diffusion (Ho et al.
+--samples images of seed 0 at --layout-eps-scale (else its own); each is upsampled (bicubic, as
+corolla.cascade; bilinear before 2026-12-07) to the model's size and taken, in place of the
+training photos, to each of --starts: the model's DDIM finishes it. Beside them the upsampled
+images alone (their coarse levels are the layout model's). Cascaded diffusion (Ho et al.
 2021) without its conditioning: the small model decides the layout, the large one the detail.
 """
 from __future__ import annotations
@@ -29,9 +30,8 @@ import argparse
 import json
 
 import torch
-import torch.nn.functional as F
 
-from corolla import metrics, samplers
+from corolla import cascade, metrics, samplers
 from corolla.data import imagefolder
 from corolla.diffusion import DiffusionModel
 from corolla.generation import SamplingSettings, generate
@@ -71,11 +71,11 @@ def from_photos(model: DiffusionModel, photos: torch.Tensor, start: float, steps
 def layout_images(path: str, precision: str, count: int, size: int, steps: int, eps_scale: float | None
                   ) -> torch.Tensor:
     """`count` images of seed 0 from the model at `path`, at its own size and `eps_scale` (None: its
-    own), upsampled to `size` -> uint8."""
+    own), upsampled to `size` as the package's cascade upsamples (bicubic) -> uint8."""
     layout, config = checkpoint.load_for_sampling(source_path(path), torch.device("cpu"), precision)
     settings = SamplingSettings(steps=steps, eps_scale=layout.sampling_eps_scale(eps_scale))
     small = generate(layout, count, settings, image_size=config.data.image_size)
-    return quantise(F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False))
+    return quantise(cascade.upsample(small, size))
 
 
 def with_expert(model: DiffusionModel, expert: DiffusionModel, split: float) -> DiffusionModel:

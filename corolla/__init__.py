@@ -8,7 +8,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers and the API docs
-    from . import samplers, schedules  # noqa: F401
+    from . import cascade, samplers, schedules  # noqa: F401
     from .config import Config, DataConfig, SamplingConfig, TrainConfig, preset  # noqa: F401
     from .diffusion import DiffusionModel, Normalizer  # noqa: F401
     from .generation import generate  # noqa: F401
@@ -18,9 +18,9 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and the AP
     from .training import train  # noqa: F401
     from .unet import UNet, UNetConfig  # noqa: F401
 
-# name -> the module that defines it (a module's own name for the two submodules)
+# name -> the module that defines it (a module's own name for the three submodules)
 _PUBLIC = {
-    "schedules": ".schedules", "samplers": ".samplers",
+    "schedules": ".schedules", "samplers": ".samplers", "cascade": ".cascade",
     "Config": ".config", "DataConfig": ".config", "TrainConfig": ".config", "SamplingConfig": ".config",
     "preset": ".config",
     "DiffusionModel": ".diffusion", "Normalizer": ".diffusion",

@@ -1,7 +1,7 @@
 """The shipped models load, are chosen by name, and still make the images they were released with.
 
 Regenerate a model's stored reference (only when that model is replaced on purpose):
-    python tests/test_pretrained.py NAME
+    python tests/test_pretrained.py NAME      # or MODEL+LAYOUT, the shipped cascade: flowers64+layout32
 """
 import argparse
 import dataclasses
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import corolla
-from corolla import cli
+from corolla import cascade, cli
 from corolla.cli import options
 from corolla.generation import SamplingSettings, generate
 from corolla.storage import pretrained
@@ -23,6 +23,7 @@ from corolla.unet import count_parameters
 
 SEED, STEPS, IMAGES, POOL = 0, 10, 4, 4
 SHIPPED = pretrained.names()
+CASCADE = "flowers64+layout32"  # the shipped layout model and the model it draws for
 
 
 def reference_file(name: str) -> Path:
@@ -30,11 +31,13 @@ def reference_file(name: str) -> Path:
 
 
 def _low_resolution_samples(name: str) -> torch.Tensor:
-    """A conditional model draws classes 0 to 3 at the default guidance."""
+    """A conditional model draws classes 0 to 3 at the default guidance; MODEL+LAYOUT is the cascade."""
+    name, _, layout = name.partition("+")
     model, config = corolla.load_pretrained(name)
     classes = list(range(IMAGES)) if config.unet.classes else None
+    first = cascade.load(layout, model, config.data.image_size, torch.device("cpu"), "fp32") if layout else None
     images = generate(model, IMAGES, SamplingSettings(steps=STEPS, seed=SEED), image_size=config.data.image_size,
-                      classes=classes)
+                      classes=classes, layout=first)
     pool = POOL * config.data.image_size // 32
     return F.avg_pool2d(images, pool)  # (4, 3, 8, 8): the layout of each image, not its noise-level detail
 
@@ -81,8 +84,8 @@ def test_shipped_model_is_a_release_checkpoint_of_the_reference_network(name):
     folder = pretrained.path(name)
     files = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
     required = {"README.md", "card.json", "config.json", "model.safetensors", "samples.png"}
-    # optional: the card's per-epoch strip and its training-history figure
-    assert required <= files <= required | {"progress.png", "history.png"}
+    # optional: the card's per-epoch strip, its training-history figure and a layout model's cascade grid
+    assert required <= files <= required | {"progress.png", "history.png", "cascade.png"}
     model, config = corolla.load_pretrained(name)
     assert dataclasses.replace(config.unet, classes=(), class_with_noise=False) == corolla.preset("seed64").unet
     assert count_parameters(model.network) == 1_950_627 + _class_parameters(config.unet)
@@ -91,7 +94,7 @@ def test_shipped_model_is_a_release_checkpoint_of_the_reference_network(name):
     assert (folder / "model.safetensors").stat().st_size < 8.5e6
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", [*SHIPPED, CASCADE])
 def test_shipped_model_makes_the_images_it_was_released_with(name):
     reference = json.loads(reference_file(name).read_text())
     low = _low_resolution_samples(name)
