@@ -15,6 +15,7 @@ from .options import (
     checkpoint_path,
     guidance,
     layout_for,
+    layout_request,
     load_model_for,
     path_text,
     sampling_settings,
@@ -53,12 +54,14 @@ HELD_WHY = "-n (a grid holds every image; --each DIR without --out writes them o
 
 def _checked_request(args):
     """-> (grid file or None, --each folder or None), every output checked before any work (an
-    unwritable one must not cost the sampling), and --guidance only with --class or --random-class."""
+    unwritable one must not cost the sampling), --guidance only with --class or --random-class, and
+    --layout's options."""
     if args.classes and args.random_class:
         raise ValueError("--class and --random-class both choose the classes: give one of them")
     if args.guidance is not None and not (args.classes or args.random_class):
         raise ValueError("--guidance needs --class or --random-class: without a class the model samples "
                          "unconditionally")
+    layout_request(args)
     grid = outputs.check_file(args.out or "samples.png", "--out") if args.out or not args.each else None
     each = outputs.check_folder(args.each, "--each") if args.each else None
     return grid, each
