@@ -55,15 +55,17 @@ def _later_evaluations(how: str) -> tuple[str, int, list[int]]:
 @pytest.mark.slow  # starts subprocesses
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_evaluations_reuse_the_memory_the_last_one_freed():
-    """Without it every evaluation gets fresh pages (~8 MB at least); with it a typical one gets none.
-    Not every one: the heap's free blocks fragment, so now and then (one evaluation in five at most,
-    in 21 processes of 15 evaluations) a block finds no free space that fits and the heap grows by
-    a few to 48 MB, whose pages are fresh; which evaluation that hits varies with the addresses the
-    process starts at. Hence the median."""
-    assert statistics.median(_later_evaluations("plain")[2]) > 2000
+    """Without it every evaluation gets fresh pages (about 214,000, 840 MB, on a 2-core EPYC); with it
+    most get none. Not all: the heap's free blocks fragment, so now and then a block finds no free
+    space that fits and the heap grows by a few to 48 MB, whose pages are fresh; how often varies
+    with the addresses the process starts at (1 to 5 of the 10 evaluations over 13 processes, 2,047
+    to 12,288 pages for all 10). Hence the bound: the ten kept evaluations together get fewer fresh
+    pages than a quarter of one plain evaluation (a median of 0 per evaluation once failed, at 5)."""
+    plain = statistics.median(_later_evaluations("plain")[2])
+    assert plain > 2000
     kept, held, faults = _later_evaluations("keep")
     assert kept == "True"
-    assert statistics.median(faults) == 0
+    assert sum(faults) < plain / 4 and faults.count(0) >= 1
     assert held > 2 ** 25  # the evaluation's activations, freed and held: tens of MB
 
 
