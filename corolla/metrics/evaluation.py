@@ -183,9 +183,9 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
             "heldout": str(heldout_dir) if heldout_dir else None, "precision": model.precision,
             "image_size": config.data.image_size,
             "train_images": parts.train.shape[0], "heldout_images": parts.val.shape[0],
-            **dataclasses.asdict(settings), "eps_scale": model.sampling_eps_scale(s.eps_scale, s.sampler),
-            **({} if first is None else {"layout": str(first.folder), "layout_start": first.start,
-                                         "eps_scale": model.handover_scale(s.eps_scale, s.sampler)}),
+            **dataclasses.asdict(settings),
+            "eps_scale": (model.sampling_eps_scale if first is None else model.handover_scale)(s.eps_scale, s.sampler),
+            **({} if first is None else {"layout": str(first.folder), "layout_start": first.start}),
             "inception_weights": str(weights) if weights else None,
             "pairs_png": str(pairs_png) if pairs_png else None, **results,
             "seconds": time.perf_counter() - started}
