@@ -3,9 +3,10 @@
     python benchmarks/coarse_structure.py --train DIR --heldout DIR MODEL [MODEL ...] [--samples 1024]
         [--steps 20] [--seed 0] [--eps-scale S] [--precision bf16] [--json OUT]
 
-MODEL: a shipped model's name or a checkpoint; NAME@G samples a conditional model with each
-image's class drawn at the training mix at guidance G (`corolla sample --random-class --guidance
-G`); NAME+LAYOUT is the cascade `corolla sample NAME --layout LAYOUT` draws; a model of smaller
+MODEL: a shipped model's name or a checkpoint; NAME+LAYOUT is the cascade `corolla sample NAME
+--layout LAYOUT` draws; either with @G samples a conditional model (or a cascade with a conditional
+stage) with each image's class drawn at the training mix at guidance G (`corolla sample
+--random-class --guidance G`); a model of smaller
 images than the photos is upsampled to them as a cascade upsamples its layouts. Each draws
 --samples images (DDIM --steps, seed --seed, the model's own eps scale unless --eps-scale is
 given); beside them the floor, --samples real training photos. Each set is compared with the
@@ -135,15 +136,15 @@ def report(heldout: torch.Tensor, sets: dict[str, torch.Tensor], seed: int) -> d
 
 
 def sample(spec: str, count: int, settings: SamplingSettings, precision: str, size: int = 64) -> torch.Tensor:
-    """uint8 images of MODEL, MODEL@G (the training mix of classes at guidance G) or MODEL+LAYOUT (the
-    cascade), upsampled to `size` where smaller."""
-    spec, _, layout = spec.partition("+")
-    name, _, guidance = spec.partition("@")
+    """uint8 images of MODEL, MODEL+LAYOUT (the cascade), either with @G (the training mix of classes
+    at guidance G), upsampled to `size` where smaller."""
+    spec, _, guidance = spec.partition("@")
+    name, _, layout = spec.partition("+")
     cpu = torch.device("cpu")
     model, config = checkpoint.load_for_sampling(pretrained.path(name) if name in pretrained.names() else name,
                                                  cpu, precision)
-    mix = training_mix(model, config.data.class_counts) if guidance else None
     first = cascade.load(layout, model, config.data.image_size, cpu, precision) if layout else None
+    mix = training_mix(model, config.data.class_counts, first) if guidance else None
     images = generate(model, count, settings, image_size=config.data.image_size, classes=mix,
                       guidance=float(guidance) if guidance else 1.0, layout=first)
     return quantise(cascade.upsample(images, size) if images.shape[-1] < size else images)

@@ -1,6 +1,8 @@
 """A cascade (Ho et al. 2021, "Cascaded diffusion models", in its simplest form, without their
 conditioning): a model of smaller images draws each image's layout; it is upsampled, noised to a
-hand-over time and finished by the model of the full size (corolla.generation draws both).
+hand-over time and finished by the model of the full size (corolla.generation draws both). Either
+stage may be class-conditional: the classes asked for are drawn by each conditional stage, so a
+conditional layout model can give an unconditional model's images a species.
 
 Why: the reference's U-Net at 64x64 decides each image's layout at the noisiest tenth of the
 diffusion times, and there it draws fewer white flowers and less contrast between flower and
@@ -31,6 +33,7 @@ class Layout:
     image_size: int
     start: float = LAYOUT_START
     folder: Path | None = None
+    class_counts: tuple[int, ...] = ()  # a conditional layout model's training mix (Config.data.class_counts)
 
 
 def check_start(start: float) -> float:
@@ -43,9 +46,10 @@ def check_start(start: float) -> float:
 def check_layout(layout: Layout, model: DiffusionModel, image_size: int) -> None:
     """A ValueError unless `layout` can draw the first stage of `model`'s image_size images."""
     check_start(layout.start)
-    if layout.model.network.config.classes:
-        raise ValueError("the layout model is class-conditional: a cascade draws unconditional layouts, "
-                         "so give an unconditional layout model")
+    own, its = model.network.config.classes, layout.model.network.config.classes
+    if own and its and own != its:
+        raise ValueError("the layout model and the model are both class-conditional but know different classes: "
+                         "give a layout model trained on the same classes, or an unconditional one")
     if layout.image_size >= image_size:
         raise ValueError(f"the layout model draws {layout.image_size}x{layout.image_size} images: it must draw "
                          f"smaller ones than the model's {image_size}x{image_size}")
@@ -57,9 +61,18 @@ def load(source: str, model: DiffusionModel, image_size: int, device: torch.devi
     stage of `model`'s image_size images, in `precision` on `device`, checked (check_layout)."""
     folder = checkpoint.resolve(source_path(source))
     layout_model, config = checkpoint.load_for_sampling(folder, device, precision)
-    layout = Layout(layout_model, config.data.image_size, check_start(start), folder)
+    layout = Layout(layout_model, config.data.image_size, check_start(start), folder,
+                    tuple(config.data.class_counts or ()))
     check_layout(layout, model, image_size)
     return layout
+
+
+def classed(model: DiffusionModel, layout: Layout | None) -> DiffusionModel:
+    """The stage whose classes a request names: the model when it is conditional or has no layout,
+    else the layout model (which then gives an unconditional model's images their class)."""
+    if layout is None or model.network.config.classes or not layout.model.network.config.classes:
+        return model
+    return layout.model
 
 
 def upsample(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -60,10 +60,12 @@ def class_names(model: DiffusionModel) -> tuple[str, ...]:
     return model.network.config.classes
 
 
-def training_mix(model: DiffusionModel, class_counts: Sequence[int]) -> ClassMix:
-    """A conditional model's training mix of classes (its Config.data.class_counts); a ValueError
-    for an unconditional model."""
-    return ClassMix.of_training(class_names(model), class_counts)
+def training_mix(model: DiffusionModel, class_counts: Sequence[int], layout: Layout | None = None) -> ClassMix:
+    """A conditional model's training mix of classes (its Config.data.class_counts), or of a cascade
+    whose model is unconditional, its layout model's (cascade.classed); a ValueError where no stage
+    is conditional."""
+    named = cascade.classed(model, layout)
+    return ClassMix.of_training(class_names(named), class_counts if named is model else layout.class_counts)
 
 
 def class_labels(model: DiffusionModel, classes: Classes, count: int) -> int | torch.Tensor | None:
@@ -151,34 +153,38 @@ def generate_batches(model: DiffusionModel, num_images: int, settings: SamplingS
     for every batch (the callback's count starts again with each batch)."""
     s = settings
     shape = (model.network.config.channels, image_size, image_size)
-    wanted = (drawn_classes(model, classes, s.seed, range(start, start + num_images)) if isinstance(classes, ClassMix)
-              else class_labels(model, classes, num_images))  # checked before any work
     if layout is not None:
         cascade.check_layout(layout, model, image_size)
-        if wanted is not None:
-            raise ValueError("a cascade draws unconditional images: give no classes with a layout model")
+    named = cascade.classed(model, layout)  # a conditional layout model can take the classes alone
+    wanted = (drawn_classes(named, classes, s.seed, range(start, start + num_images)) if isinstance(classes, ClassMix)
+              else class_labels(named, classes, num_images))  # checked before any work
+    conditional = bool(model.network.config.classes)
     for first in range(start, start + num_images, s.batch_size):
         indices = range(first, min(first + s.batch_size, start + num_images))
         generators = [seeded_generator(s.seed, i) for i in indices]
-        noise, begin = _first_state(model, layout, generators, shape, s, guard)
         labels = (None if wanted is None else torch.full((len(indices),), wanted) if isinstance(wanted, int)
                   else wanted[first - start:first - start + len(indices)])
+        noise, begin = _first_state(model, layout, generators, shape, s, guard, labels, guidance)
         yield first, sample_from_noise(model, noise, s.steps, s.sampler, s.eta, generators if s.eta > 0 else None,
-                                       s.time_grid, labels, guidance, callback, guard, s.eps_scale, begin)
+                                       s.time_grid, labels if conditional else None, guidance, callback, guard,
+                                       s.eps_scale, begin)
 
 
 def _first_state(model: DiffusionModel, layout: Layout | None, generators: list[torch.Generator],
-                 shape: tuple[int, int, int], s: SamplingSettings, guard: contextlib.AbstractContextManager | None
-                 ) -> tuple[torch.Tensor, float]:
+                 shape: tuple[int, int, int], s: SamplingSettings, guard: contextlib.AbstractContextManager | None,
+                 labels: torch.Tensor | None, guidance: float) -> tuple[torch.Tensor, float]:
     """-> (the state a batch's sampling starts from, its time). Without a layout: each image's
     initial noise at t = 1. With one: each image's stream draws the layout model's initial noise
     (and its steps' noise), the layout is sampled with the same settings at the layout model's own
-    scale, then the stream draws the noise that takes it to layout.start."""
+    scale (a conditional one with the batch's labels at `guidance`, or at its null label), then the
+    stream draws the noise that takes it to layout.start."""
     if layout is None:
         return draw_noise(generators, shape), 1.0
     small = (shape[0], layout.image_size, layout.image_size)
+    conditional = bool(layout.model.network.config.classes)
     layouts = sample_from_noise(layout.model, draw_noise(generators, small), s.steps, s.sampler, s.eta,
-                                generators if s.eta > 0 else None, s.time_grid, guard=guard)
+                                generators if s.eta > 0 else None, s.time_grid,
+                                labels if conditional else None, guidance, guard=guard)
     noise = draw_noise(generators, shape, next(model.parameters()).device)
     return cascade.handed_over(model, layouts, noise, layout.start), layout.start
 
@@ -196,7 +202,8 @@ def generate(model: DiffusionModel, num_images: int, settings: SamplingSettings 
     unconditional, 1 conditional, more is more of the class); None samples unconditionally.
     callback and guard: sample_from_noise's, for every batch (the callback sees the full-size
     model's evaluations). layout: a cascade's first stage (corolla.cascade), whose images the model
-    finishes from layout.start; unconditional only."""
+    finishes from layout.start; each conditional stage draws the classes (an unconditional model's
+    through a conditional layout model alone)."""
     return torch.cat([images for _, images in generate_batches(
         model, num_images, settings, image_size=image_size, start=start, classes=classes, guidance=guidance,
         callback=callback, guard=guard, layout=layout)])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corolla import cascade, cli, samplers
+from corolla import cascade, cli, generation, samplers
 from corolla.cascade import Layout
 from corolla.config import preset
 from corolla.diffusion import DiffusionModel
@@ -25,9 +25,14 @@ NETWORK = UNetConfig(widths=(8, 16), bottom_width=16, block_depth=1, embedding_s
 
 
 def _perturbed(m: DiffusionModel, seed: int) -> DiffusionModel:
-    """The model with its zero-initialised head perturbed, so that its network's output matters."""
+    """The model with its zero-initialised head (and class shifts) perturbed, so that its network's
+    output (and a class) matters."""
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        m.ema_network.head.weight.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(seed))
+        m.ema_network.head.weight.normal_(0.0, 0.2, generator=generator)
+        for name, weight in m.ema_network.named_parameters():
+            if name.endswith("class_shift.weight"):
+                weight.normal_(0.0, 0.5, generator=generator)
     m.normalizer.set_statistics(torch.full((3,), 0.5), torch.full((3,), 0.04))
     return m.eval()
 
@@ -103,13 +108,57 @@ def test_layouts_that_cannot_start_the_model_are_refused(pair):
                                          "the model's 16x16"):
         generate(model, 1, settings, image_size=SIZE, layout=replace(layout, image_size=SIZE))
     conditional = DiffusionModel(replace(NETWORK, classes=("a", "b")))
-    with pytest.raises(ValueError, match="the layout model is class-conditional"):
-        generate(model, 1, settings, image_size=SIZE, layout=Layout(conditional, SMALL))
-    with pytest.raises(ValueError, match="a cascade draws unconditional images"):
-        generate(conditional, 1, settings, image_size=SIZE, classes="a", layout=layout)
+    other = Layout(DiffusionModel(replace(NETWORK, classes=("a", "c"))), SMALL)
+    with pytest.raises(ValueError, match="both class-conditional but know different classes"):
+        generate(conditional, 1, settings, image_size=SIZE, layout=other)
+    with pytest.raises(ValueError, match="this model is not class-conditional"):
+        generate(model, 1, settings, image_size=SIZE, classes="a", layout=layout)  # no stage knows classes
     for start in (0.0, 1.0, float("nan")):
         with pytest.raises(ValueError, match=f"layout start {start} is not allowed: it is the diffusion time in"):
             generate(model, 1, settings, image_size=SIZE, layout=replace(layout, start=start))
+
+
+@pytest.fixture(scope="module")
+def conditional_layout() -> Layout:
+    torch.manual_seed(4)
+    return Layout(_perturbed(DiffusionModel(replace(NETWORK, classes=("a", "b"))), 3), SMALL, class_counts=(1, 3))
+
+
+def test_a_conditional_layout_model_gives_an_unconditional_model_s_images_their_class(pair, conditional_layout):
+    model, layout = pair
+    settings = SamplingSettings(steps=4, seed=3)
+    got = generate(model, 3, settings, image_size=SIZE, classes=["a", "b", "b"], guidance=2.0,
+                   layout=conditional_layout)
+    generators = [seeded_generator(3, i) for i in range(3)]
+    labels = torch.tensor([0, 1, 1])
+    layouts = sample_from_noise(conditional_layout.model, draw_noise(generators, (3, SMALL, SMALL)), 4,
+                                labels=labels, guidance=2.0)
+    start = cascade.handed_over(model, layouts, draw_noise(generators, (3, SIZE, SIZE)), 0.8)
+    expected = sample_from_noise(model, start, 4, start=0.8)  # the unconditional model takes no labels
+    assert (got - expected).abs().max().item() <= 1e-6
+    # the class moves the image; no class: the layout model's null label
+    assert (got[0] - generate(model, 1, settings, image_size=SIZE, classes="b", guidance=2.0,
+                              layout=conditional_layout)[0]).abs().mean().item() > 1e-3
+    generator = [seeded_generator(3, 0)]
+    null = sample_from_noise(conditional_layout.model, draw_noise(generator, (3, SMALL, SMALL)), 4)
+    start = cascade.handed_over(model, null, draw_noise(generator, (3, SIZE, SIZE)), 0.8)
+    unconditional = generate(model, 1, settings, image_size=SIZE, layout=conditional_layout)
+    assert (unconditional - sample_from_noise(model, start, 4, start=0.8)).abs().max().item() <= 1e-6
+    assert (unconditional[0] - got[0]).abs().mean().item() > 1e-3
+    # the training mix a drawn class comes from is the layout model's
+    assert generation.training_mix(model, (), conditional_layout).weights == (1, 3)
+
+
+def test_a_conditional_model_draws_its_class_over_an_unconditional_layout(pair):
+    model, layout = pair
+    conditional = _perturbed(DiffusionModel(replace(NETWORK, classes=("a", "b"))), 5)
+    settings = SamplingSettings(steps=4, seed=3)
+    got = generate(conditional, 2, settings, image_size=SIZE, classes="b", guidance=1.5, layout=layout)
+    generators = [seeded_generator(3, i) for i in range(2)]
+    layouts = sample_from_noise(layout.model, draw_noise(generators, (3, SMALL, SMALL)), 4)
+    start = cascade.handed_over(conditional, layouts, draw_noise(generators, (3, SIZE, SIZE)), 0.8)
+    expected = sample_from_noise(conditional, start, 4, labels=torch.tensor([1, 1]), guidance=1.5, start=0.8)
+    assert (got - expected).abs().max().item() <= 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -140,12 +189,37 @@ def test_corolla_sample_layout_writes_the_library_s_cascade_and_says_so_in_its_r
     assert recipe["details"]["layout_sha256"] == file_sha256(layout_folder / "model.safetensors")
 
 
+def test_corolla_sample_draws_classes_through_a_conditional_layout_model(folders, tmp_path):
+    model_folder, _ = folders
+    config = preset("tiny").replace(train={"precision": "fp32"}, data={"image_size": SMALL, "class_counts": (1, 3)},
+                                    unet={"classes": ("a", "b")})
+    torch.manual_seed(6)
+    layout_folder = checkpoint.save_pretrained(tmp_path / "conditional",
+                                               _perturbed(build(config, torch.device("cpu"))[0], 7), config)
+    common = ["sample", str(model_folder), "--layout", str(layout_folder), "-n", "4", "--steps", "4", "--seed", "5",
+              "--precision", "fp32", "--device", "cpu", "--no-progress"]
+    assert cli.main([*common, "--random-class", "--guidance", "2", "--each", str(tmp_path / "mix")]) == 0
+    assert cli.main([*common, "--class", "b", "--out", str(tmp_path / "b.png")]) == 0
+    cpu = torch.device("cpu")
+    model, _ = checkpoint.load_for_sampling(model_folder, cpu, "fp32")
+    layout = cascade.load(str(layout_folder), model, SIZE, cpu, "fp32")
+    mix = generation.training_mix(model, (), layout)
+    drawn = generation.drawn_classes(layout.model, mix, 5, range(4)).tolist()
+    made = generate(model, 4, SamplingSettings(steps=4, seed=5), image_size=SIZE, classes=mix, guidance=2.0,
+                    layout=layout)
+    written = np.stack([np.asarray(Image.open(tmp_path / "mix" / f"class{c}-{i:05d}.png"))
+                        for i, c in enumerate(drawn)])
+    assert np.array_equal(to_uint8(made), written)
+    recipe = json.loads(Image.open(tmp_path / "b.png").text["corolla"])
+    assert recipe["classes"] == ["b"] and recipe["details"]["layout"] == str(layout_folder)
+
+
 @pytest.mark.parametrize("arguments,message", [
     (["--layout-start", "0.5"], "--layout-start needs --layout"),
     (["--layout", "LAYOUT", "--layout-start", "1"], "layout start 1.0 is not allowed: it is the diffusion time in"),
     (["--layout", "LAYOUT", "--layout-start", "x"], "'x' is not a number"),
     (["--layout", "MODEL"], "the layout model draws 16x16 images: it must draw smaller ones than the model's 16x16"),
-    (["--layout", "LAYOUT", "--random-class"], "--layout draws unconditional images"),
+    (["--layout", "LAYOUT", "--random-class"], "this model is not class-conditional"),
 ])
 def test_corolla_sample_refuses_a_layout_it_cannot_draw_in_one_line(folders, tmp_path, capsys, arguments, message):
     model_folder, layout_folder = folders

@@ -159,7 +159,8 @@ def add_layout(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", metavar="MODEL", type=path_text,
                    help="a cascade: MODEL, a model of smaller images (a checkpoint or run folder, or a shipped model "
                         "by name: layout32 for flowers64), draws each image's layout and the model finishes it "
-                        "(unconditional models; PyTorch checkpoints)")
+                        "(PyTorch checkpoints; with --class or --random-class each conditional stage draws the "
+                        "class, so a conditional layout model gives an unconditional model's images theirs)")
     p.add_argument("--layout-start", type=layout_start, metavar="T",
                    help=f"with --layout: the diffusion time in (0, 1) at which the model takes the upsampled layout "
                         f"over (default {cascade.LAYOUT_START:g})")
@@ -171,8 +172,6 @@ def layout_request(args) -> tuple[str, float] | None:
         if args.layout_start is not None:
             raise ValueError("--layout-start needs --layout: the layout model whose images the model takes over")
         return None
-    if getattr(args, "classes", None) or getattr(args, "random_class", False):
-        raise ValueError("--layout draws unconditional images: it cannot be combined with --class or --random-class")
     return args.layout, cascade.LAYOUT_START if args.layout_start is None else args.layout_start
 
 

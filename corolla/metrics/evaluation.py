@@ -164,9 +164,9 @@ def evaluate_checkpoint(path: str | os.PathLike, data_dir: str | os.PathLike | N
     s = settings
     limits.check_held_images(s.samples, config.data.image_size, "--samples", model.network.config.channels)
     # under torchrun every process makes its share of the images; rank 0 scores them all
-    classes = training_mix(model, config.data.class_counts) if s.random_class else None
     first = None if layout is None else cascade.load(layout, model, config.data.image_size, dev, precision,
                                                      layout_start)
+    classes = training_mix(model, config.data.class_counts, first) if s.random_class else None
     generated = distributed.generate_all(model, s.samples, s.sampling, image_size=config.data.image_size,
                                          classes=classes, guidance=s.guidance, layout=first)
     distributed.shutdown(world)
