@@ -15,11 +15,11 @@ from torch import nn
 from . import conditioning, losses, samplers, schedules
 from . import precision as precisions
 from .folding import fold_batchnorm
+from .portable.folder import NORMALIZATION_EPS
 from .unet import UNet, UNetConfig
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
-KERAS_NORMALIZATION_EPS = 1e-7
 # Fraction of the forward activations a compiled network may keep for its backward pass. Below 1,
 # AOTAutograd's partitioner recomputes the cheap BatchNorm and swish outputs in the backward
 # instead of storing them, which lowers the peak memory of training at no measured cost in speed
@@ -51,7 +51,7 @@ class Normalizer(nn.Module):
         self.variance.copy_(variance.reshape(self.variance.shape))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self.mean) / self.variance.sqrt().clamp_min(KERAS_NORMALIZATION_EPS)
+        return (images - self.mean) / self.variance.sqrt().clamp_min(NORMALIZATION_EPS)
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         return (self.mean + images * self.variance.sqrt()).clamp(0.0, 1.0)

@@ -358,3 +358,105 @@ def test_the_commands_refuse_what_an_export_cannot_do_in_one_line(exported, tmp_
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
     assert not (tmp_path / "z.png").exists() and not (tmp_path / "x").exists()
+
+
+# -- a cascade (corolla.cascade): two networks, the layout model's in layout/ ----------------------
+
+@pytest.mark.parametrize("size_in,size_out", [(8, 16), (32, 64), (5, 12), (16, 64)])
+def test_the_numpy_bicubic_upsampling_is_torch_s(size_in, size_out):
+    from corolla import cascade
+    from corolla.portable import upsampling
+    images = torch.rand(2, 3, size_in, size_in, generator=torch.Generator().manual_seed(size_in))
+    images[0, 0] = (torch.arange(size_in * size_in).reshape(size_in, size_in) % 2).float()  # overshoots, clamped
+    expected = cascade.upsample(images, size_out).numpy()
+    got = upsampling.upsample(images.numpy(), size_out)
+    assert got.dtype == np.float32 and got.shape == expected.shape and np.abs(got - expected).max() <= 1e-6
+    assert got[0, 0].min() == 0.0 and got[0, 0].max() == 1.0
+
+
+def _layout(classes: tuple[str, ...] = (), counts: tuple[int, ...] = ()):
+    from corolla import cascade
+    return cascade.Layout(_tiny(classes, seed=11), SIZE // 2, 0.7, class_counts=counts)
+
+
+@pytest.fixture(scope="module")
+def cascade_pair(model, tmp_path_factory):
+    """model with a tiny 8 px layout model handed over at 0.7, its hand-over scale 1.04, exported."""
+    finishing = _tiny(seed=0)
+    finishing.handover_eps_scale = 1.04
+    layout = _layout()
+    return finishing, layout, export.export_onnx(finishing, tmp_path_factory.mktemp("onnx") / "cascade", SIZE,
+                                                 layout=layout)
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmpp_2m", 0.0)])
+def test_an_exported_cascade_gives_pytorch_s_images(cascade_pair, sampler, eta):
+    finishing, layout, out = cascade_pair
+    assert sorted(p.name for p in out.iterdir()) == [folder.ONNX_FILE, folder.LAYOUT_DIR, folder.SAMPLER_FILE]
+    spec = _spec(out)
+    assert spec["layout"] == {"start": 0.7, "sampler_sha256": file_sha256(out / folder.LAYOUT_DIR /
+                                                                          folder.SAMPLER_FILE)}
+    assert spec["handover_eps_scale"] == 1.04 and _spec(out / folder.LAYOUT_DIR)["image_size"] == SIZE // 2
+    settings = SamplingSettings(steps=5, seed=3, sampler=sampler, eta=eta, batch_size=3)
+    expected = generation.generate(finishing, 4, settings, image_size=SIZE, layout=layout).numpy()
+    portable = sampling.load(out, threads=1)
+    got = portable.generate(4, settings)
+    assert np.abs(got - expected).max() <= 1 / 255
+    # the layout matters: without it (the same network, one stage) the images differ
+    alone = generation.generate(finishing, 4, settings, image_size=SIZE).numpy()
+    assert np.abs(got - alone).mean() > 0.01
+
+
+def test_an_exported_conditional_layout_gives_an_unconditional_model_s_images_their_class(model, tmp_path):
+    layout = _layout(CLASSES, (3, 0, 1))
+    out = export.export_onnx(model, tmp_path / "classes", SIZE, layout=layout)
+    portable = sampling.load(out, threads=1)
+    settings = SamplingSettings(steps=4, seed=2, batch_size=2)
+    for options in (dict(classes=["daisy", 2, 0], guidance=2.0), dict(classes=portable.training_mix, guidance=1.0)):
+        expected = generation.generate(model, 3, settings, image_size=SIZE, layout=layout, **options).numpy()
+        assert np.abs(portable.generate(3, settings, **options) - expected).max() <= 1 / 255
+    assert portable.training_mix == ClassMix((3, 0, 1))
+
+
+def test_a_torn_cascade_is_refused(cascade_pair, tmp_path):
+    _, _, out = cascade_pair
+    copy = shutil.copytree(out, tmp_path / "copy")
+    spec = _spec(copy)
+    (copy / folder.SAMPLER_FILE).write_text(json.dumps({**spec, "layout": {**spec["layout"], "start": 1.0}}))
+    with pytest.raises(folder.FolderError, match="layout must be"):
+        sampling.load(copy)
+    (copy / folder.SAMPLER_FILE).write_text(json.dumps(spec))
+    layout_spec = _spec(copy / folder.LAYOUT_DIR)
+    (copy / folder.LAYOUT_DIR / folder.SAMPLER_FILE).write_text(json.dumps({**layout_spec, "eps_scale": 1.01}))
+    with pytest.raises(folder.FolderError, match="not the layout model"):
+        sampling.load(copy)
+    shutil.rmtree(copy / folder.LAYOUT_DIR)
+    with pytest.raises(folder.FolderError, match="missing or not the layout model"):
+        sampling.load(copy)
+
+
+def test_the_command_exports_a_cascade_and_samples_it_as_pytorch_does(model, tmp_path, capsys):
+    saved = _checkpoint(model, tmp_path / "checkpoint")
+    layout_config = preset("tiny").replace(unet=dict(SMALL), data={"image_size": SIZE // 2})
+    small = checkpoint.save_pretrained(tmp_path / "layout", _tiny(seed=11), layout_config)
+    out = tmp_path / "exported"
+    assert main(["export", str(saved), "--onnx", "--layout", str(small), "--layout-start", "0.6",
+                 "--out", str(out)]) == 0
+    assert _spec(out)["layout"]["start"] == 0.6
+    common = ["-n", "3", "--steps", "4", "--seed", "2", "--no-progress"]
+    assert main(["sample", str(out), *common, "--out", str(tmp_path / "onnx.png")]) == 0
+    assert main(["sample", str(saved), *common, "--layout", str(small), "--layout-start", "0.6", "--precision",
+                 "fp32", "--out", str(tmp_path / "torch.png")]) == 0
+    onnx_grid, torch_grid = _pixels(tmp_path / "onnx.png"), _pixels(tmp_path / "torch.png")
+    assert np.abs(onnx_grid - torch_grid).max() <= 1 and onnx_grid.std() > 5
+    capsys.readouterr()
+    for argv, message in ((["export", str(saved), "--layout", str(small), "--out", str(tmp_path / "r")],
+                           "--layout is for --onnx"),
+                          (["export", str(saved), "--onnx", "--layout", str(saved), "--out", str(tmp_path / "s")],
+                           "it must draw smaller ones"),
+                          (["sample", str(out), "--layout", str(small), "--out", str(tmp_path / "t.png")],
+                           "--layout is for PyTorch checkpoints")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+    assert not any((tmp_path / name).exists() for name in ("r", "s", "t.png"))

@@ -154,13 +154,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
 
 
-def add_layout(p: argparse.ArgumentParser) -> None:
+LAYOUT_HELP = ("a cascade: MODEL, a model of smaller images (a checkpoint or run folder, or a shipped model by "
+               "name: layout32 for flowers64), draws each image's layout and the model finishes it")
+
+
+def add_layout(p: argparse.ArgumentParser, help: str = LAYOUT_HELP + (
+        " (PyTorch checkpoints; with --class or --random-class each conditional stage draws the class, so a "
+        "conditional layout model gives an unconditional model's images theirs)")) -> None:
     """A cascade's options (corolla.cascade)."""
-    p.add_argument("--layout", metavar="MODEL", type=path_text,
-                   help="a cascade: MODEL, a model of smaller images (a checkpoint or run folder, or a shipped model "
-                        "by name: layout32 for flowers64), draws each image's layout and the model finishes it "
-                        "(PyTorch checkpoints; with --class or --random-class each conditional stage draws the "
-                        "class, so a conditional layout model gives an unconditional model's images theirs)")
+    p.add_argument("--layout", metavar="MODEL", type=path_text, help=help)
     p.add_argument("--layout-start", type=layout_start, metavar="T",
                    help=f"with --layout: the diffusion time in (0, 1) at which the model takes the upsampled layout "
                         f"over (default {cascade.LAYOUT_START:g})")

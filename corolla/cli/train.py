@@ -11,12 +11,15 @@ from .. import limits, losses, schedules, warmstart
 from ..conditioning import MODULATIONS
 from ..storage import checkpoint, outputs, runfolder
 from .options import (
+    LAYOUT_HELP,
     Given,
+    add_layout,
     add_precision,
     add_progress,
     batch_size,
     fraction,
     image_size,
+    layout_request,
     path_text,
     positive_float,
     positive_int,
@@ -50,6 +53,8 @@ def register(sub) -> None:
     p.add_argument("--ort", metavar="PATH", type=path_text,
                    help="with --web: onnxruntime-web's npm tarball (.tgz) or unpacked package, instead of "
                         "downloading it from the npm registry")
+    add_layout(p, "with --onnx, " + LAYOUT_HELP + "; both networks are written, the layout model's in OUT/layout, "
+                  "and the ONNX sampler draws the cascade")
     p.set_defaults(func=run_export)
 
 
@@ -251,6 +256,9 @@ def run_train(args) -> int:
 def run_export(args) -> int:
     if args.ort and not args.web:
         raise ValueError("--ort is for --web: it gives the page's onnxruntime-web")
+    if layout_request(args) is not None and not args.onnx:
+        raise ValueError("--layout is for --onnx: it exports a cascade's two networks for the ONNX sampler "
+                         "(the web page and release checkpoints hold one)")
     if args.web:
         return _export_web(args)
     if args.onnx:
@@ -273,12 +281,18 @@ def _needs_onnx_extra(option: str) -> None:
 def _export_onnx(args) -> int:
     if args.float32:
         raise ValueError("--float32 is for release checkpoints: an ONNX export is always float32")
-    out = outputs.check_folder(args.out, "--out")
     _needs_onnx_extra("--onnx")
+    import torch
+
+    from .. import cascade
     from ..portable.export import export_onnx
     from ..warmstart import source_path
     model, config = checkpoint.load_model(source_path(args.checkpoint))
-    print(f"wrote {export_onnx(model, out, config.data.image_size, class_counts=config.data.class_counts)}")
+    size, request = config.data.image_size, layout_request(args)
+    layout = None if request is None else cascade.load(request[0], model, size, torch.device("cpu"), "fp32",
+                                                       request[1])  # float32, as the export
+    out = outputs.check_folder(args.out, "--out")  # made once both models are known good
+    print(f"wrote {export_onnx(model, out, size, class_counts=config.data.class_counts, layout=layout)}")
     return 0
 
 

@@ -12,6 +12,7 @@
   so that image i of a seed starts from the noise PyTorch gives it.
 - corolla.portable.mix (numpy only): ClassMix, a class drawn for each image at a mix of classes,
   the same draw in PyTorch's sampling, the ONNX sampler and (from the export's class_mix) the page.
+- corolla.portable.upsampling (numpy only): a cascade's bicubic upsampling, as torch's.
 - corolla.portable.arrays (numpy only): the array backends that let corolla.schedules and
   corolla.samplers run on numpy arrays as well as torch tensors.
 

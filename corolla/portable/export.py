@@ -2,7 +2,8 @@
 
 export_onnx(model, out_dir, image_size) writes denoiser.onnx (the EMA U-Net, BatchNorm folded by
 corolla.folding, float32, any batch size, the class labels as an input of a conditional
-model) and sampler.json (corolla.portable.folder). Classifier-free guidance stays with the
+model) and sampler.json (corolla.portable.folder); a cascade's layout model is exported the same
+way into out_dir/layout, before the sampler.json that names it. Classifier-free guidance stays with the
 sampler, as in PyTorch (corolla.conditioning): it evaluates the conditional and the null label
 in one batch and mixes them, so one network serves every guidance.
 
@@ -30,11 +31,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .. import __version__
+from ..cascade import Layout, check_layout
 from ..conditioning import DEFAULT_GUIDANCE
 from ..diffusion import DiffusionModel
 from ..folding import fold_batchnorm
 from ..storage.atomic import replacing
 from ..storage.checkpoint import model_tensors
+from ..storage.digest import file_sha256
 from ..unet import UNet
 from . import folder, noise
 from .mix import ClassMix
@@ -126,12 +129,16 @@ def onnx_error(onnx_bytes: bytes, network: UNet, image_size: int) -> float:
 
 
 def export_onnx(model: DiffusionModel, out_dir: str | os.PathLike, image_size: int,
-                tolerance: float = DEFAULT_TOLERANCE, class_counts: Sequence[int] = ()) -> Path:
+                tolerance: float = DEFAULT_TOLERANCE, class_counts: Sequence[int] = (),
+                layout: Layout | None = None) -> Path:
     """Write denoiser.onnx and sampler.json for `model` at `image_size` into `out_dir` (made if
     missing; earlier exports there are replaced) -> out_dir. class_counts: a conditional model's
     training images of each class (Config.data.class_counts), kept as sampler.json's class_mix.
-    Refuses with a ValueError, writing nothing, when onnxruntime's predictions differ from
-    PyTorch's beyond `tolerance` (module docstring)."""
+    layout: a cascade's first stage (corolla.cascade), exported into out_dir/layout first, which
+    sampler.json then names. Refuses with a ValueError, writing nothing, when onnxruntime's
+    predictions differ from PyTorch's beyond `tolerance` (module docstring)."""
+    if layout is not None:
+        check_layout(layout, model, image_size)
     unet = model.ema_network
     if image_size < 1 or image_size % 2 ** len(unet.config.widths):
         raise ValueError(f"image_size {image_size} must be a positive multiple of {2 ** len(unet.config.widths)} "
@@ -143,12 +150,18 @@ def export_onnx(model: DiffusionModel, out_dir: str | os.PathLike, image_size: i
     if not error <= tolerance:  # NaN too
         raise ValueError(f"the exported network's predictions differ from PyTorch's by {error:.3g} (relative), "
                          f"more than the tolerance {tolerance:g}: nothing was written")
+    layout_field = None
+    if layout is not None:  # checked and written before the sampler.json that vouches for it
+        nested = export_onnx(layout.model, Path(out_dir) / folder.LAYOUT_DIR, layout.image_size, tolerance,
+                             layout.class_counts)
+        layout_field = {"start": layout.start, "sampler_sha256": file_sha256(nested / folder.SAMPLER_FILE)}
     spec = folder.SamplerSpec(
         schedule=model.schedule_name, image_size=image_size, channels=unet.config.channels,
         mean=tuple(model.normalizer.mean.flatten().tolist()),
         variance=tuple(model.normalizer.variance.flatten().tolist()),
         classes=tuple(unet.config.classes), guidance=DEFAULT_GUIDANCE, eps_scale=model.eps_scale,
-        multistep_eps_scale=model.multistep_eps_scale,
+        multistep_eps_scale=model.multistep_eps_scale, handover_eps_scale=model.handover_eps_scale,
+        layout=layout_field,
         class_mix=ClassMix.of_training(unet.config.classes, class_counts).weights if unet.config.classes else (),
         noise_kernel=noise.kernel_for_capability(torch.backends.cpu.get_cpu_capability()),
         model_sha256=model_sha256(model), onnx_sha256=hashlib.sha256(onnx_bytes).hexdigest(), opset=opset,

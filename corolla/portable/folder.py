@@ -18,6 +18,11 @@ sampler.json (format "corolla-onnx", version 1):
                       model's Config.sampling); absent in exports written before it: 1
     multistep_eps_scale  the multistep samplers' own (samplers.own_eps_scale); null or absent:
                       eps_scale
+    handover_eps_scale  the scale it finishes a cascade's handed-over images at (Config.sampling);
+                      null or absent: its own
+    layout            a cascade (corolla.cascade): {"start": the hand-over time, "sampler_sha256": the
+                      SHA-256 of layout/sampler.json}, the layout model being a complete export in
+                      the folder layout/; null or absent: one network
     noise_kernel      the torch.randn kernel of the exporting machine (corolla.portable.noise), so
                       that a sampler elsewhere starts from the noise PyTorch drew there
     check             {"max_abs_error", "tolerance", "batch"}: onnxruntime against PyTorch at export
@@ -42,6 +47,10 @@ from .noise import KERNELS
 
 FORMAT, VERSION = "corolla-onnx", 1
 ONNX_FILE, SAMPLER_FILE = "denoiser.onnx", "sampler.json"
+LAYOUT_DIR = "layout"  # a cascade's layout model, itself an export
+# the floor on the normaliser's standard deviation (Keras' Normalization layer's), where images are
+# normalised: x = (images - mean) / max(sqrt(variance), NORMALIZATION_EPS)
+NORMALIZATION_EPS = 1e-7
 INPUTS = ("noisy_images", "noise_variances", "labels")
 OUTPUT = "pred_noises"
 MAX_SAMPLER_BYTES = 2 ** 20  # sampler.json: a few hundred bytes plus the class names
@@ -71,6 +80,8 @@ class SamplerSpec:
     eps_scale: float = 1.0
     class_mix: tuple[int, ...] = ()
     multistep_eps_scale: float | None = None
+    handover_eps_scale: float | None = None
+    layout: dict | None = None  # {"start", "sampler_sha256"} of a cascade (module docstring)
 
     @property
     def null_label(self) -> int:
@@ -106,6 +117,11 @@ def read(folder: str | os.PathLike) -> SamplerSpec:
     if file_sha256(onnx_path) != spec.onnx_sha256:
         raise FolderError(f"{onnx_path} is not the network {SAMPLER_FILE} was written for (its SHA-256 differs): "
                           f"the folder is torn or altered; export the model again")
+    if spec.layout is not None:
+        layout_path = folder / LAYOUT_DIR / SAMPLER_FILE
+        if not layout_path.is_file() or file_sha256(layout_path) != spec.layout["sampler_sha256"]:
+            raise FolderError(f"{layout_path} is missing or not the layout model {path} was written with: the "
+                              f"folder is torn or altered; export the model again")
     return spec
 
 
@@ -149,4 +165,16 @@ def _spec(raw, path: Path) -> SamplerSpec:
                         if "eps_scale" in raw else 1.0),
         class_mix=tuple(field("class_mix", list, counts) if "class_mix" in raw else ()),
         multistep_eps_scale=float(field("multistep_eps_scale", (int, float), lambda scale: low <= scale <= high))
-        if raw.get("multistep_eps_scale") is not None else None)
+        if raw.get("multistep_eps_scale") is not None else None,
+        handover_eps_scale=float(field("handover_eps_scale", (int, float), lambda scale: low <= scale <= high))
+        if raw.get("handover_eps_scale") is not None else None,
+        layout=_layout(field("layout", dict), path) if raw.get("layout") is not None else None)
+
+
+def _layout(raw: dict, path: Path) -> dict:
+    start, digest = raw.get("start"), raw.get("sampler_sha256")
+    if (not isinstance(start, (int, float)) or isinstance(start, bool) or not 0 < start < 1
+            or not isinstance(digest, str)):
+        raise FolderError(f"{path}: layout must be {{\"start\": a time in (0, 1), \"sampler_sha256\": a "
+                          f"SHA-256}} ({str(raw)[:80]!r})")
+    return {"start": float(start), "sampler_sha256": digest}

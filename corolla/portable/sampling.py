@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import samplers, schedules
 from ..samplers import SamplingSettings
-from . import folder, noise
+from . import folder, noise, upsampling
 from .mix import ClassMix
 
 Classes = int | str | Sequence[int | str] | ClassMix | None  # as corolla.generation.Classes
@@ -62,11 +62,21 @@ class PortableModel:
         shape = (1, self.spec.channels, 1, 1)
         self.mean = np.asarray(self.spec.mean, np.float32).reshape(shape)
         self.variance = np.asarray(self.spec.variance, np.float32).reshape(shape)
+        # a cascade's first stage (corolla.cascade): the export in layout/, finished from layout_start
+        self.layout = (PortableModel(os.path.join(path, folder.LAYOUT_DIR), providers, threads)
+                       if self.spec.layout else None)
+        self.layout_start = self.spec.layout["start"] if self.spec.layout else 1.0
+        if self.layout is not None and self.layout.spec.classes and self.spec.classes \
+                and self.layout.spec.classes != self.spec.classes:
+            raise folder.FolderError(f"{path}: the layout model and the model know different classes")
 
     @property
     def training_mix(self) -> ClassMix:
-        """The mix of classes the model was trained on (sampler.json's class_mix), as `corolla sample
-        --random-class` draws them; a ValueError where the export has none."""
+        """The mix of classes the model was trained on (sampler.json's class_mix; a cascade of an
+        unconditional model: its layout model's), as `corolla sample --random-class` draws them; a
+        ValueError where the export has none."""
+        if self.classed is not self:
+            return self.classed.training_mix
         self._classes()
         if not self.spec.class_mix:
             raise ValueError("this export keeps no training mix (it was written before corolla exported one): "
@@ -113,22 +123,29 @@ class PortableModel:
             return pred_noises, (x - noise_rates * pred_noises) / signal_rates
         return guided
 
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        return (images - self.mean) / np.maximum(np.sqrt(self.variance), folder.NORMALIZATION_EPS)
+
     def denormalize(self, images: np.ndarray) -> np.ndarray:
         return np.clip(self.mean + images * np.sqrt(self.variance), 0.0, 1.0)
 
     def sample_from_noise(self, initial_noise: np.ndarray, steps: int, sampler: str = "ddim", eta: float = 0.0,
                           generators: list[noise.TorchGenerator] | None = None, grid: str | None = None,
                           labels: np.ndarray | None = None, guidance: float | None = None,
-                          eps_scale: float | None = None) -> np.ndarray:
+                          eps_scale: float | None = None, start: float = 1.0) -> np.ndarray:
         """Decode a batch of initial noises -> images in [0, 1], (B, C, H, W) float32, as
         corolla.generation.sample_from_noise; generators (one per image, past its initial noise)
         feed stochastic steps; grid None: samplers.default_grid; eps_scale: samplers.scaled_noise's (None:
-        the export's own for `sampler`, from sampler.json: samplers.own_eps_scale)."""
+        the export's own for `sampler`, from sampler.json: samplers.own_eps_scale). start < 1: a
+        cascade's hand-over state, sampled below `start` at the export's handover_eps_scale."""
         run = samplers.get(sampler)
-        times = samplers.get_grid(grid or samplers.default_grid(sampler), steps, self.schedule, backend="numpy")
-        noise_fn = None if generators is None else lambda: noise.draw_noise(generators, self.shape)
-        scale = samplers.own_eps_scale(sampler, self.spec.eps_scale, self.spec.multistep_eps_scale) \
-            if eps_scale is None else eps_scale
+        times = samplers.times_from(samplers.get_grid(grid or samplers.default_grid(sampler), steps, self.schedule,
+                                                      backend="numpy"), start)
+        shape = tuple(initial_noise.shape[1:])
+        noise_fn = None if generators is None else lambda: noise.draw_noise(generators, shape)
+        scale = eps_scale if eps_scale is not None else (
+            self.spec.handover_eps_scale if start < 1 and self.spec.handover_eps_scale is not None
+            else samplers.own_eps_scale(sampler, self.spec.eps_scale, self.spec.multistep_eps_scale))
         pred_images = run(samplers.scaled_noise(self.denoiser(labels, guidance), scale), self.schedule,
                           initial_noise, times, eta=eta, noise_fn=noise_fn)
         if not np.isfinite(pred_images).all():
@@ -140,15 +157,38 @@ class PortableModel:
                          classes: Classes = None, guidance: float | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """generate() one batch at a time -> (index of the batch's first image, its images)."""
         s = settings
-        wanted = (np.array(self.drawn_classes(classes, s.seed, range(start, start + num_images)), np.int64)
-                  if isinstance(classes, ClassMix) else self.class_labels(classes, num_images))  # checked first
+        named = self.classed
+        wanted = (np.array(named.drawn_classes(classes, s.seed, range(start, start + num_images)), np.int64)
+                  if isinstance(classes, ClassMix) else named.class_labels(classes, num_images))  # checked first
         for first in range(start, start + num_images, s.batch_size):
             indices = range(first, min(first + s.batch_size, start + num_images))
             generators = [noise.image_generator(s.seed, i, self.spec.noise_kernel) for i in indices]
-            initial = noise.draw_noise(generators, self.shape)
             labels = None if wanted is None else wanted[first - start:first - start + len(indices)]
+            initial = self._first_state(generators, s, labels, guidance)
             yield first, self.sample_from_noise(initial, s.steps, s.sampler, s.eta, generators if s.eta > 0 else None,
-                                                s.time_grid, labels, guidance, s.eps_scale)
+                                                s.time_grid, labels if self.spec.classes else None, guidance,
+                                                s.eps_scale, self.layout_start)
+
+    @property
+    def classed(self) -> "PortableModel":
+        """The stage whose classes a request names, as corolla.cascade.classed."""
+        if self.layout is None or self.spec.classes or not self.layout.spec.classes:
+            return self
+        return self.layout
+
+    def _first_state(self, generators: list[noise.TorchGenerator], s: SamplingSettings,
+                     labels: np.ndarray | None, guidance: float | None) -> np.ndarray:
+        """The state a batch's sampling starts from, as corolla.generation._first_state: its initial
+        noise, or a cascade's layouts drawn from each image's stream, upsampled and noised to
+        layout_start with the stream's next draw."""
+        if self.layout is None:
+            return noise.draw_noise(generators, self.shape)
+        small = self.layout
+        layouts = small.sample_from_noise(noise.draw_noise(generators, small.shape), s.steps, s.sampler, s.eta,
+                                          generators if s.eta > 0 else None, s.time_grid,
+                                          labels if small.spec.classes else None, guidance)
+        clean = self.normalize(upsampling.upsample(layouts, self.spec.image_size))
+        return samplers.noised(self.schedule, clean, noise.draw_noise(generators, self.shape), self.layout_start)
 
     def generate(self, num_images: int, settings: SamplingSettings = SamplingSettings(), *, start: int = 0,
                  classes: Classes = None, guidance: float | None = None) -> np.ndarray:
