@@ -451,7 +451,7 @@ def test_the_command_exports_a_cascade_and_samples_it_as_pytorch_does(model, tmp
     assert np.abs(onnx_grid - torch_grid).max() <= 1 and onnx_grid.std() > 5
     capsys.readouterr()
     for argv, message in ((["export", str(saved), "--layout", str(small), "--out", str(tmp_path / "r")],
-                           "--layout is for --onnx"),
+                           "--layout is for --onnx and --web"),
                           (["export", str(saved), "--onnx", "--layout", str(saved), "--out", str(tmp_path / "s")],
                            "it must draw smaller ones"),
                           (["sample", str(out), "--layout", str(small), "--out", str(tmp_path / "t.png")],

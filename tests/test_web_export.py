@@ -31,7 +31,10 @@ from test_portable import SIZE, _checkpoint, _tiny  # noqa: E402
 
 from corolla import samplers, schedules  # noqa: E402
 from corolla.cli import main  # noqa: E402
-from corolla.portable import folder, noise, sampling, web  # noqa: E402
+from corolla.config import preset  # noqa: E402
+from corolla.portable import folder, noise, sampling, upsampling, web  # noqa: E402
+from corolla.samplers import SamplingSettings  # noqa: E402
+from corolla.storage import checkpoint  # noqa: E402
 
 WAIT_S = 180  # the longest a page may take to finish (a few seconds on an idle machine)
 COUNT, STEPS, SEED = 3, 4, 3
@@ -81,6 +84,17 @@ def sites(ort_tarball, tmp_path_factory) -> Path:
                         ("attention", _tiny(seed=3, attention=True))):
         saved = _checkpoint(model, tmp_path_factory.mktemp("checkpoint") / name)
         assert main(["export", str(saved), "--web", "--out", str(root / name), "--ort", str(ort_tarball)]) == 0
+    # ROOT/cascade: the unconditional tiny model (hand-over scale 1.04) after an 8 px layout model of the species
+    made = tmp_path_factory.mktemp("checkpoint")
+    model, small = _tiny(), _tiny(CLASSES, seed=11)
+    config = preset("tiny").replace(unet=dict(model.ema_network.config.__dict__), data={"image_size": SIZE},
+                                    sampling={"handover_eps_scale": 1.04})
+    layout_config = preset("tiny").replace(unet=dict(small.ema_network.config.__dict__),
+                                           data={"image_size": SIZE // 2, "class_counts": (3, 0, 1)})
+    saved = checkpoint.save_pretrained(made / "model", model, config)
+    layout = checkpoint.save_pretrained(made / "layout", small, layout_config)
+    assert main(["export", str(saved), "--web", "--layout", str(layout), "--layout-start", "0.7",
+                 "--out", str(root / "cascade"), "--ort", str(ort_tarball)]) == 0
     return root
 
 
@@ -243,6 +257,44 @@ def test_the_page_draws_each_species_at_the_training_mix_and_guides_it_as_the_po
             assert message in page.text_content("#message.error")
         finally:
             page.context.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_the_page_draws_an_exported_cascade_as_the_portable_sampler_does(browser, server, sites, sampler):
+    """A cascade's page: each image's layout noise, then its hand-over noise (noise.bin holds both);
+    the species menu is the conditional layout model's, and the unconditional model finishes."""
+    site = sites / "cascade"
+    portable = sampling.load(site, threads=1)
+    generators = [noise.image_generator(SEED, i, portable.spec.noise_kernel) for i in range(COUNT)]
+    first, second = noise.draw_noise(generators, portable.layout.shape), noise.draw_noise(generators, portable.shape)
+    np.concatenate([first.reshape(COUNT, -1), second.reshape(COUNT, -1)], axis=1).astype("<f4").tofile(
+        site / "noise.bin")
+    page = open_page(browser, f"{server.url}/cascade/?seed={SEED}&n={COUNT}&steps={STEPS}&sampler={sampler}"
+                              f"&class={CLASSES[2]}&guidance=2&noise=noise.bin")
+    try:
+        layouts = portable.layout.sample_from_noise(first, STEPS, sampler, labels=np.full(COUNT, 2), guidance=2.0)
+        handed = samplers.noised(portable.schedule, portable.normalize(upsampling.upsample(layouts, SIZE)), second,
+                                 0.7)
+        expected = portable.sample_from_noise(handed, STEPS, sampler, start=0.7)  # at the hand-over scale
+        assert np.array_equal(expected, portable.generate(COUNT, SamplingSettings(steps=STEPS, seed=SEED,
+                                                                                  sampler=sampler),
+                                                          classes=CLASSES[2], guidance=2.0))
+        assert np.abs(page_images(page) - expected).max() <= TOLERANCE
+        assert np.abs(expected - portable.sample_from_noise(handed, STEPS, sampler, start=0.7, eps_scale=1.0)
+                      ).mean() > 0.002  # the hand-over scale matters
+        assert page.locator("#class option").all_text_contents() == [
+            "(none: unconditional)", "(every species, at the data set's mix)", *CLASSES]
+        assert page.text_content("#message").endswith(f", {CLASSES[2]} at guidance 2")
+        # the page's bicubic upsampling is numpy's (and so torch's), overshoots clamped
+        small = np.random.default_rng(0).random((2, 3, 5, 5), dtype=np.float32)
+        small[0, 0] = np.arange(25).reshape(5, 5) % 2
+        got = page.evaluate("""async (data) => {
+            const {upsampleBicubic} = await import('./sampler.js');
+            return Array.from(upsampleBicubic(Float32Array.from(data), 6, 5, 12)); }""", small.ravel().tolist())
+        assert np.abs(np.float32(got).reshape(2, 3, 12, 12) - upsampling.upsample(small, 12)).max() <= 1e-6
+    finally:
+        page.context.close()
 
 
 @pytest.mark.slow

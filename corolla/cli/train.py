@@ -53,8 +53,8 @@ def register(sub) -> None:
     p.add_argument("--ort", metavar="PATH", type=path_text,
                    help="with --web: onnxruntime-web's npm tarball (.tgz) or unpacked package, instead of "
                         "downloading it from the npm registry")
-    add_layout(p, "with --onnx, " + LAYOUT_HELP + "; both networks are written, the layout model's in OUT/layout, "
-                  "and the ONNX sampler draws the cascade")
+    add_layout(p, "with --onnx or --web, " + LAYOUT_HELP + "; both networks are written, the layout model's in "
+                  "OUT/layout, and the ONNX sampler and the page draw the cascade")
     p.set_defaults(func=run_export)
 
 
@@ -256,9 +256,9 @@ def run_train(args) -> int:
 def run_export(args) -> int:
     if args.ort and not args.web:
         raise ValueError("--ort is for --web: it gives the page's onnxruntime-web")
-    if layout_request(args) is not None and not args.onnx:
-        raise ValueError("--layout is for --onnx: it exports a cascade's two networks for the ONNX sampler "
-                         "(the web page and release checkpoints hold one)")
+    if layout_request(args) is not None and not (args.onnx or args.web):
+        raise ValueError("--layout is for --onnx and --web: it exports a cascade's two networks for the ONNX "
+                         "sampler and the page (a release checkpoint holds one)")
     if args.web:
         return _export_web(args)
     if args.onnx:
@@ -282,29 +282,36 @@ def _export_onnx(args) -> int:
     if args.float32:
         raise ValueError("--float32 is for release checkpoints: an ONNX export is always float32")
     _needs_onnx_extra("--onnx")
+    from ..portable.export import export_onnx
+    model, config, layout = _exported(args)
+    out = outputs.check_folder(args.out, "--out")  # made once both models are known good
+    written = export_onnx(model, out, config.data.image_size, class_counts=config.data.class_counts, layout=layout)
+    print(f"wrote {written}")
+    return 0
+
+
+def _exported(args):
+    """The model to export, its config, and the cascade's layout model --layout asks for (or None),
+    float32 on the CPU as an export is."""
     import torch
 
     from .. import cascade
-    from ..portable.export import export_onnx
     from ..warmstart import source_path
     model, config = checkpoint.load_model(source_path(args.checkpoint))
-    size, request = config.data.image_size, layout_request(args)
-    layout = None if request is None else cascade.load(request[0], model, size, torch.device("cpu"), "fp32",
-                                                       request[1])  # float32, as the export
-    out = outputs.check_folder(args.out, "--out")  # made once both models are known good
-    print(f"wrote {export_onnx(model, out, size, class_counts=config.data.class_counts, layout=layout)}")
-    return 0
+    request = layout_request(args)
+    layout = None if request is None else cascade.load(request[0], model, config.data.image_size,
+                                                       torch.device("cpu"), "fp32", request[1])
+    return model, config, layout
 
 
 def _export_web(args) -> int:
     if args.onnx or args.float32:
         given = "--onnx" if args.onnx else "--float32"
         raise ValueError(f"--web writes its own float32 ONNX export: leave out {given}")
-    out = outputs.check_folder(args.out, "--out")
     _needs_onnx_extra("--web")
     from ..portable import web
-    from ..warmstart import source_path
-    model, config = checkpoint.load_model(source_path(args.checkpoint))
-    folder = web.build(model, out, config.data.image_size, args.ort, config.data.class_counts)
+    model, config, layout = _exported(args)
+    out = outputs.check_folder(args.out, "--out")
+    folder = web.build(model, out, config.data.image_size, args.ort, config.data.class_counts, layout)
     print(f"wrote {folder}: serve it with any static file server, e.g. python -m http.server -d {folder}")
     return 0

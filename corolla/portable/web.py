@@ -139,10 +139,10 @@ def _copy_package(path: Path, dest: Path) -> None:
 
 
 def build(model, out: str | os.PathLike, image_size: int, ort: str | os.PathLike | None = None,
-          class_counts: Sequence[int] = ()) -> Path:
+          class_counts: Sequence[int] = (), layout=None) -> Path:
     """Write the web folder for `model` (a DiffusionModel) into `out` -> out: onnxruntime-web is
-    fetched or read first, so that a failure writes nothing; then the export (class_counts:
-    export_onnx's), the page and the runtime."""
+    fetched or read first, so that a failure writes nothing; then the export (class_counts and a
+    cascade's layout: export_onnx's; the page draws the cascade), the page and the runtime."""
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="corolla-ort-") as staging:
         source = Path(staging)
@@ -150,7 +150,7 @@ def build(model, out: str | os.PathLike, image_size: int, ort: str | os.PathLike
             source = cached_ort()
         else:
             given_ort(ort, source)
-        export_onnx(model, out, image_size, class_counts=class_counts)
+        export_onnx(model, out, image_size, class_counts=class_counts, layout=layout)
         for written in ORT_FILES.values():
             shutil.copyfile(source / written, out / written)
     page = resources.files("corolla.portable") / "web"

@@ -1,13 +1,15 @@
-// The page: loads sampler.json and denoiser.onnx (onnxruntime-web, WASM on the CPU), reads the form,
-// samples with sampler.js and draws the predicted images after every step.
+// The page: loads sampler.json and denoiser.onnx (onnxruntime-web, WASM on the CPU), and a cascade's
+// layout model from layout/ where sampler.json names one, reads the form, samples with sampler.js and
+// draws the predicted images after every step (a cascade's layouts first, upsampled).
 // A query ?seed=S&n=N&steps=K[&sampler=NAME][&class=NAME|&random-class][&guidance=G][&noise=FILE]
 // generates at load; random-class draws each image's species at the training mix (sampler.json's
 // class_mix), as `corolla sample --random-class`; noise=FILE (float32 little-endian, N x C x H x W,
-// on this server) replaces the page's own initial noise, so that a test can start from the noise
-// corolla's Python sampler starts from. body[data-state] tells a test where the page is: loading,
+// on this server; a cascade's: each image's layout noise, then its hand-over noise) replaces the
+// page's own initial noise, so that a test can start from the noise corolla's Python sampler starts from. body[data-state] tells a test where the page is: loading,
 // ready, running, done or error; when done, window.corollaImages holds the images (Float32Array,
 // N x C x H x W, in [0, 1]) and window.corollaLabels each image's class (null: unconditional).
-import {DEFAULT_GRID, GRIDS, SAMPLERS, SCHEDULES, imageClass, imageNoise} from "./sampler.js";
+import {DEFAULT_GRID, GRIDS, SAMPLERS, SCHEDULES, imageClass, imageNoise, noised, timesFrom, upsampleBicubic}
+  from "./sampler.js";
 
 const BATCH = 8;  // images sampled together: previews of a batch at once, bounded memory
 const LIMITS = {seed: [0, 4294967295], count: [1, 64], steps: [1, 1000]};
@@ -15,7 +17,9 @@ const MAX_GUIDANCE = 100;  // corolla.limits.MAX_GUIDANCE
 const MIX = "mix";  // the class menu's value for a species drawn per image (species' values are numbers)
 const $ = (id) => document.getElementById(id);
 
-let spec, session;
+// each {spec, session}: the model, a cascade's layout model (or null), and the one of them whose
+// species the form offers (corolla.cascade.classed: the model, unless only the layout model has species)
+let model, layout, classed;
 
 function say(text, isError = false) {
   $("message").textContent = text;
@@ -24,19 +28,27 @@ function say(text, isError = false) {
 
 function setState(state) {
   document.body.dataset.state = state;
-  $("generate").disabled = !session || state === "running";  // no model: nothing to run
+  $("generate").disabled = !model || state === "running";  // no model: nothing to run
+}
+
+async function loadModel(folder) {  // folder "" or "layout/" -> {spec, session}
+  const response = await fetch(`${folder}sampler.json`);
+  if (!response.ok) throw new Error(`${folder}sampler.json: HTTP ${response.status}`);
+  const spec = await response.json();
+  if (!SCHEDULES[spec.schedule]) throw new Error(`unknown schedule ${spec.schedule}`);
+  return {spec, session: await ort.InferenceSession.create(`${folder}denoiser.onnx`, {executionProviders: ["wasm"]})};
 }
 
 async function load() {
-  const response = await fetch("sampler.json");
-  if (!response.ok) throw new Error(`sampler.json: HTTP ${response.status}`);
-  spec = await response.json();
-  if (!SCHEDULES[spec.schedule]) throw new Error(`unknown schedule ${spec.schedule}`);
   // threads need a cross-origin isolated page (COOP/COEP headers), which a plain static host is not
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
   ort.env.wasm.wasmPaths = {mjs: new URL("ort-wasm-simd-threaded.js", location.href).href,
                             wasm: new URL("ort-wasm-simd-threaded.wasm", location.href).href};
-  session = await ort.InferenceSession.create("denoiser.onnx", {executionProviders: ["wasm"]});
+  const loaded = await loadModel("");
+  layout = loaded.spec.layout ? await loadModel("layout/") : null;
+  model = loaded;
+  classed = model.spec.classes.length || !layout?.spec.classes.length ? model : layout;
+  const spec = classed.spec;
   if (spec.classes.length) {
     $("class").append(new Option("(none: unconditional)", ""),
                       ...(spec.class_mix?.length ? [new Option("(every species, at the data set's mix)", MIX)] : []),
@@ -58,6 +70,7 @@ function wholeNumber(text, name) {
 
 // the form (or the query) -> the run's settings; RangeError with what is allowed
 function settings(fields) {
+  const spec = classed.spec;
   const run = {seed: wholeNumber(fields.seed, "seed"), count: wholeNumber(fields.count, "count"),
                steps: wholeNumber(fields.steps, "steps"), sampler: fields.sampler, labels: null, mix: Boolean(fields.mix),
                guidance: spec.guidance, noise: fields.noise || null};
@@ -74,6 +87,7 @@ function settings(fields) {
 }
 
 function speciesNumber(label) {  // a species by name or number -> its number
+  const spec = classed.spec;
   const byName = spec.classes.indexOf(label), number = byName >= 0 ? byName : Number(label);
   if (!Number.isInteger(number) || number < 0 || number >= spec.classes.length) {
     throw new RangeError(`unknown species ${label}`);
@@ -83,6 +97,7 @@ function speciesNumber(label) {  // a species by name or number -> its number
 
 function drawnLabels(run, label) {  // each image's species drawn at the training mix
   if (label) throw new RangeError("give one species or random-class, not both");
+  const spec = classed.spec;
   if (!spec.class_mix?.length) {
     throw new RangeError("this export keeps no training mix of species (it was written before corolla exported " +
                          "one): export the model again, or choose a species");
@@ -96,8 +111,8 @@ function formFields() {
           label: chosen === MIX ? "" : chosen, mix: chosen === MIX, guidance: $("guidance").value};
 }
 
-// the network on a batch; labels (BigInt64Array) for a conditional model
-async function predictNoise(x, noiseRate, labels) {
+// a network ({spec, session}) on a batch; labels (BigInt64Array) for a conditional model
+async function predictNoise({spec, session}, x, noiseRate, labels) {
   const [channels, size] = [spec.channels, spec.image_size], batch = x.length / (channels * size * size);
   const feeds = {
     noisy_images: new ort.Tensor("float32", x, [batch, channels, size, size]),
@@ -109,10 +124,11 @@ async function predictNoise(x, noiseRate, labels) {
   return output.pred_noises.data;
 }
 
-// the denoiser a sampler calls, guided as corolla.portable.sampling.PortableModel.denoiser guides;
-// chosen: each image's class, or null (unconditional)
-function denoiser(batch, chosen, guidance, scale) {
-  const nulls = new BigInt64Array(batch).fill(BigInt(spec.classes.length));
+// the denoiser a sampler calls with network `net`, guided as corolla.portable.sampling.PortableModel.denoiser
+// guides; chosen: each image's class, or null (unconditional, and always for an unconditional network)
+function denoiser(net, batch, chosen, guidance, scale) {
+  if (!net.spec.classes.length) chosen = null;
+  const nulls = new BigInt64Array(batch).fill(BigInt(net.spec.classes.length));
   const labels = chosen === null ? nulls : BigInt64Array.from(chosen, BigInt);
   const mixing = chosen !== null && guidance !== 0 && guidance !== 1;
   return async (x, noiseRate, signalRate) => {
@@ -124,14 +140,14 @@ function denoiser(batch, chosen, guidance, scale) {
       const both = new BigInt64Array(2 * batch);
       both.set(labels);
       both.set(nulls, batch);
-      const pair = await predictNoise(twice, noiseRate, both);
+      const pair = await predictNoise(net, twice, noiseRate, both);
       predNoises = new Float32Array(x.length);
       for (let j = 0; j < x.length; j++) {
         const uncond = pair[x.length + j];
         predNoises[j] = uncond + guidance * (pair[j] - uncond);
       }
     } else {
-      predNoises = await predictNoise(x, noiseRate, guidance === 0 ? nulls : labels);
+      predNoises = await predictNoise(net, x, noiseRate, guidance === 0 ? nulls : labels);
     }
     // epsilon scaling, as corolla.samplers.scaled_noise at the export's own scale for the sampler
     // (samplers.own_eps_scale: sampler.json's eps_scale for ddim, its multistep_eps_scale for the others)
@@ -142,12 +158,15 @@ function denoiser(batch, chosen, guidance, scale) {
   };
 }
 
-function ownEpsScale(sampler) {  // samplers.own_eps_scale; absent fields: 1, then eps_scale
+// the scale a network's noise is divided by: samplers.own_eps_scale (absent fields: 1, then eps_scale),
+// or, finishing a cascade's hand-over, the export's handover_eps_scale where it has one
+function epsScale({spec}, sampler, handover = false) {
+  if (handover && spec.handover_eps_scale != null) return spec.handover_eps_scale;
   const ddim = spec.eps_scale ?? 1;
   return sampler === "ddim" ? ddim : spec.multistep_eps_scale ?? ddim;
 }
 
-function denormalize(images) {  // clip(mean + x sqrt(variance), 0, 1), per channel
+function denormalize({spec}, images) {  // clip(mean + x sqrt(variance), 0, 1), per channel
   const plane = spec.image_size * spec.image_size, out = new Float32Array(images.length);
   for (let j = 0; j < images.length; j++) {
     const c = Math.floor(j / plane) % spec.channels;
@@ -157,8 +176,17 @@ function denormalize(images) {  // clip(mean + x sqrt(variance), 0, 1), per chan
   return out;
 }
 
-function draw(canvas, image) {  // one denormalised image (C, H, W) onto its canvas
-  const size = spec.image_size, plane = size * size, pixels = new ImageData(size, size);
+function normalize({spec}, images) {  // (images - mean) / max(sqrt(variance), 1e-7): folder.NORMALIZATION_EPS
+  const plane = spec.image_size * spec.image_size, out = new Float32Array(images.length);
+  for (let j = 0; j < images.length; j++) {
+    const c = Math.floor(j / plane) % spec.channels;
+    out[j] = (images[j] - spec.normalizer.mean[c]) / Math.max(Math.sqrt(spec.normalizer.variance[c]), 1e-7);
+  }
+  return out;
+}
+
+function draw(canvas, image) {  // one denormalised image (C, H, W) of the model's size onto its canvas
+  const spec = model.spec, size = spec.image_size, plane = size * size, pixels = new ImageData(size, size);
   for (let p = 0; p < plane; p++) {
     for (let k = 0; k < 3; k++) {
       const channel = spec.channels === 3 ? k : 0;
@@ -169,11 +197,12 @@ function draw(canvas, image) {  // one denormalised image (C, H, W) onto its can
   canvas.getContext("2d").putImageData(pixels, 0, 0);
 }
 
+// each image's starting noise: the model's, or a cascade's layout noise followed by its hand-over noise
 async function initialNoise(run) {
-  const imageSize = spec.channels * spec.image_size * spec.image_size;
+  const spec = model.spec, perImage = noiseSize();
   if (!run.noise) {
-    const noise = new Float32Array(run.count * imageSize);
-    for (let i = 0; i < run.count; i++) noise.set(imageNoise(run.seed, i, imageSize), i * imageSize);
+    const noise = new Float32Array(run.count * perImage);
+    for (let i = 0; i < run.count; i++) noise.set(imageNoise(run.seed, i, perImage), i * perImage);
     return noise;
   }
   const url = new URL(run.noise, location.href);
@@ -181,57 +210,82 @@ async function initialNoise(run) {
   const response = await fetch(url);
   if (!response.ok) throw new RangeError(`noise ${run.noise}: HTTP ${response.status}`);
   const bytes = await response.arrayBuffer();
-  if (bytes.byteLength !== 4 * run.count * imageSize) {
+  if (bytes.byteLength !== 4 * run.count * perImage) {
     throw new RangeError(`noise ${run.noise} holds ${bytes.byteLength} bytes, not ${run.count} images of ` +
-                         `${spec.channels}x${spec.image_size}x${spec.image_size} float32`);
+                         `${spec.channels}x${spec.image_size}x${spec.image_size} float32` +
+                         (layout ? ` after their layout noise (${pixels(layout)} float32)` : ""));
   }
-  const view = new DataView(bytes), noise = new Float32Array(run.count * imageSize);
+  const view = new DataView(bytes), noise = new Float32Array(run.count * perImage);
   for (let j = 0; j < noise.length; j++) noise[j] = view.getFloat32(4 * j, true);  // little-endian on any CPU
   return noise;
 }
+
+const pixels = ({spec}) => spec.channels * spec.image_size * spec.image_size;
+const noiseSize = () => pixels(model) + (layout ? pixels(layout) : 0);
 
 const nextFrame = () => new Promise((resolve) => setTimeout(resolve, 0));  // lets the browser paint
 
 async function generate(run) {
   setState("running");
   $("download").hidden = true;
-  const imageSize = spec.channels * spec.image_size * spec.image_size;
+  const spec = model.spec, imageSize = pixels(model), perImage = noiseSize();
   const noise = await initialNoise(run);
   const canvases = Array.from({length: run.count}, (_, i) => {
     const canvas = document.createElement("canvas");
     canvas.width = canvas.height = spec.image_size;
-    if (run.labels !== null) canvas.title = spec.classes[run.labels[i]];  // which species, on hovering
+    if (run.labels !== null) canvas.title = classed.spec.classes[run.labels[i]];  // which species, on hovering
     return canvas;
   });
   $("images").replaceChildren(...canvases);
   const schedule = SCHEDULES[spec.schedule];
-  const times = GRIDS[DEFAULT_GRID[run.sampler]](run.steps, schedule);
+  const start = layout ? spec.layout.start : 1;
+  const times = timesFrom(GRIDS[DEFAULT_GRID[run.sampler]](run.steps, schedule), start);
   const result = new Float32Array(run.count * imageSize);
   for (let first = 0; first < run.count; first += BATCH) {
     const batch = Math.min(BATCH, run.count - first);
-    const show = async (step, predImages) => {
-      const images = denormalize(predImages);
+    const shower = (stage, steps, upsample) => async (step, predImages) => {
+      const images = upsample(denormalize(stage, predImages));
       for (let i = 0; i < batch; i++) draw(canvases[first + i], images.subarray(i * imageSize, (i + 1) * imageSize));
-      say(`image ${first + 1}-${first + batch} of ${run.count}: step ${step + 1} of ${run.steps}`);
+      say(`image ${first + 1}-${first + batch} of ${run.count}: ${stage === layout ? "layout " : ""}step ` +
+          `${step + 1} of ${steps}`);
       await nextFrame();
     };
-    const x = noise.slice(first * imageSize, (first + batch) * imageSize);
+    const own = (part, size) => {  // each image's part of its noise: [offset, offset + size)
+      const out = new Float32Array(batch * size);
+      for (let i = 0; i < batch; i++) {
+        const at = (first + i) * perImage + part;
+        out.set(noise.subarray(at, at + size), i * size);
+      }
+      return out;
+    };
     const chosen = run.labels === null ? null : run.labels.slice(first, first + batch);
-    const images = await SAMPLERS[run.sampler](denoiser(batch, chosen, run.guidance, ownEpsScale(run.sampler)),
-                                               schedule, x, times, show);
-    result.set(denormalize(images), first * imageSize);
+    let x = own(perImage - imageSize, imageSize);
+    if (layout) {  // corolla.portable.sampling.PortableModel._first_state
+      const small = layout.spec.image_size, planes = batch * spec.channels;
+      const up = (images) => upsampleBicubic(images, planes, small, spec.image_size);
+      const layoutSchedule = SCHEDULES[layout.spec.schedule];
+      const drawn = await SAMPLERS[run.sampler](
+        denoiser(layout, batch, chosen, run.guidance, epsScale(layout, run.sampler)), layoutSchedule,
+        own(0, pixels(layout)), GRIDS[DEFAULT_GRID[run.sampler]](run.steps, layoutSchedule),
+        shower(layout, run.steps, up));
+      x = noised(schedule, normalize(model, up(denormalize(layout, drawn))), x, start);
+    }
+    const images = await SAMPLERS[run.sampler](
+      denoiser(model, batch, chosen, run.guidance, epsScale(model, run.sampler, start < 1)), schedule, x, times,
+      shower(model, times.length - 1, (images) => images));
+    result.set(denormalize(model, images), first * imageSize);
   }
   window.corollaImages = result;
   window.corollaLabels = run.labels;
   await offerDownload(canvases, run);
   say(`done: ${run.count} images, seed ${run.seed}, ${run.steps} steps, ${run.sampler}` +
-      (run.labels === null ? "" : `, ${run.mix ? "every species at the data set's mix" : spec.classes[run.labels[0]]}` +
+      (run.labels === null ? "" : `, ${run.mix ? "every species at the data set's mix" : classed.spec.classes[run.labels[0]]}` +
        ` at guidance ${run.guidance}`));
   setState("done");
 }
 
 async function offerDownload(canvases, run) {  // the images side by side in rows of up to 8, as one PNG
-  const size = spec.image_size, gap = 2, columns = Math.min(8, canvases.length);
+  const size = model.spec.image_size, gap = 2, columns = Math.min(8, canvases.length);
   const grid = document.createElement("canvas");
   grid.width = columns * (size + gap) + gap;
   grid.height = Math.ceil(canvases.length / columns) * (size + gap) + gap;
@@ -261,6 +315,7 @@ async function attempt(work) {
 }
 
 function fromQuery(query) {  // the query's fields, shown in the form too
+  const spec = classed.spec;
   const fields = {seed: query.get("seed") ?? "0", count: query.get("n") ?? "4", steps: query.get("steps") ?? "20",
                   sampler: query.get("sampler") ?? "ddim", label: query.get("class") ?? "",
                   mix: query.has("random-class"), guidance: query.get("guidance") ?? "", noise: query.get("noise")};

@@ -1,6 +1,7 @@
 // corolla's samplers in the browser: the schedules, the two time grids, DDIM and DPM-Solver++(2M),
-// written again from corolla/schedules.py and corolla/samplers.py (the one second copy of that
-// maths: tests/test_web_export.py holds it to Python's images). Times and rates in float64,
+// and a cascade's hand-over (bicubic upsampling, the forward process, the grid below the hand-over),
+// written again from corolla/schedules.py, corolla/samplers.py and corolla/portable/upsampling.py
+// (the one second copy of that maths: tests/test_web_export.py holds it to Python's images). Times and rates in float64,
 // images in Float32Array (B, C, H, W); no DOM here.
 
 const LOG_SNR_LIMIT = 5.0;  // samplers.LOG_SNR_LIMIT
@@ -72,6 +73,61 @@ export const GRIDS = {
     return [...times, times[times.length - 1]];
   },
 };
+
+// samplers.times_from: the grid's part from `start` down (a cascade's hand-over)
+export function timesFrom(times, start) {
+  if (start >= 1) return times;
+  const below = times.slice(0, -1).filter((t) => t < start - 1e-9);
+  return [start, ...below, times[times.length - 1]];
+}
+
+// samplers.noised: the forward process at time t (pure noise at t = 1)
+export function noised(schedule, images, noise, t) {
+  if (t >= 1) return noise;
+  const [noiseRate, signalRate] = schedule(t), out = new Float32Array(images.length);
+  for (let j = 0; j < images.length; j++) out[j] = signalRate * images[j] + noiseRate * noise[j];
+  return out;
+}
+
+// corolla.portable.upsampling: torch's bicubic upsampling (Keys' a = -0.75, half-pixel centres,
+// indices clamped to the edge), (B, C, small, small) -> (B, C, size, size), clamped to [0, 1]
+function bicubicMatrix(small, size) {  // size x small weights, row-major
+  const a = -0.75, near = (x) => ((a + 2) * x - (a + 3)) * x * x + 1;
+  const far = (x) => ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
+  const matrix = new Float64Array(size * small);
+  for (let j = 0; j < size; j++) {
+    const source = (j + 0.5) * small / size - 0.5, first = Math.floor(source), t = source - first;
+    const weights = [far(t + 1), near(t), near(1 - t), far(2 - t)];
+    for (let k = 0; k < 4; k++) {
+      const index = Math.min(Math.max(first - 1 + k, 0), small - 1);
+      matrix[j * small + index] += weights[k];
+    }
+  }
+  return matrix;
+}
+
+export function upsampleBicubic(images, planes, small, size) {
+  const matrix = bicubicMatrix(small, size), out = new Float32Array(planes * size * size);
+  const rows = new Float64Array(size * small);  // one plane upsampled along its width
+  for (let p = 0; p < planes; p++) {
+    const plane = images.subarray(p * small * small, (p + 1) * small * small);
+    for (let h = 0; h < small; h++) {
+      for (let j = 0; j < size; j++) {
+        let sum = 0;
+        for (let w = 0; w < small; w++) sum += matrix[j * small + w] * plane[h * small + w];
+        rows[h * size + j] = sum;
+      }
+    }
+    for (let i = 0; i < size; i++) {
+      for (let j = 0; j < size; j++) {
+        let sum = 0;
+        for (let h = 0; h < small; h++) sum += matrix[i * small + h] * rows[h * size + j];
+        out[p * size * size + i * size + j] = Math.min(Math.max(sum, 0), 1);
+      }
+    }
+  }
+  return out;
+}
 
 export const SAMPLERS = {ddim, dpmpp_2m: dpmpp2m};
 export const DEFAULT_GRID = {ddim: "uniform", dpmpp_2m: "logsnr"};  // samplers.default_grid
