@@ -1,6 +1,7 @@
 """A cascade (Ho et al. 2021, "Cascaded diffusion models", in its simplest form, without their
 conditioning): a model of smaller images draws each image's layout; it is upsampled, noised to a
-hand-over time and finished by the model of the full size (corolla.generation draws both). Either
+hand-over time and finished by the model of the full size (corolla.generation draws both); a
+model's config.json may name the layout model the commands draw it after (own_layout). Either
 stage may be class-conditional: the classes asked for are drawn by each conditional stage, so a
 conditional layout model can give an unconditional model's images a species.
 
@@ -18,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from . import samplers
+from .config import Config
 from .diffusion import DiffusionModel
-from .storage import checkpoint
+from .storage import checkpoint, pretrained
 from .warmstart import source_path
 
 LAYOUT_START = 0.8  # the hand-over time: the layout is settled above it, the detail is drawn below
@@ -34,6 +36,7 @@ class Layout:
     start: float = LAYOUT_START
     folder: Path | None = None
     class_counts: tuple[int, ...] = ()  # a conditional layout model's training mix (Config.data.class_counts)
+    source: str = ""  # the layout model as it was named (a recipe's)
 
 
 def check_start(start: float) -> float:
@@ -62,9 +65,35 @@ def load(source: str, model: DiffusionModel, image_size: int, device: torch.devi
     folder = checkpoint.resolve(source_path(source))
     layout_model, config = checkpoint.load_for_sampling(folder, device, precision)
     layout = Layout(layout_model, config.data.image_size, check_start(start), folder,
-                    tuple(config.data.class_counts or ()))
+                    tuple(config.data.class_counts or ()), str(source))
     check_layout(layout, model, image_size)
     return layout
+
+
+def own_layout(folder: str | Path, config: Config) -> tuple[str, float] | None:
+    """The layout model a checkpoint's config.json names (Config.sampling.layout) -> (its source for
+    load: the sub-folder of `folder` of that name, else the shipped model, by name; its hand-over
+    time), or None where it names none."""
+    name = config.sampling.layout
+    if name is None:
+        return None
+    start = LAYOUT_START if config.sampling.layout_start is None else config.sampling.layout_start
+    own = Path(folder) / name
+    if (own / checkpoint.CONFIG_FILE).is_file():
+        return str(own), start
+    if name not in pretrained.names():
+        raise ValueError(f"{folder}'s config.json names the layout model {name!r}, which is neither a sub-folder "
+                         f"of it nor a shipped model: give --layout MODEL or --no-layout")
+    return name, start
+
+
+def evaluations(model: DiffusionModel, layout: Layout | None, settings: samplers.SamplingSettings) -> int:
+    """Network evaluations per image (what a progress bar counts): the settings' steps, and with a
+    layout the layout model's steps and the model's below the hand-over."""
+    if layout is None:
+        return settings.steps
+    times = samplers.get_grid(settings.time_grid, settings.steps, model.schedule)
+    return settings.steps + len(samplers.times_from(times, layout.start)) - 1
 
 
 def classed(model: DiffusionModel, layout: Layout | None) -> DiffusionModel:

@@ -76,6 +76,10 @@ class SamplingConfig:
     # a cascade's (corolla.cascade): the scale this model finishes an image handed over below t = 1
     # at; None: its own for the sampler. A handed-over image needs more than sampling from noise.
     handover_eps_scale: float | None = None
+    # the layout model a command draws this model's images after (corolla.cascade) unless told
+    # --layout or --no-layout: a sub-folder of the checkpoint's folder or a shipped model, by name
+    layout: str | None = None
+    layout_start: float | None = None  # its hand-over time; None: cascade.LAYOUT_START
 
 
 @dataclass(frozen=True)

@@ -164,29 +164,40 @@ def generate_batches(model: DiffusionModel, num_images: int, settings: SamplingS
         generators = [seeded_generator(s.seed, i) for i in indices]
         labels = (None if wanted is None else torch.full((len(indices),), wanted) if isinstance(wanted, int)
                   else wanted[first - start:first - start + len(indices)])
-        noise, begin = _first_state(model, layout, generators, shape, s, guard, labels, guidance)
+        noise, begin, done = _first_state(model, layout, generators, shape, s, guard, labels, guidance, callback)
+        finish = callback if callback is None or not done else (
+            lambda count, preview, done=done: callback(done + count, preview))
         yield first, sample_from_noise(model, noise, s.steps, s.sampler, s.eta, generators if s.eta > 0 else None,
-                                       s.time_grid, labels if conditional else None, guidance, callback, guard,
+                                       s.time_grid, labels if conditional else None, guidance, finish, guard,
                                        s.eps_scale, begin)
 
 
 def _first_state(model: DiffusionModel, layout: Layout | None, generators: list[torch.Generator],
                  shape: tuple[int, int, int], s: SamplingSettings, guard: contextlib.AbstractContextManager | None,
-                 labels: torch.Tensor | None, guidance: float) -> tuple[torch.Tensor, float]:
-    """-> (the state a batch's sampling starts from, its time). Without a layout: each image's
-    initial noise at t = 1. With one: each image's stream draws the layout model's initial noise
-    (and its steps' noise), the layout is sampled with the same settings at the layout model's own
-    scale (a conditional one with the batch's labels at `guidance`, or at its null label), then the
-    stream draws the noise that takes it to layout.start."""
+                 labels: torch.Tensor | None, guidance: float, callback: Callback | None
+                 ) -> tuple[torch.Tensor, float, int]:
+    """-> (the state a batch's sampling starts from, its time, the evaluations that made it). Without
+    a layout: each image's initial noise at t = 1. With one: each image's stream draws the layout
+    model's initial noise (and its steps' noise), the layout is sampled with the same settings at the
+    layout model's own scale (a conditional one with the batch's labels at `guidance`, or at its
+    null label; the callback sees its evaluations, the previews upsampled), then the stream draws the
+    noise that takes it to layout.start."""
     if layout is None:
-        return draw_noise(generators, shape), 1.0
+        return draw_noise(generators, shape), 1.0, 0
     small = (shape[0], layout.image_size, layout.image_size)
     conditional = bool(layout.model.network.config.classes)
+    done = 0
+
+    def counted(count: int, preview: torch.Tensor) -> None:
+        nonlocal done
+        done = count
+        if callback is not None:
+            callback(count, cascade.upsample(preview, shape[-1]))
     layouts = sample_from_noise(layout.model, draw_noise(generators, small), s.steps, s.sampler, s.eta,
                                 generators if s.eta > 0 else None, s.time_grid,
-                                labels if conditional else None, guidance, guard=guard)
+                                labels if conditional else None, guidance, counted, guard)
     noise = draw_noise(generators, shape, next(model.parameters()).device)
-    return cascade.handed_over(model, layouts, noise, layout.start), layout.start
+    return cascade.handed_over(model, layouts, noise, layout.start), layout.start, done
 
 
 def generate(model: DiffusionModel, num_images: int, settings: SamplingSettings = SamplingSettings(), *,
@@ -200,10 +211,10 @@ def generate(model: DiffusionModel, num_images: int, settings: SamplingSettings 
     model): one class for every image or one per image, each a name or a number
     (labels.class_number), drawn at classifier-free `guidance` (corolla.conditioning: 0 is
     unconditional, 1 conditional, more is more of the class); None samples unconditionally.
-    callback and guard: sample_from_noise's, for every batch (the callback sees the full-size
-    model's evaluations). layout: a cascade's first stage (corolla.cascade), whose images the model
-    finishes from layout.start; each conditional stage draws the classes (an unconditional model's
-    through a conditional layout model alone)."""
+    callback and guard: sample_from_noise's, for every batch (with a layout the callback counts both
+    stages' evaluations and sees the layouts upsampled). layout: a cascade's first stage
+    (corolla.cascade), whose images the model finishes from layout.start; each conditional stage
+    draws the classes (an unconditional model's through a conditional layout model alone)."""
     return torch.cat([images for _, images in generate_batches(
         model, num_images, settings, image_size=image_size, start=start, classes=classes, guidance=guidance,
         callback=callback, guard=guard, layout=layout)])

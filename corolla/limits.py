@@ -188,6 +188,10 @@ SECTION_RULES: dict[str, dict[str, Rule]] = {
         "eps_scale": number(*samplers.EPS_SCALES),
         "multistep_eps_scale": optional(number(*samplers.EPS_SCALES)),
         "handover_eps_scale": optional(number(*samplers.EPS_SCALES)),
+        "layout": optional(lambda v: None if isinstance(v, str) and PRESET_NAME.fullmatch(v) and v.strip(".")
+                           else "the name of a sub-folder of the checkpoint's folder or of a shipped model: 1 to 64 "
+                                "letters, digits, '_', '-' or '.'"),
+        "layout_start": optional(number(0, 1, low_open=True, high_open=True)),
     },
     "Config": {
         "preset": text(PRESET_NAME, "1 to 64 letters, digits, '_', '-' or '.'"),

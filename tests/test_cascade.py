@@ -2,6 +2,7 @@
 time (corolla.cascade, corolla.generation), in the library and through `corolla sample` and
 `corolla evaluate`."""
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -82,6 +83,24 @@ def test_the_model_finishes_at_its_hand_over_scale_unless_a_scale_is_chosen(pair
     assert torch.equal(_cascade(model, layout), at[1.05])
     assert torch.equal(_cascade(model, layout, eps_scale=1.0), at[1.0])
     assert torch.equal(generate(model, 3, SamplingSettings(steps=4), image_size=SIZE), plain)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_the_callback_counts_both_stages_and_sees_full_size_previews(pair, sampler):
+    """A server's progress and Stop: the layout model's evaluations count first, their previews
+    upsampled, then the model's from the hand-over on; cascade.evaluations says how many."""
+    model, layout = pair
+    seen = []
+    settings = SamplingSettings(steps=5, seed=3, sampler=sampler, batch_size=2)
+    got = generate(model, 2, settings, image_size=SIZE, layout=layout,
+                   callback=lambda count, preview: seen.append((count, tuple(preview.shape))))
+    total = cascade.evaluations(model, layout, settings)
+    # uniform grid: 0.8, 0.6, 0.4, 0.2 below the hand-over; the log-SNR grid has 3 times there
+    assert [count for count, _ in seen] == list(range(1, total + 1))
+    assert total == 5 + {"ddim": 4, "dpmpp_2m": 3}[sampler]
+    assert {shape for _, shape in seen} == {(2, 3, SIZE, SIZE)}
+    assert cascade.evaluations(model, None, settings) == 5
+    assert torch.equal(got, generate(model, 2, settings, image_size=SIZE, layout=layout))  # watching changes nothing
 
 
 def test_a_later_hand_over_leaves_more_to_the_model(pair):
@@ -215,7 +234,8 @@ def test_corolla_sample_draws_classes_through_a_conditional_layout_model(folders
 
 
 @pytest.mark.parametrize("arguments,message", [
-    (["--layout-start", "0.5"], "--layout-start needs --layout"),
+    (["--layout-start", "0.5"], "--layout-start needs a layout model: give --layout MODEL"),
+    (["--no-layout", "--layout", "LAYOUT"], "--no-layout draws the model alone: leave out --layout"),
     (["--layout", "LAYOUT", "--layout-start", "1"], "layout start 1.0 is not allowed: it is the diffusion time in"),
     (["--layout", "LAYOUT", "--layout-start", "x"], "'x' is not a number"),
     (["--layout", "MODEL"], "the layout model draws 16x16 images: it must draw smaller ones than the model's 16x16"),
@@ -233,6 +253,46 @@ def test_corolla_sample_refuses_a_layout_it_cannot_draw_in_one_line(folders, tmp
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "no.png").exists()
+
+
+def test_a_checkpoint_names_the_layout_model_the_commands_draw_it_after(folders, tmp_path, capsys):
+    """Config.sampling.layout: a sub-folder of the checkpoint (or a shipped model) drawn first unless
+    --layout chooses another or --no-layout none; sampling.layout_start its hand-over time."""
+    model_folder, layout_folder = folders
+    bundled = tmp_path / "bundled"
+    shutil.copytree(model_folder, bundled)
+    shutil.copytree(layout_folder, bundled / "first")
+    config = json.loads((bundled / "config.json").read_text())
+    config["sampling"].update(layout="first", layout_start=0.6)
+    (bundled / "config.json").write_text(json.dumps(config))
+    common = ["-n", "2", "--steps", "5", "--seed", "2", "--precision", "fp32", "--device", "cpu", "--no-progress"]
+
+    def sampled(name, *options):
+        assert cli.main(["sample", str(bundled), *common, *options, "--out", str(tmp_path / name)]) == 0
+        return np.asarray(Image.open(tmp_path / name)), json.loads(Image.open(tmp_path / name).text["corolla"])
+    own, recipe = sampled("own.png")
+    given, _ = sampled("given.png", "--layout", str(layout_folder), "--layout-start", "0.6")
+    alone, alone_recipe = sampled("alone.png", "--no-layout")
+    later, later_recipe = sampled("later.png", "--layout-start", "0.9")
+    assert np.array_equal(own, given) and not np.array_equal(own, alone) and not np.array_equal(own, later)
+    assert recipe["details"]["layout"] == str(bundled / "first") and recipe["details"]["layout_start"] == 0.6
+    assert later_recipe["details"]["layout_start"] == 0.9 and "layout" not in alone_recipe.get("details", {})
+    cpu = torch.device("cpu")
+    loaded, _ = checkpoint.load_for_sampling(bundled, cpu, "fp32")
+    made = generate(loaded, 2, SamplingSettings(steps=5, seed=2), image_size=SIZE,
+                    layout=cascade.load(str(layout_folder), loaded, SIZE, cpu, "fp32", 0.6))
+    assert np.array_equal(own[2:2 + SIZE, 2:2 + SIZE], to_uint8(made)[0])  # the grid's first image
+    # a name that is neither a sub-folder nor a shipped model: one line, nothing written
+    config["sampling"]["layout"] = "elsewhere"
+    (bundled / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert cli.main(["sample", str(bundled), *common, "--out", str(tmp_path / "no.png")]) == 2
+    err = capsys.readouterr().err
+    assert "names the layout model 'elsewhere', which is neither a sub-folder" in err and err.count("\n") == 1
+    assert not (tmp_path / "no.png").exists()
+    for bad in ("../first", "..", "a/b"):
+        with pytest.raises(ValueError, match="sampling.layout"):
+            preset("tiny").replace(sampling={"layout": bad})
 
 
 def test_corolla_evaluate_layout_scores_the_cascade(folders, make_flowers, tmp_path):

@@ -449,9 +449,18 @@ def test_the_command_exports_a_cascade_and_samples_it_as_pytorch_does(model, tmp
                  "fp32", "--out", str(tmp_path / "torch.png")]) == 0
     onnx_grid, torch_grid = _pixels(tmp_path / "onnx.png"), _pixels(tmp_path / "torch.png")
     assert np.abs(onnx_grid - torch_grid).max() <= 1 and onnx_grid.std() > 5
+    # a checkpoint whose config.json names its layout model exports the cascade unless --no-layout
+    config = json.loads((saved / "config.json").read_text())
+    config["sampling"].update(layout="first", layout_start=0.6)
+    (saved / "config.json").write_text(json.dumps(config))
+    shutil.copytree(small, saved / "first")
+    assert main(["export", str(saved), "--onnx", "--out", str(tmp_path / "own")]) == 0
+    assert main(["export", str(saved), "--onnx", "--no-layout", "--out", str(tmp_path / "alone")]) == 0
+    assert (tmp_path / "own" / folder.SAMPLER_FILE).read_bytes() == (out / folder.SAMPLER_FILE).read_bytes()
+    assert _spec(tmp_path / "alone")["layout"] is None and not (tmp_path / "alone" / folder.LAYOUT_DIR).exists()
     capsys.readouterr()
     for argv, message in ((["export", str(saved), "--layout", str(small), "--out", str(tmp_path / "r")],
-                           "--layout is for --onnx and --web"),
+                           "are for --onnx and --web"),
                           (["export", str(saved), "--onnx", "--layout", str(saved), "--out", str(tmp_path / "s")],
                            "it must draw smaller ones"),
                           (["sample", str(out), "--layout", str(small), "--out", str(tmp_path / "t.png")],

@@ -7,7 +7,7 @@ import math
 from .. import cascade, limits, schedules
 from ..inception import weights_help
 from ..metrics import EvalSettings, evaluate_checkpoint
-from ..storage import outputs
+from ..storage import checkpoint, outputs
 from ..storage.atomic import replacing
 from .options import (
     add_layout,
@@ -15,6 +15,7 @@ from .options import (
     add_sampling,
     checkpoint_path,
     guidance,
+    layout_choice,
     layout_request,
     path_text,
     whole_number,
@@ -112,7 +113,7 @@ def results_table(results: dict) -> str:
 
 
 def run_evaluate(args) -> int:
-    layout, layout_start = layout_request(args) or (None, cascade.LAYOUT_START)
+    layout_request(args)
     if args.guidance is not None and not args.random_class:
         raise ValueError("--guidance needs --random-class: without classes the model is scored unconditionally")
     out = outputs.check_file(args.json, "--json")  # before the minutes of generating
@@ -121,7 +122,10 @@ def run_evaluate(args) -> int:
                             eps_scale=args.eps_scale, seed=args.seed, batch_size=args.batch_size,
                             loss_schedule=args.loss_schedule, random_class=args.random_class,
                             guidance=EvalSettings.guidance if args.guidance is None else args.guidance)
-    results = evaluate_checkpoint(checkpoint_path(args), args.data, settings, args.inception_weights, args.device,
+    path = checkpoint_path(args)
+    folder = checkpoint.resolve(path)
+    layout, layout_start = layout_choice(args, folder, checkpoint.load_config(folder)) or (None, cascade.LAYOUT_START)
+    results = evaluate_checkpoint(path, args.data, settings, args.inception_weights, args.device,
                                   args.pairs, precision=args.precision, heldout_dir=args.heldout,
                                   layout=layout, layout_start=layout_start)
     if results is None:  # a torchrun process other than rank 0: its images went to rank 0

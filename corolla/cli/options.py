@@ -162,27 +162,44 @@ def add_layout(p: argparse.ArgumentParser, help: str = LAYOUT_HELP + (
         " (PyTorch checkpoints; with --class or --random-class each conditional stage draws the class, so a "
         "conditional layout model gives an unconditional model's images theirs)")) -> None:
     """A cascade's options (corolla.cascade)."""
-    p.add_argument("--layout", metavar="MODEL", type=path_text, help=help)
+    p.add_argument("--layout", metavar="MODEL", type=path_text,
+                   help=help + "; default: the layout model the model's config.json names, if any "
+                                      "(flowers64: layout32)")
+    p.add_argument("--no-layout", action="store_true",
+                   help="the model alone, without the layout model its config.json names")
     p.add_argument("--layout-start", type=layout_start, metavar="T",
                    help=f"with --layout: the diffusion time in (0, 1) at which the model takes the upsampled layout "
                         f"over (default {cascade.LAYOUT_START:g})")
 
 
-def layout_request(args) -> tuple[str, float] | None:
-    """add_layout's options, checked -> (the layout model as given, the hand-over time), or None."""
-    if args.layout is None:
+def layout_request(args) -> None:
+    """add_layout's options, checked before any model is loaded."""
+    if args.no_layout and (args.layout is not None or args.layout_start is not None):
+        raise ValueError(f"--no-layout draws the model alone: leave out "
+                         f"{'--layout' if args.layout is not None else '--layout-start'}")
+
+
+def layout_choice(args, folder, config) -> tuple[str, float] | None:
+    """-> (the layout model add_layout's options choose for the checkpoint in `folder`, its hand-over
+    time), or None: --layout, else the one its config.json names (cascade.own_layout) unless
+    --no-layout; --layout-start overrides the time."""
+    layout_request(args)
+    chosen = (args.layout, cascade.LAYOUT_START) if args.layout is not None else (
+        None if args.no_layout else cascade.own_layout(folder, config))
+    if chosen is None:
         if args.layout_start is not None:
-            raise ValueError("--layout-start needs --layout: the layout model whose images the model takes over")
+            raise ValueError("--layout-start needs a layout model: give --layout MODEL (this model's config.json "
+                             "names none)")
         return None
-    return args.layout, cascade.LAYOUT_START if args.layout_start is None else args.layout_start
+    return chosen[0], chosen[1] if args.layout_start is None else args.layout_start
 
 
 def layout_for(args, model, config, device) -> "cascade.Layout | None":
-    """The cascade's first stage that add_layout's options ask for, checked against `model`, in the
-    command's precision; None without --layout."""
-    request = layout_request(args)
-    return None if request is None else cascade.load(request[0], model, config.data.image_size, device,
-                                                     args.precision, request[1])
+    """The cascade's first stage add_layout's options choose (layout_choice) for the command's
+    checkpoint, checked against `model`, in the command's precision; None: the model alone."""
+    chosen = layout_choice(args, checkpoint.resolve(checkpoint_path(args)), config)
+    return None if chosen is None else cascade.load(chosen[0], model, config.data.image_size, device,
+                                                    args.precision, chosen[1])
 
 
 def checkpoint_path(args) -> str:

@@ -95,7 +95,7 @@ def run_sample(args) -> int:
                                   class_mix=mix.weights if mix else (),
                                   guidance=guided if args.classes or mix else None)
     if layout is not None:
-        made = recipes.with_layout(made, args.layout, layout,
+        made = recipes.with_layout(made, layout,
                                    model.handover_scale(settings.eps_scale, settings.sampler))
     stream = each is not None and not world.distributed  # under torchrun, rank 0 writes all once gathered
     if grid is not None or not stream:
@@ -148,7 +148,7 @@ def _sample_exported(args) -> int:
 
     from ..storage.grids import save_each, save_grid
     for name, default in (("model", None), ("precision", "auto"), ("device", "auto"), ("layout", None),
-                          ("layout_start", None)):
+                          ("layout_start", None), ("no_layout", False)):
         if getattr(args, name) != default:
             raise ValueError(f"--{name.replace('_', '-')} is for PyTorch checkpoints: {args.checkpoint} is an ONNX "
                              f"export, which runs on onnxruntime in float32")

@@ -19,6 +19,7 @@ from .options import (
     batch_size,
     fraction,
     image_size,
+    layout_choice,
     layout_request,
     path_text,
     positive_float,
@@ -256,9 +257,11 @@ def run_train(args) -> int:
 def run_export(args) -> int:
     if args.ort and not args.web:
         raise ValueError("--ort is for --web: it gives the page's onnxruntime-web")
-    if layout_request(args) is not None and not (args.onnx or args.web):
-        raise ValueError("--layout is for --onnx and --web: it exports a cascade's two networks for the ONNX "
-                         "sampler and the page (a release checkpoint holds one)")
+    layout_request(args)
+    if (args.layout is not None or args.layout_start is not None or args.no_layout) and not (args.onnx or args.web):
+        raise ValueError("--layout, --layout-start and --no-layout are for --onnx and --web: they choose the "
+                         "cascade's networks the ONNX sampler and the page draw with (a release checkpoint keeps "
+                         "its config.json's layout model)")
     if args.web:
         return _export_web(args)
     if args.onnx:
@@ -291,16 +294,17 @@ def _export_onnx(args) -> int:
 
 
 def _exported(args):
-    """The model to export, its config, and the cascade's layout model --layout asks for (or None),
-    float32 on the CPU as an export is."""
+    """The model to export, its config, and the cascade's layout model (options.layout_choice: --layout,
+    else the one its config.json names, unless --no-layout; or None), float32 on the CPU as an export is."""
     import torch
 
     from .. import cascade
     from ..warmstart import source_path
-    model, config = checkpoint.load_model(source_path(args.checkpoint))
-    request = layout_request(args)
-    layout = None if request is None else cascade.load(request[0], model, config.data.image_size,
-                                                       torch.device("cpu"), "fp32", request[1])
+    folder = source_path(args.checkpoint)
+    model, config = checkpoint.load_model(folder)
+    chosen = layout_choice(args, folder, config)
+    layout = None if chosen is None else cascade.load(chosen[0], model, config.data.image_size,
+                                                      torch.device("cpu"), "fp32", chosen[1])
     return model, config, layout
 
 

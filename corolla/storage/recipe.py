@@ -101,11 +101,11 @@ def for_checkpoint(checkpoint: str | os.PathLike, given: str | None, model, imag
                   eps_scale=model.sampling_eps_scale(settings.eps_scale, settings.sampler), **fields)
 
 
-def with_layout(recipe: Recipe, given: str, layout, eps_scale: float) -> Recipe:
-    """`recipe` of a cascade's images (corolla.cascade.Layout): the layout model as the command named
-    it and its weights' SHA-256, the hand-over time, and the scale the model finished them at."""
+def with_layout(recipe: Recipe, layout, eps_scale: float) -> Recipe:
+    """`recipe` of a cascade's images (corolla.cascade.Layout): the layout model as it was named and
+    its weights' SHA-256, the hand-over time, and the scale the model finished them at."""
     return dataclasses.replace(recipe, eps_scale=eps_scale).adding(
-        layout=given, layout_sha256=model_sha256(layout.folder), layout_start=layout.start)
+        layout=layout.source, layout_sha256=model_sha256(layout.folder), layout_start=layout.start)
 
 
 def model_sha256(checkpoint_folder: str | os.PathLike) -> str:
