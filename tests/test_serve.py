@@ -4,6 +4,7 @@ Chromium; without it the browser tests skip, saying why). A tiny untrained model
 drawn at random keeps each job to a fraction of a second; the races wait on conditions."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -309,6 +310,45 @@ def test_stop_ends_a_long_job_within_one_step(server, client, tiny):
         assert evaluations.count <= at_stop + 1 < 200
     finally:
         evaluations.remove()
+
+
+def test_a_model_that_names_its_layout_model_is_served_as_the_command_draws_it(tmp_path):
+    """sampling.layout: the page draws the cascade `corolla sample` draws, counts both stages'
+    evaluations for its progress, and says so in the model line and the recipes."""
+    cascaded = tiny_checkpoint(tmp_path / "cascaded")
+    torch.manual_seed(3)
+    small = DiffusionModel(CONFIG.unet)
+    torch.nn.init.normal_(small.ema_network.head.weight, 0.0, 0.2)
+    small.normalizer.set_statistics(torch.full((3,), 0.5), torch.full((3,), 0.05))
+    checkpoint.save_pretrained(cascaded / "first", small, CONFIG.replace(data={"image_size": 8}))
+    written = json.loads((cascaded / "config.json").read_text())
+    written["sampling"]["layout"] = "first"
+    (cascaded / "config.json").write_text(json.dumps(written))
+    catalogue = Catalogue([str(cascaded)], torch.device("cpu"), "fp32", Limits(), Turns())
+    engine = catalogue.engine(str(cascaded))
+    assert engine.layout is not None and engine.layout.image_size == 8
+    assert "each drawn after its layout model" in catalogue.describe(str(cascaded))
+    request = engine.sample_request({"seed": 4, "count": 3, "steps": 5})
+    assert request.evaluations == 5 + 4  # the layout model's 5, the model's 4 below t = 0.8
+    counts = []
+    images = engine.sample(request, lambda done, preview: counts.append(done), threading.Event())
+    assert counts[-1] == request.evaluations
+    assert cli.main(["sample", str(cascaded), "-n", "3", "--steps", "5", "--seed", "4", *CPU,
+                     "--out", str(tmp_path / "grid.png")]) == 0
+    assert np.array_equal(to_uint8(images), to_uint8(generate(
+        sampling_model(cascaded), 3, SamplingSettings(steps=5, seed=4), image_size=16, layout=engine.layout)))
+    assert np.array_equal(png(tmp_path / "grid.png")[2:18, 2:18], to_uint8(images)[0])  # its first image
+    made = engine.recipe(request)
+    assert dict(made.details)["layout"] == str(cascaded / "first") and dict(made.details)["layout_start"] == 0.8
+    assert dict(recipes.read(tmp_path / "grid.png").details)["layout"] == str(cascaded / "first")
+    # the page reads its own PNGs back, and refuses one drawn without the layout model
+    engine.check_layout_of(recipes.read(tmp_path / "grid.png"))
+    assert engine.eps_scale("ddim") == recipes.read(tmp_path / "grid.png").eps_scale
+    assert cli.main(["sample", str(cascaded), "-n", "1", "--steps", "5", "--no-layout", *CPU,
+                     "--out", str(tmp_path / "alone.png")]) == 0
+    with pytest.raises(ValueError, match="the recipe was drawn without a layout model; this page draws .* after its "
+                                         "layout model .* \\(corolla sample with --no-layout makes it again\\)"):
+        engine.check_layout_of(recipes.read(tmp_path / "alone.png"))
 
 
 def photo_path() -> Path:

@@ -23,14 +23,15 @@ from typing import Callable
 
 import torch
 
-from .. import editing, figures, limits, samplers
+from .. import cascade, editing, figures, limits, samplers
+from ..cascade import Layout
 from ..conditioning import DEFAULT_GUIDANCE
 from ..data.imagefolder import MAX_IMAGE_PIXELS
 from ..data.labels import class_number
 from ..diffusion import DiffusionModel
 from ..generation import Callback, ClassMix, generate, sample_from_noise
 from ..samplers import SamplingSettings, default_grid
-from ..storage.recipe import Recipe
+from ..storage.recipe import Recipe, layout_details, with_layout
 from .guards import Invalid, Turns
 
 BadRequest = Invalid  # a request the server refuses; its message is shown in the page
@@ -112,6 +113,7 @@ class SampleRequest:
     guidance: float = DEFAULT_GUIDANCE
     first: int = 0  # images first..first+count-1 of the seed (a result's own image: its index)
     mix: ClassMix | None = None  # instead of classes: each image's class drawn, in one square grid
+    per_image: int = 0  # network evaluations per image where they are not `steps` (a cascade's)
 
     @property
     def columns(self) -> int | None:
@@ -120,7 +122,7 @@ class SampleRequest:
 
     @property
     def evaluations(self) -> int:
-        return self.steps * max(1, len(self.classes))
+        return (self.per_image or self.steps) * max(1, len(self.classes))
 
     @property
     def settings(self) -> SamplingSettings:
@@ -177,8 +179,10 @@ class Engine:
     every result's recipe names."""
 
     def __init__(self, model: DiffusionModel, image_size: int, name: str, limits: Limits = Limits(),
-                 turns: Turns | None = None, sha256: str = "0" * 64, class_counts: tuple[int, ...] = ()):
+                 turns: Turns | None = None, sha256: str = "0" * 64, class_counts: tuple[int, ...] = (),
+                 layout: Layout | None = None):
         self.model = model.eval()
+        self.layout = layout  # the layout model its samples are drawn after (corolla.cascade), or None
         self.image_size = image_size
         self.name = name
         self.limits = limits
@@ -190,6 +194,8 @@ class Engine:
         self.device = next(model.parameters()).device
         self.turns = turns or Turns()
         self.turns.watch(model.sampling_network)
+        if layout is not None:
+            self.turns.watch(layout.model.sampling_network)
         self.lock = self.turns.lock  # one network evaluation at a time
 
     @property
@@ -218,16 +224,33 @@ class Engine:
         seed = _whole(params, "seed", 0, limits.MAX_SEED, SamplingSettings.seed)
         first = _whole(params, "first", 0, limits.MAX_IMAGES, 0)
         sampler, grid, eta = _sampler(params)
-        return SampleRequest(seed, count, steps, sampler, grid, eta, classes, guidance, first, mix)
+        request = SampleRequest(seed, count, steps, sampler, grid, eta, classes, guidance, first, mix)
+        return replace(request, per_image=cascade.evaluations(self.model, self.layout, request.settings))
 
     def recipe(self, request: SampleRequest) -> Recipe:
         """The recipe of a request's grid (Recipe.image: each image's)."""
-        return Recipe(self.name, self.sha256, self.image_size, self.model.precision, request.seed, request.steps,
+        made = Recipe(self.name, self.sha256, self.image_size, self.model.precision, request.seed, request.steps,
                       request.sampler, request.grid, request.eta, request.first, request.count,
                       tuple(None if c is None else self.classes[c] for c in request.classes),
                       request.guidance if request.classes or request.mix else None,
-                      eps_scale=self.model.sampling_eps_scale(None, request.sampler),
-                      class_mix=request.mix.weights if request.mix else ())
+                      eps_scale=self.eps_scale(request.sampler), class_mix=request.mix.weights if request.mix else ())
+        return made if self.layout is None else with_layout(made, self.layout, self.eps_scale(request.sampler))
+
+    def eps_scale(self, sampler: str) -> float:
+        """The scale the page's samples are drawn at: the model's own, or its hand-over scale after a layout."""
+        return (self.model.sampling_eps_scale if self.layout is None else self.model.handover_scale)(None, sampler)
+
+    def check_layout_of(self, made: Recipe) -> None:
+        """A ValueError unless the recipe was drawn after this page's layout model (or, without one,
+        after none), so that Generate makes it again."""
+        ours = {} if self.layout is None else layout_details(self.layout)
+        weights_and_time = lambda details: (details.get("layout_sha256"), details.get("layout_start"))
+        if weights_and_time(made.details) != weights_and_time(ours):
+            theirs = made.details.get("layout")
+            drawn = f"after the layout model {theirs}" if theirs else "without a layout model"
+            here = f"after its layout model {self.layout.source}" if self.layout else "alone"
+            raise ValueError(f"the recipe was drawn {drawn}; this page draws {self.name} {here} (corolla sample with "
+                             f"{f'--layout {theirs}' if theirs else '--no-layout'} makes it again)")
 
     def _classes(self, params: dict) -> tuple[tuple[int | None, ...], float, ClassMix | None]:
         """`classes` (a list of names, numbers, and null or ANY_SPECIES for "any", or MIX_SPECIES
@@ -315,7 +338,7 @@ class Engine:
         for number in request.classes or (None,):  # the same images of the seed in every row
             rows.append(generate(self.model, request.count, request.settings, image_size=self.image_size,
                                  start=request.first, classes=request.mix or number, guidance=request.guidance,
-                                 callback=self._watch(step, cancelled), guard=self.lock))
+                                 callback=self._watch(step, cancelled), guard=self.lock, layout=self.layout))
         return torch.cat(rows)
 
     def interpolate(self, request: InterpolationRequest, on_step: OnStep, cancelled: threading.Event) -> torch.Tensor:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import cascade
 from ..storage import checkpoint, pretrained
 from ..storage.recipe import model_sha256
 from .engine import Engine, Limits
@@ -67,8 +68,11 @@ class Catalogue:
         with self.loading:
             if label not in self.loaded or self.loaded[label][0] != folder:
                 model, config = checkpoint.load_for_sampling(folder, self.device, self.precision)
+                own = cascade.own_layout(folder, config)  # drawn first, as `corolla sample` draws it
+                layout = None if own is None else cascade.load(own[0], model, config.data.image_size, self.device,
+                                                               self.precision, own[1])
                 self.loaded[label] = folder, Engine(model, config.data.image_size, label, self.limits, self.turns,
-                                                    model_sha256(folder), config.data.class_counts)
+                                                    model_sha256(folder), config.data.class_counts, layout)
             return self.loaded[label][1]
 
     def describe(self, label: str) -> str:
@@ -79,5 +83,7 @@ class Catalogue:
                 f"run folder, following its newest checkpoint: step {step_of(folder):,}" if source.run_folder
                 and step_of(folder) is not None else "checkpoint")
         classes = f", conditional on {len(engine.classes)} classes" if engine.classes else ""
-        return (f"**{label}** ({kind}): {engine.image_size}x{engine.image_size} images{classes}; "
+        layout = (f", each drawn after its layout model {engine.layout.source}'s {engine.layout.image_size}x"
+                  f"{engine.layout.image_size} image" if engine.layout else "")
+        return (f"**{label}** ({kind}): {engine.image_size}x{engine.image_size} images{classes}{layout}; "
                 f"on {engine.device}, {engine.model.precision}")

@@ -194,7 +194,8 @@ class Page:
                 if engine.model.precision != made.precision:
                     raise ValueError(f"the recipe was made in {made.precision}; this server runs {made.model} in "
                                      f"{engine.model.precision} (corolla serve --precision {made.precision})")
-                own = engine.model.sampling_eps_scale(None, made.sampler)  # the page samples at the model's own
+                engine.check_layout_of(made)
+                own = engine.eps_scale(made.sampler)  # the page samples at the model's own
                 if own != made.eps_scale:
                     raise ValueError(f"the recipe was made with eps scale {made.eps_scale:g}; this page samples "
                                      f"{made.model} at {own:g} with {made.sampler} (corolla sample --eps-scale "

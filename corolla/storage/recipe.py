@@ -101,11 +101,15 @@ def for_checkpoint(checkpoint: str | os.PathLike, given: str | None, model, imag
                   eps_scale=model.sampling_eps_scale(settings.eps_scale, settings.sampler), **fields)
 
 
+def layout_details(layout) -> dict:
+    """What a recipe says of a cascade's first stage (corolla.cascade.Layout): the layout model as it
+    was named, its weights' SHA-256 and the hand-over time."""
+    return {"layout": layout.source, "layout_sha256": model_sha256(layout.folder), "layout_start": layout.start}
+
+
 def with_layout(recipe: Recipe, layout, eps_scale: float) -> Recipe:
-    """`recipe` of a cascade's images (corolla.cascade.Layout): the layout model as it was named and
-    its weights' SHA-256, the hand-over time, and the scale the model finished them at."""
-    return dataclasses.replace(recipe, eps_scale=eps_scale).adding(
-        layout=layout.source, layout_sha256=model_sha256(layout.folder), layout_start=layout.start)
+    """`recipe` of a cascade's images: layout_details, and the scale the model finished them at."""
+    return dataclasses.replace(recipe, eps_scale=eps_scale).adding(**layout_details(layout))
 
 
 def model_sha256(checkpoint_folder: str | os.PathLike) -> str:
