@@ -20,6 +20,7 @@ from corolla.data import imagefolder
 from corolla.diffusion import DiffusionModel
 from corolla.generation import SamplingSettings, generate
 from corolla.storage import checkpoint
+from corolla.storage import recipe as recipes
 from corolla.storage.grids import to_uint8
 
 SIZE = 16  # the tiny preset's
@@ -89,6 +90,36 @@ def test_strength_0_returns_the_input_within_quantisation(model, checkpoint_dir,
 def test_strength_1_is_plain_sampling_from_the_same_noise_bit_for_bit(model, sampler, grid, eta):
     settings = SamplingSettings(steps=4, seed=5, sampler=sampler, grid=grid, eta=eta)
     assert torch.equal(editing.edit(model, photos(4), 1.0, settings), generate(model, 4, settings, image_size=SIZE))
+
+
+def test_an_edit_draws_at_the_hand_over_scale_below_strength_1_and_at_its_own_at_1(model, monkeypatch):
+    """A photo noised to t and restarted is a cascade's hand-over: Config.sampling.handover_eps_scale
+    (where the model has one) below strength 1, its own eps scale at 1; --eps-scale overrides both."""
+    settings = SamplingSettings(steps=5, seed=2)
+    images = photos(2)
+    monkeypatch.setattr(model, "eps_scale", 1.01)
+    monkeypatch.setattr(model, "handover_eps_scale", 1.05)
+    assert editing.edit_eps_scale(model, 0.5, settings) == 1.05
+    assert editing.edit_eps_scale(model, 1.0, settings) == 1.01
+    assert editing.edit_eps_scale(model, 0.5, replace(settings, eps_scale=1.0)) == 1.0
+    edited = {scale: editing.edit(model, images, 0.5, replace(settings, eps_scale=scale)) for scale in (1.0, 1.05)}
+    assert torch.equal(editing.edit(model, images, 0.5, settings), edited[1.05])
+    assert (edited[1.05] - edited[1.0]).abs().mean() > 1e-3
+    assert torch.equal(editing.edit(model, images, 1.0, settings), generate(model, 2, settings, image_size=SIZE))
+
+
+def test_the_edit_command_draws_at_the_checkpoint_s_hand_over_scale_and_says_so(model, tmp_path, capsys):
+    config = preset("tiny").replace(sampling={"handover_eps_scale": 1.05})
+    folder = checkpoint.save_pretrained(tmp_path / "scaled", model, config)
+    source = photo(tmp_path / "a.png", 16, 16)
+    code, _, err = run(["edit", folder, source, "--strength", "0.5", "--steps", "5", "--precision", "fp32",
+                        "--out", tmp_path / "g.png", "--each", tmp_path / "each"], capsys)
+    assert code == 0, err
+    loaded, _ = checkpoint.load_for_sampling(folder, torch.device("cpu"), "fp32")
+    image = torch.from_numpy(png(source).copy()).permute(2, 0, 1)[None].float() / 255
+    expected = editing.edit(loaded, image, 0.5, SamplingSettings(steps=5))
+    assert np.array_equal(png(tmp_path / "each" / "00000.png"), to_uint8(expected)[0])
+    assert recipes.read(tmp_path / "g.png").eps_scale == 1.05
 
 
 def test_operations_that_step_with_ddim_refuse_another_sampler_and_inversion_an_eta(model):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -110,12 +111,15 @@ def run_edit(args) -> int:
     grid = settings.time_grid
     rows = [f"{_name(p)} #{v}" if args.num_images > 1 else _name(p) for p in paths for v in range(args.num_images)]
     columns = ["input"] + [f"strength {strength:g}" for strength in levels]
-    title = f"SDEdit: {args.sampler}, {args.steps} steps on the {grid} grid, seed {args.seed} ({config.preset})"
+    scale = editing.edit_eps_scale(model, min(levels), settings)  # of its strengths below 1
+    title = (f"SDEdit: {args.sampler}, {args.steps} steps on the {grid} grid, seed {args.seed}"
+             f"{f', eps scale {scale:g}' if scale != 1 else ''} ({config.preset})")
     out = Outputs(args, "edits.png", count, len(levels) + 1, size, (columns, rows, title))
     photos, _ = load_photos(paths, size)
     made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, settings, kind="edit",
                                   count=count, details={"strength": levels, "photos": recipes.photos(paths),
                                                         "variations": args.num_images})
+    made = replace(made, eps_scale=scale)
     inputs = photos.repeat_interleave(args.num_images, 0)  # output k: photo k // n, variation k % n
     results = torch.stack([editing.edit(model, inputs, strength, settings) for strength in levels], dim=1)
     if out.grid is not None:
@@ -278,8 +282,11 @@ def register(sub) -> None:
                    help="diffusion time in [0, 1] to noise to (0: the photo, 1: plain sampling), or a list: 0,0.5,1")
     p.add_argument("-n", "--num-images", type=whole_number(1, limits.MAX_BATCH), default=1,
                    help="seeded variations per photo")
-    add_sampling(p, ("steps", "seed", "sampler", "grid", "eta"),
-                 steps="steps of the whole grid; an edit runs the part below its strength")
+    add_sampling(p, ("steps", "seed", "sampler", "grid", "eta", "eps_scale"),
+                 steps="steps of the whole grid; an edit runs the part below its strength",
+                 eps_scale="epsilon scaling: divide each predicted noise by SCALE (default: below strength 1 the "
+                           "model's config.json's sampling.handover_eps_scale, where it has one, as a cascade "
+                           "finishes a handed-over image, else its own; at strength 1 its own)")
     _add_outputs(p, "edits.png", "also draw a labelled figure: each photo, then its edit at each strength")
     p.set_defaults(func=run_edit)
 

@@ -284,7 +284,8 @@ class Page:
             raise _refused(error) from None
         made = recipes.Recipe(engine.name, engine.sha256, engine.image_size, engine.model.precision, request.seed,
                               request.steps, request.sampler, request.grid, request.eta, kind="edit",
-                              details={"strength": request.strength, "photos": recipes.photos([photo])})
+                              details={"strength": request.strength, "photos": recipes.photos([photo])},
+                              eps_scale=editing.edit_eps_scale(engine.model, request.strength, request.settings))
         work = lambda report, cancelled: engine.edit(request, photo_pixels, report, cancelled)
         total = engine.edit_evaluations(request, engine.model.schedule)
         async for update in _follow(work, total, engine, progress):
