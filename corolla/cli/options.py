@@ -158,18 +158,19 @@ LAYOUT_HELP = ("a cascade: MODEL, a model of smaller images (a checkpoint or run
                "name: layout32 for flowers64), draws each image's layout and the model finishes it")
 
 
-def add_layout(p: argparse.ArgumentParser, help: str = LAYOUT_HELP + (
+def add_layout(p: argparse.ArgumentParser, what: str = LAYOUT_HELP + (
         " (PyTorch checkpoints; with --class or --random-class each conditional stage draws the class, so a "
         "conditional layout model gives an unconditional model's images theirs)")) -> None:
-    """A cascade's options (corolla.cascade)."""
+    """A cascade's options (corolla.cascade); `what`: --layout's help."""
     p.add_argument("--layout", metavar="MODEL", type=path_text,
-                   help=help + "; default: the layout model the model's config.json names, if any "
-                                      "(flowers64: layout32)")
+                   help=what + "; default: the layout model the model's config.json names, if any "
+                               "(flowers64: layout32)")
     p.add_argument("--no-layout", action="store_true",
                    help="the model alone, without the layout model its config.json names")
     p.add_argument("--layout-start", type=layout_start, metavar="T",
-                   help=f"with --layout: the diffusion time in (0, 1) at which the model takes the upsampled layout "
-                        f"over (default {cascade.LAYOUT_START:g})")
+                   help=f"the diffusion time in (0, 1) at which the model takes the upsampled layout over "
+                        f"(default {cascade.LAYOUT_START:g}, or the time the model's config.json names with its "
+                        f"layout model)")
 
 
 def layout_request(args) -> None:
