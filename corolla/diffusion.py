@@ -94,9 +94,9 @@ class DiffusionModel(nn.Module):
     def handover_scale(self, chosen: float | None, sampler: str = "ddim") -> float:
         """The epsilon scale it finishes a cascade's handed-over images at: `chosen`, else its
         Config.sampling.handover_eps_scale, else its own for `sampler`."""
-        if chosen is None and self.handover_eps_scale is not None:
-            return self.handover_eps_scale
-        return self.sampling_eps_scale(chosen, sampler)
+        if chosen is not None:
+            return chosen
+        return samplers.own_eps_scale(sampler, self.eps_scale, self.multistep_eps_scale, self.handover_eps_scale)
 
     def accelerate(self, channels_last: bool = False, compile: bool = False,
                    compile_ema: bool = False, precision: str | None = None,

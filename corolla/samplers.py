@@ -66,10 +66,15 @@ class SamplingSettings:
 EPS_SCALES = (0.8, 1.2)  # scaled_noise's allowed range (useful values: 1 to about 1.03)
 
 
-def own_eps_scale(sampler: str, eps_scale: float, multistep_eps_scale: float | None) -> float:
+def own_eps_scale(sampler: str, eps_scale: float, multistep_eps_scale: float | None,
+                  handover_eps_scale: float | None = None) -> float:
     """A model's own epsilon scale for `sampler` (its Config.sampling): eps_scale for DDIM, and for
     the multistep solvers multistep_eps_scale where the model has one. They take a larger scale
-    than DDIM at its 20 steps (benchmarks/README.md, "Epsilon scaling for each sampler")."""
+    than DDIM at its 20 steps (benchmarks/README.md, "Epsilon scaling for each sampler").
+    handover_eps_scale, given where an image handed over below t = 1 is finished (a cascade's, an
+    edit's), comes first where the model has one."""
+    if handover_eps_scale is not None:
+        return handover_eps_scale
     return eps_scale if sampler == "ddim" or multistep_eps_scale is None else multistep_eps_scale
 
 

@@ -84,12 +84,12 @@ def run_sample(args) -> int:
     model, config, _ = load_model_for(args, device)
     layout = layout_for(args, model, config, device)
     size = config.data.image_size
-    named = cascade.classed(model, layout)  # the stage that knows the classes
+    classed = cascade.classed(model, layout)  # the stage that knows the classes
     # one row of -n images per --class (image j of every row starts from the same noise); checked now
-    rows = [class_labels(named, name, 1) for name in args.classes] if args.classes else [None]
+    rows = [class_labels(classed, name, 1) for name in args.classes] if args.classes else [None]
     mix = training_mix(model, config.data.class_counts, layout) if args.random_class else None
     guided = conditioning.DEFAULT_GUIDANCE if args.guidance is None else args.guidance
-    names = named.network.config.classes  # the recipe names each row's class as the model does
+    names = classed.network.config.classes  # the recipe names each row's class as the model does
     made = recipes.for_checkpoint(checkpoint_path(args), args.checkpoint, model, size, settings, count=args.num_images,
                                   classes=tuple(names[n] for n in rows) if args.classes else (),
                                   class_mix=mix.weights if mix else (),
@@ -106,7 +106,7 @@ def run_sample(args) -> int:
     prefixes = ["" if number is None else f"class{number}-" for number in rows]  # image j of class c: classC-0000j.png
 
     # files named by class: a drawn class (--random-class) names each image's own, drawn once here
-    drawn = (drawn_prefixes(drawn_classes(named, mix, settings.seed, range(args.num_images)))
+    drawn = (drawn_prefixes(drawn_classes(classed, mix, settings.seed, range(args.num_images)))
              if mix and each is not None else None)
 
     def named(first: int, count: int, prefix: str):

@@ -143,9 +143,9 @@ class PortableModel:
                                                       backend="numpy"), start)
         shape = tuple(initial_noise.shape[1:])
         noise_fn = None if generators is None else lambda: noise.draw_noise(generators, shape)
-        scale = eps_scale if eps_scale is not None else (
-            self.spec.handover_eps_scale if start < 1 and self.spec.handover_eps_scale is not None
-            else samplers.own_eps_scale(sampler, self.spec.eps_scale, self.spec.multistep_eps_scale))
+        scale = eps_scale if eps_scale is not None else samplers.own_eps_scale(
+            sampler, self.spec.eps_scale, self.spec.multistep_eps_scale,
+            self.spec.handover_eps_scale if start < 1 else None)
         pred_images = run(samplers.scaled_noise(self.denoiser(labels, guidance), scale), self.schedule,
                           initial_noise, times, eta=eta, noise_fn=noise_fn)
         if not np.isfinite(pred_images).all():
