@@ -4,7 +4,7 @@
         [--size 64] [--epochs 30] [--batch-size 64] [--seed 0] [--device auto]
     python benchmarks/class_accuracy.py score CHECKPOINT --classifier CLASSIFIER --heldout HELDOUT_DIR
         [--per-class 10] [--guidance 0,1,2,4] [--steps 20] [--sampler ddim] [--eta 0] [--eps-scale S]
-        [--batch-size 64] [--seed 0] [--device auto] [--json OUT]
+        [--layout MODEL [--layout-start T]] [--batch-size 64] [--seed 0] [--device auto] [--json OUT]
     python benchmarks/class_accuracy.py ceiling --classifier CLASSIFIER --heldout HELDOUT_DIR
         [--sigmas 0,0.5,0.7,0.9,1.2]
 
@@ -24,7 +24,8 @@
    the generated images' fine detail (corolla.metrics.fine_detail; the held-out photos' beside
    it) and the sharpness ceiling, the classifier's accuracy on the held-out photos blurred to that
    same fine detail: a classifier of photos also reads texture, so images smoother than photos
-   lose accuracy that no better class conditioning gives back.
+   lose accuracy that no better class conditioning gives back. With --layout the images are a
+   cascade's (`corolla sample --layout MODEL`): a conditional layout model draws the asked class too.
 3. ceiling: the classifier's accuracy on the held-out photos blurred by a Gaussian of each of
    --sigmas pixels, beside their fine detail: how the ceiling falls as images get smoother.
 The classifier must be trained at the model's image size. Seconds are wall-clock on this device.
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from corolla import metrics
+from corolla import cascade, metrics
 from corolla.data import imagefolder, labels
 from corolla.generation import SamplingSettings, generate
 from corolla.storage import checkpoint
@@ -149,12 +150,16 @@ def load_classifier(folder: str, device: torch.device) -> tuple[Classifier, dict
 def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class: int = 10,
           guidances: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0), steps: int = 20, sampler: str = "ddim",
           eta: float = 0.0, batch_size: int = 64, seed: int = 0, device: str = "auto", precision: str = "auto",
-          on_row: Callable[[dict], None] = lambda results: None, eps_scale: float | None = None) -> dict:
+          on_row: Callable[[dict], None] = lambda results: None, eps_scale: float | None = None,
+          layout: str | None = None, layout_start: float = cascade.LAYOUT_START) -> dict:
     """Generated images of every class at each guidance, classified and compared with real ones;
-    on_row(results so far) after each guidance, so that a long run keeps what it measured."""
+    on_row(results so far) after each guidance, so that a long run keeps what it measured. layout:
+    a layout model that draws each image first (`corolla sample --layout`; eps_scale is then the
+    finish's, the layout model draws at its own)."""
     dev = resolve_device(device)
     model, config = checkpoint.load_for_sampling(checkpoint_path, dev, precision)  # the commands' fast path
     classes, size = config.unet.classes, config.data.image_size
+    first = cascade.load(layout, model, size, dev, model.precision, layout_start) if layout else None
     if not classes:
         raise SystemExit(f"{checkpoint_path} is not class-conditional")
     classifier, settings = load_classifier(classifier_dir, dev)
@@ -172,6 +177,7 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
     asked = torch.arange(len(classes)).repeat_interleave(per_class)
     results = {"checkpoint": str(checkpoint_path), "classes": len(classes), "per_class": per_class, "steps": steps,
                "sampler": sampler, "eta": eta, "eps_scale": model.eps_scale if eps_scale is None else eps_scale,
+               "layout": layout, "layout_start": layout_start if layout else None,
                "seed": seed, "precision": model.precision,
                "chance": 1 / len(classes),
                "classifier_heldout_accuracy": accuracy(held_logits, held_targets),
@@ -183,7 +189,7 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
         settings = SamplingSettings(steps=steps, sampler=sampler, eta=eta, batch_size=batch_size, seed=seed,
                                     eps_scale=eps_scale)
         images = metrics.quantise(generate(model, len(asked), settings, image_size=size, classes=asked.tolist(),
-                                           guidance=guidance))
+                                           guidance=guidance, layout=first))
         seconds = time.perf_counter() - started
         logits = predict(classifier, images, dev)
         targets = to_classifier[asked]
@@ -257,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--sampler", default="ddim")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM's noise: 0 deterministic (the default), 1 DDPM's")
     s.add_argument("--eps-scale", type=float, help="epsilon scaling (corolla sample --eps-scale; default: the model's)")
+    s.add_argument("--layout", help="a layout model drawn first (corolla sample --layout); --eps-scale is then "
+                                    "the finish's")
+    s.add_argument("--layout-start", type=float, default=cascade.LAYOUT_START)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
@@ -289,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
 
     results = score(args.checkpoint, args.classifier, args.heldout, args.per_class,
                     tuple(float(g) for g in args.guidance.split(",")), args.steps, args.sampler, args.eta,
-                    args.batch_size, args.seed, args.device, args.precision, on_row=keep, eps_scale=args.eps_scale)
+                    args.batch_size, args.seed, args.device, args.precision, on_row=keep, eps_scale=args.eps_scale,
+                    layout=args.layout, layout_start=args.layout_start)
     print(table(results))
 
 

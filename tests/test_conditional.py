@@ -8,7 +8,7 @@ import torch
 from conftest import CLASSES, load_script, make_labels_matter
 from PIL import Image
 
-from corolla import cli, conditioning, figures, samplers
+from corolla import cascade, cli, conditioning, figures, samplers
 from corolla.cli import classes as cli_classes
 from corolla.config import Config, preset
 from corolla.data import imagefolder, labels
@@ -367,6 +367,31 @@ def test_class_grid_draws_one_named_row_per_class_from_the_same_seeds(run, tmp_p
     assert cli_classes.spread(102) == [0, 12, 25, 38, 51, 63, 76, 89] and cli_classes.spread(3) == [0, 1, 2]
 
 
+def test_class_grid_draws_a_cascade_as_corolla_sample_does(run, tmp_path):
+    """--layout: each row is `corolla sample --class NAME --layout MODEL`'s images; the title names
+    the layout model, its hand-over and the finish's scale."""
+    small = preset("tiny").replace(unet={"classes": CLASSES}, data={"image_size": SIZE // 2})
+    layout = checkpoint.save_pretrained(tmp_path / "layout", _model(), small)
+    out = tmp_path / "classes.png"
+    assert cli.main(["class-grid", str(run), "--class", "rose", "-n", "2", "--steps", "2", "--precision", "fp32",
+                     "--layout", str(layout), "--layout-start", "0.5", "--out", str(out)]) == 0
+    title = "guidance 3, 2 DDIM steps, seed 0, layout " + str(layout) + " from t = 0.5, eps scale 1"
+    geometry = figures.grid_geometry(1, 2, SIZE, row_labels=["rose"], title=title)
+    model, _ = checkpoint.load_for_sampling(run, torch.device("cpu"), "fp32")
+    first = cascade.load(str(layout), model, SIZE, torch.device("cpu"), "fp32", 0.5)
+    expected = to_uint8(generate(model, 2, SamplingSettings(steps=2), image_size=SIZE, classes="rose",
+                                 layout=first))
+    with Image.open(out) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape == (geometry.height, geometry.width, 3)
+    for col in range(2):
+        x, y = geometry.cell_origin(0, col)
+        cell = pixels[y:y + geometry.cell, x:x + geometry.cell]
+        assert np.array_equal(cell, expected[col].repeat(geometry.scale, 0).repeat(geometry.scale, 1))
+    alone = to_uint8(generate(model, 2, SamplingSettings(steps=2), image_size=SIZE, classes="rose"))
+    assert not np.array_equal(alone, expected)
+
+
 def test_class_grid_refuses_unknown_classes_and_unconditional_models_before_writing(run, tmp_path, capsys,
                                                                                    make_flowers):
     out = tmp_path / "classes.png"
@@ -502,6 +527,13 @@ def test_the_class_accuracy_benchmark_runs_end_to_end(run, tmp_path):
         assert (row["ceiling_blur_sigma"] > 0) == (row["fine_detail"] < results["heldout_fine_detail"])
         assert set(row["accuracy_by_class"]) == set(CLASSES)
     assert results["classifier_heldout_accuracy"] == 1.0 and "| 2 |" in bench.table(results)
+    # a cascade: a conditional layout model of half the size draws each asked class first
+    small = preset("tiny").replace(unet={"classes": CLASSES}, data={"image_size": SIZE // 2})
+    layout = checkpoint.save_pretrained(tmp_path / "layout", _model(), small)
+    cascaded = bench.score(str(run), str(tmp_path / "clf"), str(tmp_path / "heldout"), per_class=2,
+                           guidances=(2.0,), steps=2, device="cpu", layout=str(layout), layout_start=0.5)
+    assert (cascaded["layout"], cascaded["layout_start"]) == (str(layout), 0.5) and results["layout"] is None
+    assert cascaded["by_guidance"][0]["swd"] != results["by_guidance"][1]["swd"]  # other images
     # blurred photos: less fine detail at every sigma; unblurred, the held-out accuracy
     rows = bench.blurred_ceilings(str(tmp_path / "clf"), str(tmp_path / "heldout"), (0.0, 1.0, 2.0), device="cpu")
     assert rows[0]["accuracy"] == 1.0 and rows[0]["fine_detail"] > rows[1]["fine_detail"] > rows[2]["fine_detail"]

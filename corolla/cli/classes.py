@@ -6,12 +6,15 @@ from .. import conditioning
 from ..config import Config
 from ..storage import checkpoint, outputs
 from .options import (
+    add_layout,
     add_model_options,
     add_out,
     add_sampling,
     checkpoint_path,
     eps_scale_note,
     guidance,
+    layout_for,
+    layout_request,
     load_model_for,
     path_text,
     sampling_settings,
@@ -37,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=guidance, default=conditioning.DEFAULT_GUIDANCE,
                    help=f"classifier-free guidance (default {conditioning.DEFAULT_GUIDANCE:g})")
     add_sampling(p, ("steps", "seed", "eps_scale"), steps="DDIM steps")
+    add_layout(p)
     add_out(p, "classes.png", "PNG to write")
     p.set_defaults(func=run_class_grid, lists_classes=True)
 
@@ -71,19 +75,25 @@ def spread(count: int, rows: int = GRID_CLASSES) -> list[int]:
 def run_class_grid(args) -> int:
     import torch
 
+    from .. import cascade
     from ..figures import save_labelled_grid
     from ..generation import class_labels, generate
+    layout_request(args)
     out = outputs.check_file(args.out, "--out")  # before the sampling it would waste
-    model, config, _ = load_model_for(args)
-    names = config.unet.classes
+    model, config, device = load_model_for(args)
+    layout = layout_for(args, model, config, device)
+    classed = cascade.classed(model, layout)  # the stage that knows the classes
+    names = classed.network.config.classes
     if not names:
         raise ValueError(f"{checkpoint_path(args)} is not class-conditional (it was trained without --conditional): "
                          f"it has no classes to draw")
-    numbers = [class_labels(model, name, 1) for name in args.classes] if args.classes else spread(len(names))
+    numbers = [class_labels(classed, name, 1) for name in args.classes] if args.classes else spread(len(names))
     # row r is class numbers[r]; column j starts from image j's noise of the seed in every row
     rows = [generate(model, args.num_images, sampling_settings(args), image_size=config.data.image_size,
-                     classes=number, guidance=args.guidance) for number in numbers]
-    title = f"guidance {args.guidance:g}, {args.steps} DDIM steps, seed {args.seed}" + eps_scale_note(
-        model, args.eps_scale)
+                     classes=number, guidance=args.guidance, layout=layout) for number in numbers]
+    title = f"guidance {args.guidance:g}, {args.steps} DDIM steps, seed {args.seed}" + (
+        eps_scale_note(model, args.eps_scale) if layout is None else
+        f", layout {layout.source} from t = {layout.start:g}, eps scale "
+        f"{model.handover_scale(args.eps_scale):g}")
     print(save_labelled_grid(torch.stack(rows), out, row_labels=[names[n] for n in numbers], title=title))
     return 0
