@@ -4,7 +4,8 @@
         [--size 64] [--epochs 30] [--batch-size 64] [--seed 0] [--device auto]
     python benchmarks/class_accuracy.py score CHECKPOINT --classifier CLASSIFIER --heldout HELDOUT_DIR
         [--per-class 10] [--guidance 0,1,2,4] [--steps 20] [--sampler ddim] [--eta 0] [--eps-scale S]
-        [--layout MODEL [--layout-start T]] [--batch-size 64] [--seed 0] [--device auto] [--json OUT]
+        [--layout MODEL | --no-layout] [--layout-start T] [--batch-size 64] [--seed 0] [--device auto]
+        [--json OUT]
     python benchmarks/class_accuracy.py ceiling --classifier CLASSIFIER --heldout HELDOUT_DIR
         [--sigmas 0,0.5,0.7,0.9,1.2]
 
@@ -24,8 +25,10 @@
    the generated images' fine detail (corolla.metrics.fine_detail; the held-out photos' beside
    it) and the sharpness ceiling, the classifier's accuracy on the held-out photos blurred to that
    same fine detail: a classifier of photos also reads texture, so images smoother than photos
-   lose accuracy that no better class conditioning gives back. With --layout the images are a
-   cascade's (`corolla sample --layout MODEL`): a conditional layout model draws the asked class too.
+   lose accuracy that no better class conditioning gives back. The images are `corolla sample
+   --class`'s: a cascade's where the model's config.json names a layout model (species64:
+   species32) or --layout gives one, a conditional layout model drawing the asked class too;
+   --no-layout scores the model alone.
 3. ceiling: the classifier's accuracy on the held-out photos blurred by a Gaussian of each of
    --sigmas pixels, beside their fine detail: how the ceiling falls as images get smoother.
 The classifier must be trained at the model's image size. Seconds are wall-clock on this device.
@@ -45,6 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from corolla import cascade, metrics
+from corolla.cli.options import add_layout, layout_choice
 from corolla.data import imagefolder, labels
 from corolla.generation import SamplingSettings, generate
 from corolla.storage import checkpoint
@@ -175,8 +179,9 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
     held_logits = predict(classifier, held, dev)
     held_pixels = held.float() / 255
     asked = torch.arange(len(classes)).repeat_interleave(per_class)
+    drawn_at = (model.handover_scale if first else model.sampling_eps_scale)(eps_scale, sampler)  # the finish's
     results = {"checkpoint": str(checkpoint_path), "classes": len(classes), "per_class": per_class, "steps": steps,
-               "sampler": sampler, "eta": eta, "eps_scale": model.eps_scale if eps_scale is None else eps_scale,
+               "sampler": sampler, "eta": eta, "eps_scale": drawn_at,
                "layout": layout, "layout_start": layout_start if layout else None,
                "seed": seed, "precision": model.precision,
                "chance": 1 / len(classes),
@@ -224,9 +229,11 @@ def blurred_ceilings(classifier_dir: str, heldout_dir: str, sigmas: tuple[float,
 
 
 def table(results: dict) -> str:
+    cascade_note = (f"after the layout model {results['layout']} from t = {results['layout_start']:g}, "
+                    if results.get("layout") else "")
     lines = [f"{results['checkpoint']}: {results['classes']} classes x {results['per_class']} images, "
              f"{results['steps']} {results['sampler']} steps, eta {results['eta']:g}, "
-             f"eps scale {results.get('eps_scale', 1):g}, seed {results['seed']}, "
+             f"eps scale {results.get('eps_scale', 1):g}, seed {results['seed']}, {cascade_note}"
              f"{results['precision']}; chance "
              f"{100 * results['chance']:.1f} %; the classifier on {results['heldout_images']} held-out real images: "
              f"{100 * results['classifier_heldout_accuracy']:.1f} % (top-5 "
@@ -263,9 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--sampler", default="ddim")
     s.add_argument("--eta", type=float, default=0.0, help="DDIM's noise: 0 deterministic (the default), 1 DDPM's")
     s.add_argument("--eps-scale", type=float, help="epsilon scaling (corolla sample --eps-scale; default: the model's)")
-    s.add_argument("--layout", help="a layout model drawn first (corolla sample --layout); --eps-scale is then "
-                                    "the finish's")
-    s.add_argument("--layout-start", type=float, default=cascade.LAYOUT_START)
+    add_layout(s, "a layout model drawn first (corolla sample --layout; --eps-scale is then the finish's)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
@@ -296,10 +301,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
+    folder = checkpoint.resolve(args.checkpoint)
+    layout, layout_start = layout_choice(args, folder, checkpoint.load_config(folder)) or (None, cascade.LAYOUT_START)
     results = score(args.checkpoint, args.classifier, args.heldout, args.per_class,
                     tuple(float(g) for g in args.guidance.split(",")), args.steps, args.sampler, args.eta,
                     args.batch_size, args.seed, args.device, args.precision, on_row=keep, eps_scale=args.eps_scale,
-                    layout=args.layout, layout_start=args.layout_start)
+                    layout=layout, layout_start=layout_start)
     print(table(results))
 
 

@@ -534,6 +534,7 @@ def test_the_class_accuracy_benchmark_runs_end_to_end(run, tmp_path):
                            guidances=(2.0,), steps=2, device="cpu", layout=str(layout), layout_start=0.5)
     assert (cascaded["layout"], cascaded["layout_start"]) == (str(layout), 0.5) and results["layout"] is None
     assert cascaded["by_guidance"][0]["swd"] != results["by_guidance"][1]["swd"]  # other images
+    assert f"after the layout model {layout} from t = 0.5" in bench.table(cascaded)
     # blurred photos: less fine detail at every sigma; unblurred, the held-out accuracy
     rows = bench.blurred_ceilings(str(tmp_path / "clf"), str(tmp_path / "heldout"), (0.0, 1.0, 2.0), device="cpu")
     assert rows[0]["accuracy"] == 1.0 and rows[0]["fine_detail"] > rows[1]["fine_detail"] > rows[2]["fine_detail"]

@@ -1,7 +1,7 @@
 """The shipped models load, are chosen by name, and still make the images they were released with.
 
 Regenerate a model's stored reference (only when that model is replaced on purpose):
-    python tests/test_pretrained.py NAME      # or MODEL+LAYOUT, the shipped cascade: flowers64+layout32
+    python tests/test_pretrained.py NAME      # or MODEL+LAYOUT, a shipped cascade: flowers64+layout32
 """
 import argparse
 import dataclasses
@@ -18,12 +18,12 @@ import corolla
 from corolla import cascade, cli
 from corolla.cli import options
 from corolla.generation import SamplingSettings, generate
-from corolla.storage import pretrained
+from corolla.storage import checkpoint, pretrained
 from corolla.unet import count_parameters
 
 SEED, STEPS, IMAGES, POOL = 0, 10, 4, 4
 SHIPPED = pretrained.names()
-CASCADE = "flowers64+layout32"  # the shipped layout model and the model it draws for
+CASCADES = ["flowers64+layout32", "species64+species32"]  # each shipped layout model and the model it draws for
 
 
 def reference_file(name: str) -> Path:
@@ -48,6 +48,13 @@ def test_every_shipped_model_has_a_card_and_a_stored_reference():
         assert reference_file(name).is_file(), name
         info = pretrained.describe(name)
         assert info["steps"] > 0 and info["images_seen"] >= info["steps"] and info["data"]
+
+
+def test_every_layout_model_a_shipped_model_names_is_a_checked_cascade():
+    named = [f"{name}+{layout}" for name in SHIPPED
+             if (layout := checkpoint.load_config(pretrained.path(name)).sampling.layout)]
+    assert sorted(named) == sorted(CASCADES)
+    assert all(layout in SHIPPED for layout in (pair.split("+")[1] for pair in CASCADES))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -94,7 +101,7 @@ def test_shipped_model_is_a_release_checkpoint_of_the_reference_network(name):
     assert (folder / "model.safetensors").stat().st_size < 8.5e6
 
 
-@pytest.mark.parametrize("name", [*SHIPPED, CASCADE])
+@pytest.mark.parametrize("name", [*SHIPPED, *CASCADES])
 def test_shipped_model_makes_the_images_it_was_released_with(name):
     reference = json.loads(reference_file(name).read_text())
     low = _low_resolution_samples(name)

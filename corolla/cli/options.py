@@ -155,7 +155,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 LAYOUT_HELP = ("a cascade: MODEL, a model of smaller images (a checkpoint or run folder, or a shipped model by "
-               "name: layout32 for flowers64), draws each image's layout and the model finishes it")
+               "name: layout32 for flowers64, species32 for species64), draws each image's layout and the model "
+               "finishes it")
 
 
 def add_layout(p: argparse.ArgumentParser, what: str = LAYOUT_HELP + (
@@ -164,7 +165,7 @@ def add_layout(p: argparse.ArgumentParser, what: str = LAYOUT_HELP + (
     """A cascade's options (corolla.cascade); `what`: --layout's help."""
     p.add_argument("--layout", metavar="MODEL", type=path_text,
                    help=what + "; default: the layout model the model's config.json names, if any "
-                               "(flowers64: layout32)")
+                               "(flowers64: layout32, species64: species32)")
     p.add_argument("--no-layout", action="store_true",
                    help="the model alone, without the layout model its config.json names")
     p.add_argument("--layout-start", type=layout_start, metavar="T",
