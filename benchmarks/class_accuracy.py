@@ -163,9 +163,9 @@ def score(checkpoint_path: str, classifier_dir: str, heldout_dir: str, per_class
     dev = resolve_device(device)
     model, config = checkpoint.load_for_sampling(checkpoint_path, dev, precision)  # the commands' fast path
     classes, size = config.unet.classes, config.data.image_size
-    first = cascade.load(layout, model, size, dev, model.precision, layout_start) if layout else None
     if not classes:
         raise SystemExit(f"{checkpoint_path} is not class-conditional")
+    first = cascade.load(layout, model, size, dev, model.precision, layout_start) if layout else None
     classifier, settings = load_classifier(classifier_dir, dev)
     if settings["size"] != size:
         raise SystemExit(f"the classifier sees {settings['size']}x{settings['size']} images, the model makes "

@@ -367,11 +367,16 @@ def test_class_grid_draws_one_named_row_per_class_from_the_same_seeds(run, tmp_p
     assert cli_classes.spread(102) == [0, 12, 25, 38, 51, 63, 76, 89] and cli_classes.spread(3) == [0, 1, 2]
 
 
+def _layout_folder(tmp_path: Path) -> Path:
+    """A conditional layout model of half the size, knowing the same classes, saved as a checkpoint."""
+    small = preset("tiny").replace(unet={"classes": CLASSES}, data={"image_size": SIZE // 2})
+    return checkpoint.save_pretrained(tmp_path / "layout", _model(), small)
+
+
 def test_class_grid_draws_a_cascade_as_corolla_sample_does(run, tmp_path):
     """--layout: each row is `corolla sample --class NAME --layout MODEL`'s images; the title names
     the layout model, its hand-over and the finish's scale."""
-    small = preset("tiny").replace(unet={"classes": CLASSES}, data={"image_size": SIZE // 2})
-    layout = checkpoint.save_pretrained(tmp_path / "layout", _model(), small)
+    layout = _layout_folder(tmp_path)
     out = tmp_path / "classes.png"
     assert cli.main(["class-grid", str(run), "--class", "rose", "-n", "2", "--steps", "2", "--precision", "fp32",
                      "--layout", str(layout), "--layout-start", "0.5", "--out", str(out)]) == 0
@@ -528,8 +533,7 @@ def test_the_class_accuracy_benchmark_runs_end_to_end(run, tmp_path):
         assert set(row["accuracy_by_class"]) == set(CLASSES)
     assert results["classifier_heldout_accuracy"] == 1.0 and "| 2 |" in bench.table(results)
     # a cascade: a conditional layout model of half the size draws each asked class first
-    small = preset("tiny").replace(unet={"classes": CLASSES}, data={"image_size": SIZE // 2})
-    layout = checkpoint.save_pretrained(tmp_path / "layout", _model(), small)
+    layout = _layout_folder(tmp_path)
     cascaded = bench.score(str(run), str(tmp_path / "clf"), str(tmp_path / "heldout"), per_class=2,
                            guidances=(2.0,), steps=2, device="cpu", layout=str(layout), layout_start=0.5)
     assert (cascaded["layout"], cascaded["layout_start"]) == (str(layout), 0.5) and results["layout"] is None
